@@ -1,0 +1,1 @@
+"""Machine, controller and device facts as data (TOML files shipped with the package)."""

@@ -1,0 +1,78 @@
+"""Safe reading and atomic writing of domain XML."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lxml import etree
+
+
+class InputError(Exception):
+    """Bad input: the message is one line naming the element and the reason (exit 2)."""
+
+
+def _parser() -> etree.XMLParser:
+    # No entity expansion, no DTD or network access, no huge trees; keep comments and layout.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_blank_text=False,
+        remove_comments=False,
+    )
+
+
+def parse_domain_bytes(data: bytes, source: str = "<input>") -> etree._ElementTree:
+    """Parse domain XML bytes; raise InputError on anything that is not a <domain>."""
+    if b"<!ENTITY" in data:
+        raise InputError(f"{source}: entity declarations are not accepted in domain XML")
+    try:
+        root = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise InputError(f"{source}: not well-formed XML: {exc}") from None
+    if root.tag != "domain":
+        raise InputError(f"{source}: root element is <{root.tag}>, expected <domain>")
+    return etree.ElementTree(root)
+
+
+def parse_domain(path: str | Path) -> etree._ElementTree:
+    """Parse a domain XML file, or standard input when path is '-'."""
+    if str(path) == "-":
+        return parse_domain_bytes(sys.stdin.buffer.read(), "<stdin>")
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_domain_bytes(data, str(path))
+
+
+def serialize(tree: etree._ElementTree) -> bytes:
+    return etree.tostring(tree, encoding="unicode").encode() + b"\n"
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write data to path atomically: a temporary file in the same folder, fsync, rename."""
+    p = Path(path)
+    directory = p.parent if str(p.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if p.exists():
+            os.chmod(tmp, p.stat().st_mode & 0o7777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
