@@ -1,0 +1,847 @@
+"""Independent checker of a libvirt domain's PCI/PCIe layout.
+
+Judges any domain XML against the rules of libvirt 9.0, QEMU 7.2 and SeaBIOS and lists every violation.
+It deliberately shares no code or tables with the solver: it is the second opinion on the solver's output,
+so it keeps its own small tables of facts (sources: /work/shared/libvirt-pci-spec.md, libvirt's
+src/conf/domain_addr.c and src/qemu/qemu_domain_address.c, QEMU's docs/pcie.txt, and experiments with
+the real libvirt 9.0 here).
+
+Where libvirt is permissive it is followed (user-given addresses may put a PCI device into a PCIe slot
+and the reverse). Some rules are stricter than libvirt on purpose because QEMU or the firmware fails
+later or because planner output must be final: "parent-index", "chassis-duplicate", "busnr-partition",
+"io-windows", "mmio-count", "index-gap", "bus-missing", "function0", "multifunction" and, with
+require_complete, "unaddressed", "index-missing" and "root-missing".
+
+"multifunction-flag" is warning level (see WARNING_RULES): function 0 of a shared slot without
+multifunction='on' is accepted by libvirt, which then adds the attribute, so the XML is not yet final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+from lxml import etree
+
+
+@dataclass(frozen=True)
+class Violation:
+    element: str  # names the element, e.g. "interface[2] (mac 52:54:00:..)", "disk vdb"
+    rule: str  # short stable rule id, e.g. "double-use"
+    message: str  # one line, plain words
+
+
+# Rules that describe XML libvirt accepts and silently completes; callers may treat them as warnings.
+WARNING_RULES = frozenset({"multifunction-flag"})
+
+# ---------------------------------------------------------------------------------------------------
+# Facts
+
+Q35, PC, AARCH64_VIRT, RISCV64_VIRT = "q35", "pc", "aarch64-virt", "riscv64-virt"
+X86_FAMILIES = frozenset({Q35, PC})
+ROOT_MODEL = {PC: "pci-root", Q35: "pcie-root", AARCH64_VIRT: "pcie-root", RISCV64_VIRT: "pcie-root"}
+
+# SeaBIOS I/O windows (4 KiB each) that fit, measured with QEMU 7.2 + SeaBIOS 1.16.2.
+IO_WINDOW_BUDGET = {Q35: 9, PC: 8}
+# virtio-mmio transports QEMU 7.2's virt machines offer.
+MMIO_TRANSPORTS = {AARCH64_VIRT: 32, RISCV64_VIRT: 8}
+
+ENDPOINT = "endpoint"  # libvirt's PCI_DEVICE / PCIE_DEVICE: user-given addresses may swap the two
+
+# What each bus model accepts downstream (libvirt virDomainPCIAddressBusSetModel), and its slot range.
+BUS_ACCEPTS: dict[str, frozenset[str]] = {
+    "pci-root": frozenset({ENDPOINT, "pci-bridge", "pci-expander-bus"}),
+    "pcie-root": frozenset({ENDPOINT, "pcie-root-port", "dmi-to-pci-bridge", "pcie-expander-bus"}),
+    "pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pci-expander-bus": frozenset({ENDPOINT, "pci-bridge"}),
+    "dmi-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-root-port": frozenset({ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}),
+    "pcie-switch-downstream-port": frozenset({ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}),
+    "pcie-switch-upstream-port": frozenset({"pcie-switch-downstream-port"}),
+    "pcie-expander-bus": frozenset({"pcie-root-port", "dmi-to-pci-bridge"}),
+}
+SLOT_RANGE: dict[str, tuple[int, int]] = {
+    "pci-root": (1, 31),  # slot 0 is the host bridge
+    "pcie-root": (1, 31),
+    "pci-bridge": (1, 31),  # slot 0 is the SHPC
+    "pcie-to-pci-bridge": (1, 31),
+    "pci-expander-bus": (0, 31),
+    "dmi-to-pci-bridge": (0, 31),
+    "pcie-switch-upstream-port": (0, 31),
+    "pcie-expander-bus": (0, 31),
+    "pcie-root-port": (0, 0),
+    "pcie-switch-downstream-port": (0, 0),
+}
+ROOT_MODELS = frozenset({"pci-root", "pcie-root"})
+PCI_CONTROLLER_MODELS = frozenset(BUS_ACCEPTS)
+PXB_MODELS = frozenset({"pci-expander-bus", "pcie-expander-bus"})
+PORT_MODELS = frozenset({"pcie-root-port", "pcie-switch-downstream-port"})  # one chassis namespace in QEMU
+# Bridges to conventional PCI: SeaBIOS gives each an I/O window, whatever sits behind it.
+CONVENTIONAL_BRIDGES = frozenset(
+    {"pci-bridge", "pcie-to-pci-bridge", "dmi-to-pci-bridge", "pci-expander-bus"}
+)
+# Machines that accept the expander buses (libvirt 9.0: qemu_validate.c).
+PXB_MACHINES = {"pci-expander-bus": frozenset({PC}), "pcie-expander-bus": frozenset({Q35, AARCH64_VIRT})}
+
+# <target> options libvirt accepts per model (anything else: "Option ... is not valid").
+TARGET_OPTIONS: dict[str, frozenset[str]] = {
+    "chassis": PORT_MODELS,
+    "port": PORT_MODELS,
+    "chassisNr": frozenset({"pci-bridge"}),
+    "busNr": PXB_MODELS,
+    "hotplug": frozenset({"pci-root", "pcie-root-port", "pcie-switch-downstream-port"}),
+}
+TARGET_RANGE = {"chassis": (0, 255), "port": (0, 255), "chassisNr": (1, 255), "busNr": (1, 254)}
+
+MAX_INDEX = 255
+MAX_BUS_NUMBERS = 256
+
+# Default models libvirt 9.0 fills in (seen with the embedded driver here).
+DEFAULT_USB_MODEL = {
+    Q35: "qemu-xhci", PC: "piix3-uhci", AARCH64_VIRT: "qemu-xhci", RISCV64_VIRT: "piix3-uhci"
+}
+DEFAULT_NET_MODEL = {Q35: "rtl8139", PC: "rtl8139", AARCH64_VIRT: "virtio", RISCV64_VIRT: "virtio"}
+DEFAULT_VIDEO_MODEL = {Q35: "cirrus", PC: "cirrus", AARCH64_VIRT: "virtio", RISCV64_VIRT: "virtio"}
+DEFAULT_SCSI_MODEL = "lsilogic"
+
+USB_NO_PCI = frozenset({"none", "qusb1", "qusb2"})
+USB_XHCI = frozenset({"qemu-xhci", "nec-xhci"})
+SCSI_NO_PCI = frozenset({"ncr53c90", "ibmvscsi"})  # built-in ESP; spapr-vio
+SOUND_PCI = frozenset({"ich6", "ich9", "ac97", "es1370"})
+VIDEO_NO_PCI = frozenset({"none", "ramfb", "gop"})
+VIRTIO_MODELS = frozenset({"virtio", "virtio-non-transitional"})
+TRANSITIONAL = "virtio-transitional"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsed domain
+
+
+@dataclass(frozen=True)
+class PciAddress:
+    domain: int
+    bus: int
+    slot: int
+    function: int
+    multifunction: str | None
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """How a device connects over PCI."""
+
+    io_bar_on_port: bool  # has an I/O BAR when plugged into a root/downstream port
+    virtio: bool = False  # libvirt would give it virtio-mmio on virt machines (address priming)
+    integrated: bool = False  # must sit on bus 0
+
+
+@dataclass
+class PciUser:
+    """One element that occupies (or needs) a PCI function: a device or a non-root PCI controller."""
+
+    element: etree._Element
+    name: str
+    connect: str  # ENDPOINT or the controller model it is
+    kind: DeviceKind
+    address: PciAddress | None = None
+    address_type: str | None = None  # type attribute of the <address> child, None when absent
+    incomplete: str = ""  # why the PCI address is incomplete, for require_complete
+    index: int | None = None  # the controller index when this is a PCI controller
+
+
+@dataclass
+class PciController:
+    element: etree._Element
+    name: str
+    index: int
+    model: str
+    user: PciUser | None  # None for the root
+
+
+class _Skip(Exception):
+    """Internal: this element cannot be judged further."""
+
+
+def _parse_number(text: str) -> int:
+    # libvirt reads these with strtoul base 0: 0x.. hex, leading 0 octal, else decimal.
+    text = text.strip()
+    if text.lower().startswith("0x"):
+        return int(text[2:], 16)
+    if len(text) > 1 and text.startswith("0"):
+        return int(text[1:], 8)
+    return int(text, 10)
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if value is not None else None
+
+
+def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
+    found = elem.find(child)
+    return found.get(attr) if found is not None else None
+
+
+def machine_family(root: etree._Element) -> tuple[str | None, str, str]:
+    """(family or None, arch, machine) from <os><type arch machine>."""
+    os_type = root.find("os/type")
+    arch = (os_type.get("arch") if os_type is not None else None) or "x86_64"
+    machine = (os_type.get("machine") if os_type is not None else None) or ""
+    if arch in ("x86_64", "i686"):
+        if machine == "q35" or machine.startswith("pc-q35-"):
+            return Q35, arch, machine
+        # libvirt's default x86 machine is QEMU's default, an i440fx
+        if machine in ("", "pc") or machine.startswith(("pc-i440fx-", "pc-0.", "pc-1.")):
+            return PC, arch, machine or "pc"
+    elif arch == "aarch64" and (machine in ("", "virt") or machine.startswith("virt-")):
+        return AARCH64_VIRT, arch, machine or "virt"
+    elif arch == "riscv64" and (machine in ("", "virt") or machine.startswith("virt-")):
+        return RISCV64_VIRT, arch, machine or "virt"
+    return None, arch, machine
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device classification (libvirt qemuDomainDeviceCalculatePCIConnectFlags, plus I/O BAR facts)
+
+_CONVENTIONAL = DeviceKind(io_bar_on_port=True)  # conventional PCI: assume an I/O BAR (conservative)
+_CONVENTIONAL_VIRTIO = DeviceKind(io_bar_on_port=True, virtio=True)  # *-transitional: legacy I/O BAR
+_MODERN_VIRTIO = DeviceKind(io_bar_on_port=False, virtio=True)  # modern-only on a PCIe port
+_PCIE_NO_IO = DeviceKind(io_bar_on_port=False)
+_PCIE_WITH_IO = DeviceKind(io_bar_on_port=True)
+
+
+def _virtio_kind(model: str | None) -> DeviceKind:
+    return _CONVENTIONAL_VIRTIO if _lower(model) == TRANSITIONAL else _MODERN_VIRTIO
+
+
+def _disk_bus(elem: etree._Element) -> str | None:
+    bus = _child_attr(elem, "target", "bus")
+    if bus is None:
+        dev = _child_attr(elem, "target", "dev") or ""
+        bus = "virtio" if dev.startswith("vd") else None
+    return bus
+
+
+def classify(elem: etree._Element, family: str) -> DeviceKind | None:
+    """The PCI kind of a <devices> child, or None when it does not use PCI."""
+    tag = elem.tag
+    if tag == "interface":
+        if elem.get("type") == "hostdev":
+            return _PCIE_WITH_IO  # an assigned host function, like <hostdev>: assume an I/O BAR
+        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_NET_MODEL[family]
+        if model in ("usb-net", "spapr-vlan"):
+            return None
+        if model in VIRTIO_MODELS or model == TRANSITIONAL:
+            return _virtio_kind(model)
+        return _PCIE_WITH_IO if model == "e1000e" else _CONVENTIONAL  # e1000e has an I/O BAR too
+    if tag == "disk":
+        return _virtio_kind(elem.get("model")) if _disk_bus(elem) == "virtio" else None
+    if tag == "controller":
+        return _classify_controller(elem, family)
+    if tag == "hostdev":
+        if elem.get("mode", "subsystem") != "subsystem":
+            return None
+        htype = elem.get("type")
+        if htype == "pci":
+            return _PCIE_WITH_IO  # host hardware: assume an I/O BAR (conservative)
+        if htype == "scsi_host":
+            return _virtio_kind(elem.get("model"))  # vhost-scsi is virtio-scsi to the guest
+        if htype == "mdev" and elem.get("model") == "vfio-pci":
+            return _PCIE_WITH_IO
+        return None
+    if tag == "video":
+        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_VIDEO_MODEL[family]
+        if model in VIDEO_NO_PCI:
+            return None
+        if model == "virtio":
+            return _MODERN_VIRTIO
+        return _PCIE_NO_IO if model == "bochs" else _CONVENTIONAL
+    if tag == "sound":
+        return _CONVENTIONAL if elem.get("model") in SOUND_PCI else None
+    if tag == "watchdog":
+        return _CONVENTIONAL if elem.get("model") == "i6300esb" else None
+    if tag in ("rng", "vsock"):
+        return _virtio_kind(elem.get("model"))
+    if tag == "input":
+        return _virtio_kind(elem.get("model")) if elem.get("bus") == "virtio" else None
+    if tag == "filesystem":
+        driver = _child_attr(elem, "driver", "type")
+        if driver in (None, "path", "handle"):
+            return _virtio_kind(elem.get("model"))  # virtio-9p
+        return _MODERN_VIRTIO if driver == "virtiofs" else None
+    if tag == "memballoon":
+        model = elem.get("model", "virtio")
+        if model in VIRTIO_MODELS or model == TRANSITIONAL:
+            return _virtio_kind(model)
+        return None  # none, xen
+    if tag == "memory":
+        return _MODERN_VIRTIO if elem.get("model") in ("virtio-mem", "virtio-pmem") else None
+    if tag == "shmem":
+        return _CONVENTIONAL  # ivshmem
+    if tag == "serial":
+        return _CONVENTIONAL if _child_attr(elem, "target", "type") == "pci-serial" else None
+    if tag == "crypto":
+        # libvirt calls it a conventional PCI device, but it is virtio-crypto-pci: modern on a PCIe port
+        return _MODERN_VIRTIO if elem.get("model", "virtio") == "virtio" else None
+    if tag == "iommu":
+        if elem.get("model") == "virtio":
+            return DeviceKind(io_bar_on_port=False, virtio=False, integrated=True)
+        return None
+    return None
+
+
+def _classify_controller(elem: etree._Element, family: str) -> DeviceKind | None:
+    ctype = elem.get("type")
+    model = elem.get("model")
+    if ctype == "usb":
+        model = model or DEFAULT_USB_MODEL[family]
+        if model in USB_NO_PCI:
+            return None
+        return _PCIE_NO_IO if model in USB_XHCI else _CONVENTIONAL
+    if ctype == "scsi":
+        model = model or DEFAULT_SCSI_MODEL
+        if model in SCSI_NO_PCI:
+            return None
+        if model in VIRTIO_MODELS or model == "virtio-scsi":
+            return _MODERN_VIRTIO
+        return _CONVENTIONAL_VIRTIO if model == TRANSITIONAL else _CONVENTIONAL
+    if ctype == "virtio-serial":
+        return _virtio_kind(model)
+    if ctype in ("sata", "ide"):
+        return _CONVENTIONAL
+    return None  # fdc, ccid, xenbus, isa; pci controllers are handled apart
+
+
+# ---------------------------------------------------------------------------------------------------
+# Naming
+
+
+def _describe(elem: etree._Element, position: int) -> str:
+    tag = elem.tag
+    if tag == "interface":
+        mac = _child_attr(elem, "mac", "address")
+        detail = f"mac {mac}" if mac else f"type {elem.get('type')}"
+        return f"interface[{position}] ({detail})"
+    if tag == "disk":
+        dev = _child_attr(elem, "target", "dev")
+        return f"disk {dev}" if dev else f"disk[{position}]"
+    if tag == "controller":
+        index = elem.get("index", "?")
+        model = elem.get("model")
+        return f"controller {elem.get('type')} index={index}" + (f" ({model})" if model else "")
+    if tag == "hostdev":
+        source = elem.find("source/address")
+        if source is not None and source.get("bus") is not None:
+            host = ":".join(
+                str(source.get(k, "0")) for k in ("domain", "bus", "slot")
+            ) + "." + str(source.get("function", "0"))
+            return f"hostdev[{position}] ({elem.get('type')} {host})"
+        return f"hostdev[{position}] ({elem.get('type')})"
+    model = elem.get("model") or _child_attr(elem, "model", "type") or elem.get("type") or elem.get("bus")
+    return f"{tag}[{position}]" + (f" ({model})" if model else "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The checker
+
+
+class _Checker:
+    def __init__(self, root: etree._Element, require_complete: bool) -> None:
+        self.root = root
+        self.require_complete = require_complete
+        self.violations: list[Violation] = []
+        self.family: str | None = None
+        self.users: list[PciUser] = []
+        self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
+        self.numa_cells = len(root.findall("cpu/numa/cell"))
+
+    def flag(self, element: str, rule: str, message: str) -> None:
+        self.violations.append(Violation(element, rule, message))
+
+    # -- driver --------------------------------------------------------------------------------
+
+    def run(self) -> list[Violation]:
+        family, arch, machine = machine_family(self.root)
+        if family is None:
+            self.flag("os", "machine", f"machine '{machine}' on arch '{arch}' is not q35, pc, or virt")
+            return self.violations
+        self.family = family
+        devices = self.root.find("devices")
+        children = [] if devices is None else [c for c in devices if isinstance(c.tag, str)]
+        self._collect(children)
+        self._check_controllers()
+        self._check_addresses()
+        self._check_occupancy(children)
+        self._check_chassis()
+        self._check_bus_numbers()
+        self._check_io_windows()
+        self._check_mmio()
+        return self.violations
+
+    # -- collection ----------------------------------------------------------------------------
+
+    def _collect(self, children: list[etree._Element]) -> None:
+        assert self.family is not None
+        positions: dict[str, int] = defaultdict(int)
+        used_index: dict[str, set[int]] = defaultdict(set)
+        for elem in children:
+            if elem.tag == "controller" and elem.get("index") is not None:
+                with contextlib.suppress(ValueError):
+                    used_index[elem.get("type", "")].add(_parse_number(elem.get("index", "")))
+        for elem in children:
+            positions[elem.tag] += 1
+            name = _describe(elem, positions[elem.tag])
+            if elem.tag == "console":
+                continue  # a serial console mirrors the first <serial>: same device, same address
+            if elem.tag == "controller" and elem.get("type") == "pci":
+                self._collect_pci_controller(elem, name, used_index["pci"])
+                continue
+            kind = classify(elem, self.family)
+            addr_elem = elem.find("address")
+            if kind is None:
+                if addr_elem is None or addr_elem.get("type") != "pci":
+                    continue
+                # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
+                kind = _CONVENTIONAL
+            if addr_elem is not None and addr_elem.get("type") == "unassigned":
+                continue  # hostdev given to the guest without a guest PCI address
+            user = PciUser(elem, name, ENDPOINT, kind)
+            self._read_address(user)
+            self.users.append(user)
+
+    def _collect_pci_controller(self, elem: etree._Element, name: str, used: set[int]) -> None:
+        model = elem.get("model")
+        index_text = elem.get("index")
+        if index_text is None:
+            # libvirt gives the lowest unused index, in document order
+            index = 0
+            while index in used:
+                index += 1
+            used.add(index)
+            name = name.replace("index=?", f"index={index}")
+            if self.require_complete:
+                self.flag(name, "index-missing",
+                          f"PCI controller has no index (libvirt would give it {index})")
+        else:
+            try:
+                index = _parse_number(index_text)
+            except ValueError:
+                self.flag(name, "index-range", f"index '{index_text}' is not a number")
+                return
+        if model is None or model not in PCI_CONTROLLER_MODELS:
+            what = "has no model" if model is None else f"has unknown model '{model}'"
+            if index == 0 and self.family is not None:
+                self.flag(name, "root-model", f"PCI controller index 0 {what}; this machine needs "
+                          f"model='{ROOT_MODEL[self.family]}'")
+            else:
+                self.flag(name, "controller-model", f"PCI controller {what}")
+            return
+        user = None
+        if model not in ROOT_MODELS:
+            user = PciUser(elem, name, model, _PCIE_NO_IO, index=index)
+            self._read_address(user)
+            self.users.append(user)
+        if index in self.controllers:
+            self.flag(name, "index-duplicate", f"PCI controller index {index} is used twice")
+            return
+        self.controllers[index] = PciController(elem, name, index, model, user)
+
+    def _read_address(self, user: PciUser) -> None:
+        addr_elem = user.element.find("address")
+        if addr_elem is None:
+            user.incomplete = "needs a PCI address but has none"
+            return
+        user.address_type = addr_elem.get("type")
+        if user.address_type != "pci":
+            return
+        fields = ("domain", "bus", "slot", "function")
+        missing = [k for k in fields if addr_elem.get(k) is None]
+        try:
+            values = {k: _parse_number(addr_elem.get(k) or "0") for k in fields}
+        except ValueError:
+            self.flag(user.name, "bad-address", "PCI address has a value that is not a number")
+            user.incomplete = "has an unreadable PCI address"
+            return
+        if values["domain"] == 0 and values["bus"] == 0 and values["slot"] == 0:
+            # libvirt treats domain=bus=slot=0 as "no address" and assigns one
+            user.incomplete = "has a PCI address libvirt treats as empty (bus 0 slot 0 is the host bridge)"
+            return
+        if missing:
+            user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
+        user.address = PciAddress(
+            values["domain"], values["bus"], values["slot"], values["function"],
+            addr_elem.get("multifunction"),
+        )
+
+    # -- controllers ---------------------------------------------------------------------------
+
+    def _root_model(self) -> str:
+        assert self.family is not None
+        return ROOT_MODEL[self.family]
+
+    def _bus_model(self, bus: int) -> str | None:
+        if bus == 0:
+            return self._root_model()  # a wrong root model is flagged once, not through every device
+        controller = self.controllers.get(bus)
+        return controller.model if controller is not None else None
+
+    def _check_controllers(self) -> None:
+        assert self.family is not None
+        root_model = self._root_model()
+        root = self.controllers.get(0)
+        if root is None:
+            if self.require_complete:
+                self.flag(f"controller pci index=0 ({root_model})", "root-missing",
+                          f"no index 0 root controller; libvirt would add model='{root_model}'")
+        elif root.model != root_model:
+            self.flag(root.name, "root-model",
+                      f"PCI controller index 0 must be model='{root_model}' on this machine, "
+                      f"not '{root.model}'")
+        for index, controller in sorted(self.controllers.items()):
+            if controller.model in ROOT_MODELS and index != 0:
+                self.flag(controller.name, "root-model", f"{controller.model} can only have index 0")
+            if index > MAX_INDEX:
+                self.flag(controller.name, "index-range",
+                          f"PCI controller index {index} is above {MAX_INDEX}")
+            machines = PXB_MACHINES.get(controller.model)
+            if machines is not None and self.family not in machines:
+                self.flag(controller.name, "model-machine",
+                          f"{controller.model} is not supported on this machine")
+            self._check_target(controller)
+        for elem in self.root.iterfind("devices/controller[@type='ide']"):
+            if self.family != PC:
+                self.flag(_describe(elem, 0), "model-machine",
+                          "IDE controllers exist only on pc (i440fx) machines")
+        highest = max((i for i in self.controllers if i <= MAX_INDEX), default=0)
+        missing = [i for i in range(1, highest + 1) if i not in self.controllers]
+        for index in missing:
+            self.flag(f"controller pci index={index}", "index-gap",
+                      f"no PCI controller with index {index} below the highest index {highest}; "
+                      "libvirt would add one")
+
+    def _check_target(self, controller: PciController) -> None:
+        target = controller.element.find("target")
+        if target is None:
+            return
+        for option, models in TARGET_OPTIONS.items():
+            value = target.get(option)
+            if value is None:
+                continue
+            if controller.model not in models:
+                self.flag(controller.name, "target-option",
+                          f"<target {option}> is not valid for {controller.model}")
+                continue
+            if option in TARGET_RANGE:
+                low, high = TARGET_RANGE[option]
+                try:
+                    number = _parse_number(value)
+                except ValueError:
+                    number = -1
+                if not low <= number <= high:
+                    rule = "busnr-range" if option == "busNr" else "target-range"
+                    self.flag(controller.name, rule, f"{option}='{value}' is out of range {low}-{high}")
+        node = target.find("node")
+        if node is not None:
+            if controller.model not in PXB_MODELS:
+                self.flag(controller.name, "numa-node",
+                          f"<node> is valid only on pci-expander-bus and pcie-expander-bus, "
+                          f"not {controller.model}")
+            else:
+                try:
+                    number = _parse_number(node.text or "")
+                except ValueError:
+                    number = -1
+                if not 0 <= number < self.numa_cells:
+                    self.flag(controller.name, "numa-node",
+                              f"NUMA node {(node.text or '').strip()} is not one of the {self.numa_cells} "
+                              "<cpu><numa> cells")
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    def _check_addresses(self) -> None:
+        for user in self.users:
+            if user.incomplete and self.require_complete and (user.address_type in (None, "pci")):
+                self.flag(user.name, "unaddressed", user.incomplete)
+            addr = user.address
+            if addr is None:
+                continue
+            try:
+                self._check_address(user, addr)
+            except _Skip:
+                user.address = None  # unusable for the layout checks below
+
+    def _check_address(self, user: PciUser, addr: PciAddress) -> None:
+        if addr.domain != 0:
+            self.flag(user.name, "domain", f"PCI address {addr}: only PCI domain 0 exists")
+            raise _Skip
+        parent_model = self._bus_model(addr.bus)
+        if parent_model is None:
+            self.flag(user.name, "bus-missing", f"PCI address {addr}: no PCI controller has index {addr.bus}")
+            raise _Skip
+        low, high = SLOT_RANGE[parent_model]
+        if not low <= addr.slot <= high:
+            self.flag(user.name, "slot-range",
+                      f"PCI address {addr}: slot must be {low}-{high} on bus {addr.bus} ({parent_model})")
+            raise _Skip
+        if not 0 <= addr.function <= 7:
+            self.flag(user.name, "function-range", f"PCI address {addr}: function must be 0-7")
+            raise _Skip
+        if user.kind.integrated and addr.bus != 0:
+            self.flag(user.name, "integrated", f"PCI address {addr}: this device must be integrated (bus 0)")
+        accepts = BUS_ACCEPTS[parent_model]
+        # libvirt is permissive for user-given addresses: any endpoint slot takes PCI and PCIe endpoints,
+        # and a pci-bridge may go wherever an endpoint may.
+        fits = user.connect in accepts or (user.connect == "pci-bridge" and ENDPOINT in accepts)
+        if not fits:
+            wanted = "an endpoint" if user.connect == ENDPOINT else f"a {user.connect}"
+            self.flag(user.name, "connect-type",
+                      f"PCI address {addr}: bus {addr.bus} ({parent_model}) does not accept {wanted}")
+        if user.index is not None and addr.bus >= user.index:
+            self.flag(user.name, "parent-index",
+                      f"plugs into bus {addr.bus}, which is not lower than its own index {user.index}; "
+                      "QEMU creates controllers in index order and fails")
+
+    # -- slots and functions -------------------------------------------------------------------
+
+    def _implicit_functions(self, children: list[etree._Element]) -> dict[tuple[int, int, int], str]:
+        """Chipset functions QEMU always creates, keyed by (bus, slot, function), minus those an XML
+        element stands for (that element must then sit exactly there)."""
+        assert self.family is not None
+        implicit: dict[tuple[int, int, int], str] = {}
+        controllers = [c for c in children if c.tag == "controller"]
+
+        def first(ctype: str) -> etree._Element | None:
+            for c in controllers:
+                try:
+                    index = _parse_number(c.get("index", "0"))
+                except ValueError:
+                    continue
+                if c.get("type") == ctype and index == 0:
+                    return c
+            return None
+
+        if self.family == Q35:
+            implicit[(0, 0x1F, 0)] = "the ICH9 LPC bridge"
+            implicit[(0, 0x1F, 3)] = "the ICH9 SMBus controller"
+            self._fixed(first("sata"), (0, 0x1F, 2), "the primary SATA controller", implicit)
+        elif self.family == PC:
+            implicit[(0, 1, 0)] = "the PIIX3 ISA bridge"
+            implicit[(0, 1, 3)] = "the PIIX3 ACPI controller"
+            self._fixed(first("ide"), (0, 1, 1), "the PIIX3 IDE controller", implicit)
+            usb0 = first("usb")
+            has_usb = any(c.get("type") == "usb" for c in controllers)
+            if usb0 is not None and usb0.get("model") in (None, "piix3-uhci"):
+                self._fixed(usb0, (0, 1, 2), "the PIIX3 USB controller", implicit)
+            elif not has_usb:
+                implicit[(0, 1, 2)] = "the PIIX3 USB controller libvirt adds"
+        return implicit
+
+    def _fixed(self, elem: etree._Element | None, where: tuple[int, int, int], what: str,
+               implicit: dict[tuple[int, int, int], str]) -> None:
+        """A chipset function an XML element may stand for: then it must sit exactly there."""
+        user = next((u for u in self.users if u.element is elem), None) if elem is not None else None
+        if user is None or user.address is None:
+            implicit[where] = what  # absent, or libvirt will put it there
+            return
+        addr = user.address
+        if (addr.bus, addr.slot, addr.function) != where:
+            bus, slot, function = where
+            self.flag(user.name, "fixed-address",
+                      f"{what} must be at 0000:{bus:02x}:{slot:02x}.{function:x}, not {addr}")
+            implicit[where] = what
+
+    def _check_occupancy(self, children: list[etree._Element]) -> None:
+        implicit = self._implicit_functions(children)
+        occupants: dict[tuple[int, int, int], list[PciUser]] = defaultdict(list)
+        for user in self.users:
+            if user.address is not None:
+                a = user.address
+                occupants[(a.bus, a.slot, a.function)].append(user)
+        for where, users in occupants.items():
+            if where in implicit:
+                for user in users:
+                    self.flag(user.name, "reserved",
+                              f"PCI address {user.address} belongs to {implicit[where]}")
+            else:
+                for user in users[1:]:
+                    self.flag(user.name, "double-use",
+                              f"PCI address {user.address} is also used by {users[0].name}")
+        slots: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for bus, slot, function in list(occupants) + list(implicit):
+            slots[(bus, slot)].add(function)
+        for (bus, slot), functions in sorted(slots.items()):
+            if 0 not in functions:
+                lowest = min(f for f in functions if occupants.get((bus, slot, f)))
+                user = occupants[(bus, slot, lowest)][0]
+                self.flag(user.name, "function0",
+                          f"slot {bus:02x}:{slot:02x} uses function(s) {sorted(functions)} but not "
+                          "function 0; guests scan a slot from function 0")
+            elif len(functions) > 1 and (bus, slot, 0) not in implicit:
+                first = occupants[(bus, slot, 0)][0]
+                assert first.address is not None
+                flag_value = first.address.multifunction
+                if flag_value == "off":
+                    self.flag(first.name, "multifunction",
+                              f"slot {bus:02x}:{slot:02x} has {len(functions)} functions but function 0 says "
+                              "multifunction='off'; QEMU refuses to start")
+                elif flag_value != "on":
+                    self.flag(first.name, "multifunction-flag",
+                              f"slot {bus:02x}:{slot:02x} has {len(functions)} functions; function 0 lacks "
+                              "multifunction='on' (libvirt adds it)")
+
+    # -- chassis -------------------------------------------------------------------------------
+
+    def _check_chassis(self) -> None:
+        # QEMU registers root ports and downstream ports in one chassis/slot table; libvirt leaves the
+        # slot at 0, so equal chassis numbers collide ("Can't add chassis slot, error -16").
+        seen: dict[int, PciController] = {}
+        for index, controller in sorted(self.controllers.items()):
+            if controller.model not in PORT_MODELS:
+                continue
+            target = controller.element.find("target")
+            text = target.get("chassis") if target is not None else None
+            try:
+                chassis = _parse_number(text) if text is not None else index  # libvirt: chassis = index
+            except ValueError:
+                continue
+            if chassis in seen:
+                self.flag(controller.name, "chassis-duplicate",
+                          f"chassis {chassis} is also used by {seen[chassis].name}; QEMU refuses to start")
+            else:
+                seen[chassis] = controller
+
+    # -- bus numbers ---------------------------------------------------------------------------
+
+    def _children(self) -> dict[int, list[PciController]]:
+        children: dict[int, list[PciController]] = defaultdict(list)
+        for controller in self.controllers.values():
+            user = controller.user
+            if user is not None and user.address is not None:
+                children[user.address.bus].append(controller)
+        return children
+
+    def _bus_numbers_below(self, controller: PciController, children: dict[int, list[PciController]],
+                           seen: set[int]) -> int:
+        """Bus numbers firmware gives this controller and everything behind it."""
+        if controller.index in seen:  # a loop through a bad parent index; flagged elsewhere
+            return 0
+        seen.add(controller.index)
+        own = 2 if controller.model == "pci-expander-bus" else 1  # pxb holds an internal pci-bridge
+        below = children.get(controller.index, [])
+        return own + sum(self._bus_numbers_below(c, children, seen) for c in below)
+
+    def _bus_nr(self) -> dict[int, int]:
+        """busNr of each expander bus by index, with libvirt's default (lowest so far - 2, from 254)."""
+        result: dict[int, int] = {}
+        lowest = 256
+        for controller in self.controllers.values():
+            text = _child_attr(controller.element, "target", "busNr")
+            if text is not None:
+                with contextlib.suppress(ValueError):
+                    lowest = min(lowest, _parse_number(text))
+        in_document_order = sorted(self.controllers.items(), key=lambda kv: kv[1].element.sourceline or 0)
+        for index, controller in in_document_order:
+            if controller.model not in PXB_MODELS:
+                continue
+            text = _child_attr(controller.element, "target", "busNr")
+            if text is None:
+                if lowest <= 2:
+                    self.flag(controller.name, "busnr-range", "no busNr and libvirt cannot choose one")
+                    continue
+                lowest -= 2
+                result[index] = lowest
+            else:
+                try:
+                    result[index] = _parse_number(text)
+                except ValueError:
+                    continue
+        return result
+
+    def _check_bus_numbers(self) -> None:
+        children = self._children()
+        total = 1 + sum(
+            2 if c.model == "pci-expander-bus" else 1 for i, c in self.controllers.items() if i != 0
+        )
+        if total > MAX_BUS_NUMBERS:
+            self.flag("domain", "bus-count",
+                      f"the layout needs {total} PCI bus numbers; one PCI domain has {MAX_BUS_NUMBERS}")
+        bus_nr = self._bus_nr()
+        owners: dict[int, PciController] = {}
+        for index, number in sorted(bus_nr.items()):
+            controller = self.controllers[index]
+            if number in owners:
+                self.flag(controller.name, "busnr-duplicate",
+                          f"busNr {number} is also used by {owners[number].name}; QEMU refuses to start")
+            else:
+                owners[number] = controller
+        if not owners:
+            return
+        starts = sorted(owners)
+        root_need = 1 + sum(
+            self._bus_numbers_below(c, children, set())
+            for c in children.get(0, [])
+            if c.model not in PXB_MODELS
+        )
+        if root_need > starts[0]:
+            self.flag("controller pci index=0", "busnr-partition",
+                      f"the root hierarchy needs bus numbers 0-{root_need - 1}, but busNr {starts[0]} of "
+                      f"{owners[starts[0]].name} starts below that")
+        for position, start in enumerate(starts):
+            controller = owners[start]
+            limit = starts[position + 1] if position + 1 < len(starts) else MAX_BUS_NUMBERS
+            need = self._bus_numbers_below(controller, children, set())
+            if start + need > limit:
+                self.flag(controller.name, "busnr-partition",
+                          f"needs bus numbers {start}-{start + need - 1} but only {start}-{limit - 1} "
+                          "are free before the next busNr")
+
+    # -- firmware budgets ----------------------------------------------------------------------
+
+    def _check_io_windows(self) -> None:
+        budget = IO_WINDOW_BUDGET.get(self.family or "")
+        if budget is None:
+            return
+        bridges = [c for c in self.controllers.values() if c.model in CONVENTIONAL_BRIDGES]
+        io_ports: set[int] = set()
+        for user in self.users:
+            addr = user.address
+            if addr is None or user.connect != ENDPOINT or not user.kind.io_bar_on_port:
+                continue
+            parent = self.controllers.get(addr.bus)
+            # only devices directly on a port count: behind a conventional bridge the bridge's window
+            # already holds them, and nested port windows add no space
+            if parent is not None and parent.model in PORT_MODELS and addr.bus != 0:
+                io_ports.add(addr.bus)
+        windows = len(bridges) + len(io_ports)
+        if windows > budget:
+            self.flag("domain", "io-windows",
+                      f"{windows} I/O windows ({len(bridges)} conventional bridges, {len(io_ports)} PCIe "
+                      f"ports holding devices with I/O BARs); SeaBIOS fits at most {budget} on this machine")
+
+    def _check_mmio(self) -> None:
+        limit = MMIO_TRANSPORTS.get(self.family or "")
+        if limit is None:
+            return
+        count = sum(1 for u in self.users if u.address_type == "virtio-mmio")
+        if count:
+            # one virtio-mmio address makes libvirt put every unaddressed virtio device on mmio too
+            count += sum(1 for u in self.users if u.kind.virtio and u.address_type is None)
+        if count > limit:
+            self.flag("domain", "mmio-count",
+                      f"{count} virtio-mmio devices; this machine has {limit} virtio-mmio transports")
+
+
+def check_domain(tree_or_root: etree._ElementTree | etree._Element, *,
+                 require_complete: bool = True) -> list[Violation]:
+    """Every violation of the PCI rules in a domain XML (an lxml tree or its <domain> root element).
+
+    With require_complete, devices that need a PCI address but have none (or a partial one), PCI
+    controllers without index and a missing root controller are flagged too: planner output must be
+    final. Without it only what the XML states is judged.
+    """
+    root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
+    return _Checker(root, require_complete).run()

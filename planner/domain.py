@@ -1,0 +1,579 @@
+"""Read a libvirt domain XML into a planning problem: machine, existing buses, devices to place.
+
+This room only reads (and materialises libvirt's implicit devices, as libvirt itself would on define);
+it knows nothing of the solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from planner.facts import ControllerModel, DeviceClass, Machine, controller_models, device_class, machine_for
+from planner.xmlio import InputError
+
+MAX_INDEX = 255
+USB_SET_FUNCTION = {"ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2, "ich9-ehci1": 7}
+
+
+@dataclass(frozen=True, order=True)
+class PciAddress:
+    bus: int
+    slot: int
+    function: int
+
+    def __str__(self) -> str:
+        return f"{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+
+@dataclass
+class Bus:
+    """An existing PCI controller (index 0 is the machine's root)."""
+
+    index: int
+    model: ControllerModel
+    element: etree._Element | None
+    address: PciAddress | None  # where it plugs in; None for the root or an unplaced controller
+    hotplug: bool  # its slots are hot-pluggable
+    label: str
+    bus_nr: int | None = None
+    added: bool = False  # added by us to fill an index gap, as libvirt would
+    bus_pin: int | None = None  # partial address: the parent bus only
+
+    @property
+    def floating(self) -> bool:
+        return self.index != 0 and self.address is None
+
+
+@dataclass
+class Device:
+    """An element that takes a guest PCI address."""
+
+    element: etree._Element
+    kind: str
+    model: str
+    label: str
+    order: int
+    endpoint: str  # "pcie" or "pci" on this machine
+    facts: DeviceClass
+    address: PciAddress | None = None  # full address the input gives
+    bus_pin: int | None = None  # partial address: bus only
+    companions: list[Device] = field(default_factory=list)  # USB2 companions sharing this slot
+    function: int = 0  # function inside a companion set
+    convention: tuple[int, ...] = ()  # root-bus slots libvirt uses first for this device
+    mirrors: list[etree._Element] = field(default_factory=list)  # <console> sharing a serial's address
+
+    @property
+    def hotplug(self) -> bool:
+        return self.facts.hotplug
+
+    @property
+    def io_on_pcie(self) -> bool:
+        return self.facts.io
+
+
+@dataclass
+class Problem:
+    machine: Machine
+    tree: etree._ElementTree
+    arch: str
+    buses: dict[int, Bus]
+    devices: list[Device]  # every PCI device, placed or not; companions are inside their master
+    acpi: bool
+    numa_cells: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> Bus:
+        return self.buses[0]
+
+
+# ---------------------------------------------------------------- small XML helpers
+
+
+def _int(value: str | None, what: str) -> int:
+    try:
+        return int(value or "0", 0)
+    except ValueError:
+        raise InputError(f"{what}: '{value}' is not a number") from None
+
+
+def _devices_element(tree: etree._ElementTree) -> etree._Element:
+    devices = tree.getroot().find("devices")
+    if devices is None:
+        devices = etree.SubElement(tree.getroot(), "devices")
+    return devices
+
+
+def read_pci_address(el: etree._Element, label: str) -> tuple[PciAddress | None, int | None, bool]:
+    """(full address, bus-only pin, has-non-pci-address) of a device element."""
+    addr = el.find("address")
+    if addr is None:
+        return None, None, False
+    if addr.get("type") != "pci":
+        return None, None, True
+    if addr.get("domain") is not None and _int(addr.get("domain"), label) != 0:
+            raise InputError(f"{label}: PCI domain {addr.get('domain')}: only PCI domain 0 is available")
+    bus = addr.get("bus")
+    slot = addr.get("slot")
+    func = addr.get("function")
+    if slot is None:
+        return None, (_int(bus, label) if bus is not None else None), False
+    a = PciAddress(_int(bus, label), _int(slot, label), _int(func, label))
+    if a.bus == 0 and a.slot == 0:
+        return None, None, False  # libvirt treats 0000:00:00 as "no address"
+    if not (0 <= a.bus <= 255 and 0 <= a.slot <= 31 and 0 <= a.function <= 7):
+        raise InputError(f"{label}: PCI address {a} is out of range "
+                         "(bus <= 0xff, slot <= 0x1f, function <= 7)")
+    return a, None, False
+
+
+def describe(el: etree._Element, kind: str, position: int) -> str:
+    """A one-line human name for a device element."""
+    bits = []
+    if kind == "interface":
+        mac = el.find("mac")
+        model = el.find("model")
+        if model is not None and model.get("type"):
+            bits.append(model.get("type"))
+        if mac is not None and mac.get("address"):
+            bits.append(f"mac {mac.get('address')}")
+    elif kind == "disk":
+        tgt = el.find("target")
+        if tgt is not None and tgt.get("dev"):
+            return f"disk {tgt.get('dev')}"
+    elif kind == "controller":
+        return f"controller {el.get('type')} index={el.get('index', '?')}" + (
+            f" ({el.get('model')})" if el.get("model") else ""
+        )
+    elif kind == "hostdev":
+        src = el.find("source/address")
+        if src is not None:
+            bits.append(
+                "host "
+                + ":".join(
+                    str(src.get(k, "0")).removeprefix("0x") for k in ("domain", "bus", "slot")
+                )
+                + "."
+                + str(src.get("function", "0")).removeprefix("0x")
+            )
+    alias = el.find("alias")
+    if alias is not None and alias.get("name"):
+        bits.append(f"alias {alias.get('name')}")
+    return f"{kind}[{position}]" + (f" ({', '.join(bits)})" if bits else "")
+
+
+# ---------------------------------------------------------------- machine
+
+
+def _machine(tree: etree._ElementTree) -> tuple[Machine, str]:
+    ostype = tree.getroot().find("os/type")
+    if ostype is None:
+        raise InputError("os/type: missing; cannot tell the machine type")
+    arch = ostype.get("arch") or "x86_64"
+    # Without a machine attribute libvirt takes QEMU's default: pc on x86, virt elsewhere.
+    name = ostype.get("machine") or ("pc" if arch in ("x86_64", "i686") else "virt")
+    machine = machine_for(arch, name)
+    if machine is None:
+        raise InputError(
+            f"os/type: machine '{name}' on arch '{arch}' is not supported "
+            "(q35, pc/i440fx on x86_64; virt on aarch64 and riscv64)"
+        )
+    return machine, arch
+
+
+# ---------------------------------------------------------------- implicit devices
+
+
+def _insert_device(devices: etree._Element, new: etree._Element, after_tags: tuple[str, ...]) -> None:
+    """Insert new after the last child whose tag is in after_tags (else at the end), keeping indentation."""
+    children = [c for c in devices if isinstance(c.tag, str)]
+    anchor = None
+    for c in children:
+        if c.tag in after_tags:
+            anchor = c
+    indent = "\n    "
+    if children and children[0].getprevious() is None and devices.text and devices.text.strip() == "":
+        indent = devices.text
+    if anchor is None and children:
+        anchor = children[-1]
+    if anchor is None:
+        devices.text = indent
+        new.tail = indent[:-2] if len(indent) >= 2 else "\n"
+        devices.append(new)
+        return
+    new.tail = anchor.tail
+    anchor.tail = indent
+    anchor.addnext(new)
+
+
+_CONTROLLER_AFTER = ("emulator", "disk", "controller")
+_BALLOON_AFTER = (
+    "emulator", "disk", "controller", "lease", "filesystem", "interface", "smartcard", "serial", "parallel",
+    "console", "channel", "input", "tpm", "graphics", "sound", "audio", "video", "hostdev", "redirdev",
+    "redirfilter", "hub", "watchdog",
+)
+
+
+def _controllers(devices: etree._Element, ctype: str) -> list[etree._Element]:
+    return [c for c in devices.findall("controller") if c.get("type") == ctype]
+
+
+def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str]:
+    """Add the devices libvirt adds on define, so libvirt has nothing left to add. Returns notes."""
+    devices = _devices_element(tree)
+    notes: list[str] = []
+
+    def add_controller(ctype: str, index: int, model: str | None = None) -> None:
+        el = etree.Element("controller", type=ctype, index=str(index))
+        if model:
+            el.set("model", model)
+        _insert_device(devices, el, _CONTROLLER_AFTER)
+        suffix = f" model={model}" if model else ""
+        notes.append(f"added implicit controller {ctype} index={index}{suffix}")
+
+    def has_controller(ctype: str, index: int) -> bool:
+        return any(_int(c.get("index"), "controller") == index for c in _controllers(devices, ctype)
+                   if c.get("index") is not None)
+
+    # Controllers that disks, channels and consoles need.
+    for disk in devices.findall("disk"):
+        tgt = disk.find("target")
+        bus = tgt.get("bus") if tgt is not None else None
+        addr = disk.find("address")
+        idx = 0
+        if addr is not None and addr.get("type") == "drive":
+            idx = _int(addr.get("controller"), "disk address")
+        if bus == "scsi" and not has_controller("scsi", idx):
+            add_controller("scsi", idx)
+        elif bus == "sata" and not has_controller("sata", idx):
+            add_controller("sata", idx)
+        elif bus == "ide" and machine.family == "pc" and not has_controller("ide", idx):
+            add_controller("ide", idx)
+    for hd in devices.findall("hostdev"):
+        if hd.get("type") == "scsi":
+            addr = hd.find("address")
+            idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
+            if not has_controller("scsi", idx):
+                add_controller("scsi", idx)
+    wants_vserial = any(
+        (t := el.find("target")) is not None and t.get("type") == "virtio"
+        for el in devices.findall("channel") + devices.findall("console")
+    )
+    if wants_vserial and not _controllers(devices, "virtio-serial"):
+        add_controller("virtio-serial", 0)
+    if machine.family == "q35" and not has_controller("sata", 0):
+        add_controller("sata", 0)
+    if machine.implicit_usb and not _controllers(devices, "usb"):
+        add_controller("usb", 0, machine.default_usb)
+    if machine.implicit_balloon and devices.find("memballoon") is None:
+        el = etree.Element("memballoon", model="virtio")
+        _insert_device(devices, el, _BALLOON_AFTER)
+        notes.append("added implicit memballoon model=virtio")
+    return notes
+
+
+# ---------------------------------------------------------------- controllers and indices
+
+
+def _assign_usb_indices(devices: etree._Element) -> None:
+    """Give unindexed USB controllers libvirt's indices: companions join the set before them."""
+    usb = _controllers(devices, "usb")
+    used: dict[int, set[str]] = {}
+    for c in usb:
+        if c.get("index") is not None:
+            used.setdefault(_int(c.get("index"), "controller usb"), set()).add(c.get("model") or "")
+    last: int | None = None
+    for c in usb:
+        model = c.get("model") or ""
+        if c.get("index") is not None:
+            last = _int(c.get("index"), "controller usb")
+            continue
+        if (
+            last is not None
+            and model in USB_SET_FUNCTION
+            and model not in used.get(last, set())
+            and used.get(last, set()) <= set(USB_SET_FUNCTION)
+        ):
+            idx = last
+        else:
+            idx = max(used, default=-1) + 1
+        c.set("index", str(idx))
+        used.setdefault(idx, set()).add(model)
+        last = idx
+
+
+def _assign_indices(devices: etree._Element, ctype: str) -> None:
+    """Lowest unused index, in document order (libvirt's rule for unindexed controllers)."""
+    els = _controllers(devices, ctype)
+    used = {_int(c.get("index"), f"controller {ctype}") for c in els if c.get("index") is not None}
+    for c in els:
+        if c.get("index") is None:
+            idx = 0
+            while idx in used:
+                idx += 1
+            c.set("index", str(idx))
+            used.add(idx)
+
+
+def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: list[str]) -> dict[int, Bus]:
+    devices = _devices_element(tree)
+    models = controller_models()
+    pci = _controllers(devices, "pci")
+    # The root first: libvirt adds it when missing, and it must be index 0.
+    for c in pci:
+        if c.get("index") is None and c.get("model") in ("pci-root", "pcie-root"):
+            c.set("index", "0")
+    _assign_indices(devices, "pci")
+    buses: dict[int, Bus] = {}
+    for c in pci:
+        idx = _int(c.get("index"), "controller pci")
+        model_name = c.get("model")
+        label = f"controller pci index={idx}" + (f" ({model_name})" if model_name else "")
+        if idx in buses:
+            raise InputError(f"{label}: multiple 'pci' controllers with index '{idx}'")
+        if idx > MAX_INDEX:
+            raise InputError(f"{label}: PCI controller index {idx} too high, maximum is {MAX_INDEX}")
+        if idx == 0:
+            if model_name != machine.root:
+                raise InputError(
+                    f"{label}: the PCI controller with index='0' must be model='{machine.root}' "
+                    f"for machine family {machine.family}, but model='{model_name}' was found"
+                )
+        elif model_name is None:
+            raise InputError(f"{label}: a PCI controller needs a model")
+        elif model_name not in models or model_name in ("pci-root", "pcie-root"):
+            raise InputError(f"{label}: unknown or misplaced PCI controller model '{model_name}'")
+        model = models[model_name]
+        if model_name in ("pci-expander-bus", "pcie-expander-bus") and machine.pxb != model_name:
+            raise InputError(f"{label}: {model_name} is not supported with machine family {machine.family}")
+        addr, bus_pin, other = read_pci_address(c, label)
+        if other:
+            raise InputError(f"{label}: a PCI controller needs a PCI address")
+        hotplug = model.hotplug
+        tgt = c.find("target")
+        if tgt is not None and tgt.get("hotplug") == "off":
+            hotplug = False
+        if idx == 0 and machine.acpi_root_hotplug and not acpi:
+            hotplug = False  # pci-root hot-plug goes through ACPI
+        bus_nr = None
+        if tgt is not None and tgt.get("busNr") is not None:
+            bus_nr = _int(tgt.get("busNr"), label)
+        buses[idx] = Bus(idx, model, c, addr, hotplug, label, bus_nr, bus_pin=bus_pin)
+    if 0 not in buses:
+        root = etree.Element("controller", type="pci", index="0", model=machine.root)
+        _insert_device(devices, root, _CONTROLLER_AFTER)
+        model = controller_models()[machine.root]
+        hotplug = model.hotplug and not (machine.acpi_root_hotplug and not acpi)
+        buses[0] = Bus(0, model, root, None, hotplug, f"controller pci index=0 ({machine.root})")
+        notes.append(f"added implicit controller pci index=0 model={machine.root}")
+    return buses
+
+
+def _fill_index_gaps(tree: etree._ElementTree, machine: Machine, buses: dict[int, Bus],
+                     referenced: int, notes: list[str]) -> None:
+    """libvirt fills every missing index below the highest one with a default controller: do it here."""
+    top = max(max(buses), referenced)
+    default = "pcie-root-port" if machine.pcie else "pci-bridge"
+    devices = _devices_element(tree)
+    for idx in range(1, top + 1):
+        if idx in buses:
+            continue
+        el = etree.Element("controller", type="pci", index=str(idx), model=default)
+        _insert_device(devices, el, _CONTROLLER_AFTER)
+        model = controller_models()[default]
+        buses[idx] = Bus(idx, model, el, None, model.hotplug, f"controller pci index={idx} ({default})",
+                         added=True)
+        notes.append(f"added {default} index={idx}: libvirt fills every missing controller index")
+
+
+# ---------------------------------------------------------------- devices
+
+
+def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str]:
+    """(lookup kind, model) for the device table; ('', '') when the element never takes a PCI address."""
+    if kind == "interface":
+        if el.get("type") == "hostdev":
+            return "hostdev", "pci"
+        m = el.find("model")
+        model = (m.get("type") if m is not None else None) or machine.default_net
+        return "interface", model.lower() if model.lower().startswith("virtio") else model
+    if kind == "disk":
+        tgt = el.find("target")
+        if tgt is None or tgt.get("bus") != "virtio":
+            return "", ""
+        return "disk", el.get("model") or "virtio"
+    if kind == "controller":
+        ctype = el.get("type") or ""
+        if ctype == "pci":
+            return "", ""
+        model = el.get("model")
+        if ctype == "usb":
+            model = model or machine.default_usb
+        elif ctype == "scsi":
+            model = model or machine.default_scsi
+        elif ctype in ("sata", "ide", "virtio-serial"):
+            model = model or "*"
+            if ctype == "ide" and machine.family != "pc":
+                return "", ""
+        else:
+            return "", ""  # ccid, fdc, xenbus, isa ...
+        return f"controller:{ctype}", model
+    if kind == "hostdev":
+        if el.get("mode", "subsystem") != "subsystem":
+            return "", ""
+        t = el.get("type")
+        if t == "pci":
+            return "hostdev", "pci"
+        if t == "scsi_host":
+            return "hostdev", "scsi_host"
+        if t == "mdev" and el.get("model") == "vfio-pci":
+            return "hostdev", "mdev"
+        return "", ""
+    if kind == "video":
+        m = el.find("model")
+        default = "vga" if machine.x86 else "virtio"
+        return "video", (m.get("type") if m is not None and m.get("type") else default)
+    if kind == "sound":
+        return "sound", el.get("model") or ""
+    if kind == "watchdog":
+        return "watchdog", el.get("model") or ""
+    if kind == "memballoon":
+        return "memballoon", el.get("model") or "virtio"
+    if kind in ("rng", "vsock"):
+        return kind, el.get("model") or "virtio"
+    if kind == "input":
+        if el.get("bus") != "virtio":
+            return "", ""
+        return "input", el.get("model") or "virtio"
+    if kind == "filesystem":
+        drv = el.find("driver")
+        if el.get("model") == "virtio-transitional":
+            return "filesystem", "virtio-transitional"
+        return "filesystem", (drv.get("type") if drv is not None and drv.get("type") else "9p")
+    if kind == "memory":
+        return "memory", el.get("model") or ""
+    if kind == "shmem":
+        return "shmem", "ivshmem"
+    if kind == "serial":
+        tgt = el.find("target")
+        return ("serial", "pci-serial") if tgt is not None and tgt.get("type") == "pci-serial" else ("", "")
+    if kind == "crypto":
+        return "crypto", el.get("model") or "virtio"
+    if kind == "iommu":
+        return "iommu", el.get("model") or ""
+    return "", ""
+
+
+def _read_devices(tree: etree._ElementTree, machine: Machine) -> list[Device]:
+    devices_el = _devices_element(tree)
+    out: list[Device] = []
+    counters: dict[str, int] = {}
+    serials: list[Device] = []
+    for order, el in enumerate(devices_el):
+        if not isinstance(el.tag, str):
+            continue
+        kind = el.tag
+        position = counters.get(kind, 0)
+        counters[kind] = position + 1
+        if kind == "console":
+            tgt = el.find("target")
+            if serials and (tgt is None or tgt.get("type") in (None, "serial")) and position == 0:
+                serials[0].mirrors.append(el)
+            continue
+        lookup, model = _model_of(el, kind, machine)
+        if not lookup:
+            continue
+        facts = device_class(lookup, model)
+        if facts.cls == "none":
+            continue
+        label = describe(el, kind, position)
+        addr, bus_pin, other = read_pci_address(el, label)
+        if other:
+            continue  # virtio-mmio, ccw, unassigned ...: not on PCI
+        endpoint = "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
+        dev = Device(el, kind, model, label, order, endpoint, facts, addr, bus_pin)
+        if kind == "serial":
+            serials.append(dev)
+        out.append(dev)
+    return out
+
+
+def _group_usb_sets(devices: list[Device]) -> list[Device]:
+    """Fold ich9 USB2 companion controllers into their set's first member: one slot, fixed functions."""
+    sets: dict[int, list[Device]] = {}
+    rest: list[Device] = []
+    for d in devices:
+        if d.kind == "controller" and d.element.get("type") == "usb" and d.model in USB_SET_FUNCTION:
+            idx = _int(d.element.get("index"), d.label)
+            sets.setdefault(idx, []).append(d)
+            d.function = USB_SET_FUNCTION[d.model]
+        else:
+            rest.append(d)
+    for members in sets.values():
+        members.sort(key=lambda m: m.function)
+        head = members[0]
+        head.companions = members[1:]
+        rest.append(head)
+    rest.sort(key=lambda d: d.order)
+    return rest
+
+
+def _apply_fixed_and_conventions(machine: Machine, devices: list[Device]) -> None:
+    primary = None
+    videos = [d for d in devices if d.kind == "video"]
+    for v in videos:
+        m = v.element.find("model")
+        if m is not None and m.get("primary") == "yes":
+            primary = v
+    if primary is None and videos:
+        primary = videos[0]
+    first_sound = next((d for d in devices if d.kind == "sound" and d.model == "ich9"), None)
+    for d in devices:
+        key = None
+        if d.kind == "controller":
+            ctype = d.element.get("type")
+            idx = d.element.get("index")
+            for k in (f"controller:{ctype}:{idx}:{d.model}", f"controller:{ctype}:{idx}"):
+                if k in machine.fixed:
+                    key = k
+                    break
+        if key is not None:
+            slot, fn = machine.fixed[key]
+            want = PciAddress(0, slot, fn)
+            if d.address is not None and d.address != want:
+                raise InputError(f"{d.label}: must have PCI address 00:{slot:02x}.{fn} on this machine")
+            d.address = want
+            continue
+        if d is primary:
+            d.convention = machine.conventions.get("primary_video", ())
+        elif d is first_sound:
+            d.convention = machine.conventions.get("first_ich9_sound", ())
+        elif d.companions or (d.kind == "controller" and d.model in USB_SET_FUNCTION):
+            d.convention = machine.conventions.get("ich9_usb_set", ())
+
+
+def read_problem(tree: etree._ElementTree) -> Problem:
+    """Build the planning problem; adds libvirt's implicit devices to the tree (the tree is the output)."""
+    machine, arch = _machine(tree)
+    root = tree.getroot()
+    if root.get("type") not in (None, "qemu", "kvm"):
+        raise InputError(f"domain: type '{root.get('type')}' is not a QEMU domain (qemu or kvm)")
+    acpi = root.find("features/acpi") is not None
+    numa_cells = len(root.findall("cpu/numa/cell"))
+    notes = add_implicit_devices(tree, machine)
+    devices_el = _devices_element(tree)
+    buses = _read_buses(tree, machine, acpi, notes)
+    _assign_usb_indices(devices_el)
+    for ctype in ("scsi", "sata", "ide", "virtio-serial"):
+        _assign_indices(devices_el, ctype)
+    devices = _group_usb_sets(_read_devices(tree, machine))
+    referenced = max(
+        [d.address.bus for d in devices if d.address] + [d.bus_pin for d in devices if d.bus_pin is not None]
+        + [b.address.bus for b in buses.values() if b.address]
+        + [b.bus_pin for b in buses.values() if b.bus_pin is not None] + [0]
+    )
+    _fill_index_gaps(tree, machine, buses, referenced, notes)
+    _apply_fixed_and_conventions(machine, devices)
+    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes)

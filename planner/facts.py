@@ -1,0 +1,155 @@
+"""Machine, controller and device facts, loaded from the TOML files in models/."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class ControllerModel:
+    name: str
+    plugs_into: str
+    accepts: frozenset[str]
+    first_slot: int
+    last_slot: int
+    hotplug: bool
+    autoassign: bool
+    conventional: bool
+    buses: int
+    io_window: bool
+    qemu: str
+    aggregate: bool = False
+    target: str = ""
+
+    @property
+    def slot_count(self) -> int:
+        return self.last_slot - self.first_slot + 1
+
+
+@dataclass(frozen=True)
+class Machine:
+    family: str
+    arches: tuple[str, ...]
+    machine_patterns: tuple[str, ...]
+    root: str
+    reserved_slots: frozenset[int]
+    io_window_budget: int
+    pxb: str
+    spare_pcie_ports: int
+    spare_pci_slots: int
+    mmio_transports: int
+    acpi_root_hotplug: bool
+    default_usb: str
+    default_net: str
+    default_scsi: str
+    implicit_usb: bool
+    implicit_balloon: bool
+    fixed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    conventions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def pcie(self) -> bool:
+        return self.root == "pcie-root"
+
+    @property
+    def x86(self) -> bool:
+        return self.family in ("q35", "pc")
+
+
+@dataclass(frozen=True)
+class DeviceClass:
+    key: str
+    cls: str  # virtio | pcie | pci | none
+    hotplug: bool = False
+    io: bool = False
+    pcie_only: bool = False
+    integrated: bool = False
+
+
+def _load(name: str) -> dict:
+    return tomllib.loads(resources.files("models").joinpath(name).read_text())
+
+
+@cache
+def controller_models() -> dict[str, ControllerModel]:
+    out = {}
+    for name, d in _load("controllers.toml").items():
+        out[name] = ControllerModel(
+            name=name,
+            plugs_into=d["plugs_into"],
+            accepts=frozenset(d["accepts"]),
+            first_slot=d["slots"][0],
+            last_slot=d["slots"][1],
+            hotplug=d["hotplug"],
+            autoassign=d["autoassign"],
+            conventional=d["conventional"],
+            buses=d["buses"],
+            io_window=d["io_window"],
+            qemu=d["qemu"],
+            aggregate=d.get("aggregate", False),
+            target=d.get("target", ""),
+        )
+    return out
+
+
+@cache
+def machines() -> dict[str, Machine]:
+    out = {}
+    for family, d in _load("machines.toml").items():
+        out[family] = Machine(
+            family=family,
+            arches=tuple(d["arches"]),
+            machine_patterns=tuple(d["machine_patterns"]),
+            root=d["root"],
+            reserved_slots=frozenset(d["reserved_slots"]),
+            io_window_budget=d["io_window_budget"],
+            pxb=d["pxb"],
+            spare_pcie_ports=d["spare_pcie_ports"],
+            spare_pci_slots=d["spare_pci_slots"],
+            mmio_transports=d["mmio_transports"],
+            acpi_root_hotplug=d["acpi_root_hotplug"],
+            default_usb=d["default_usb"],
+            default_net=d["default_net"],
+            default_scsi=d["default_scsi"],
+            implicit_usb=d["implicit_usb"],
+            implicit_balloon=d["implicit_balloon"],
+            fixed={k: (v[0], v[1]) for k, v in d.get("fixed", {}).items()},
+            conventions={k: tuple(v) for k, v in d.get("conventions", {}).items()},
+        )
+    return out
+
+
+def machine_for(arch: str, machine: str) -> Machine | None:
+    """The machine family for an <os><type arch machine>, or None when pciplan does not plan it."""
+    for m in machines().values():
+        if arch in m.arches and any(fnmatch.fnmatchcase(machine, p) for p in m.machine_patterns):
+            return m
+    return None
+
+
+@cache
+def _device_table() -> dict[str, DeviceClass]:
+    out = {}
+    for key, d in _load("devices.toml").items():
+        out[key] = DeviceClass(
+            key=key,
+            cls=d["class"],
+            hotplug=d.get("hotplug", False),
+            io=d.get("io", False),
+            pcie_only=d.get("pcie_only", False),
+            integrated=d.get("integrated", False),
+        )
+    return out
+
+
+def device_class(kind: str, model: str) -> DeviceClass:
+    """Look up 'kind:model', then the 'kind:*' fallback (kind may itself contain ':')."""
+    table = _device_table()
+    for key in (f"{kind}:{model}", f"{kind}:*"):
+        if key in table:
+            return table[key]
+    return DeviceClass(key=f"{kind}:{model}", cls="none")

@@ -1,0 +1,224 @@
+"""Unfold the solver's counts into a concrete layout: every new controller with its index and
+address, every device with its address. Deterministic: same counts, same layout."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from planner.domain import Device, PciAddress
+from planner.prepare import Prepared
+from planner.solver.solve import SolveResult
+from planner.solver.variables import PortPool
+
+FUNCTIONS = 8
+
+
+@dataclass(eq=False)
+class BusNode:
+    """A bus of the final topology: an existing controller or one pciplan adds."""
+
+    model: str
+    index: int | None  # None until numbered (new controllers)
+    parent: BusNode | None = None
+    slot: int = 0
+    function: int = 0
+    children: list[BusNode] = field(default_factory=list)
+    new: bool = False
+    free: list[int] = field(default_factory=list)  # whole free slots, ascending
+    rp_functions: list[tuple[int, int]] = field(default_factory=list)
+    stream: tuple[int, int] | None = None  # (slot, next function) of the open endpoint pack
+    rp_stream: tuple[int, int] | None = None  # (slot, next function) of the open root-port slot
+
+
+@dataclass
+class Target:
+    bus: BusNode
+    slot: int
+    function: int
+
+
+@dataclass
+class Layout:
+    devices: dict[int, PciAddress] = field(default_factory=dict)  # id(device element) -> address
+    controllers: dict[int, PciAddress] = field(default_factory=dict)  # user controller index -> address
+    new_controllers: list[BusNode] = field(default_factory=list)  # in index order
+    multifunction: set[tuple[int, int]] = field(default_factory=set)  # (bus, slot) with > 1 function
+
+
+class _Unfolder:
+    def __init__(self, prep: Prepared, result: SolveResult):
+        self.prep = prep
+        self.r = result
+        self.v = result.vars
+        self.nodes: dict[int, BusNode] = {}
+        reserved = prep.problem.machine.reserved_slots
+        for i, st in sorted(prep.states.items()):
+            self.nodes[i] = BusNode(st.bus.model.name, i, free=st.free_slots(reserved),
+                                    rp_functions=st.free_root_port_functions())
+        for i, b in prep.problem.buses.items():
+            a = b.address or prep.controller_places.get(i)
+            if a is not None:
+                node = self.nodes[i]
+                node.parent, node.slot, node.function = self.nodes[a.bus], a.slot, a.function
+                self.nodes[a.bus].children.append(node)
+        self.wanted: dict[int, list[Target]] = {}  # group -> targets
+        self.bridges: list[BusNode] = []
+        self.pool_free: list[tuple[BusNode, int]] = []
+
+    # -- slot allocation on one bus
+    def whole_slot(self, bus: BusNode) -> int:
+        return bus.free.pop(0)
+
+    def function(self, bus: BusNode, root_port: bool) -> tuple[int, int]:
+        if root_port:
+            if bus.rp_functions:
+                return bus.rp_functions.pop(0)
+            if bus.rp_stream is None or bus.rp_stream[1] == FUNCTIONS:
+                bus.rp_stream = (bus.free.pop(0), 0)
+            slot, fn = bus.rp_stream
+            bus.rp_stream = (slot, fn + 1)
+            return slot, fn
+        if bus.stream is None or bus.stream[1] == FUNCTIONS:
+            bus.stream = (bus.free.pop(0), 0)
+        slot, fn = bus.stream
+        bus.stream = (slot, fn + 1)
+        return slot, fn
+
+    def add_controller(self, model: str, parent: BusNode, slot: int, fn: int) -> BusNode:
+        node = BusNode(model, None, parent, slot, fn, new=True)
+        parent.children.append(node)
+        return node
+
+    def want(self, gi: int, bus: BusNode, slot: int, fn: int) -> None:
+        self.wanted.setdefault(gi, []).append(Target(bus, slot, fn))
+
+    # -- ports (root or downstream) and what they hold
+    def fill_ports(self, pool: PortPool, make_port) -> None:
+        val = self.r.value
+        for gi, x in sorted(pool.alone.items()):
+            for _ in range(val(x)):
+                self.want(gi, make_port(), 0, 0)
+        io_groups = {gi for gi in pool.packed if self.prep.groups[gi].key.io}
+        packed = [gi for gi in sorted(pool.packed, key=lambda g: (g not in io_groups, g))
+                  for _ in range(val(pool.packed[gi]))]
+        ports = val(pool.pack_io) + val(pool.pack_noio)
+        for p in range(ports):
+            port = make_port()
+            for fn, gi in enumerate(packed[p * FUNCTIONS:(p + 1) * FUNCTIONS]):
+                self.want(gi, port, 0, fn)
+        for _ in range(val(pool.spare)):
+            make_port()
+
+    def unfold(self) -> None:
+        v, val = self.v, self.r.value
+        assert v is not None
+        for e in sorted(self.nodes):
+            node = self.nodes[e]
+            if e not in self.prep.states:
+                continue
+            for _ in range(val(v.new_pci_bridges.get(e))):
+                self.bridges.append(self.add_controller("pci-bridge", node, self.whole_slot(node), 0))
+            if val(v.new_pcie_pci_bridge.get(e)):
+                self.bridges.append(self.add_controller("pcie-to-pci-bridge", node, self.whole_slot(node), 0))
+            if e in v.root_ports:
+                self._root_ports(e, node)
+            for (b, gi), x in sorted(v.packed.items()):
+                if b == e:
+                    for _ in range(val(x)):
+                        self.want(gi, node, *self.function(node, root_port=False))
+            for (b, gi), x in sorted(v.alone.items()):
+                if b == e:
+                    for _ in range(val(x)):
+                        self.want(gi, node, self.whole_slot(node), 0)
+        self._pool()
+
+    def _root_ports(self, e: int, parent: BusNode) -> None:
+        v, val = self.v, self.r.value
+        assert v is not None
+
+        def root_port() -> BusNode:
+            return self.add_controller("pcie-root-port", parent, *self.function(parent, root_port=True))
+
+        switches = [self.add_controller("pcie-switch-upstream-port", root_port(), 0, 0)
+                    for _ in range(val(v.rp_switch[e]))]
+        for _ in range(val(v.rp_bridge[e])):
+            self.bridges.append(self.add_controller("pcie-to-pci-bridge", root_port(), 0, 0))
+        self.fill_ports(v.root_ports[e], root_port)
+        count = [0]
+
+        def downstream_port() -> BusNode:
+            k = count[0]
+            count[0] += 1
+            return self.add_controller("pcie-switch-downstream-port", switches[k // 32], k % 32, 0)
+
+        if switches:
+            self.fill_ports(v.downstream[e], downstream_port)
+
+    def _pool(self) -> None:
+        v, val = self.v, self.r.value
+        assert v is not None
+        slots = [(b, s) for b in self.bridges for s in range(1, 32)]
+        for gi, x in sorted(v.pool_alone.items()):
+            for _ in range(val(x)):
+                bus, slot = slots.pop(0)
+                self.want(gi, bus, slot, 0)
+        packed = [gi for gi, x in sorted(v.pool_packed.items()) for _ in range(val(x))]
+        for k in range(0, len(packed), FUNCTIONS):
+            bus, slot = slots.pop(0)
+            for fn, gi in enumerate(packed[k:k + FUNCTIONS]):
+                self.want(gi, bus, slot, fn)
+
+    def number(self) -> list[BusNode]:
+        """Index new controllers breadth-first from the root: a parent always has the lower index."""
+        nxt = max(self.prep.problem.buses) + 1
+        out = []
+        queue = deque([self.nodes[0]])
+        while queue:
+            node = queue.popleft()
+            for child in sorted(node.children, key=lambda c: (c.slot, c.function)):
+                if child.new:
+                    child.index = nxt
+                    nxt += 1
+                    out.append(child)
+                queue.append(child)
+        return out
+
+
+def unfold(prep: Prepared, result: SolveResult) -> Layout:
+    u = _Unfolder(prep, result)
+    u.unfold()
+    layout = Layout(new_controllers=u.number())
+    layout.controllers = dict(prep.controller_places)
+    for gi, targets in u.wanted.items():
+        group = prep.groups[gi]
+        assert len(targets) == group.size, (group.name, len(targets))
+        targets.sort(key=lambda t: (t.bus.index, t.slot, t.function))
+        for dev, t in zip(group.devices, targets, strict=True):
+            assert t.bus.index is not None
+            _place(layout, dev, PciAddress(t.bus.index, t.slot, t.function))
+    for d in prep.problem.devices:
+        for m in [d, *d.companions]:
+            if id(m) in prep.device_places:
+                layout.devices[id(m.element)] = prep.device_places[id(m)]
+    _mark_multifunction(prep, layout)
+    return layout
+
+
+def _place(layout: Layout, dev: Device, a: PciAddress) -> None:
+    layout.devices[id(dev.element)] = a
+    for m in dev.companions:
+        layout.devices[id(m.element)] = PciAddress(a.bus, a.slot, m.function)
+
+
+def _mark_multifunction(prep: Prepared, layout: Layout) -> None:
+    used: dict[tuple[int, int], set[int]] = {}
+    for i, st in prep.states.items():
+        for slot, fns in st.used.items():
+            used.setdefault((i, slot), set()).update(fns)
+    for a in layout.devices.values():
+        used.setdefault((a.bus, a.slot), set()).add(a.function)
+    for node in layout.new_controllers:
+        assert node.parent is not None and node.parent.index is not None
+        used.setdefault((node.parent.index, node.slot), set()).add(node.function)
+    layout.multifunction = {k for k, fns in used.items() if len(fns) > 1}

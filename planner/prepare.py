@@ -1,0 +1,252 @@
+"""Turn a Problem into what the solver needs: the occupancy of existing buses, user controllers
+placed where libvirt would put them, conventional places taken, and the devices left to place grouped
+into interchangeable groups (identical requirements), which is what keeps the model free of symmetry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.domain import Bus, Device, PciAddress, Problem
+from planner.xmlio import InputError
+
+CHIPSET = {"q35": {(0x1F, 0): "ICH9 LPC", (0x1F, 3): "ICH9 SMBus"},
+           "pc": {(0x01, 0): "PIIX3 ISA", (0x01, 1): "PIIX3 IDE", (0x01, 3): "PIIX3 ACPI"}}
+FIXED_OWNERS = {"q35": set(), "pc": {(0x01, 1)}}  # the IDE controller 0 is the chipset's own IDE
+
+
+@dataclass
+class BusState:
+    bus: Bus
+    used: dict[int, dict[int, str]] = field(default_factory=dict)  # slot -> function -> occupant
+    root_port_slots: set[int] = field(default_factory=set)  # slots holding only root ports
+    io_device: bool = False  # a device with an I/O BAR sits directly on this bus
+
+    def occupy(self, slot: int, function: int, who: str) -> None:
+        fns = self.used.setdefault(slot, {})
+        if function in fns:
+            raise InputError(
+                f"{who}: attempted double use of PCI address {self.bus.index:02x}:{slot:02x}.{function:x} "
+                f"(already {fns[function]})"
+            )
+        fns[function] = who
+
+    def free_slots(self, reserved: frozenset[int]) -> list[int]:
+        m = self.bus.model
+        return [s for s in range(m.first_slot, m.last_slot + 1)
+                if s not in self.used and not (self.bus.index == 0 and s in reserved)]
+
+    def free_root_port_functions(self) -> list[tuple[int, int]]:
+        return [(s, f) for s in sorted(self.root_port_slots) for f in range(8) if f not in self.used[s]]
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    endpoint: str  # pcie | pci
+    prefers_hotplug: bool
+    io: bool  # I/O BAR even on a PCIe port
+    pcie_only: bool
+    integrated: bool  # bus 0 only
+    whole_slot: bool  # a USB2 companion set: one slot, several functions
+    bus_pin: int | None
+
+
+@dataclass
+class Group:
+    key: GroupKey
+    devices: list[Device]
+
+    @property
+    def size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def name(self) -> str:
+        kinds = sorted({d.kind for d in self.devices})
+        k = self.key
+        bits = [k.endpoint, "hot-plug" if k.prefers_hotplug else "fixed"]
+        if k.bus_pin is not None:
+            bits.append(f"bus {k.bus_pin}")
+        return f"{len(self.devices)} × {'/'.join(kinds)} ({', '.join(bits)})"
+
+
+@dataclass
+class Prepared:
+    problem: Problem
+    states: dict[int, BusState]
+    groups: list[Group]
+    device_places: dict[int, PciAddress]  # id(device) -> address chosen before solving (conventions)
+    controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
+    fixed_io_windows: int
+
+
+def _accepts(parent: Bus, connect: str, from_config: bool) -> bool:
+    acc = parent.model.accepts
+    if connect in acc:
+        return True
+    if not from_config:
+        return False
+    # libvirt is permissive with user-given addresses: any endpoint bus takes either endpoint kind,
+    # and a pci-bridge may go wherever an endpoint may.
+    endpoint_bus = bool(acc & {"pci-device", "pcie-device"})
+    return endpoint_bus and connect in ("pci-device", "pcie-device", "pci-bridge")
+
+
+def _device_connect(d: Device) -> str:
+    return "pcie-device" if d.endpoint == "pcie" else "pci-device"
+
+
+def _check_slot(parent: Bus, a: PciAddress, who: str) -> None:
+    m = parent.model
+    if a.slot < m.first_slot:
+        raise InputError(f"{who}: invalid PCI address {a}: slot must be >= {m.first_slot} on {parent.label}")
+    if a.slot > m.last_slot:
+        raise InputError(f"{who}: invalid PCI address {a}: slot must be <= {m.last_slot} on {parent.label}")
+
+
+def _occupy_given(problem: Problem, states: dict[int, BusState]) -> None:
+    fam = problem.machine.family
+    root = states[0]
+    for (slot, fn), what in CHIPSET.get(fam, {}).items():
+        if (slot, fn) not in FIXED_OWNERS.get(fam, set()):
+            root.occupy(slot, fn, what)
+    for b in sorted(problem.buses.values(), key=lambda b: b.index):
+        if b.address is None:
+            continue
+        parent = problem.buses.get(b.address.bus)
+        if parent is None:
+            raise InputError(f"{b.label}: its address names bus {b.address.bus}, which no controller has")
+        if not _accepts(parent, b.model.plugs_into, from_config=True):
+            raise InputError(
+                f"{b.label}: cannot be plugged into {parent.label}; it requires a controller that "
+                f"accepts a {b.model.plugs_into}"
+            )
+        _check_slot(parent, b.address, b.label)
+        states[parent.index].occupy(b.address.slot, b.address.function, b.label)
+        if b.model.aggregate:
+            st = states[parent.index]
+            if all(o.startswith("controller pci") and "pcie-root-port" in o
+                   for o in st.used[b.address.slot].values()):
+                st.root_port_slots.add(b.address.slot)
+    for d in problem.devices:
+        for member in [d, *d.companions]:
+            a = member.address
+            if a is None:
+                continue
+            parent = problem.buses.get(a.bus)
+            if parent is None:
+                raise InputError(f"{member.label}: its address names bus {a.bus}, which no controller has")
+            if not _accepts(parent, _device_connect(member), from_config=True):
+                raise InputError(
+                    f"{member.label}: the device at PCI address {a} cannot be plugged into {parent.label}"
+                )
+            if d.facts.integrated and a.bus != 0:
+                raise InputError(f"{member.label}: needs to be an integrated device (bus=0)")
+            _check_slot(parent, a, member.label)
+            st = states[a.bus]
+            is_ide = member.kind == "controller" and member.element.get("type") == "ide"
+            if a.bus == 0 and (a.slot, a.function) in FIXED_OWNERS.get(fam, set()) and not is_ide:
+                raise InputError(f"{member.label}: PCI address {a} belongs to the chipset (PIIX3 IDE)")
+            st.occupy(a.slot, a.function, member.label)
+            st.root_port_slots.discard(a.slot)
+            if not (member.endpoint == "pcie" and not member.io_on_pcie):
+                st.io_device = True
+
+
+def _place_user_controllers(problem: Problem, states: dict[int, BusState]) -> dict[int, PciAddress]:
+    """User controllers without an address go where libvirt would put them: the first bus of lower
+    index that accepts them, lowest free slot (root ports share slots as functions)."""
+    placed: dict[int, PciAddress] = {}
+    reserved = problem.machine.reserved_slots
+    dmi_slots = problem.machine.conventions.get("dmi_to_pci_bridge", ())
+    for b in sorted(problem.buses.values(), key=lambda b: b.index):
+        if not b.floating:
+            continue
+        candidates = [p for p in sorted(problem.buses.values(), key=lambda p: p.index)
+                      if p.index < b.index and (b.bus_pin is None or p.index == b.bus_pin)
+                      and _accepts(p, b.model.plugs_into, from_config=b.bus_pin is not None)]
+        address = None
+        for p in candidates:
+            st = states[p.index]
+            if b.model.name == "dmi-to-pci-bridge" and p.index == 0:
+                free = [s for s in dmi_slots if s not in st.used]
+                if free:
+                    address = PciAddress(0, free[0], 0)
+                    break
+            if b.model.aggregate:
+                funcs = st.free_root_port_functions()
+                if funcs:
+                    address = PciAddress(p.index, *funcs[0])
+                    break
+            slots = st.free_slots(reserved)
+            if slots:
+                address = PciAddress(p.index, slots[0], 0)
+                if b.model.aggregate:
+                    st.root_port_slots.add(slots[0])
+                break
+        if address is None:
+            raise InputError(
+                f"{b.label}: no free slot on a bus of lower index that accepts a {b.model.plugs_into}"
+                + (f" (its address names bus {b.bus_pin})" if b.bus_pin is not None else "")
+            )
+        states[address.bus].occupy(address.slot, address.function, b.label)
+        placed[b.index] = address
+    return placed
+
+
+def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[int, PciAddress]:
+    """Devices libvirt puts at a conventional root-bus slot (primary video, ich9 sound and USB) go there."""
+    places: dict[int, PciAddress] = {}
+    root = states[0]
+    for d in problem.devices:
+        if d.address is not None or d.bus_pin is not None or not d.convention:
+            continue
+        for slot in d.convention:
+            if slot in root.used:
+                continue
+            for member in [d, *d.companions]:
+                a = PciAddress(0, slot, member.function)
+                root.occupy(slot, member.function, member.label)
+                places[id(member)] = a
+            break
+    return places
+
+
+def _group_key(d: Device) -> GroupKey:
+    return GroupKey(
+        endpoint=d.endpoint,
+        prefers_hotplug=d.hotplug and not d.companions,
+        io=d.io_on_pcie,
+        pcie_only=d.facts.pcie_only,
+        integrated=d.facts.integrated,
+        whole_slot=bool(d.companions),
+        bus_pin=d.bus_pin,
+    )
+
+
+def _fixed_io_windows(problem: Problem, states: dict[int, BusState]) -> int:
+    windows = 0
+    for b in problem.buses.values():
+        port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
+        if b.model.io_window or (port and states[b.index].io_device):
+            windows += 1
+    return windows
+
+
+def prepare(problem: Problem) -> Prepared:
+    states = {i: BusState(b) for i, b in problem.buses.items()}
+    _occupy_given(problem, states)
+    controller_places = _place_user_controllers(problem, states)
+    device_places = _place_conventions(problem, states)
+    groups: dict[GroupKey, Group] = {}
+    for d in problem.devices:
+        if d.address is not None or id(d) in device_places:
+            continue
+        for member in d.companions:
+            if member.address is not None:
+                raise InputError(f"{member.label}: a USB companion has an address but its set's first "
+                                 f"member {d.label} has none; give all or none")
+        key = _group_key(d)
+        groups.setdefault(key, Group(key, [])).devices.append(d)
+    ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
+    return Prepared(problem, states, ordered, device_places, controller_places,
+                    _fixed_io_windows(problem, states))

@@ -1,0 +1,139 @@
+"""Write a layout back into the domain XML: addresses on devices, new PCI controllers as libvirt
+writes them. Everything else in the document is left exactly as it was."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from planner.domain import PciAddress, Problem
+from planner.facts import controller_models
+from planner.layout import BusNode, Layout
+
+
+def _indent_of(el: etree._Element) -> str:
+    prev = el.getprevious()
+    text = prev.tail if prev is not None else el.getparent().text
+    if text and text.strip() == "" and "\n" in text:
+        return text[text.rindex("\n"):]
+    return "\n" + "  " * (len(list(el.iterancestors())))
+
+
+def _append_child(parent: etree._Element, child: etree._Element) -> None:
+    """Append child as the last element of parent with the document's indentation."""
+    base = _indent_of(parent)
+    unit = "  "
+    kids = [c for c in parent if isinstance(c.tag, str)]
+    if kids:
+        last = parent[-1]
+        tail = last.tail
+        last.tail = base + unit
+        child.tail = tail if tail is not None else base
+    else:
+        parent.text = base + unit
+        child.tail = base
+    parent.append(child)
+
+
+def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
+    addr = el.find("address")
+    if addr is None:
+        addr = etree.Element("address")
+        _append_child(el, addr)
+    keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    for k in list(addr.attrib):
+        del addr.attrib[k]
+    addr.set("type", "pci")
+    addr.set("domain", "0x0000")
+    addr.set("bus", f"0x{a.bus:02x}")
+    addr.set("slot", f"0x{a.slot:02x}")
+    addr.set("function", f"0x{a.function:x}")
+    if multifunction and a.function == 0:
+        addr.set("multifunction", "on")
+    elif keep_mf is not None:
+        addr.set("multifunction", keep_mf)
+
+
+def _controller_element(node: BusNode, chassis: int | None, mf: bool, indent: str) -> etree._Element:
+    m = controller_models()[node.model]
+    el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
+    inner = indent + "  "
+    el.text = inner
+    model = etree.SubElement(el, "model", name=m.qemu)
+    last = model
+    if m.target == "chassis-port":
+        port = node.slot * 8 + node.function if node.model == "pcie-root-port" else node.slot
+        last.tail = inner
+        last = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
+    elif m.target == "chassisNr":
+        last.tail = inner
+        last = etree.SubElement(el, "target", chassisNr=str(node.index))
+    last.tail = inner
+    assert node.parent is not None and node.parent.index is not None
+    addr = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
+                            slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
+    if mf and node.function == 0:
+        addr.set("multifunction", "on")
+    addr.tail = indent
+    return el
+
+
+def _used_chassis(problem: Problem) -> set[int]:
+    used = set()
+    for b in problem.buses.values():
+        if b.model.name in ("pcie-root-port", "pcie-switch-downstream-port") and b.element is not None:
+            tgt = b.element.find("target")
+            value = tgt.get("chassis") if tgt is not None else None
+            used.add(int(value, 0) if value is not None else b.index)
+    return used
+
+
+def render(problem: Problem, layout: Layout) -> None:
+    """Apply the layout to problem.tree in place."""
+    mf = layout.multifunction
+    for d in problem.devices:
+        for m in [d, *d.companions]:
+            a = layout.devices.get(id(m.element)) or m.address
+            if a is None:
+                continue
+            given = m.element.find("address")
+            shared = (a.bus, a.slot) in mf
+            kept = layout.devices.get(id(m.element)) is None
+            if kept and given is not None and given.get("slot") is not None:
+                if shared and a.function == 0 and given.get("multifunction") is None:
+                    given.set("multifunction", "on")
+                continue
+            set_pci_address(m.element, a, shared)
+            for mirror in m.mirrors:
+                set_pci_address(mirror, a, shared)
+    for index, a in layout.controllers.items():
+        el = problem.buses[index].element
+        assert el is not None
+        set_pci_address(el, a, (a.bus, a.slot) in mf)
+    for b in problem.buses.values():
+        a = b.address
+        if a is not None and (a.bus, a.slot) in mf and a.function == 0 and b.element is not None:
+            addr = b.element.find("address")
+            if addr is not None and addr.get("multifunction") is None:
+                addr.set("multifunction", "on")
+    if not layout.new_controllers:
+        return
+    devices = problem.tree.getroot().find("devices")
+    pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
+    anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
+    indent = _indent_of(anchor) if anchor is not None else "\n    "
+    chassis_used = _used_chassis(problem)
+    for node in layout.new_controllers:
+        chassis = None
+        if controller_models()[node.model].target == "chassis-port":
+            chassis = node.index
+            while chassis in chassis_used:
+                chassis = (chassis + 1) % 256
+            chassis_used.add(chassis)
+        el = _controller_element(node, chassis, (node.parent.index, node.slot) in mf, indent)
+        if anchor is None:
+            _append_child(devices, el)
+        else:
+            el.tail = anchor.tail
+            anchor.tail = indent
+            anchor.addnext(el)
+        anchor = el

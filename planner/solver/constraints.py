@@ -1,0 +1,223 @@
+"""Constraint families, one function each. Every family is enforced under an assumption literal so
+that an infeasible request can be explained by the smallest set of families at fault."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from planner.prepare import Prepared
+from planner.solver.variables import PORTS, Variables, new_bridges, new_controllers
+
+SLOTS_PER_BRIDGE = 31
+FUNCTIONS = 8
+MAX_BUS_NUMBERS = 256
+MAX_INDEX = 255
+
+
+@dataclass
+class Assumptions:
+    """Assumption literal -> the plain-words reason shown when it is part of an infeasible core."""
+
+    literals: dict[int, str] = field(default_factory=dict)
+    model: cp_model.CpModel | None = None
+
+    def new(self, reason: str) -> cp_model.IntVar:
+        assert self.model is not None
+        lit = self.model.NewBoolVar(f"assume_{len(self.literals)}")
+        self.literals[lit.Index()] = reason
+        return lit
+
+
+def _sum(xs) -> cp_model.LinearExpr:
+    return cp_model.LinearExpr.Sum(list(xs))
+
+
+def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    """Each device of each group is placed exactly once."""
+    for gi, g in enumerate(prep.groups):
+        placed = [*v.alone.items(), *v.packed.items()]
+        terms = [x for (_, i), x in placed if i == gi]
+        for pool in [*v.root_ports.values(), *v.downstream.values()]:
+            terms += [x for i, x in [*pool.alone.items(), *pool.packed.items()] if i == gi]
+        terms += [x for i, x in [*v.pool_alone.items(), *v.pool_packed.items()] if i == gi]
+        lit = why.new(f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
+                      + (" …" if g.size > 4 else "") + " must each get a place")
+        model.Add(_sum(terms) == g.size).OnlyEnforceIf(lit)
+
+
+def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    """Free slots of each existing bus: one per lone device or whole-slot child, 8 functions per
+    packed slot; new root ports may also fill free functions of slots that hold only root ports."""
+    reserved = prep.problem.machine.reserved_slots
+    for e, st in prep.states.items():
+        free = len(st.free_slots(reserved))
+        alone = [x for (b, _), x in v.alone.items() if b == e]
+        packed = [x for (b, _), x in v.packed.items() if b == e]
+        whole_children = []
+        if e in v.new_pci_bridges:
+            whole_children.append(v.new_pci_bridges[e])
+        if e in v.new_pcie_pci_bridge:
+            whole_children.append(v.new_pcie_pci_bridge[e])
+        lit = why.new(f"{st.bus.label} has {free} free slot(s)")
+        slots = _sum(alone + whole_children) + v.packslots[e]
+        model.Add(_sum(packed) <= FUNCTIONS * v.packslots[e]).OnlyEnforceIf(lit)
+        if e in v.root_ports:
+            # Root ports get slots of their own, 8 to a slot, after the free functions of slots that
+            # already hold only root ports; endpoints never share a slot with root ports.
+            ports = v.root_ports[e].ports() + [v.rp_bridge[e], v.rp_switch[e]]
+            extra = len(st.free_root_port_functions())
+            model.Add(_sum(ports) <= FUNCTIONS * v.rpslots[e] + extra).OnlyEnforceIf(lit)
+            slots += v.rpslots[e]
+        model.Add(slots <= free).OnlyEnforceIf(lit)
+        # A port with hot-plug off holds its devices as functions; so does a port holding a bridge.
+        if e in v.new_pcie_pci_bridge:
+            model.Add(v.packslots[e] == 0).OnlyEnforceIf(v.new_pcie_pci_bridge[e])
+
+
+def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    """New root/downstream ports: one lone device, or up to 8 packed functions; the packs that hold
+    an I/O-BAR device are counted apart (they cost a firmware I/O window)."""
+    io_groups = {gi for gi, g in enumerate(prep.groups) if g.key.io}
+    for p in v.root_ports:
+        for pool in (v.root_ports[p], v.downstream[p]):
+            packed = list(pool.packed.values())
+            packed_io = [x for gi, x in pool.packed.items() if gi in io_groups]
+            model.Add(_sum(packed_io) <= FUNCTIONS * pool.pack_io)
+            model.Add(_sum(packed) <= FUNCTIONS * (pool.pack_io + pool.pack_noio))
+            # no empty packs: an empty port is a spare, counted as such
+            model.Add(pool.pack_io + pool.pack_noio <= _sum(packed))
+        ds = v.downstream[p].ports()
+        model.Add(_sum(ds) <= 32 * v.rp_switch[p])
+        model.Add(v.rp_switch[p] <= _sum(ds))  # a switch without downstream ports is waste
+    lit = why.new("new bridges offer 31 slots each")
+    nb = new_bridges(v)
+    pool_slots = _sum(v.pool_alone.values()) + v.pool_packslots
+    model.Add(pool_slots <= SLOTS_PER_BRIDGE * _sum(nb)).OnlyEnforceIf(lit)
+    model.Add(_sum(v.pool_packed.values()) <= FUNCTIONS * v.pool_packslots)
+
+
+def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    """x86 SeaBIOS gives every bridge, and every port with an I/O-BAR device below it, a 4 KiB I/O
+    window from a tiny space: measured, 9 boot on q35 and 8 on pc. Integrated devices need none."""
+    budget = prep.problem.machine.io_window_budget
+    if budget <= 0:
+        return
+    budget = max(budget, prep.fixed_io_windows)  # never make a given layout worse than it is
+    io_groups = {gi for gi, g in enumerate(prep.groups) if g.key.io or g.key.endpoint == "pci"}
+    windows = list(new_bridges(v))
+    for p in v.root_ports:
+        for pool in (v.root_ports[p], v.downstream[p]):
+            windows += [x for gi, x in pool.alone.items() if gi in io_groups] + [pool.pack_io]
+    for e, flag in v.io_new.items():
+        on_port = [x for (b, gi), x in [*v.alone.items(), *v.packed.items()] if b == e and gi in io_groups]
+        if on_port:
+            model.Add(_sum(on_port) <= FUNCTIONS * flag)
+            windows.append(flag)
+        else:
+            model.Add(flag == 0)
+    lit = why.new(f"the firmware I/O-window budget ({budget} bridges or I/O ports, SeaBIOS on "
+                  f"{prep.problem.machine.family}; {prep.fixed_io_windows} used by the given layout)")
+    model.Add(prep.fixed_io_windows + _sum(windows) <= budget).OnlyEnforceIf(lit)
+
+
+def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    """256 bus numbers per PCI domain and controller index ≤ 255; with expander buses, each hierarchy
+    must fit in its busNr range."""
+    buses = prep.problem.buses
+    used = sum(b.model.buses for b in buses.values())
+    new = new_controllers(v)
+    lit = why.new(f"a PCI domain has {MAX_BUS_NUMBERS} bus numbers ({used} already used)")
+    model.Add(used + _sum(new) <= MAX_BUS_NUMBERS).OnlyEnforceIf(lit)
+    top = max(buses)
+    lit = why.new(f"controller indices end at {MAX_INDEX} (highest given: {top})")
+    model.Add(top + _sum(new) <= MAX_INDEX).OnlyEnforceIf(lit)
+    _bus_nr_partition(model, prep, v, why)
+
+
+def _hierarchy_of(prep: Prepared, index: int) -> int:
+    """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
+    buses = prep.problem.buses
+    seen = set()
+    while index != 0 and index not in seen:
+        seen.add(index)
+        b = buses[index]
+        if b.model.name in ("pci-expander-bus", "pcie-expander-bus"):
+            return index
+        parent = b.address.bus if b.address else prep.controller_places.get(index, None)
+        index = parent if isinstance(parent, int) else (parent.bus if parent else 0)
+    return 0
+
+
+def bus_nr_of(prep: Prepared) -> dict[int, int]:
+    """busNr of every expander bus, with libvirt's defaults (254, 252, … below the lowest given)."""
+    out: dict[int, int] = {}
+    pxbs = sorted(b.index for b in prep.problem.buses.values()
+                  if b.model.name in ("pci-expander-bus", "pcie-expander-bus"))
+    for i in pxbs:
+        if prep.problem.buses[i].bus_nr is not None:
+            out[i] = prep.problem.buses[i].bus_nr  # type: ignore[assignment]
+    for i in pxbs:
+        if i not in out:
+            out[i] = min(out.values(), default=256) - 2
+    return out
+
+
+def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
+    nrs = bus_nr_of(prep)
+    if not nrs:
+        return
+    starts = sorted(set(nrs.values()))
+    limit = {0: starts[0]}
+    for i, n in nrs.items():
+        higher = [s for s in starts if s > n]
+        limit[i] = (higher[0] if higher else MAX_BUS_NUMBERS) - n
+    count: dict[int, list] = {h: [] for h in limit}
+    fixed: dict[int, int] = dict.fromkeys(limit, 0)
+    for b in prep.problem.buses.values():
+        fixed[_hierarchy_of(prep, b.index)] += b.model.buses
+    for e, x in [*v.new_pci_bridges.items(), *v.new_pcie_pci_bridge.items()]:
+        count[_hierarchy_of(prep, e)].append(x)
+    for p in v.root_ports:
+        h = _hierarchy_of(prep, p)
+        count[h] += v.root_ports[p].ports() + v.downstream[p].ports()
+        count[h] += [v.rp_bridge[p], v.rp_bridge[p], v.rp_switch[p], v.rp_switch[p]]
+    for h, lim in limit.items():
+        name = "the root bus" if h == 0 else prep.problem.buses[h].label
+        lit = why.new(f"bus numbers of {name} must fit its busNr range ({lim})")
+        model.Add(fixed[h] + _sum(count[h]) <= lim).OnlyEnforceIf(lit)
+
+
+def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int) -> None:
+    """Keep empty hot-pluggable ports (PCIe) or slots (conventional) for later hot-plug; a shortfall is
+    allowed but costs as much as a device that could not stay hot-pluggable."""
+    reserved = prep.problem.machine.reserved_slots
+    empty_ports = []
+    free_pci_slots = []
+    for e, st in prep.states.items():
+        bus = st.bus
+        free = len(st.free_slots(reserved))
+        if not bus.hotplug or free == 0:
+            continue
+        used = [x for (b, _), x in v.alone.items() if b == e] + [v.packslots[e]]
+        if e in v.rpslots:
+            used.append(v.rpslots[e])
+        used += [x for b, x in v.new_pci_bridges.items() if b == e]
+        used += [x for b, x in v.new_pcie_pci_bridge.items() if b == e]
+        if bus.model.name in PORTS:
+            empty_ports.append(free - _sum(used))
+        elif bus.model.conventional:
+            free_pci_slots.append(free - _sum(used))
+    for p in v.root_ports:
+        empty_ports += [v.root_ports[p].spare, v.downstream[p].spare]
+    nb = new_bridges(v)
+    free_pci_slots.append(SLOTS_PER_BRIDGE * _sum(nb) - _sum(v.pool_alone.values()) - v.pool_packslots)
+    shortfalls = []
+    for want, have, name in ((spare_pcie, empty_ports, "pcie"), (spare_pci, free_pci_slots, "pci")):
+        if want:
+            short = model.NewIntVar(0, want, f"spare_{name}_shortfall")
+            model.Add(_sum(have) + short >= want)
+            shortfalls.append(short)
+    assert v.spare_shortfall is not None
+    model.Add(v.spare_shortfall == _sum(shortfalls))

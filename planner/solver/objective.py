@@ -1,0 +1,68 @@
+"""The lexicographic objective as one weighted sum. Each level's weight exceeds the largest possible
+value of all lower levels together, so no gain below can pay for a loss above:
+
+  L1  addresses the input had are kept            (hard in the default mode)
+  L2  devices left without the hot-pluggable slot they prefer, plus missing spare ports
+  L3  PCIe-capable devices put on conventional PCI
+  L4  controllers added
+  L5  bus numbers added
+  L6  slots of existing buses consumed (tie-break: keep room on the root bus)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from planner.prepare import Prepared
+from planner.solver.variables import Variables, new_controllers, on_conventional
+
+MAX_SLOTS = 256 * 32
+MAX_CONTROLLERS = 256
+
+
+@dataclass
+class Levels:
+    hotplug_lost: cp_model.LinearExpr
+    pcie_on_pci: cp_model.LinearExpr
+    controllers: cp_model.LinearExpr
+    bus_numbers: cp_model.LinearExpr
+    slots_used: cp_model.LinearExpr
+    weights: tuple[int, int, int, int, int]
+
+
+def levels(prep: Prepared, v: Variables) -> Levels:
+    preferring = {gi for gi, g in enumerate(prep.groups) if g.key.prefers_hotplug}
+    wanted = sum(prep.groups[gi].size for gi in preferring)
+    hot = [x for (e, gi), x in v.alone.items() if gi in preferring and prep.states[e].bus.hotplug]
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        hot += [x for gi, x in pool.alone.items() if gi in preferring]
+    hot += [x for gi, x in v.pool_alone.items() if gi in preferring]
+    assert v.spare_shortfall is not None
+    hotplug_lost = wanted - cp_model.LinearExpr.Sum(hot) + v.spare_shortfall
+
+    placed = [*v.alone.items(), *v.packed.items()]
+    on_pci = [x for (e, gi), x in placed if on_conventional(prep, prep.groups[gi], e)]
+    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
+    on_pci += [x for gi, x in pooled if prep.groups[gi].key.endpoint == "pcie"]
+    pcie_on_pci = cp_model.LinearExpr.Sum(on_pci)
+
+    controllers = cp_model.LinearExpr.Sum(new_controllers(v))
+    bus_numbers = controllers  # every controller pciplan adds takes exactly one bus number
+    used = [*v.packslots.values(), *v.rpslots.values(), *v.alone.values(), *v.new_pci_bridges.values()]
+    used += list(v.new_pcie_pci_bridge.values())
+    slots_used = cp_model.LinearExpr.Sum(used)
+
+    devices = sum(g.size for g in prep.groups)
+    w5 = MAX_SLOTS + 1
+    w4 = w5 * (MAX_CONTROLLERS + 1)
+    w3 = w4 * (MAX_CONTROLLERS + 1)
+    w2 = w3 * (devices + 1)
+    return Levels(hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used, (w2, w3, w4, w5, 1))
+
+
+def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
+    w2, w3, w4, w5, w6 = lv.weights
+    model.Minimize(w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
+                   + w5 * lv.bus_numbers + w6 * lv.slots_used)

@@ -1,0 +1,84 @@
+"""Build the model, solve it, and return counts with the solver's status and bound."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from planner.options import PlanOptions
+from planner.prepare import Prepared
+from planner.solver import constraints as c
+from planner.solver.objective import levels, set_objective
+from planner.solver.variables import Variables, create_variables
+
+
+class Infeasible(Exception):
+    """The request cannot be met; reasons name the devices and limits that conflict (exit 3)."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+@dataclass
+class SolveResult:
+    status: str  # OPTIMAL | FEASIBLE
+    objective: int
+    bound: int
+    gap: float
+    seconds: float
+    values: dict[str, int] = field(default_factory=dict)  # per objective level
+    vars: Variables | None = None
+    solver: cp_model.CpSolver | None = None
+
+    def value(self, x) -> int:
+        assert self.solver is not None
+        return int(self.solver.Value(x)) if x is not None else 0
+
+
+def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
+    machine = prep.problem.machine
+    spare_pcie = machine.spare_pcie_ports if options.spare_pcie is None else options.spare_pcie
+    spare_pci = machine.spare_pci_slots if options.spare_pci is None else options.spare_pci
+    if not machine.pcie:
+        spare_pcie = 0
+    model = cp_model.CpModel()
+    why = c.Assumptions(model=model)
+    v = create_variables(model, prep)
+    c.place_every_device(model, prep, v, why)
+    c.existing_bus_capacity(model, prep, v, why)
+    c.new_port_capacity(model, prep, v, why)
+    c.io_window_budget(model, prep, v, why)
+    c.bus_number_limits(model, prep, v, why)
+    c.spare_ports(model, prep, v, spare_pcie, spare_pci)
+    lv = levels(prep, v)
+    set_objective(model, lv)
+    model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = options.time_limit
+    solver.parameters.num_workers = options.workers
+    solver.parameters.random_seed = 0
+    start = time.perf_counter()
+    status = solver.Solve(model)
+    seconds = time.perf_counter() - start
+    if status == cp_model.INFEASIBLE:
+        core = solver.SufficientAssumptionsForInfeasibility()
+        raise Infeasible([why.literals[i] for i in core] or ["the constraints admit no layout"])
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
+                          f"{solver.StatusName(status)}); raise --time-limit"])
+    obj = int(round(solver.ObjectiveValue()))
+    bound = int(round(solver.BestObjectiveBound()))
+    gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
+    values = {
+        "hotplug_lost": int(solver.Value(lv.hotplug_lost)),
+        "pcie_on_pci": int(solver.Value(lv.pcie_on_pci)),
+        "controllers_added": int(solver.Value(lv.controllers)),
+        "bus_numbers_added": int(solver.Value(lv.bus_numbers)),
+        "root_slots_used": int(solver.Value(lv.slots_used)),
+        "spare_shortfall": int(solver.Value(v.spare_shortfall)),
+    }
+    return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)

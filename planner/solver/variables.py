@@ -1,0 +1,148 @@
+"""Decision variables. Everything is a count over interchangeable things (devices of one group,
+identical new controllers), never a boolean per (device, slot): the model has no symmetry to break and
+its size grows with the number of buses and groups, not with devices × slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from planner.prepare import Group, Prepared
+
+PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
+IntVar = cp_model.IntVar
+
+
+def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
+    """May devices of group g be placed on existing bus e? (libvirt's auto-assignment rules, plus
+    integrated endpoints on pcie-root for devices that are not hot-plugged.)"""
+    bus = prep.problem.buses[e]
+    acc = bus.model.accepts
+    k = g.key
+    if k.bus_pin is not None:
+        return e == k.bus_pin and bool(acc & {"pci-device", "pcie-device"})
+    if k.integrated:
+        return e == 0
+    if k.whole_slot:
+        return "pci-device" in acc
+    if k.endpoint == "pci":
+        return "pci-device" in acc
+    if "pcie-device" in acc:
+        return True
+    return "pci-device" in acc and not k.pcie_only  # works as a conventional device, at a cost
+
+
+def on_conventional(prep: Prepared, g: Group, e: int) -> bool:
+    return g.key.endpoint == "pcie" and prep.problem.buses[e].model.conventional
+
+
+@dataclass
+class PortPool:
+    """New ports of one kind (root ports on one parent, or downstream ports of the switches on it)."""
+
+    alone: dict[int, IntVar] = field(default_factory=dict)  # group -> ports holding one such device
+    packed: dict[int, IntVar] = field(default_factory=dict)  # group -> devices packed as functions
+    pack_io: IntVar | None = None  # ports holding packed devices, one of which has an I/O BAR
+    pack_noio: IntVar | None = None
+    spare: IntVar | None = None  # empty hot-pluggable ports
+
+    def ports(self) -> list[IntVar]:
+        return [*self.alone.values(), self.pack_io, self.pack_noio, self.spare]
+
+
+@dataclass
+class Variables:
+    # Devices on existing buses: (bus, group) -> count
+    alone: dict[tuple[int, int], IntVar] = field(default_factory=dict)
+    packed: dict[tuple[int, int], IntVar] = field(default_factory=dict)
+    packslots: dict[int, IntVar] = field(default_factory=dict)  # slots of bus e used as function packs
+    rpslots: dict[int, IntVar] = field(default_factory=dict)  # slots of bus e given to new root ports
+    # New controllers on existing buses
+    new_pci_bridges: dict[int, IntVar] = field(default_factory=dict)  # conventional bus -> pci-bridges
+    new_pcie_pci_bridge: dict[int, IntVar] = field(default_factory=dict)  # empty port -> 0/1 bridge
+    io_new: dict[int, IntVar] = field(default_factory=dict)  # existing port gets an I/O device
+    # New root ports per parent bus (pcie-root, pcie-expander-bus)
+    root_ports: dict[int, PortPool] = field(default_factory=dict)
+    rp_bridge: dict[int, IntVar] = field(default_factory=dict)  # root port + pcie-to-pci-bridge
+    rp_switch: dict[int, IntVar] = field(default_factory=dict)  # root port + upstream port
+    downstream: dict[int, PortPool] = field(default_factory=dict)
+    # The conventional slots of all new bridges, pooled (they are interchangeable)
+    pool_alone: dict[int, IntVar] = field(default_factory=dict)
+    pool_packed: dict[int, IntVar] = field(default_factory=dict)
+    pool_packslots: IntVar | None = None
+    spare_shortfall: IntVar | None = None
+
+
+def _pool(model: cp_model.CpModel, prep: Prepared, name: str, cap: int) -> PortPool:
+    pool = PortPool()
+    for gi, g in enumerate(prep.groups):
+        k = g.key
+        if k.endpoint != "pcie" or k.bus_pin is not None or k.integrated or k.whole_slot:
+            continue
+        if k.prefers_hotplug:
+            pool.alone[gi] = model.NewIntVar(0, g.size, f"{name}_alone_g{gi}")
+        pool.packed[gi] = model.NewIntVar(0, g.size, f"{name}_packed_g{gi}")
+    pool.pack_io = model.NewIntVar(0, cap, f"{name}_pack_io")
+    pool.pack_noio = model.NewIntVar(0, cap, f"{name}_pack_noio")
+    pool.spare = model.NewIntVar(0, cap, f"{name}_spare")
+    return pool
+
+
+def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
+    v = Variables()
+    machine = prep.problem.machine
+    reserved = machine.reserved_slots
+    for e, st in sorted(prep.states.items()):
+        bus = st.bus
+        free = len(st.free_slots(reserved))
+        v.packslots[e] = model.NewIntVar(0, free, f"packslots_b{e}")
+        for gi, g in enumerate(prep.groups):
+            if not group_allowed_on(prep, g, e):
+                continue
+            if g.key.whole_slot or (bus.hotplug and g.key.prefers_hotplug):
+                v.alone[e, gi] = model.NewIntVar(0, min(g.size, free), f"alone_b{e}_g{gi}")
+            if not g.key.whole_slot:
+                v.packed[e, gi] = model.NewIntVar(0, min(g.size, 8 * free), f"packed_b{e}_g{gi}")
+        acc = bus.model.accepts
+        if "pci-bridge" in acc and bus.model.conventional and free:
+            v.new_pci_bridges[e] = model.NewIntVar(0, free, f"new_pci_bridges_b{e}")
+        if bus.model.name in PORTS and free:
+            if "pcie-to-pci-bridge" in acc:
+                v.new_pcie_pci_bridge[e] = model.NewBoolVar(f"new_pcie_pci_bridge_b{e}")
+            if not st.io_device:
+                v.io_new[e] = model.NewBoolVar(f"io_new_b{e}")
+        if "pcie-root-port" in acc:
+            cap = 8 * free + len(st.free_root_port_functions())
+            v.rpslots[e] = model.NewIntVar(0, free, f"rpslots_b{e}")
+            v.root_ports[e] = _pool(model, prep, f"rp{e}", cap)
+            v.rp_bridge[e] = model.NewIntVar(0, cap, f"rp_bridge_b{e}")
+            v.rp_switch[e] = model.NewIntVar(0, cap, f"rp_switch_b{e}")
+            v.downstream[e] = _pool(model, prep, f"ds{e}", 32 * cap)
+    for gi, g in enumerate(prep.groups):
+        k = g.key
+        if k.bus_pin is not None or k.integrated:
+            continue
+        if k.endpoint == "pcie" and (k.pcie_only or not machine.pcie):
+            continue
+        if k.whole_slot or k.prefers_hotplug:
+            v.pool_alone[gi] = model.NewIntVar(0, g.size, f"pool_alone_g{gi}")
+        if not k.whole_slot:
+            v.pool_packed[gi] = model.NewIntVar(0, g.size, f"pool_packed_g{gi}")
+    v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
+    v.spare_shortfall = model.NewIntVar(0, 256, "spare_shortfall")
+    return v
+
+
+def new_bridges(v: Variables) -> list[IntVar]:
+    return [*v.new_pci_bridges.values(), *v.new_pcie_pci_bridge.values(), *v.rp_bridge.values()]
+
+
+def new_controllers(v: Variables) -> list[IntVar]:
+    """Every new controller counted once: root ports, upstream and downstream ports, bridges."""
+    out: list[IntVar] = []
+    for p, pool in v.root_ports.items():
+        out += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]]  # the root port itself
+        out += [v.rp_switch[p]]  # the upstream port
+        out += v.downstream[p].ports()
+    return out + new_bridges(v)
