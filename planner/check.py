@@ -100,7 +100,10 @@ MAX_BUS_NUMBERS = 256
 
 # Default models libvirt 9.0 fills in (seen with the embedded driver here).
 DEFAULT_USB_MODEL = {
-    Q35: "qemu-xhci", PC: "piix3-uhci", AARCH64_VIRT: "qemu-xhci", RISCV64_VIRT: "piix3-uhci"
+    Q35: "qemu-xhci",
+    PC: "piix3-uhci",
+    AARCH64_VIRT: "qemu-xhci",
+    RISCV64_VIRT: "piix3-uhci",
 }
 DEFAULT_NET_MODEL = {Q35: "rtl8139", PC: "rtl8139", AARCH64_VIRT: "virtio", RISCV64_VIRT: "virtio"}
 DEFAULT_VIDEO_MODEL = {Q35: "cirrus", PC: "cirrus", AARCH64_VIRT: "virtio", RISCV64_VIRT: "virtio"}
@@ -336,9 +339,11 @@ def _describe(elem: etree._Element, position: int) -> str:
     if tag == "hostdev":
         source = elem.find("source/address")
         if source is not None and source.get("bus") is not None:
-            host = ":".join(
-                str(source.get(k, "0")) for k in ("domain", "bus", "slot")
-            ) + "." + str(source.get("function", "0"))
+            host = (
+                ":".join(str(source.get(k, "0")) for k in ("domain", "bus", "slot"))
+                + "."
+                + str(source.get("function", "0"))
+            )
             return f"hostdev[{position}] ({elem.get('type')} {host})"
         return f"hostdev[{position}] ({elem.get('type')})"
     model = elem.get("model") or _child_attr(elem, "model", "type") or elem.get("type") or elem.get("bus")
@@ -424,8 +429,9 @@ class _Checker:
             used.add(index)
             name = name.replace("index=?", f"index={index}")
             if self.require_complete:
-                self.flag(name, "index-missing",
-                          f"PCI controller has no index (libvirt would give it {index})")
+                self.flag(
+                    name, "index-missing", f"PCI controller has no index (libvirt would give it {index})"
+                )
         else:
             try:
                 index = _parse_number(index_text)
@@ -435,8 +441,11 @@ class _Checker:
         if model is None or model not in PCI_CONTROLLER_MODELS:
             what = "has no model" if model is None else f"has unknown model '{model}'"
             if index == 0 and self.family is not None:
-                self.flag(name, "root-model", f"PCI controller index 0 {what}; this machine needs "
-                          f"model='{ROOT_MODEL[self.family]}'")
+                self.flag(
+                    name,
+                    "root-model",
+                    f"PCI controller index 0 {what}; this machine needs model='{ROOT_MODEL[self.family]}'",
+                )
             else:
                 self.flag(name, "controller-model", f"PCI controller {what}")
             return
@@ -473,7 +482,10 @@ class _Checker:
         if missing:
             user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
         user.address = PciAddress(
-            values["domain"], values["bus"], values["slot"], values["function"],
+            values["domain"],
+            values["bus"],
+            values["slot"],
+            values["function"],
             addr_elem.get("multifunction"),
         )
 
@@ -495,33 +507,44 @@ class _Checker:
         root = self.controllers.get(0)
         if root is None:
             if self.require_complete:
-                self.flag(f"controller pci index=0 ({root_model})", "root-missing",
-                          f"no index 0 root controller; libvirt would add model='{root_model}'")
+                self.flag(
+                    f"controller pci index=0 ({root_model})",
+                    "root-missing",
+                    f"no index 0 root controller; libvirt would add model='{root_model}'",
+                )
         elif root.model != root_model:
-            self.flag(root.name, "root-model",
-                      f"PCI controller index 0 must be model='{root_model}' on this machine, "
-                      f"not '{root.model}'")
+            self.flag(
+                root.name,
+                "root-model",
+                f"PCI controller index 0 must be model='{root_model}' on this machine, not '{root.model}'",
+            )
         for index, controller in sorted(self.controllers.items()):
             if controller.model in ROOT_MODELS and index != 0:
                 self.flag(controller.name, "root-model", f"{controller.model} can only have index 0")
             if index > MAX_INDEX:
-                self.flag(controller.name, "index-range",
-                          f"PCI controller index {index} is above {MAX_INDEX}")
+                self.flag(
+                    controller.name, "index-range", f"PCI controller index {index} is above {MAX_INDEX}"
+                )
             machines = PXB_MACHINES.get(controller.model)
             if machines is not None and self.family not in machines:
-                self.flag(controller.name, "model-machine",
-                          f"{controller.model} is not supported on this machine")
+                self.flag(
+                    controller.name, "model-machine", f"{controller.model} is not supported on this machine"
+                )
             self._check_target(controller)
         for elem in self.root.iterfind("devices/controller[@type='ide']"):
             if self.family != PC:
-                self.flag(_describe(elem, 0), "model-machine",
-                          "IDE controllers exist only on pc (i440fx) machines")
+                self.flag(
+                    _describe(elem, 0), "model-machine", "IDE controllers exist only on pc (i440fx) machines"
+                )
         highest = max((i for i in self.controllers if i <= MAX_INDEX), default=0)
         missing = [i for i in range(1, highest + 1) if i not in self.controllers]
         for index in missing:
-            self.flag(f"controller pci index={index}", "index-gap",
-                      f"no PCI controller with index {index} below the highest index {highest}; "
-                      "libvirt would add one")
+            self.flag(
+                f"controller pci index={index}",
+                "index-gap",
+                f"no PCI controller with index {index} below the highest index {highest}; "
+                "libvirt would add one",
+            )
 
     def _check_target(self, controller: PciController) -> None:
         target = controller.element.find("target")
@@ -532,8 +555,9 @@ class _Checker:
             if value is None:
                 continue
             if controller.model not in models:
-                self.flag(controller.name, "target-option",
-                          f"<target {option}> is not valid for {controller.model}")
+                self.flag(
+                    controller.name, "target-option", f"<target {option}> is not valid for {controller.model}"
+                )
                 continue
             if option in TARGET_RANGE:
                 low, high = TARGET_RANGE[option]
@@ -547,18 +571,23 @@ class _Checker:
         node = target.find("node")
         if node is not None:
             if controller.model not in PXB_MODELS:
-                self.flag(controller.name, "numa-node",
-                          f"<node> is valid only on pci-expander-bus and pcie-expander-bus, "
-                          f"not {controller.model}")
+                self.flag(
+                    controller.name,
+                    "numa-node",
+                    f"<node> is valid only on pci-expander-bus and pcie-expander-bus, not {controller.model}",
+                )
             else:
                 try:
                     number = _parse_number(node.text or "")
                 except ValueError:
                     number = -1
                 if not 0 <= number < self.numa_cells:
-                    self.flag(controller.name, "numa-node",
-                              f"NUMA node {(node.text or '').strip()} is not one of the {self.numa_cells} "
-                              "<cpu><numa> cells")
+                    self.flag(
+                        controller.name,
+                        "numa-node",
+                        f"NUMA node {(node.text or '').strip()} is not one of the {self.numa_cells} "
+                        "<cpu><numa> cells",
+                    )
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -584,8 +613,11 @@ class _Checker:
             raise _Skip
         low, high = SLOT_RANGE[parent_model]
         if not low <= addr.slot <= high:
-            self.flag(user.name, "slot-range",
-                      f"PCI address {addr}: slot must be {low}-{high} on bus {addr.bus} ({parent_model})")
+            self.flag(
+                user.name,
+                "slot-range",
+                f"PCI address {addr}: slot must be {low}-{high} on bus {addr.bus} ({parent_model})",
+            )
             raise _Skip
         if not 0 <= addr.function <= 7:
             self.flag(user.name, "function-range", f"PCI address {addr}: function must be 0-7")
@@ -598,12 +630,18 @@ class _Checker:
         fits = user.connect in accepts or (user.connect == "pci-bridge" and ENDPOINT in accepts)
         if not fits:
             wanted = "an endpoint" if user.connect == ENDPOINT else f"a {user.connect}"
-            self.flag(user.name, "connect-type",
-                      f"PCI address {addr}: bus {addr.bus} ({parent_model}) does not accept {wanted}")
+            self.flag(
+                user.name,
+                "connect-type",
+                f"PCI address {addr}: bus {addr.bus} ({parent_model}) does not accept {wanted}",
+            )
         if user.index is not None and addr.bus >= user.index:
-            self.flag(user.name, "parent-index",
-                      f"plugs into bus {addr.bus}, which is not lower than its own index {user.index}; "
-                      "QEMU creates controllers in index order and fails")
+            self.flag(
+                user.name,
+                "parent-index",
+                f"plugs into bus {addr.bus}, which is not lower than its own index {user.index}; "
+                "QEMU creates controllers in index order and fails",
+            )
 
     # -- slots and functions -------------------------------------------------------------------
 
@@ -640,8 +678,13 @@ class _Checker:
                 implicit[(0, 1, 2)] = "the PIIX3 USB controller libvirt adds"
         return implicit
 
-    def _fixed(self, elem: etree._Element | None, where: tuple[int, int, int], what: str,
-               implicit: dict[tuple[int, int, int], str]) -> None:
+    def _fixed(
+        self,
+        elem: etree._Element | None,
+        where: tuple[int, int, int],
+        what: str,
+        implicit: dict[tuple[int, int, int], str],
+    ) -> None:
         """A chipset function an XML element may stand for: then it must sit exactly there."""
         user = next((u for u in self.users if u.element is elem), None) if elem is not None else None
         if user is None or user.address is None:
@@ -650,8 +693,11 @@ class _Checker:
         addr = user.address
         if (addr.bus, addr.slot, addr.function) != where:
             bus, slot, function = where
-            self.flag(user.name, "fixed-address",
-                      f"{what} must be at 0000:{bus:02x}:{slot:02x}.{function:x}, not {addr}")
+            self.flag(
+                user.name,
+                "fixed-address",
+                f"{what} must be at 0000:{bus:02x}:{slot:02x}.{function:x}, not {addr}",
+            )
             implicit[where] = what
 
     def _check_occupancy(self, children: list[etree._Element]) -> None:
@@ -664,12 +710,14 @@ class _Checker:
         for where, users in occupants.items():
             if where in implicit:
                 for user in users:
-                    self.flag(user.name, "reserved",
-                              f"PCI address {user.address} belongs to {implicit[where]}")
+                    self.flag(
+                        user.name, "reserved", f"PCI address {user.address} belongs to {implicit[where]}"
+                    )
             else:
                 for user in users[1:]:
-                    self.flag(user.name, "double-use",
-                              f"PCI address {user.address} is also used by {users[0].name}")
+                    self.flag(
+                        user.name, "double-use", f"PCI address {user.address} is also used by {users[0].name}"
+                    )
         slots: dict[tuple[int, int], set[int]] = defaultdict(set)
         for bus, slot, function in list(occupants) + list(implicit):
             slots[(bus, slot)].add(function)
@@ -677,21 +725,30 @@ class _Checker:
             if 0 not in functions:
                 lowest = min(f for f in functions if occupants.get((bus, slot, f)))
                 user = occupants[(bus, slot, lowest)][0]
-                self.flag(user.name, "function0",
-                          f"slot {bus:02x}:{slot:02x} uses function(s) {sorted(functions)} but not "
-                          "function 0; guests scan a slot from function 0")
+                self.flag(
+                    user.name,
+                    "function0",
+                    f"slot {bus:02x}:{slot:02x} uses function(s) {sorted(functions)} but not "
+                    "function 0; guests scan a slot from function 0",
+                )
             elif len(functions) > 1 and (bus, slot, 0) not in implicit:
                 first = occupants[(bus, slot, 0)][0]
                 assert first.address is not None
                 flag_value = first.address.multifunction
                 if flag_value == "off":
-                    self.flag(first.name, "multifunction",
-                              f"slot {bus:02x}:{slot:02x} has {len(functions)} functions but function 0 says "
-                              "multifunction='off'; QEMU refuses to start")
+                    self.flag(
+                        first.name,
+                        "multifunction",
+                        f"slot {bus:02x}:{slot:02x} has {len(functions)} functions but function 0 says "
+                        "multifunction='off'; QEMU refuses to start",
+                    )
                 elif flag_value != "on":
-                    self.flag(first.name, "multifunction-flag",
-                              f"slot {bus:02x}:{slot:02x} has {len(functions)} functions; function 0 lacks "
-                              "multifunction='on' (libvirt adds it)")
+                    self.flag(
+                        first.name,
+                        "multifunction-flag",
+                        f"slot {bus:02x}:{slot:02x} has {len(functions)} functions; function 0 lacks "
+                        "multifunction='on' (libvirt adds it)",
+                    )
 
     # -- chassis -------------------------------------------------------------------------------
 
@@ -709,8 +766,11 @@ class _Checker:
             except ValueError:
                 continue
             if chassis in seen:
-                self.flag(controller.name, "chassis-duplicate",
-                          f"chassis {chassis} is also used by {seen[chassis].name}; QEMU refuses to start")
+                self.flag(
+                    controller.name,
+                    "chassis-duplicate",
+                    f"chassis {chassis} is also used by {seen[chassis].name}; QEMU refuses to start",
+                )
             else:
                 seen[chassis] = controller
 
@@ -724,8 +784,9 @@ class _Checker:
                 children[user.address.bus].append(controller)
         return children
 
-    def _bus_numbers_below(self, controller: PciController, children: dict[int, list[PciController]],
-                           seen: set[int]) -> int:
+    def _bus_numbers_below(
+        self, controller: PciController, children: dict[int, list[PciController]], seen: set[int]
+    ) -> int:
         """Bus numbers firmware gives this controller and everything behind it."""
         if controller.index in seen:  # a loop through a bad parent index; flagged elsewhere
             return 0
@@ -756,9 +817,12 @@ class _Checker:
                 result[index] = lowest
             else:
                 try:
-                    result[index] = _parse_number(text)
+                    number = _parse_number(text)
                 except ValueError:
                     continue
+                low, high = TARGET_RANGE["busNr"]
+                if low <= number <= high:  # out-of-range values are flagged by _check_target
+                    result[index] = number
         return result
 
     def _check_bus_numbers(self) -> None:
@@ -767,15 +831,21 @@ class _Checker:
             2 if c.model == "pci-expander-bus" else 1 for i, c in self.controllers.items() if i != 0
         )
         if total > MAX_BUS_NUMBERS:
-            self.flag("domain", "bus-count",
-                      f"the layout needs {total} PCI bus numbers; one PCI domain has {MAX_BUS_NUMBERS}")
+            self.flag(
+                "domain",
+                "bus-count",
+                f"the layout needs {total} PCI bus numbers; one PCI domain has {MAX_BUS_NUMBERS}",
+            )
         bus_nr = self._bus_nr()
         owners: dict[int, PciController] = {}
         for index, number in sorted(bus_nr.items()):
             controller = self.controllers[index]
             if number in owners:
-                self.flag(controller.name, "busnr-duplicate",
-                          f"busNr {number} is also used by {owners[number].name}; QEMU refuses to start")
+                self.flag(
+                    controller.name,
+                    "busnr-duplicate",
+                    f"busNr {number} is also used by {owners[number].name}; QEMU refuses to start",
+                )
             else:
                 owners[number] = controller
         if not owners:
@@ -787,17 +857,23 @@ class _Checker:
             if c.model not in PXB_MODELS
         )
         if root_need > starts[0]:
-            self.flag("controller pci index=0", "busnr-partition",
-                      f"the root hierarchy needs bus numbers 0-{root_need - 1}, but busNr {starts[0]} of "
-                      f"{owners[starts[0]].name} starts below that")
+            self.flag(
+                "controller pci index=0",
+                "busnr-partition",
+                f"the root hierarchy needs bus numbers 0-{root_need - 1}, but busNr {starts[0]} of "
+                f"{owners[starts[0]].name} starts below that",
+            )
         for position, start in enumerate(starts):
             controller = owners[start]
             limit = starts[position + 1] if position + 1 < len(starts) else MAX_BUS_NUMBERS
             need = self._bus_numbers_below(controller, children, set())
             if start + need > limit:
-                self.flag(controller.name, "busnr-partition",
-                          f"needs bus numbers {start}-{start + need - 1} but only {start}-{limit - 1} "
-                          "are free before the next busNr")
+                self.flag(
+                    controller.name,
+                    "busnr-partition",
+                    f"needs bus numbers {start}-{start + need - 1} but only {start}-{limit - 1} "
+                    "are free before the next busNr",
+                )
 
     # -- firmware budgets ----------------------------------------------------------------------
 
@@ -818,9 +894,12 @@ class _Checker:
                 io_ports.add(addr.bus)
         windows = len(bridges) + len(io_ports)
         if windows > budget:
-            self.flag("domain", "io-windows",
-                      f"{windows} I/O windows ({len(bridges)} conventional bridges, {len(io_ports)} PCIe "
-                      f"ports holding devices with I/O BARs); SeaBIOS fits at most {budget} on this machine")
+            self.flag(
+                "domain",
+                "io-windows",
+                f"{windows} I/O windows ({len(bridges)} conventional bridges, {len(io_ports)} PCIe "
+                f"ports holding devices with I/O BARs); SeaBIOS fits at most {budget} on this machine",
+            )
 
     def _check_mmio(self) -> None:
         limit = MMIO_TRANSPORTS.get(self.family or "")
@@ -831,12 +910,16 @@ class _Checker:
             # one virtio-mmio address makes libvirt put every unaddressed virtio device on mmio too
             count += sum(1 for u in self.users if u.kind.virtio and u.address_type is None)
         if count > limit:
-            self.flag("domain", "mmio-count",
-                      f"{count} virtio-mmio devices; this machine has {limit} virtio-mmio transports")
+            self.flag(
+                "domain",
+                "mmio-count",
+                f"{count} virtio-mmio devices; this machine has {limit} virtio-mmio transports",
+            )
 
 
-def check_domain(tree_or_root: etree._ElementTree | etree._Element, *,
-                 require_complete: bool = True) -> list[Violation]:
+def check_domain(
+    tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True
+) -> list[Violation]:
     """Every violation of the PCI rules in a domain XML (an lxml tree or its <domain> root element).
 
     With require_complete, devices that need a PCI address but have none (or a partial one), PCI

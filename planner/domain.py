@@ -216,6 +216,35 @@ _BALLOON_AFTER = (
 )
 
 
+DRIVES_PER_CONTROLLER = {"scsi": 7, "sata": 6, "ide": 4}
+
+
+def disk_name_index(dev: str) -> int:
+    """libvirt's virDiskNameToIndex: sda → 0, sdz → 25, sdaa → 26."""
+    letters = dev.lstrip("abcdefghijklmnopqrstuvwxyz")
+    name = dev[: len(dev) - len(letters)] if letters else dev
+    for prefix in ("sd", "hd", "vd", "xvd", "ubd", "fd"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    idx = 0
+    for ch in name:
+        idx = idx * 26 + (ord(ch) - ord("a") + 1)
+    return max(idx - 1, 0)
+
+
+def set_index(el: etree._Element, index: int) -> None:
+    """Set index right after type, where libvirt writes it."""
+    items = [(k, v) for k, v in el.attrib.items() if k != "index"]
+    el.attrib.clear()
+    for k, v in items:
+        el.set(k, v)
+        if k == "type":
+            el.set("index", str(index))
+    if "index" not in el.attrib:
+        el.set("index", str(index))
+
+
 def _controllers(devices: etree._Element, ctype: str) -> list[etree._Element]:
     return [c for c in devices.findall("controller") if c.get("type") == ctype]
 
@@ -237,20 +266,24 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
         return any(_int(c.get("index"), "controller") == index for c in _controllers(devices, ctype)
                    if c.get("index") is not None)
 
-    # Controllers that disks, channels and consoles need.
+    # Controllers that disks, channels and consoles need: libvirt adds every index up to the highest
+    # one a disk uses, and derives the index from the target name when the disk has no drive address.
+    highest: dict[str, int] = {}
     for disk in devices.findall("disk"):
         tgt = disk.find("target")
         bus = tgt.get("bus") if tgt is not None else None
+        if bus not in DRIVES_PER_CONTROLLER or (bus == "ide" and machine.family != "pc"):
+            continue
         addr = disk.find("address")
-        idx = 0
         if addr is not None and addr.get("type") == "drive":
-            idx = _int(addr.get("controller"), "disk address")
-        if bus == "scsi" and not has_controller("scsi", idx):
-            add_controller("scsi", idx)
-        elif bus == "sata" and not has_controller("sata", idx):
-            add_controller("sata", idx)
-        elif bus == "ide" and machine.family == "pc" and not has_controller("ide", idx):
-            add_controller("ide", idx)
+            idx = _int(addr.get("controller"), f"disk {tgt.get('dev')}")
+        else:
+            idx = disk_name_index(tgt.get("dev") or "") // DRIVES_PER_CONTROLLER[bus]
+        highest[bus] = max(highest.get(bus, -1), idx)
+    for bus, top in sorted(highest.items()):
+        for idx in range(top + 1):
+            if not has_controller(bus, idx):
+                add_controller(bus, idx)
     for hd in devices.findall("hostdev"):
         if hd.get("type") == "scsi":
             addr = hd.find("address")
@@ -299,7 +332,7 @@ def _assign_usb_indices(devices: etree._Element) -> None:
             idx = last
         else:
             idx = max(used, default=-1) + 1
-        c.set("index", str(idx))
+        set_index(c, idx)
         used.setdefault(idx, set()).add(model)
         last = idx
 
@@ -313,7 +346,7 @@ def _assign_indices(devices: etree._Element, ctype: str) -> None:
             idx = 0
             while idx in used:
                 idx += 1
-            c.set("index", str(idx))
+            set_index(c, idx)
             used.add(idx)
 
 
@@ -324,7 +357,7 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
     # The root first: libvirt adds it when missing, and it must be index 0.
     for c in pci:
         if c.get("index") is None and c.get("model") in ("pci-root", "pcie-root"):
-            c.set("index", "0")
+            set_index(c, 0)
     _assign_indices(devices, "pci")
     buses: dict[int, Bus] = {}
     for c in pci:
@@ -360,6 +393,14 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
         bus_nr = None
         if tgt is not None and tgt.get("busNr") is not None:
             bus_nr = _int(tgt.get("busNr"), label)
+        node = c.find("target/node")
+        if node is not None:
+            cells = len(tree.getroot().findall("cpu/numa/cell"))
+            if model_name not in ("pci-expander-bus", "pcie-expander-bus"):
+                raise InputError(f"{label}: <target><node> is valid only on an expander bus")
+            if _int(node.text, label) >= cells:
+                raise InputError(f"{label}: configured for NUMA node {node.text.strip()}, but the domain's "
+                                 f"<cpu><numa> has {cells} cell(s)")
         buses[idx] = Bus(idx, model, c, addr, hotplug, label, bus_nr, bus_pin=bus_pin)
     if 0 not in buses:
         root = etree.Element("controller", type="pci", index="0", model=machine.root)
@@ -478,8 +519,10 @@ def _read_devices(tree: etree._ElementTree, machine: Machine) -> list[Device]:
         position = counters.get(kind, 0)
         counters[kind] = position + 1
         if kind == "console":
+            # libvirt writes the first serial's address on a console that mirrors it
             tgt = el.find("target")
-            if serials and (tgt is None or tgt.get("type") in (None, "serial")) and position == 0:
+            mirrors = tgt is None or tgt.get("type") in (None, "serial")
+            if serials and mirrors and position == 0 and el.find("address") is not None:
                 serials[0].mirrors.append(el)
             continue
         lookup, model = _model_of(el, kind, machine)
@@ -562,6 +605,8 @@ def read_problem(tree: etree._ElementTree) -> Problem:
         raise InputError(f"domain: type '{root.get('type')}' is not a QEMU domain (qemu or kvm)")
     acpi = root.find("features/acpi") is not None
     numa_cells = len(root.findall("cpu/numa/cell"))
+    if len(root.findall("devices/watchdog")) > 1:
+        raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
     notes = add_implicit_devices(tree, machine)
     devices_el = _devices_element(tree)
     buses = _read_buses(tree, machine, acpi, notes)

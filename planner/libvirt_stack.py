@@ -418,15 +418,15 @@ def diff_layouts(before_xml: str, after_xml: str) -> list[Change]:
             if b_addr is None and a_addr is None:
                 continue
             b_mf, a_mf = _multifunction(b), _multifunction(a)
-            if b_addr != a_addr or (b_addr is not None and b_mf != a_mf):
-                verb = "libvirt assigned" if b_addr is None else "libvirt moved"
-                changes.append(
-                    Change(
-                        "moved-address",
-                        _describe(a),
-                        f"{verb} {_format_address(b_addr, b_mf)} -> {_format_address(a_addr, a_mf)}",
-                    )
-                )
+            if b_addr is None:
+                detail = f"libvirt assigned {_format_address(a_addr, a_mf)}"
+            elif b_addr != a_addr:
+                detail = f"libvirt moved {_format_address(b_addr, b_mf)} -> {_format_address(a_addr, a_mf)}"
+            elif b_mf != a_mf:
+                detail = f"libvirt set multifunction={'on' if a_mf else 'off'} at {_format_address(a_addr)}"
+            else:
+                continue
+            changes.append(Change("moved-address", _describe(a), detail))
     return changes
 
 

@@ -211,6 +211,14 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
     return places
 
 
+def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
+    """A device pinned to a port by bus only still costs that port an I/O window: the user chose it."""
+    for d in problem.devices:
+        uses_io = not (d.endpoint == "pcie" and not d.io_on_pcie)
+        if d.address is None and d.bus_pin is not None and d.bus_pin in states and uses_io:
+            states[d.bus_pin].io_device = True
+
+
 def _group_key(d: Device) -> GroupKey:
     return GroupKey(
         endpoint=d.endpoint,
@@ -237,6 +245,7 @@ def prepare(problem: Problem) -> Prepared:
     _occupy_given(problem, states)
     controller_places = _place_user_controllers(problem, states)
     device_places = _place_conventions(problem, states)
+    _mark_pinned_io(problem, states)
     groups: dict[GroupKey, Group] = {}
     for d in problem.devices:
         if d.address is not None or id(d) in device_places:

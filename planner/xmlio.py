@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
@@ -52,8 +54,54 @@ def parse_domain(path: str | Path) -> etree._ElementTree:
     return parse_domain_bytes(data, str(path))
 
 
-def serialize(tree: etree._ElementTree) -> bytes:
-    return etree.tostring(tree, encoding="unicode").encode() + b"\n"
+@dataclass
+class Document:
+    """A parsed domain with the input's surface style, so output differs only where we changed it."""
+
+    tree: etree._ElementTree
+    quote: str = "'"  # libvirt writes attributes in single quotes
+    declaration: str = ""  # the input's <?xml ...?> line, if it had one
+
+
+_START_TAG = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?![!?/])[^<>]*>", re.S)
+_ATTR = re.compile(r'(\s[^\s=]+)="([^"]*)"')
+
+
+def _requote(tag: str) -> str:
+    if tag.startswith(("<!--", "<![CDATA[")):
+        return tag
+    return _ATTR.sub(lambda m: f"{m.group(1)}='{m.group(2).replace(chr(39), '&apos;')}'", tag)
+
+
+def serialize(tree: etree._ElementTree, quote: str = "'", declaration: str = "") -> bytes:
+    """The document as text; attributes in the given quote character (lxml always writes ")."""
+    text = etree.tostring(tree, encoding="unicode")
+    if quote == "'":
+        text = _START_TAG.sub(lambda m: _requote(m.group(0)), text)
+    return (declaration + text).encode() + b"\n"
+
+
+def _style(data: bytes) -> tuple[str, str]:
+    head = data.lstrip()
+    declaration = ""
+    if head.startswith(b"<?xml"):
+        end = head.index(b"?>") + 2
+        declaration = head[:end].decode() + "\n"
+    quote = "'" if data.count(b"='") >= data.count(b'="') else '"'
+    return quote, declaration
+
+
+def load_domain(path: str | Path) -> Document:
+    """Parse a domain XML file (or '-' for standard input), remembering its quoting and declaration."""
+    if str(path) == "-":
+        data, source = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        try:
+            data, source = Path(path).read_bytes(), str(path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    quote, declaration = _style(data)
+    return Document(parse_domain_bytes(data, source), quote, declaration)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

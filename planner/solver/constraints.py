@@ -186,7 +186,8 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
     for h, lim in limit.items():
         name = "the root bus" if h == 0 else prep.problem.buses[h].label
         lit = why.new(f"bus numbers of {name} must fit its busNr range ({lim})")
-        model.Add(fixed[h] + _sum(count[h]) <= lim).OnlyEnforceIf(lit)
+        # A given layout that already overflows its range is the user's; we only add nothing there.
+        model.Add(fixed[h] + _sum(count[h]) <= max(lim, fixed[h])).OnlyEnforceIf(lit)
 
 
 def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int) -> None:

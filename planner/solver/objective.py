@@ -18,7 +18,7 @@ from ortools.sat.python import cp_model
 from planner.prepare import Prepared
 from planner.solver.variables import Variables, new_controllers, on_conventional
 
-MAX_SLOTS = 256 * 32
+MAX_SLOTS = 2 * 256 * 32
 MAX_CONTROLLERS = 256
 
 
@@ -52,6 +52,8 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     bus_numbers = controllers  # every controller pciplan adds takes exactly one bus number
     used = [*v.packslots.values(), *v.rpslots.values(), *v.alone.values(), *v.new_pci_bridges.values()]
     used += list(v.new_pcie_pci_bridge.values())
+    # A hot-pluggable slot given to devices packed as functions costs more: it is hot-plug room lost.
+    used += [x for e, x in v.packslots.items() if prep.states[e].bus.hotplug]
     slots_used = cp_model.LinearExpr.Sum(used)
 
     devices = sum(g.size for g in prep.groups)

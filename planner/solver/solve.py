@@ -38,6 +38,23 @@ class SolveResult:
         return int(self.solver.Value(x)) if x is not None else 0
 
 
+def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions) -> list[int]:
+    """Shrink an infeasible set of assumptions until every member is needed (deletion filter), so the
+    explanation names only the rules at fault. The model is small; each check is a short solve."""
+    model.ClearObjective()
+    keep = list(core)
+    for lit in list(core):
+        trial = [x for x in keep if x != lit]
+        model.ClearAssumptions()
+        model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in trial])
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(1.0, options.time_limit / 10)
+        solver.parameters.num_workers = 1
+        if solver.Solve(model) == cp_model.INFEASIBLE:
+            keep = trial
+    return keep
+
+
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
     spare_pcie = machine.spare_pcie_ports if options.spare_pcie is None else options.spare_pcie
@@ -65,7 +82,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     status = solver.Solve(model)
     seconds = time.perf_counter() - start
     if status == cp_model.INFEASIBLE:
-        core = solver.SufficientAssumptionsForInfeasibility()
+        core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
         raise Infeasible([why.literals[i] for i in core] or ["the constraints admit no layout"])
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "

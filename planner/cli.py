@@ -1,0 +1,165 @@
+"""pciplan command line: plan and check PCI topologies of libvirt domain XML."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.options import PlanOptions
+from planner.xmlio import InputError, load_domain, serialize, write_atomic
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Plan the PCI/PCIe topology of a libvirt domain (controllers and <address> elements) with a "
+    "constraint solver, and check layouts against libvirt's and QEMU's rules.",
+)
+
+
+def _fail(code: int, message: str) -> None:
+    typer.echo(f"pciplan: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def plan(
+    source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the planned XML here (atomically).")
+    ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace IN atomically.")] = False,
+    time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds.")] = 10.0,
+    spare_pcie: Annotated[
+        int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep (default: 1 on PCIe machines).")
+    ] = None,
+    spare_pci: Annotated[
+        int | None, typer.Option(help="Free hot-pluggable conventional PCI slots to keep (default: 1 on pc).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on standard output.")] = False,
+) -> None:
+    """Give every PCI device an address and add the PCI controllers it needs, optimally.
+
+    Existing addresses and controllers are kept. The objective, in order: keep devices that can be
+    hot-plugged in hot-pluggable slots (and the spare ports), keep PCIe-capable devices on PCIe, add the
+    fewest controllers, use the fewest bus numbers. libvirt's implicit devices (USB, SATA, memballoon)
+    are added and placed too, so that libvirt has nothing left to add or move.
+
+    Exit status: 0 planned, 2 bad input, 3 the request cannot be met (the reason names the devices and
+    limits in conflict).
+
+    Examples:
+
+      pciplan plan guest.xml -o planned.xml
+
+      virsh dumpxml --inactive vm | pciplan plan - --json -o vm.xml
+    """
+    from planner.plan import plan_tree
+    from planner.solver.solve import Infeasible
+
+    if in_place and output is not None:
+        _fail(EXIT_BAD_INPUT, "give either -o/--output or --in-place, not both")
+    if in_place and source == "-":
+        _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
+    try:
+        doc = load_domain(source)
+        options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit)
+        summary = plan_tree(doc.tree, options)
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    except Infeasible as exc:
+        typer.echo("pciplan: infeasible: the request cannot be met:", err=True)
+        for reason in exc.reasons:
+            typer.echo(f"  - {reason}", err=True)
+        raise typer.Exit(EXIT_INFEASIBLE) from None
+    data = serialize(doc.tree, doc.quote, doc.declaration)
+    target = Path(source) if in_place else output
+    if target is not None:
+        try:
+            write_atomic(target, data)
+        except OSError as exc:
+            _fail(EXIT_BAD_INPUT, f"{target}: cannot write: {exc.strerror}")
+    elif not as_json:
+        sys.stdout.buffer.write(data)
+    if as_json:
+        typer.echo(json.dumps(summary.as_json(), indent=2))
+    else:
+        added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
+        status = summary.status.lower()
+        if status != "optimal":
+            status += f" (bound {summary.bound}, gap {summary.gap:.2%})"
+        typer.echo(
+            f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
+            f"{summary.devices} PCI device(s); controllers added: {added}; {status} in "
+            f"{summary.solve_seconds:.3f} s",
+            err=True,
+        )
+
+
+@app.command()
+def check(
+    source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Judge only the addresses given; do not require every device "
+                           "to have one.")
+    ] = False,
+    with_libvirt: Annotated[
+        bool, typer.Option("--libvirt", help="Also define the XML in real libvirt (embedded driver) and "
+                           "report anything libvirt would add or move.")
+    ] = False,
+    boot: Annotated[
+        bool, typer.Option("--boot", help="With --libvirt: start it in QEMU, compare QEMU's PCI tree with "
+                           "the XML and, on x86, watch SeaBIOS finish PCI setup.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
+
+    The rule checker shares no code with the planner's model. Exit status: 0 no violation, 1 violations
+    found (or libvirt/QEMU disagreed), 2 bad input or the real stack is not available.
+    """
+    from planner.check import WARNING_RULES, check_domain
+
+    try:
+        doc = load_domain(source)
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    tree = doc.tree
+    found = check_domain(tree, require_complete=not partial)
+    errors = [v for v in found if v.rule not in WARNING_RULES]
+    report: dict = {"violations": [v.__dict__ for v in found]}
+    stack_ok = True
+    if with_libvirt or boot:
+        from planner import libvirt_stack
+
+        try:
+            result = libvirt_stack.verify(serialize(tree, doc.quote).decode(), boot=boot, firmware=boot)
+        except libvirt_stack.StackUnavailable as exc:
+            _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
+        stack_ok = result.ok
+        report["libvirt"] = result.summary_lines()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for v in found:
+            level = "warning" if v.rule in WARNING_RULES else "error"
+            typer.echo(f"{level}: {v.element}: {v.message} [{v.rule}]")
+        for line in report.get("libvirt", []):
+            typer.echo(line)
+        if not found and stack_ok:
+            typer.echo("ok: no violation found")
+    raise typer.Exit(EXIT_VIOLATIONS if errors or not stack_ok else EXIT_OK)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
