@@ -32,6 +32,44 @@ class Violation:
     message: str  # one line, plain words
 
 
+# Every rule id check_domain reports, with what it means.
+RULES: dict[str, str] = {
+    "machine": "machine type is not q35, pc (i440fx) or aarch64/riscv64 virt",
+    "root-model": "index 0 must be the machine's root (pc: pci-root, others: pcie-root), and only index 0",
+    "root-missing": "no index 0 root controller (require_complete)",
+    "controller-model": "PCI controller without a model or with an unknown one",
+    "model-machine": "controller model the machine does not support (pxb, pxb-pcie, IDE)",
+    "index-missing": "PCI controller without index (require_complete)",
+    "index-range": "PCI controller index above 255 or not a number",
+    "index-duplicate": "two PCI controllers with one index",
+    "index-gap": "an index below the highest is missing; libvirt would add a controller there",
+    "parent-index": "a controller plugs into a bus whose index is not lower than its own; QEMU fails",
+    "unaddressed": "a device that needs a PCI address has none, a partial one, or bus 0 slot 0",
+    "bad-address": "a PCI address value is not a number",
+    "domain": "PCI domain other than 0",
+    "bus-missing": "the address names a bus no PCI controller provides",
+    "slot-range": "slot outside the range of the bus model",
+    "function-range": "function above 7",
+    "connect-type": "the bus does not take this kind of device or controller (libvirt's given-address rules)",
+    "integrated": "an integrated device (virtio iommu) off bus 0",
+    "double-use": "two devices on one bus/slot/function",
+    "reserved": "a device on a chipset function (q35 00:1f.0/.2/.3, pc 00:01.0-.3)",
+    "fixed-address": "q35 SATA 0, pc IDE 0 or pc PIIX3 USB 0 away from its fixed address",
+    "function0": "a slot is used without function 0",
+    "multifunction": "function 0 of a shared slot says multifunction='off'; QEMU fails",
+    "multifunction-flag": "warning: function 0 of a shared slot lacks multifunction='on' (libvirt adds it)",
+    "target-option": "a <target> attribute the controller model does not take",
+    "target-range": "chassis, port or chassisNr out of range",
+    "chassis-duplicate": "two root/downstream ports with one chassis number (defaults: chassis = index)",
+    "busnr-range": "busNr outside 1-254, or none and libvirt cannot choose one",
+    "busnr-duplicate": "two expander buses with one busNr",
+    "busnr-partition": "bus numbers behind an expander bus, or of the root hierarchy, reach the next busNr",
+    "bus-count": "more than 256 bus numbers in the PCI domain",
+    "numa-node": "<node> on a controller other than an expander bus, or not below the number of NUMA cells",
+    "io-windows": "more SeaBIOS I/O windows than fit (q35: 9, pc: 8)",
+    "mmio-count": "more virtio-mmio devices than the virt machine has transports (aarch64: 32, riscv64: 8)",
+}
+
 # Rules that describe XML libvirt accepts and silently completes; callers may treat them as warnings.
 WARNING_RULES = frozenset({"multifunction-flag"})
 
@@ -365,6 +403,7 @@ class _Checker:
         self.numa_cells = len(root.findall("cpu/numa/cell"))
 
     def flag(self, element: str, rule: str, message: str) -> None:
+        assert rule in RULES, rule
         self.violations.append(Violation(element, rule, message))
 
     # -- driver --------------------------------------------------------------------------------
@@ -593,7 +632,7 @@ class _Checker:
 
     def _check_addresses(self) -> None:
         for user in self.users:
-            if user.incomplete and self.require_complete and (user.address_type in (None, "pci")):
+            if user.incomplete and self.require_complete:
                 self.flag(user.name, "unaddressed", user.incomplete)
             addr = user.address
             if addr is None:
@@ -890,7 +929,7 @@ class _Checker:
             parent = self.controllers.get(addr.bus)
             # only devices directly on a port count: behind a conventional bridge the bridge's window
             # already holds them, and nested port windows add no space
-            if parent is not None and parent.model in PORT_MODELS and addr.bus != 0:
+            if parent is not None and parent.model in PORT_MODELS:
                 io_ports.add(addr.bus)
         windows = len(bridges) + len(io_ports)
         if windows > budget:

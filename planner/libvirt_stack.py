@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from lxml import etree
 
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.xmlio import parse_domain_bytes
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 EMULATORS = {
@@ -215,10 +215,8 @@ atexit.register(_cleanup_temporary_root)
 
 
 def _parse(xml: str) -> etree._Element:
-    try:
-        return parse_domain_bytes(xml.encode()).getroot()
-    except InputError as exc:
-        raise ValueError(str(exc)) from None
+    """The <domain> root of xml; planner.xmlio.InputError when it is not a domain XML."""
+    return parse_domain_bytes(xml.encode()).getroot()
 
 
 def _tostring(root: etree._Element) -> str:
@@ -342,46 +340,55 @@ def _device_kind(el: etree._Element) -> str:
     return f"controller[{el.get('type')}]" if el.tag == "controller" else el.tag
 
 
-def _identity_keys(el: etree._Element) -> list[str]:
-    """Strong identities in the order they are tried: alias, MAC, disk target, controller index."""
-    keys = []
+IDENTITY_KINDS = ("alias", "mac", "dev", "index")  # tried in this order
+
+
+def _identities(el: etree._Element) -> dict[str, str]:
+    """What names a device across define: its alias, MAC, disk target, controller index."""
+    found = {}
     if _alias(el):
-        keys.append(f"alias:{_alias(el)}")
+        found["alias"] = _alias(el)
     mac = el.find("mac")
     if mac is not None and mac.get("address"):
-        keys.append(f"mac:{mac.get('address').lower()}")
+        found["mac"] = mac.get("address").lower()
     target = el.find("target")
     if el.tag == "disk" and target is not None and target.get("dev"):
-        keys.append(f"dev:{target.get('dev')}")
+        found["dev"] = target.get("dev")
     if el.tag == "controller":
-        keys.append(f"index:{_int(el.get('index'))}")
-    return keys
+        found["index"] = str(_int(el.get("index")))
+    return found
 
 
 def _match_devices(
     before: list[etree._Element], after: list[etree._Element]
 ) -> tuple[list[tuple[etree._Element, etree._Element]], list[etree._Element], list[etree._Element]]:
-    """Pair the elements of one kind: by identity keys unique on both sides, then by position."""
+    """Pair the elements of one kind (pairs, unmatched before, unmatched after).
+
+    An identity that is unique on both sides pairs two elements; the rest (say a NIC whose MAC
+    libvirt generated) pair up in document order.
+    """
     pairs: list[tuple[etree._Element, etree._Element]] = []
     left, right = list(before), list(after)
-    for key_index in range(4):
-        for b in list(left):
-            keys = _identity_keys(b)
-            if key_index >= len(keys):
-                continue
-            key = keys[key_index]
-            same_b = [x for x in left if key in _identity_keys(x)]
-            same_a = [x for x in right if key in _identity_keys(x)]
-            if len(same_b) == 1 and len(same_a) == 1:
-                pairs.append((b, same_a[0]))
-                left.remove(b)
-                right.remove(same_a[0])
-    # Whatever still carries an identity the other side lacks is not the same device.
-    for b, a in zip(list(left), list(right), strict=False):
-        pairs.append((b, a))
-        left.remove(b)
-        right.remove(a)
-    return pairs, left, right
+    ids_left = {id(el): _identities(el) for el in left}
+    ids_right = {id(el): _identities(el) for el in right}
+    for kind in IDENTITY_KINDS:
+        by_value: dict[str, tuple[list[etree._Element], list[etree._Element]]] = {}
+        for el in left:
+            if kind in ids_left[id(el)]:
+                by_value.setdefault(ids_left[id(el)][kind], ([], []))[0].append(el)
+        for el in right:
+            if kind in ids_right[id(el)]:
+                by_value.setdefault(ids_right[id(el)][kind], ([], []))[1].append(el)
+        matched = {id(b[0]): a[0] for b, a in by_value.values() if len(b) == 1 and len(a) == 1}
+        if not matched:
+            continue
+        matched_right = {id(a) for a in matched.values()}
+        pairs += [(b, matched[id(b)]) for b in left if id(b) in matched]
+        left = [b for b in left if id(b) not in matched]
+        right = [a for a in right if id(a) not in matched_right]
+    pairs += list(zip(left, right, strict=False))
+    n = min(len(left), len(right))
+    return pairs, left[n:], right[n:]
 
 
 def diff_layouts(before_xml: str, after_xml: str) -> list[Change]:
@@ -760,9 +767,10 @@ class EmbeddedLibvirt:
         try:
             self._conn = self._libvirt.open(f"qemu:///embed?root={driver.root}")
         except self._libvirt.libvirtError as exc:
-            raise StackUnavailable(
-                f"cannot open libvirt's embedded QEMU driver at {driver.root}: {exc}"
-            ) from None
+            message = f"cannot open libvirt's embedded QEMU driver at {driver.root}: {exc}"
+            if "already open with path" in str(exc):
+                message += " (other code in this process opened its own root: use shared_stack())"
+            raise StackUnavailable(message) from None
 
     def __enter__(self) -> EmbeddedLibvirt:
         return self

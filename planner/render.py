@@ -35,6 +35,7 @@ def _append_child(parent: etree._Element, child: etree._Element) -> None:
 
 
 def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
+    """Write a complete address (libvirt's form); a given multifunction value is kept."""
     addr = el.find("address")
     if addr is None:
         addr = etree.Element("address")
@@ -95,13 +96,7 @@ def render(problem: Problem, layout: Layout) -> None:
             a = layout.devices.get(id(m.element)) or m.address
             if a is None:
                 continue
-            given = m.element.find("address")
             shared = (a.bus, a.slot) in mf
-            kept = layout.devices.get(id(m.element)) is None
-            if kept and given is not None and given.get("slot") is not None:
-                if shared and a.function == 0 and given.get("multifunction") is None:
-                    given.set("multifunction", "on")
-                continue
             set_pci_address(m.element, a, shared)
             for mirror in m.mirrors:
                 set_pci_address(mirror, a, shared)
@@ -110,11 +105,8 @@ def render(problem: Problem, layout: Layout) -> None:
         assert el is not None
         set_pci_address(el, a, (a.bus, a.slot) in mf)
     for b in problem.buses.values():
-        a = b.address
-        if a is not None and (a.bus, a.slot) in mf and a.function == 0 and b.element is not None:
-            addr = b.element.find("address")
-            if addr is not None and addr.get("multifunction") is None:
-                addr.set("multifunction", "on")
+        if b.address is not None and b.element is not None:
+            set_pci_address(b.element, b.address, (b.address.bus, b.address.slot) in mf)
     if not layout.new_controllers:
         return
     devices = problem.tree.getroot().find("devices")

@@ -96,14 +96,15 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
     for e, st in sorted(prep.states.items()):
         bus = st.bus
         free = len(st.free_slots(reserved))
-        v.packslots[e] = model.NewIntVar(0, free, f"packslots_b{e}")
+        v.packslots[e] = model.NewIntVar(0, 32, f"packslots_b{e}")
         for gi, g in enumerate(prep.groups):
             if not group_allowed_on(prep, g, e):
                 continue
             if g.key.whole_slot or (bus.hotplug and g.key.prefers_hotplug):
-                v.alone[e, gi] = model.NewIntVar(0, min(g.size, free), f"alone_b{e}_g{gi}")
+                # Domains stay at the group size: capacity lives in the (explainable) constraints.
+                v.alone[e, gi] = model.NewIntVar(0, g.size, f"alone_b{e}_g{gi}")
             if not g.key.whole_slot:
-                v.packed[e, gi] = model.NewIntVar(0, min(g.size, 8 * free), f"packed_b{e}_g{gi}")
+                v.packed[e, gi] = model.NewIntVar(0, g.size, f"packed_b{e}_g{gi}")
         acc = bus.model.accepts
         if "pci-bridge" in acc and bus.model.conventional and free:
             v.new_pci_bridges[e] = model.NewIntVar(0, free, f"new_pci_bridges_b{e}")

@@ -1,0 +1,100 @@
+"""Shared paths and helpers for the test suite."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GUESTS = REPO / "tests" / "guests"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/realstack.py
+
+
+def shared_cases(folder: str) -> list[Path]:
+    """The XML files in ../shared/cases/FOLDER; a missing shared/ is an error, not a skip."""
+    path = SHARED / "cases" / folder
+    if not path.is_dir():
+        raise RuntimeError(f"{path} is missing: the tests read ../shared beside the repository")
+    return sorted(path.glob("*.xml"))
+
+
+def libvirt_manifest() -> dict[str, dict]:
+    data = json.loads((SHARED / "cases" / "libvirt" / "manifest.json").read_text())
+    return {c["name"]: c for c in data["cases"]}
+
+
+def test_guests() -> list[Path]:
+    return sorted(GUESTS.glob("*.xml"))
+
+
+test_guests.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def pci_addresses(tree: etree._ElementTree) -> dict[int, tuple[int, int, int]]:
+    """id(element) -> (bus, slot, function) of every PCI address under <devices>."""
+    out = {}
+    for el in tree.getroot().find("devices"):
+        a = el.find("address") if isinstance(el.tag, str) else None
+        if a is not None and a.get("type") == "pci":
+            out[id(el)] = (int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function"), 0))
+    return out
+
+
+def controllers(tree: etree._ElementTree, model: str | None = None) -> list[etree._Element]:
+    return [c for c in tree.getroot().iter("controller")
+            if c.get("type") == "pci" and (model is None or c.get("model") == model)]
+
+
+@pytest.fixture
+def guest_xml():
+    """Build a small domain XML: guest_xml('q35', devices='<interface .../>')."""
+
+    def build(machine: str = "q35", devices: str = "", arch: str | None = None, extra: str = "") -> bytes:
+        arch = arch or ("aarch64" if machine.startswith("virt") and arch is None else "x86_64")
+        emulator = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
+                    "riscv64": "qemu-system-riscv64"}[arch]
+        return f"""<domain type='qemu'>
+  <name>t</name>
+  <memory unit='KiB'>1048576</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='{arch}' machine='{machine}'>hvm</type>
+  </os>
+  <features><acpi/></features>{extra}
+  <devices>
+    <emulator>/usr/bin/{emulator}</emulator>
+{devices}
+  </devices>
+</domain>
+""".encode()
+
+    return build
+
+
+def nics(n: int, model: str = "virtio", start: int = 0) -> str:
+    return "\n".join(
+        f"    <interface type='user'><mac address='52:54:00:00:{(i >> 8) & 255:02x}:{i & 255:02x}'/>"
+        f"<model type='{model}'/></interface>"
+        for i in range(start, start + n)
+    )
+
+
+def disks(n: int) -> str:
+    def name(i: int) -> str:
+        s = ""
+        i += 1
+        while i:
+            i, r = divmod(i - 1, 26)
+            s = chr(97 + r) + s
+        return "vd" + s
+
+    return "\n".join(
+        f"    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/d{i}.img'/>"
+        f"<target dev='{name(i)}' bus='virtio'/></disk>"
+        for i in range(n)
+    )
