@@ -48,6 +48,7 @@ class Machine:
     default_scsi: str
     implicit_usb: bool
     implicit_balloon: bool
+    pcie_always: bool = False
     fixed: dict[str, tuple[int, int]] = field(default_factory=dict)
     conventions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -117,6 +118,7 @@ def machines() -> dict[str, Machine]:
             default_scsi=d["default_scsi"],
             implicit_usb=d["implicit_usb"],
             implicit_balloon=d["implicit_balloon"],
+            pcie_always=d.get("pcie_always", False),
             fixed={k: (v[0], v[1]) for k, v in d.get("fixed", {}).items()},
             conventions={k: tuple(v) for k, v in d.get("conventions", {}).items()},
         )

@@ -75,7 +75,14 @@ def _requote(tag: str) -> str:
 
 def serialize(tree: etree._ElementTree, quote: str = "'", declaration: str = "") -> bytes:
     """The document as text; attributes in the given quote character (lxml always writes ")."""
-    text = etree.tostring(tree, encoding="unicode")
+    # lxml drops the line breaks between top-level nodes (comments before <domain>): put them back.
+    root = tree.getroot()
+    before = list(reversed(list(root.itersiblings(preceding=True))))
+    after = list(root.itersiblings())
+    parts = [etree.tostring(n, encoding="unicode", with_tail=False) for n in before]
+    parts.append(etree.tostring(root, encoding="unicode", with_tail=False))
+    parts += [etree.tostring(n, encoding="unicode", with_tail=False) for n in after]
+    text = "\n".join(parts)
     if quote == "'":
         text = _START_TAG.sub(lambda m: _requote(m.group(0)), text)
     return (declaration + text).encode() + b"\n"

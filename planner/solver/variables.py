@@ -30,7 +30,8 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
         return "pci-device" in acc
     if "pcie-device" in acc:
         return True
-    return "pci-device" in acc and not k.pcie_only  # works as a conventional device, at a cost
+    # A PCIe-capable device works as a conventional one, at a cost (level 3) - never on aarch64 virt.
+    return "pci-device" in acc and not k.pcie_only and not prep.problem.machine.pcie_always
 
 
 def on_conventional(prep: Prepared, g: Group, e: int) -> bool:
@@ -124,7 +125,7 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
         k = g.key
         if k.bus_pin is not None or k.integrated:
             continue
-        if k.endpoint == "pcie" and (k.pcie_only or not machine.pcie):
+        if k.endpoint == "pcie" and (k.pcie_only or not machine.pcie or machine.pcie_always):
             continue
         if k.whole_slot or k.prefers_hotplug:
             v.pool_alone[gi] = model.NewIntVar(0, g.size, f"pool_alone_g{gi}")
