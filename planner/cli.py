@@ -36,6 +36,11 @@ def plan(
     ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace IN atomically.")] = False,
     time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds.")] = 10.0,
+    replan: Annotated[
+        bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI "
+                           "controllers (not the root or expander buses) may be removed; moving as few "
+                           "addresses as possible comes first.")
+    ] = False,
     spare_pcie: Annotated[
         int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep (default: 1 on PCIe machines).")
     ] = None,
@@ -69,7 +74,8 @@ def plan(
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
     try:
         doc = load_domain(source)
-        options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit)
+        options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
+                              replan=replan)
         summary = plan_tree(doc.tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
@@ -94,6 +100,8 @@ def plan(
         status = summary.status.lower()
         if status != "optimal":
             status += f" (bound {summary.bound}, gap {summary.gap:.2%})"
+        for line in summary.moved:
+            typer.echo(f"pciplan: moved {line}", err=True)
         typer.echo(
             f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
             f"{summary.devices} PCI device(s); controllers added: {added}; {status} in "

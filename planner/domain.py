@@ -40,6 +40,7 @@ class Bus:
     bus_nr: int | None = None
     added: bool = False  # added by us to fill an index gap, as libvirt would
     bus_pin: int | None = None  # partial address: the parent bus only
+    droppable: bool = False  # --replan: the planner may remove it (at no cost in moved addresses)
 
     @property
     def floating(self) -> bool:
@@ -63,6 +64,7 @@ class Device:
     function: int = 0  # function inside a companion set
     convention: tuple[int, ...] = ()  # root-bus slots libvirt uses first for this device
     mirrors: list[etree._Element] = field(default_factory=list)  # <console> sharing a serial's address
+    droppable: bool = False  # --replan: its address may change, at a cost
 
     @property
     def hotplug(self) -> bool:

@@ -43,7 +43,8 @@ class Layout:
     devices: dict[int, PciAddress] = field(default_factory=dict)  # id(device element) -> address
     controllers: dict[int, PciAddress] = field(default_factory=dict)  # user controller index -> address
     new_controllers: list[BusNode] = field(default_factory=list)  # in index order
-    multifunction: set[tuple[int, int]] = field(default_factory=set)  # (bus, slot) with > 1 function
+    dropped_controllers: list[int] = field(default_factory=list)  # --replan: indices removed
+    moved: list[str] = field(default_factory=list)  # --replan: devices whose address changed
 
 
 class _Unfolder:
@@ -53,10 +54,17 @@ class _Unfolder:
         self.v = result.vars
         self.nodes: dict[int, BusNode] = {}
         reserved = prep.problem.machine.reserved_slots
+        assert self.v is not None
+        self.dropped = {c for c, k in self.v.bus_keep.items() if not result.value(k)}
         for i, st in sorted(prep.states.items()):
-            self.nodes[i] = BusNode(st.bus.model.name, i, free=st.free_slots(reserved),
+            if i in self.dropped:
+                continue
+            freed = [s for s in st.optional_slots() if not result.value(self.v.occupied[i, s])]
+            self.nodes[i] = BusNode(st.bus.model.name, i, free=sorted(st.free_slots(reserved) + freed),
                                     rp_functions=st.free_root_port_functions())
         for i, b in prep.problem.buses.items():
+            if i in self.dropped:
+                continue
             a = b.address or prep.controller_places.get(i)
             if a is not None:
                 node = self.nodes[i]
@@ -115,8 +123,6 @@ class _Unfolder:
         assert v is not None
         for e in sorted(self.nodes):
             node = self.nodes[e]
-            if e not in self.prep.states:
-                continue
             for _ in range(val(v.new_pci_bridges.get(e))):
                 self.bridges.append(self.add_controller("pci-bridge", node, self.whole_slot(node), 0))
             if val(v.new_pcie_pci_bridge.get(e)):
@@ -171,7 +177,7 @@ class _Unfolder:
 
     def number(self) -> list[BusNode]:
         """Index new controllers breadth-first from the root: a parent always has the lower index."""
-        nxt = max(self.prep.problem.buses) + 1
+        nxt = max(self.nodes) + 1
         out = []
         queue = deque([self.nodes[0]])
         while queue:
@@ -188,20 +194,37 @@ class _Unfolder:
 def unfold(prep: Prepared, result: SolveResult) -> Layout:
     u = _Unfolder(prep, result)
     u.unfold()
-    layout = Layout(new_controllers=u.number())
+    layout = Layout(new_controllers=u.number(), dropped_controllers=sorted(u.dropped))
     layout.controllers = dict(prep.controller_places)
+    assert result.vars is not None
+    keep = {id(d.device): result.value(result.vars.keep[i])
+            for i, d in enumerate(prep.droppables) if d.device is not None}
     for gi, targets in u.wanted.items():
         group = prep.groups[gi]
-        assert len(targets) == group.size, (group.name, len(targets))
-        targets.sort(key=lambda t: (t.bus.index, t.slot, t.function))
-        for dev, t in zip(group.devices, targets, strict=True):
+        moving = [d for d in group.devices if not keep.get(id(d), 0)]
+        assert len(targets) == len(moving), (group.name, len(targets))
+        placed = {(t.bus.index, t.slot, t.function): t for t in targets}
+        # A device that had to move but finds its old address among the targets takes it back.
+        rest = []
+        for dev in moving:
+            old = dev.address
+            t = placed.pop((old.bus, old.slot, old.function), None) if old is not None else None
+            if t is None:
+                rest.append(dev)
+            else:
+                _place(layout, dev, old)
+        free = sorted(placed.values(), key=lambda t: (t.bus.index, t.slot, t.function))
+        for dev, t in zip(rest, free, strict=True):
             assert t.bus.index is not None
-            _place(layout, dev, PciAddress(t.bus.index, t.slot, t.function))
+            a = PciAddress(t.bus.index, t.slot, t.function)
+            if dev.address is not None and dev.address != a:
+                layout.moved.append(f"{dev.label}: {dev.address} → {a}")
+            _place(layout, dev, a)
+    layout.moved = prep.lost + layout.moved
     for d in prep.problem.devices:
         for m in [d, *d.companions]:
             if id(m) in prep.device_places:
                 layout.devices[id(m.element)] = prep.device_places[id(m)]
-    _mark_multifunction(prep, layout)
     return layout
 
 
@@ -210,15 +233,3 @@ def _place(layout: Layout, dev: Device, a: PciAddress) -> None:
     for m in dev.companions:
         layout.devices[id(m.element)] = PciAddress(a.bus, a.slot, m.function)
 
-
-def _mark_multifunction(prep: Prepared, layout: Layout) -> None:
-    used: dict[tuple[int, int], set[int]] = {}
-    for i, st in prep.states.items():
-        for slot, fns in st.used.items():
-            used.setdefault((i, slot), set()).update(fns)
-    for a in layout.devices.values():
-        used.setdefault((a.bus, a.slot), set()).add(a.function)
-    for node in layout.new_controllers:
-        assert node.parent is not None and node.parent.index is not None
-        used.setdefault((node.parent.index, node.slot), set()).add(node.function)
-    layout.multifunction = {k for k, fns in used.items() if len(fns) > 1}

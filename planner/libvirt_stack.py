@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -36,10 +37,14 @@ EMULATORS = {
     "riscv64": "/usr/bin/qemu-system-riscv64",
 }
 ROOT_ENV = "PCIPLAN_LIBVIRT_ROOT"
+# QEMU's monitor socket is ROOT/lib/qemu/domain-<id>-<name, 20 chars>/monitor.sock and a UNIX socket
+# path holds at most 107 bytes: keep ~60 for the part below the root.
+MAX_ROOT_LENGTH = 48
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n'
 )
 MAX_HOTPLUG_PROBES = 16
+X86_ARCHES = ("x86_64", "i686")  # SeaBIOS machines: the only ones with a firmware check
 BINDING_MISSING = "libvirt Python binding not installed (Debian: python3-libvirt; PyPI: libvirt-python)"
 
 # SeaBIOS 1.16.2 (measured here). pci_setup() logs "=== PCI new allocation pass #2 ===", places every
@@ -94,7 +99,7 @@ class BootResult:
 @dataclass
 class FirmwareResult:
     ran: bool
-    pci_setup_done: bool
+    pci_setup_done: bool  # SeaBIOS placed every BAR and bridge window (its device init may still run)
     errors: list[str]
     log_tail: str
 
@@ -116,15 +121,20 @@ _process_lock = threading.Lock()
 _event_loop_started = False
 
 
-def _import_libvirt(log_path: Path | None = None) -> tuple[ModuleType, ModuleType]:
-    if log_path is not None:
-        # libvirt reads its log settings once, on import: send its info/warning chatter to a file.
-        os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{log_path}")
+def _import_libvirt(log_path: Path) -> tuple[ModuleType, ModuleType]:
+    # libvirt reads its log settings once, when the binding loads: send its info/warning chatter
+    # to a file instead of stderr, without leaking the setting into child processes.
+    redirect = "libvirt" not in sys.modules and "LIBVIRT_LOG_OUTPUTS" not in os.environ
+    if redirect:
+        os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_path}"
     try:
         import libvirt
         import libvirt_qemu
     except ImportError:
         raise StackUnavailable(BINDING_MISSING) from None
+    finally:
+        if redirect:
+            del os.environ["LIBVIRT_LOG_OUTPUTS"]
     return libvirt, libvirt_qemu
 
 
@@ -133,8 +143,10 @@ def default_root() -> Path:
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV])
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if os.access(cache, os.W_OK) or os.access(os.path.dirname(cache), os.W_OK):
-        return Path(cache) / "pciplan" / "libvirt-embed"
+    root = Path(cache) / "pciplan" / "libvirt-embed"
+    writable = os.access(cache, os.W_OK) or os.access(os.path.dirname(cache), os.W_OK)
+    if writable and len(str(root)) <= MAX_ROOT_LENGTH:
+        return root
     return Path(tempfile.gettempdir()) / f"pciplan-libvirt-embed-{os.getuid()}"
 
 
@@ -178,7 +190,12 @@ def _bind_process_driver(requested: Path | None) -> _ProcessDriver:
                     "one root per process"
                 )
             return _process_driver
-        wanted = requested or default_root()
+        wanted = (requested or default_root()).absolute()
+        if len(str(wanted)) > MAX_ROOT_LENGTH:
+            raise StackUnavailable(
+                f"libvirt root {wanted} is too long for QEMU's monitor socket path "
+                f"(at most {MAX_ROOT_LENGTH} characters)"
+            )
         lock_file = _try_lock(wanted)
         temporary = lock_file is None
         root = _temporary_root(wanted) if temporary else wanted
@@ -463,12 +480,11 @@ def _prepare_disk(disk: etree._Element, workdir: Path, number: int) -> None:
     disk.set("type", "file")
     if device == "lun":
         disk.set("device", "disk")  # a SCSI LUN needs a host block device
-    new_source = etree.Element("source", file=_empty_raw_file(workdir, f"disk{number}.img"))
-    disk.insert(1 if disk.find("driver") is not None else 0, new_source)
+    etree.SubElement(disk, "source", file=_empty_raw_file(workdir, f"disk{number}.img"))
     driver = disk.find("driver")
     if driver is not None:
         driver.set("type", "raw")
-        for attr in ("cache", "io"):  # O_DIRECT is not available on tmpfs
+        for attr in ("cache", "io"):  # cache='none' and io='native' need O_DIRECT, which tmpfs lacks
             driver.attrib.pop(attr, None)
 
 
@@ -517,9 +533,18 @@ def _add_user_aliases(root: etree._Element) -> None:
         etree.SubElement(el, "alias", name=name)
 
 
+def _needs_host_resources(el: etree._Element) -> bool:
+    """Devices that need a display, host USB, a TPM, host input or vhost-vsock, and no PCI slot of ours."""
+    if el.tag in ("graphics", "redirdev", "smartcard", "tpm"):
+        return True
+    if el.tag == "input":
+        return el.get("type") in ("passthrough", "evdev")
+    return el.tag == "vsock" and not os.path.exists("/dev/vhost-vsock")
+
+
 def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
+    """prepare_for_boot's work, plus notes on what was dropped or replaced that matters to the layout."""
     root = _parse(xml)
-    workdir = Path(workdir)
     notes: list[str] = []
     root.set("type", "qemu")  # TCG: no KVM is assumed here
     arch = _arch(root)
@@ -551,22 +576,21 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
     cpu = root.find("cpu")
     if cpu is not None and cpu.get("mode") in ("host-passthrough", "host-model"):
         # TCG cannot pass the host CPU through; keep topology and NUMA cells (pxb nodes need them).
+        notes.append(f"<cpu mode='{cpu.get('mode')}'> became mode='maximum' (TCG)")
         cpu.set("mode", "maximum")
         for attr in ("match", "check", "migratable"):
             cpu.attrib.pop(attr, None)
         for child in cpu.findall("model") + cpu.findall("feature") + cpu.findall("cache"):
             cpu.remove(child)
 
-    disk_number = 0
+    disk_number = share_number = 0
     for el in _devices(root):
         tag = el.tag
         if tag == "hostdev" or (tag == "interface" and el.get("type") == "hostdev"):
             notes.append(f"dropped {_describe(el)} at {_format_address(_pci_address(el))}: "
                          "host devices cannot exist here")
             devices.remove(el)
-        elif tag in ("graphics", "redirdev", "smartcard", "tpm") or (
-            tag == "input" and el.get("type") in ("passthrough", "evdev")
-        ) or (tag == "vsock" and not os.path.exists("/dev/vhost-vsock")):
+        elif _needs_host_resources(el):
             if _pci_address(el) is not None:
                 notes.append(f"dropped {_describe(el)} at {_format_address(_pci_address(el))}")
             devices.remove(el)
@@ -582,15 +606,18 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
             for child in list(el):
                 el.remove(child)
         elif tag == "filesystem":
-            share = workdir / f"share{len(list(workdir.glob('share*')))}"
+            # virtiofs needs virtiofsd and shared memory: share an empty folder over 9p instead.
+            share_number += 1
+            share = workdir / f"share{share_number}"
             share.mkdir()
+            virtiofs = el.find("driver[@type='virtiofs']") is not None
+            if el.get("type", "mount") != "mount" or virtiofs:
+                notes.append(f"{_describe(el)} became a 9p share of an empty folder")
             for child in el.findall("source") + el.findall("driver") + el.findall("binary"):
                 el.remove(child)
-            if el.get("type", "mount") != "mount" or el.find("driver") is not None:
-                notes.append(f"{_describe(el)} became a 9p share of an empty folder")
             el.set("type", "mount")
             el.set("accessmode", "passthrough")
-            el.insert(0, etree.Element("source", dir=str(share)))
+            etree.SubElement(el, "source", dir=str(share))
         elif tag == "rng":
             backend = el.find("backend")
             if backend is not None and (backend.get("model") != "builtin"):
@@ -602,26 +629,28 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
 
 
 def prepare_for_boot(xml: str, workdir: str) -> str:
-    """A bootable copy of xml for this machine (see _prepare for what changes); workdir holds its files."""
+    """A copy of xml that QEMU can start here, keeping every PCI address; its files go in workdir.
+
+    Domain type qemu (TCG) with this machine's emulator for the arch; a fresh name and uuid. Disks
+    with a source point at small empty raw files (network/volume/block ones become files);
+    interfaces use user networking; host devices (hostdev, interface type=hostdev), graphics, USB
+    redirection, smartcards, TPMs, host input and (without vhost-vsock) vsock are dropped; chardevs
+    other than pty/null become null; filesystems share an empty folder over 9p; rng reads
+    /dev/urandom; loader/nvram/kernel, seclabels, host CPU modes and host tuning are removed.
+    Every PCI-addressed device except PCI controllers gets a ua- alias (QEMU's id for it).
+    """
     root, _notes = _prepare(xml, Path(workdir))
     return _tostring(root)
 
 
-def _add_debugcon(root: etree._Element, log_path: Path) -> etree._Element:
-    """Route SeaBIOS' debug port (0x402) to log_path through <qemu:commandline>; returns the root."""
+def _add_debugcon(root: etree._Element, log_path: Path) -> None:
+    """Route SeaBIOS' debug port (0x402) to log_path through <qemu:commandline>."""
     commandline = root.find(f"{{{QEMU_NS}}}commandline")
     if commandline is None:
-        if root.nsmap.get("qemu") != QEMU_NS:
-            # lxml cannot add a prefix to an existing element: rebuild the root with the namespace.
-            new_root = etree.Element(root.tag, nsmap={**root.nsmap, "qemu": QEMU_NS}, attrib=root.attrib)
-            new_root.text = root.text
-            new_root.extend(list(root))
-            root = new_root
-        commandline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        commandline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline", nsmap={"qemu": QEMU_NS})
     for value in ("-chardev", f"file,id=pciplan-seabios,path={log_path}",
                   "-device", "isa-debugcon,iobase=0x402,chardev=pciplan-seabios"):
         etree.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
-    return root
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -819,7 +848,7 @@ class EmbeddedLibvirt:
             dom = self._conn.defineXML(_tostring(root))
             completed = _parse(dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_INACTIVE))
         except self._libvirt.libvirtError as exc:
-            return DefineResult(False, exc.get_error_message() or str(exc), None)
+            return DefineResult(False, _message(exc), None)
         finally:
             if dom is not None:
                 self._undefine(dom)
@@ -841,74 +870,86 @@ class EmbeddedLibvirt:
     def boot(
         self, xml: str, *, firmware: bool = False, hotplug_probe: bool = False, seconds: float = 8.0
     ) -> tuple[BootResult, FirmwareResult | None, list[str]]:
-        """Start a bootable copy of xml (paused), compare QEMU's device tree with the XML.
+        """Start a bootable copy of xml (paused) and compare QEMU's device tree with the XML.
 
-        firmware (x86 only): run it unpaused with SeaBIOS' debug port logged, for up to `seconds`.
+        firmware (x86 only): then run it with SeaBIOS' debug port logged, for up to `seconds`.
         hotplug_probe: attach a virtio NIC live to each of up to 16 empty hot-pluggable places.
-        Returns (boot result, firmware result or None, hot-plug failure messages).
+        Returns (boot result, firmware result, hot-plug failure messages); the firmware result is
+        None when firmware was not asked for or QEMU did not start. Nothing stays running or defined.
         """
         workdir = Path(tempfile.mkdtemp(prefix="pciplan-boot-"))
         dom = None
-        name = ""
         try:
             root, notes = _prepare(xml, workdir)
-            name = root.findtext("name") or ""
+            run_firmware = firmware and _arch(root) in X86_ARCHES
             firmware_log = workdir / "seabios.log"
-            run_firmware = firmware and _arch(root) in ("x86_64", "i686")
             if run_firmware:
-                root = _add_debugcon(root, firmware_log)
+                _add_debugcon(root, firmware_log)
             try:
                 dom = self._conn.defineXML(_tostring(root))
-            except self._libvirt.libvirtError as exc:
-                return BootResult(False, f"define failed: {exc.get_error_message()}", {}, [], notes), None, []
-            try:
                 dom.createWithFlags(self._libvirt.VIR_DOMAIN_START_PAUSED)
             except self._libvirt.libvirtError as exc:
-                return BootResult(False, exc.get_error_message() or str(exc), {}, [], notes), None, []
-            live_root = _parse(dom.XMLDesc(0))
-            qtree = self._libvirt_qemu.qemuMonitorCommand(
-                dom, "info qtree", self._libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
-            )
-            placements, mismatches = compare_placements(live_root, parse_qtree(qtree))
-            boot_result = BootResult(True, None, placements, mismatches, notes)
+                error = _message(exc) if dom is not None else f"define failed: {_message(exc)}"
+                return BootResult(False, error, {}, [], notes), None, []
 
+            result = BootResult(True, None, {}, [], notes)
             firmware_result = None
             if firmware and not run_firmware:
                 firmware_result = FirmwareResult(False, False, ["firmware check is x86 (SeaBIOS) only"], "")
-            elif run_firmware:
-                dom.resume()
-                firmware_result = _read_firmware_log(firmware_log, seconds)
-
-            # After the firmware, so that probe devices do not change what SeaBIOS had to set up.
-            failures = []
-            if hotplug_probe:
-                for bus, slot, what in hotplug_targets(live_root):
-                    boot_result.hotplug_probes.append(f"{what} ({bus:02x}:{slot:02x}.0)")
-                    try:
-                        dom.attachDeviceFlags(_probe_nic_xml(bus, slot), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    except self._libvirt.libvirtError as exc:
-                        where = f"{what} ({bus:02x}:{slot:02x}.0)"
-                        failures.append(f"hot-plug into {where}: {exc.get_error_message()}")
-            return boot_result, firmware_result, failures
+            failures: list[str] = []
+            try:
+                live_root = _parse(dom.XMLDesc(0))
+                qtree = self._libvirt_qemu.qemuMonitorCommand(
+                    dom, "info qtree", self._libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+                )
+                result.placements, result.mismatches = compare_placements(live_root, parse_qtree(qtree))
+                if run_firmware:
+                    dom.resume()
+                    firmware_result = _read_firmware_log(firmware_log, seconds)
+                # After the firmware, so that probe devices do not change what SeaBIOS had to set up.
+                if hotplug_probe:
+                    failures = self._probe_hotplug(dom, live_root, result.hotplug_probes)
+            except self._libvirt.libvirtError as exc:
+                result.error = f"after start: {_message(exc)}"
+            return result, firmware_result, failures
         finally:
-            if dom is not None:
-                with contextlib.suppress(self._libvirt.libvirtError):
-                    if dom.isActive():
-                        dom.destroy()
-                self._undefine(dom)
-            if name:
-                # The persistent root would otherwise keep one QEMU log per boot.
-                with contextlib.suppress(OSError):
-                    (self.root / "log" / "qemu" / f"{name}.log").unlink()
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._discard(dom, workdir)
+
+    def _probe_hotplug(self, dom: Any, live_root: etree._Element, probed: list[str]) -> list[str]:
+        """Attach a NIC to each empty hot-pluggable place (appended to probed); the failures."""
+        failures = []
+        for bus, slot, what in hotplug_targets(live_root):
+            where = f"{what} ({bus:02x}:{slot:02x}.0)"
+            probed.append(where)
+            try:
+                dom.attachDeviceFlags(_probe_nic_xml(bus, slot), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except self._libvirt.libvirtError as exc:
+                failures.append(f"hot-plug into {where}: {_message(exc)}")
+        return failures
+
+    def _discard(self, dom: Any, workdir: Path) -> None:
+        """Stop and forget the guest, and remove its files, whatever state it reached."""
+        if dom is not None:
+            name = dom.name()
+            with contextlib.suppress(self._libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            self._undefine(dom)
+            # The persistent root would otherwise keep one QEMU log per boot.
+            with contextlib.suppress(OSError):
+                (self.root / "log" / "qemu" / f"{name}.log").unlink()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     def _undefine(self, dom: Any) -> None:
-        # Never delete an nvram or TPM state file that the caller's XML names.
-        flags = self._libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(
-            self._libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0
-        )
+        # Never delete an nvram file the caller's XML names. (TPM state is keyed by our temporary
+        # uuid, and libvirt 9.0 logs a spurious error for KEEP_TPM, so that flag is left out.)
         with contextlib.suppress(self._libvirt.libvirtError):
-            dom.undefineFlags(flags)
+            dom.undefineFlags(self._libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+
+
+def _message(exc: Exception) -> str:
+    get = getattr(exc, "get_error_message", None)
+    return (get() if get else None) or str(exc)
 
 
 def _binding_installed() -> bool:
@@ -932,7 +973,7 @@ class StackReport:
         """libvirt accepts it unchanged, QEMU places everything as written, the firmware gets through."""
         if not self.define.ok or self.changes or self.hotplug_failures:
             return False
-        if self.boot is not None and (not self.boot.started or self.boot.mismatches):
+        if self.boot is not None and (not self.boot.started or self.boot.error or self.boot.mismatches):
             return False
         return self.firmware is None or not self.firmware.ran or self.firmware.pci_setup_done
 
@@ -949,6 +990,8 @@ class StackReport:
             lines += [f"  note: {note}" for note in self.boot.notes]
             if not self.boot.started:
                 lines.append(f"QEMU: refused to start: {self.boot.error}")
+            elif self.boot.error:
+                lines.append(f"QEMU: started, then failed: {self.boot.error}")
             elif self.boot.mismatches:
                 lines.append(f"QEMU: started, {len(self.boot.mismatches)} placements differ from the XML:")
                 lines += [f"  {m}" for m in self.boot.mismatches]

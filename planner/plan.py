@@ -10,7 +10,7 @@ from lxml import etree
 from planner.domain import read_problem
 from planner.layout import unfold
 from planner.options import PlanOptions
-from planner.prepare import prepare
+from planner.prepare import CHIPSET, prepare
 from planner.render import render
 from planner.solver import solve
 
@@ -28,6 +28,8 @@ class PlanSummary:
     controllers_added: dict[str, int]
     levels: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    controllers_removed: int = 0
 
     def as_json(self) -> dict:
         return {
@@ -41,6 +43,8 @@ class PlanSummary:
             "devices_placed": self.devices_placed,
             "controllers_added": self.controllers_added,
             "objective_levels": self.levels,
+            "addresses_moved": self.moved,
+            "controllers_removed": self.controllers_removed,
             "notes": self.notes,
         }
 
@@ -49,10 +53,11 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
     problem = read_problem(tree)
-    prep = prepare(problem)
+    prep = prepare(problem, replan=options.replan)
     result = solve(prep, options)
     layout = unfold(prep, result)
-    render(problem, layout)
+    chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
+    render(problem, layout, chipset)
     added = Counter(n.model for n in layout.new_controllers)
     total = sum(1 + len(d.companions) for d in problem.devices)
     return PlanSummary(
@@ -67,4 +72,6 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         controllers_added=dict(sorted(added.items())),
         levels=result.values,
         notes=problem.notes,
+        moved=layout.moved,
+        controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.domain import Bus, Device, PciAddress, Problem
+from planner.replan import mark_replan
 from planner.xmlio import InputError
 
 CHIPSET = {"q35": {(0x1F, 0): "ICH9 LPC", (0x1F, 3): "ICH9 SMBus"},
@@ -15,13 +16,34 @@ FIXED_OWNERS = {"q35": set(), "pc": {(0x01, 1)}}  # the IDE controller 0 is the 
 
 
 @dataclass
+class Droppable:
+    """--replan: something with an address the plan may change (a device) or remove (a controller)."""
+
+    bus: int
+    slot: int
+    device: Device | None = None
+    controller: int | None = None  # its index
+    io: bool = False  # a device with an I/O BAR
+
+
+@dataclass
 class BusState:
     bus: Bus
     used: dict[int, dict[int, str]] = field(default_factory=dict)  # slot -> function -> occupant
     root_port_slots: set[int] = field(default_factory=set)  # slots holding only root ports
     io_device: bool = False  # a device with an I/O BAR sits directly on this bus
+    pinned_slots: set[int] = field(default_factory=set)  # slots with an occupant that must stay
+    optional: dict[int, list[int]] = field(default_factory=dict)  # slot -> droppables in it (replan)
 
-    def occupy(self, slot: int, function: int, who: str) -> None:
+    def optional_slots(self) -> dict[int, list[int]]:
+        """Slots whose occupants may all go (--replan), with those occupants."""
+        return {s: d for s, d in sorted(self.optional.items()) if s not in self.pinned_slots}
+
+    def occupy(self, slot: int, function: int, who: str, droppable: int | None = None) -> None:
+        if droppable is None:
+            self.pinned_slots.add(slot)
+        else:
+            self.optional.setdefault(slot, []).append(droppable)
         fns = self.used.setdefault(slot, {})
         if function in fns:
             raise InputError(
@@ -77,6 +99,15 @@ class Prepared:
     device_places: dict[int, PciAddress]  # id(device) -> address chosen before solving (conventions)
     controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
     fixed_io_windows: int
+    droppables: list[Droppable] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
+    removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
+
+    def droppable_of(self, d: Device) -> int | None:
+        for i, x in enumerate(self.droppables):
+            if x.device is d:
+                return i
+        return None
 
 
 def _accepts(parent: Bus, connect: str, from_config: bool) -> bool:
@@ -103,7 +134,7 @@ def _check_slot(parent: Bus, a: PciAddress, who: str) -> None:
         raise InputError(f"{who}: invalid PCI address {a}: slot must be <= {m.last_slot} on {parent.label}")
 
 
-def _occupy_given(problem: Problem, states: dict[int, BusState]) -> None:
+def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Droppable]) -> None:
     fam = problem.machine.family
     root = states[0]
     for (slot, fn), what in CHIPSET.get(fam, {}).items():
@@ -121,13 +152,22 @@ def _occupy_given(problem: Problem, states: dict[int, BusState]) -> None:
                 f"accepts a {b.model.plugs_into}"
             )
         _check_slot(parent, b.address, b.label)
-        states[parent.index].occupy(b.address.slot, b.address.function, b.label)
-        if b.model.aggregate:
+        drop = None
+        if b.droppable:
+            drop = len(drops)
+            drops.append(Droppable(parent.index, b.address.slot, controller=b.index))
+        states[parent.index].occupy(b.address.slot, b.address.function, b.label, drop)
+        if b.model.aggregate and not b.droppable:
             st = states[parent.index]
             if all(o.startswith("controller pci") and "pcie-root-port" in o
                    for o in st.used[b.address.slot].values()):
                 st.root_port_slots.add(b.address.slot)
     for d in problem.devices:
+        drop = None
+        if d.droppable and d.address is not None:
+            drop = len(drops)
+            io = any(not (m.endpoint == "pcie" and not m.io_on_pcie) for m in [d, *d.companions])
+            drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io))
         for member in [d, *d.companions]:
             a = member.address
             if a is None:
@@ -146,9 +186,9 @@ def _occupy_given(problem: Problem, states: dict[int, BusState]) -> None:
             is_ide = member.kind == "controller" and member.element.get("type") == "ide"
             if a.bus == 0 and (a.slot, a.function) in FIXED_OWNERS.get(fam, set()) and not is_ide:
                 raise InputError(f"{member.label}: PCI address {a} belongs to the chipset (PIIX3 IDE)")
-            st.occupy(a.slot, a.function, member.label)
+            st.occupy(a.slot, a.function, member.label, drop)
             st.root_port_slots.discard(a.slot)
-            if not (member.endpoint == "pcie" and not member.io_on_pcie):
+            if drop is None and not (member.endpoint == "pcie" and not member.io_on_pcie):
                 st.io_device = True
 
 
@@ -234,21 +274,25 @@ def _group_key(d: Device) -> GroupKey:
 def _fixed_io_windows(problem: Problem, states: dict[int, BusState]) -> int:
     windows = 0
     for b in problem.buses.values():
+        if b.droppable:
+            continue  # its window is counted in the model, if it is kept
         port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
         if b.model.io_window or (port and states[b.index].io_device):
             windows += 1
     return windows
 
 
-def prepare(problem: Problem) -> Prepared:
+def prepare(problem: Problem, replan: bool = False) -> Prepared:
+    lost, removed = mark_replan(problem) if replan else ([], [])
     states = {i: BusState(b) for i, b in problem.buses.items()}
-    _occupy_given(problem, states)
+    drops: list[Droppable] = []
+    _occupy_given(problem, states, drops)
     controller_places = _place_user_controllers(problem, states)
     device_places = _place_conventions(problem, states)
     _mark_pinned_io(problem, states)
     groups: dict[GroupKey, Group] = {}
     for d in problem.devices:
-        if d.address is not None or id(d) in device_places:
+        if (d.address is not None and not d.droppable) or id(d) in device_places:
             continue
         for member in d.companions:
             if member.address is not None:
@@ -258,4 +302,4 @@ def prepare(problem: Problem) -> Prepared:
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_windows(problem, states))
+                    _fixed_io_windows(problem, states), drops, lost, removed)

@@ -34,7 +34,7 @@ def _append_child(parent: etree._Element, child: etree._Element) -> None:
     parent.append(child)
 
 
-def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
+def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> None:
     """Write a complete address (libvirt's form); a given multifunction value is kept."""
     addr = el.find("address")
     if addr is None:
@@ -54,7 +54,7 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool) -> N
         addr.set("multifunction", keep_mf)
 
 
-def _controller_element(node: BusNode, chassis: int | None, mf: bool, indent: str) -> etree._Element:
+def _controller_element(node: BusNode, chassis: int | None, indent: str) -> etree._Element:
     m = controller_models()[node.model]
     el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
     inner = indent + "  "
@@ -72,8 +72,6 @@ def _controller_element(node: BusNode, chassis: int | None, mf: bool, indent: st
     assert node.parent is not None and node.parent.index is not None
     addr = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
                             slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
-    if mf and node.function == 0:
-        addr.set("multifunction", "on")
     addr.tail = indent
     return el
 
@@ -88,28 +86,50 @@ def _used_chassis(problem: Problem) -> set[int]:
     return used
 
 
-def render(problem: Problem, layout: Layout) -> None:
+def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]]) -> None:
+    """multifunction='on' on function 0 of every slot with more than one function in use."""
+    by_slot: dict[tuple[int, int], list[etree._Element]] = {}
+    for a in devices.iterfind("*/address[@type='pci']"):
+        key = (int(a.get("bus"), 0), int(a.get("slot"), 0))
+        by_slot.setdefault(key, []).append(a)
+    for key, addrs in by_slot.items():
+        if len(addrs) + (key in chipset) < 2:
+            continue
+        for a in addrs:
+            if int(a.get("function"), 0) == 0 and a.get("multifunction") is None:
+                a.set("multifunction", "on")
+
+
+def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | None = None) -> None:
     """Apply the layout to problem.tree in place."""
-    mf = layout.multifunction
+    from planner.replan import _remove
+
+    for index in layout.dropped_controllers:
+        el = problem.buses[index].element
+        if el is not None and el.getparent() is not None:
+            _remove(el)
     for d in problem.devices:
         for m in [d, *d.companions]:
             a = layout.devices.get(id(m.element)) or m.address
             if a is None:
                 continue
-            shared = (a.bus, a.slot) in mf
-            set_pci_address(m.element, a, shared)
+            set_pci_address(m.element, a, False)
             for mirror in m.mirrors:
-                set_pci_address(mirror, a, shared)
+                set_pci_address(mirror, a, False)
     for index, a in layout.controllers.items():
         el = problem.buses[index].element
         assert el is not None
-        set_pci_address(el, a, (a.bus, a.slot) in mf)
+        set_pci_address(el, a, False)
     for b in problem.buses.values():
-        if b.address is not None and b.element is not None:
-            set_pci_address(b.element, b.address, (b.address.bus, b.address.slot) in mf)
-    if not layout.new_controllers:
-        return
+        if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
+            set_pci_address(b.element, b.address, False)
     devices = problem.tree.getroot().find("devices")
+    if layout.new_controllers:
+        _add_controllers(problem, layout, devices)
+    _mark_multifunction(devices, chipset or set())
+
+
+def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
     indent = _indent_of(anchor) if anchor is not None else "\n    "
@@ -121,7 +141,7 @@ def render(problem: Problem, layout: Layout) -> None:
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)
-        el = _controller_element(node, chassis, (node.parent.index, node.slot) in mf, indent)
+        el = _controller_element(node, chassis, indent)
         if anchor is None:
             _append_child(devices, el)
         else:

@@ -9,6 +9,7 @@ from planning import errors, plan_bytes, text
 
 from planner.check import check_domain
 from planner.solver.solve import Infeasible
+from planner.xmlio import parse_domain_bytes
 
 Q35_BARE = "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n"
 
@@ -202,3 +203,65 @@ def test_checker_is_independent_and_catches_a_broken_plan(guest_xml) -> None:
     nic = ifaces(tree)[0]
     nic.find("address").set("slot", "0x01")  # slot 1 of a root port does not exist
     assert any(v.rule == "slot-range" for v in check_domain(tree))
+
+
+# ----------------------------------------------------------------- --replan
+
+
+def _bridges_layout(n: int) -> str:
+    """n root ports, each with a pcie-to-pci-bridge holding one e1000: n I/O windows."""
+    out = ["    <controller type='sata' index='0'><address type='pci' domain='0x0000' bus='0x00' "
+           "slot='0x1f' function='0x2'/></controller>",
+           "    <controller type='pci' index='0' model='pcie-root'/>"]
+    for i in range(n):
+        slot, fn = 2 + i // 8, i % 8
+        mf = " multifunction='on'" if fn == 0 else ""
+        out.append(f"    <controller type='pci' index='{i + 1}' model='pcie-root-port'>"
+                   f"<model name='pcie-root-port'/><target chassis='{i + 1}' port='0x{slot * 8 + fn:x}'/>"
+                   f"<address type='pci' domain='0x0000' bus='0x00' slot='0x{slot:02x}' "
+                   f"function='0x{fn:x}'{mf}/></controller>")
+    for i in range(n):
+        out.append(f"    <controller type='pci' index='{n + i + 1}' model='pcie-to-pci-bridge'>"
+                   f"<model name='pcie-pci-bridge'/><address type='pci' domain='0x0000' bus='0x{i + 1:02x}' "
+                   f"slot='0x00' function='0x0'/></controller>")
+    for i in range(n):
+        out.append(f"    <interface type='user'><mac address='52:54:00:00:10:{i:02x}'/><model type='e1000'/>"
+                   f"<address type='pci' domain='0x0000' bus='0x{n + i + 1:02x}' slot='0x01' function='0x0'/>"
+                   "</interface>")
+    return Q35_BARE + "\n".join(out)
+
+
+def test_replan_of_a_planned_guest_changes_nothing(guest_xml) -> None:
+    planned, _ = plan_bytes(guest_xml("q35", nics(6) + "\n" + nics(3, "e1000", 50) + "\n" + disks(5)))
+    again, s = plan_bytes(text(planned), replan=True)
+    assert text(again) == text(planned)
+    assert s.levels["addresses_moved"] == 0 and s.controllers_removed == 0
+
+
+def test_replan_adds_spare_ports_without_moving_devices(guest_xml) -> None:
+    planned, _ = plan_bytes(guest_xml("q35", Q35_BARE + nics(4)))
+    before = [addr(i) for i in ifaces(planned)]
+    again, s = plan_bytes(text(planned), replan=True, spare_pcie=3)
+    assert [addr(i) for i in ifaces(again)] == before
+    assert s.levels["addresses_moved"] == 0
+    assert s.controllers_added == {"pcie-root-port": 2}
+
+
+def test_replan_repairs_a_layout_that_breaks_the_io_budget_moving_fewest_devices(guest_xml) -> None:
+    data = guest_xml("q35", _bridges_layout(11))
+    kept, s0 = plan_bytes(data)  # default mode keeps the given layout as it is (plus a spare port)
+    assert s0.controllers_added == {"pcie-root-port": 1}
+    assert [addr(i) for i in ifaces(kept)] == [addr(i) for i in ifaces(parse_domain_bytes(data))]
+    tree, s = plan_bytes(data, replan=True)
+    assert errors(tree) == []
+    assert s.levels["addresses_moved"] == 2
+    assert len(s.moved) == 2
+    assert len(controllers(tree, "pcie-to-pci-bridge")) <= 9
+
+
+def test_replan_removes_unaddressed_user_controllers(guest_xml) -> None:
+    ports = "    <controller type='pci' model='pcie-root'/>\n" + "\n".join(
+        "    <controller type='pci' model='pcie-root-port'/>" for _ in range(10))
+    tree, s = plan_bytes(guest_xml("q35", Q35_BARE + ports + "\n" + nics(2)), replan=True)
+    assert s.controllers_removed == 10
+    assert len(controllers(tree, "pcie-root-port")) == 3

@@ -44,15 +44,39 @@ def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) ->
         terms += [x for i, x in [*v.pool_alone.items(), *v.pool_packed.items()] if i == gi]
         lit = why.new(f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
                       + (" …" if g.size > 4 else "") + " must each get a place")
-        model.Add(_sum(terms) == g.size).OnlyEnforceIf(lit)
+        kept = [v.keep[i] for i in (prep.droppable_of(d) for d in g.devices) if i is not None]
+        model.Add(_sum(terms) + _sum(kept) == g.size).OnlyEnforceIf(lit)
+
+
+def keep_in_place(model, prep: Prepared, v: Variables) -> None:
+    """--replan: a kept device needs its controller kept; dropped controllers form an index suffix;
+    an old slot stays occupied while anything in it is kept."""
+    for i, drop in enumerate(prep.droppables):
+        if drop.bus in v.bus_keep:
+            model.Add(v.keep[i] <= v.bus_keep[drop.bus])
+    kept_buses = [v.bus_keep[c] for c in sorted(v.bus_keep)]
+    for lower, higher in zip(kept_buses, kept_buses[1:], strict=False):
+        model.Add(lower >= higher)
+    for (e, slot), occ in v.occupied.items():
+        members = [v.keep[i] for i in prep.states[e].optional_slots()[slot]]
+        for k in members:
+            model.Add(occ >= k)
+        model.Add(occ <= _sum(members))
+
+
+def bus_capacity_left(prep: Prepared, v: Variables, e: int):
+    """Free slots of existing bus e: the fixed ones plus old slots whose occupants all moved away."""
+    st = prep.states[e]
+    free = len(st.free_slots(prep.problem.machine.reserved_slots))
+    opt = [v.occupied[e, s] for s in st.optional_slots()]
+    return free + len(opt) - _sum(opt), free + len(opt)
 
 
 def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """Free slots of each existing bus: one per lone device or whole-slot child, 8 functions per
     packed slot; new root ports may also fill free functions of slots that hold only root ports."""
-    reserved = prep.problem.machine.reserved_slots
     for e, st in prep.states.items():
-        free = len(st.free_slots(reserved))
+        free, most = bus_capacity_left(prep, v, e)
         alone = [x for (b, _), x in v.alone.items() if b == e]
         packed = [x for (b, _), x in v.packed.items() if b == e]
         whole_children = []
@@ -60,7 +84,7 @@ def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions)
             whole_children.append(v.new_pci_bridges[e])
         if e in v.new_pcie_pci_bridge:
             whole_children.append(v.new_pcie_pci_bridge[e])
-        lit = why.new(f"{st.bus.label} has {free} free slot(s)")
+        lit = why.new(f"{st.bus.label} has {most} free slot(s)")
         slots = _sum(alone + whole_children) + v.packslots[e]
         model.Add(_sum(packed) <= FUNCTIONS * v.packslots[e]).OnlyEnforceIf(lit)
         if e in v.root_ports:
@@ -71,6 +95,9 @@ def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions)
             model.Add(_sum(ports) <= FUNCTIONS * v.rpslots[e] + extra).OnlyEnforceIf(lit)
             slots += v.rpslots[e]
         model.Add(slots <= free).OnlyEnforceIf(lit)
+        if e in v.bus_keep:  # a controller that goes holds nothing new
+            model.Add(slots <= 32 * v.bus_keep[e])
+            model.Add(_sum(packed) <= 256 * v.bus_keep[e])
         # A port with hot-plug off holds its devices as functions; so does a port holding a bridge.
         if e in v.new_pcie_pci_bridge:
             model.Add(v.packslots[e] == 0).OnlyEnforceIf(v.new_pcie_pci_bridge[e])
@@ -112,11 +139,16 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
             windows += [x for gi, x in pool.alone.items() if gi in io_groups] + [pool.pack_io]
     for e, flag in v.io_new.items():
         on_port = [x for (b, gi), x in [*v.alone.items(), *v.packed.items()] if b == e and gi in io_groups]
+        kept_io = [v.keep[i] for i, d in enumerate(prep.droppables) if d.bus == e and d.io]
+        for k in kept_io:
+            model.Add(flag >= k)
         if on_port:
             model.Add(_sum(on_port) <= FUNCTIONS * flag)
+        if on_port or kept_io:
             windows.append(flag)
         else:
             model.Add(flag == 0)
+    windows += [k for c, k in v.bus_keep.items() if prep.problem.buses[c].model.io_window]
     lit = why.new(f"the firmware I/O-window budget ({budget} bridges or I/O ports, SeaBIOS on "
                   f"{prep.problem.machine.family}; {prep.fixed_io_windows} used by the given layout)")
     model.Add(prep.fixed_io_windows + _sum(windows) <= budget).OnlyEnforceIf(lit)
@@ -126,13 +158,13 @@ def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> 
     """256 bus numbers per PCI domain and controller index ≤ 255; with expander buses, each hierarchy
     must fit in its busNr range."""
     buses = prep.problem.buses
-    used = sum(b.model.buses for b in buses.values())
-    new = new_controllers(v)
+    used = sum(b.model.buses for b in buses.values() if not b.droppable)
+    new = new_controllers(v) + [buses[c].model.buses * k for c, k in v.bus_keep.items()]
     lit = why.new(f"a PCI domain has {MAX_BUS_NUMBERS} bus numbers ({used} already used)")
     model.Add(used + _sum(new) <= MAX_BUS_NUMBERS).OnlyEnforceIf(lit)
-    top = max(buses)
+    top = max([i for i, b in buses.items() if not b.droppable])
     lit = why.new(f"controller indices end at {MAX_INDEX} (highest given: {top})")
-    model.Add(top + _sum(new) <= MAX_INDEX).OnlyEnforceIf(lit)
+    model.Add(top + _sum(new_controllers(v)) + _sum(v.bus_keep.values()) <= MAX_INDEX).OnlyEnforceIf(lit)
     _bus_nr_partition(model, prep, v, why)
 
 
@@ -176,7 +208,10 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
     count: dict[int, list] = {h: [] for h in limit}
     fixed: dict[int, int] = dict.fromkeys(limit, 0)
     for b in prep.problem.buses.values():
-        fixed[_hierarchy_of(prep, b.index)] += b.model.buses
+        if b.droppable:
+            count[_hierarchy_of(prep, b.index)] += [v.bus_keep[b.index]] * b.model.buses
+        else:
+            fixed[_hierarchy_of(prep, b.index)] += b.model.buses
     for e, x in [*v.new_pci_bridges.items(), *v.new_pcie_pci_bridge.items()]:
         count[_hierarchy_of(prep, e)].append(x)
     for p in v.root_ports:
@@ -193,23 +228,26 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
 def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int) -> None:
     """Keep empty hot-pluggable ports (PCIe) or slots (conventional) for later hot-plug; a shortfall is
     allowed but costs as much as a device that could not stay hot-pluggable."""
-    reserved = prep.problem.machine.reserved_slots
     empty_ports = []
     free_pci_slots = []
     for e, st in prep.states.items():
         bus = st.bus
-        free = len(st.free_slots(reserved))
-        if not bus.hotplug or free == 0:
+        free, most = bus_capacity_left(prep, v, e)
+        if not bus.hotplug or most == 0:
             continue
         used = [x for (b, _), x in v.alone.items() if b == e] + [v.packslots[e]]
         if e in v.rpslots:
             used.append(v.rpslots[e])
         used += [x for b, x in v.new_pci_bridges.items() if b == e]
         used += [x for b, x in v.new_pcie_pci_bridge.items() if b == e]
+        empty = model.NewIntVar(0, most, f"empty_slots_b{e}")
+        model.Add(empty <= free - _sum(used))
+        if e in v.bus_keep:  # a controller that goes offers no spare slot
+            model.Add(empty <= most * v.bus_keep[e])
         if bus.model.name in PORTS:
-            empty_ports.append(free - _sum(used))
+            empty_ports.append(empty)
         elif bus.model.conventional:
-            free_pci_slots.append(free - _sum(used))
+            free_pci_slots.append(empty)
     for p in v.root_ports:
         empty_ports += [v.root_ports[p].spare, v.downstream[p].spare]
     nb = new_bridges(v)

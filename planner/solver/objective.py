@@ -1,12 +1,13 @@
 """The lexicographic objective as one weighted sum. Each level's weight exceeds the largest possible
 value of all lower levels together, so no gain below can pay for a loss above:
 
-  L1  addresses the input had are kept            (hard in the default mode)
+  L1  device addresses the input had are kept     (hard by default; with --replan, moves counted)
   L2  devices left without the hot-pluggable slot they prefer, plus missing spare ports
   L3  PCIe-capable devices put on conventional PCI
   L4  controllers added
   L5  bus numbers added
-  L6  slots of existing buses consumed (tie-break: keep room on the root bus)
+  L6  slots of existing buses consumed (tie-break: keep room on the root bus), and with --replan
+      old controllers removed (no churn for nothing)
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ from ortools.sat.python import cp_model
 from planner.prepare import Prepared
 from planner.solver.variables import Variables, new_controllers, on_conventional
 
-MAX_SLOTS = 2 * 256 * 32
+MAX_SLOTS = 2 * 256 * 32 + 256
 MAX_CONTROLLERS = 256
 
 
 @dataclass
 class Levels:
+    moved: cp_model.LinearExpr
     hotplug_lost: cp_model.LinearExpr
     pcie_on_pci: cp_model.LinearExpr
     controllers: cp_model.LinearExpr
     bus_numbers: cp_model.LinearExpr
     slots_used: cp_model.LinearExpr
-    weights: tuple[int, int, int, int, int]
+    weights: tuple[int, int, int, int, int, int]
 
 
 def levels(prep: Prepared, v: Variables) -> Levels:
@@ -48,12 +50,17 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     on_pci += [x for gi, x in pooled if prep.groups[gi].key.endpoint == "pcie"]
     pcie_on_pci = cp_model.LinearExpr.Sum(on_pci)
 
-    controllers = cp_model.LinearExpr.Sum(new_controllers(v))
-    bus_numbers = controllers  # every controller pciplan adds takes exactly one bus number
+    kept = list(v.bus_keep.values())  # --replan: old controllers kept count like new ones
+    controllers = cp_model.LinearExpr.Sum(new_controllers(v) + kept)
+    bus_numbers = cp_model.LinearExpr.Sum(
+        new_controllers(v) + [prep.problem.buses[c].model.buses * k for c, k in v.bus_keep.items()])
+    moved_devices = [1 - v.keep[i] for i, d in enumerate(prep.droppables) if d.device is not None]
+    moved = len(prep.lost) + cp_model.LinearExpr.Sum(moved_devices)
     used = [*v.packslots.values(), *v.rpslots.values(), *v.alone.values(), *v.new_pci_bridges.values()]
     used += list(v.new_pcie_pci_bridge.values())
     # A hot-pluggable slot given to devices packed as functions costs more: it is hot-plug room lost.
     used += [x for e, x in v.packslots.items() if prep.states[e].bus.hotplug]
+    used += [1 - k for k in v.bus_keep.values()]  # --replan: churn in controllers, last of all
     slots_used = cp_model.LinearExpr.Sum(used)
 
     devices = sum(g.size for g in prep.groups)
@@ -61,10 +68,12 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     w4 = w5 * (MAX_CONTROLLERS + 1)
     w3 = w4 * (MAX_CONTROLLERS + 1)
     w2 = w3 * (devices + 1)
-    return Levels(hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used, (w2, w3, w4, w5, 1))
+    w1 = w2 * (devices + MAX_CONTROLLERS + 1)
+    return Levels(moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
+                  (w1, w2, w3, w4, w5, 1))
 
 
 def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
-    w2, w3, w4, w5, w6 = lv.weights
-    model.Minimize(w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
+    w1, w2, w3, w4, w5, w6 = lv.weights
+    model.Minimize(w1 * lv.moved + w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
                    + w5 * lv.bus_numbers + w6 * lv.slots_used)

@@ -65,6 +65,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     why = c.Assumptions(model=model)
     v = create_variables(model, prep)
     c.place_every_device(model, prep, v, why)
+    c.keep_in_place(model, prep, v)
     c.existing_bus_capacity(model, prep, v, why)
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
@@ -91,6 +92,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     values = {
+        "addresses_moved": int(solver.Value(lv.moved)),
         "hotplug_lost": int(solver.Value(lv.hotplug_lost)),
         "pcie_on_pci": int(solver.Value(lv.pcie_on_pci)),
         "controllers_added": int(solver.Value(lv.controllers)),

@@ -73,6 +73,10 @@ class Variables:
     pool_packed: dict[int, IntVar] = field(default_factory=dict)
     pool_packslots: IntVar | None = None
     spare_shortfall: IntVar | None = None
+    # --replan: what keeps its place (devices, controllers), and which old slots stay occupied
+    keep: dict[int, IntVar] = field(default_factory=dict)  # droppable -> 1 if kept in place
+    bus_keep: dict[int, IntVar] = field(default_factory=dict)  # droppable bus index -> its keep
+    occupied: dict[tuple[int, int], IntVar] = field(default_factory=dict)  # (bus, slot) -> still used
 
 
 def _pool(model: cp_model.CpModel, prep: Prepared, name: str, cap: int) -> PortPool:
@@ -94,9 +98,16 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
     v = Variables()
     machine = prep.problem.machine
     reserved = machine.reserved_slots
+    for i, drop in enumerate(prep.droppables):
+        v.keep[i] = model.NewBoolVar(f"keep_{i}")
+        if drop.controller is not None:
+            v.bus_keep[drop.controller] = v.keep[i]
+    for e, st in sorted(prep.states.items()):
+        for slot in st.optional_slots():
+            v.occupied[e, slot] = model.NewBoolVar(f"occupied_b{e}_s{slot}")
     for e, st in sorted(prep.states.items()):
         bus = st.bus
-        free = len(st.free_slots(reserved))
+        free = len(st.free_slots(reserved)) + len(st.optional_slots())
         v.packslots[e] = model.NewIntVar(0, 32, f"packslots_b{e}")
         for gi, g in enumerate(prep.groups):
             if not group_allowed_on(prep, g, e):
@@ -109,11 +120,10 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
         acc = bus.model.accepts
         if "pci-bridge" in acc and bus.model.conventional and free:
             v.new_pci_bridges[e] = model.NewIntVar(0, free, f"new_pci_bridges_b{e}")
-        if bus.model.name in PORTS and free:
-            if "pcie-to-pci-bridge" in acc:
-                v.new_pcie_pci_bridge[e] = model.NewBoolVar(f"new_pcie_pci_bridge_b{e}")
-            if not st.io_device:
-                v.io_new[e] = model.NewBoolVar(f"io_new_b{e}")
+        if bus.model.name in PORTS and free and "pcie-to-pci-bridge" in acc:
+            v.new_pcie_pci_bridge[e] = model.NewBoolVar(f"new_pcie_pci_bridge_b{e}")
+        if bus.model.name in PORTS and not st.io_device and (free or st.optional):
+            v.io_new[e] = model.NewBoolVar(f"io_new_b{e}")
         if "pcie-root-port" in acc:
             cap = 8 * free + len(st.free_root_port_functions())
             v.rpslots[e] = model.NewIntVar(0, free, f"rpslots_b{e}")
