@@ -1,0 +1,132 @@
+"""The pciplan command as a user runs it: exit codes, messages, atomic output, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, nics
+
+GUEST = REPO / "examples" / "q35-server.xml"
+
+
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], input=stdin, capture_output=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+
+
+def test_plan_to_file_and_check_it(tmp_path: Path) -> None:
+    out = tmp_path / "planned.xml"
+    r = run("plan", str(GUEST), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert b"optimal" in r.stderr
+    assert r.stdout == b""
+    c = run("check", str(out))
+    assert c.returncode == 0, c.stdout
+    assert b"ok: no violation" in c.stdout
+
+
+def test_plan_stdin_to_stdout() -> None:
+    r = run("plan", "-", stdin=GUEST.read_bytes())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(b"<address type='pci'") >= 15
+
+
+def test_json_summary_carries_status_and_bound(tmp_path: Path) -> None:
+    r = run("plan", str(GUEST), "--json", "-o", str(tmp_path / "o.xml"))
+    data = json.loads(r.stdout)
+    assert data["status"] == "optimal"
+    assert data["bound"] == data["objective"] and data["gap"] == 0
+    assert data["controllers_added"] == {"pcie-root-port": 13, "pcie-to-pci-bridge": 1}
+    assert {"solve_seconds", "devices", "devices_placed", "objective_levels"} <= set(data)
+
+
+def test_bad_xml_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(b"<domain><devices>")
+    out = tmp_path / "out.xml"
+    r = run("plan", str(bad), "-o", str(out))
+    assert r.returncode == 2
+    assert r.stderr.decode().count("\n") == 1 and "not well-formed" in r.stderr.decode()
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_unsupported_machine_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "s390.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='s390x' "
+                 "machine='s390-ccw-virtio'>hvm</type></os><devices/></domain>")
+    r = run("plan", str(f))
+    assert r.returncode == 2
+    assert "os/type" in r.stderr.decode() and "s390-ccw-virtio" in r.stderr.decode()
+
+
+def test_entities_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "lol.xml"
+    f.write_text('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
+                 "<domain><name>&b;</name></domain>")
+    r = run("plan", str(f))
+    assert r.returncode == 2 and "entity" in r.stderr.decode()
+
+
+def test_infeasible_exits_3_and_explains(tmp_path: Path) -> None:
+    nic = "<interface type='user'><model type='virtio'/><address type='pci' bus='0x01'/></interface>"
+    pinned = nic * 9
+    f = tmp_path / "inf.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='x86_64' machine='q35'>"
+                 "hvm</type></os><devices><controller type='pci' index='0' model='pcie-root'/>"
+                 f"<controller type='pci' index='1' model='pcie-root-port'/>{pinned}</devices></domain>")
+    before = f.read_bytes()
+    r = run("plan", str(f), "--in-place")
+    assert r.returncode == 3
+    err = r.stderr.decode()
+    assert "infeasible" in err and "interface[0]" in err and "index=1" in err
+    assert f.read_bytes() == before
+
+
+def test_in_place_replaces_atomically(tmp_path: Path) -> None:
+    f = tmp_path / "g.xml"
+    f.write_bytes(GUEST.read_bytes())
+    os.chmod(f, 0o600)
+    r = run("plan", str(f), "--in-place")
+    assert r.returncode == 0, r.stderr
+    assert b"<address type='pci'" in f.read_bytes()
+    assert oct(f.stat().st_mode & 0o777) == oct(0o600)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.xml"]
+
+
+def test_in_place_and_output_conflict() -> None:
+    r = run("plan", str(GUEST), "--in-place", "-o", "/tmp/x.xml")
+    assert r.returncode == 2
+
+
+def test_check_reports_violations_with_exit_1(tmp_path: Path) -> None:
+    f = tmp_path / "broken.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='x86_64' machine='q35'>"
+                 "hvm</type></os><devices><controller type='pci' index='0' model='pcie-root'/>"
+                 "<controller type='pci' index='1' model='pcie-root-port'><address type='pci' domain='0' "
+                 "bus='0' slot='2' function='0'/></controller><interface type='user'><model type='virtio'/>"
+                 "<address type='pci' domain='0' bus='1' slot='1' function='0'/></interface>"
+                 "</devices></domain>")
+    r = run("check", str(f), "--partial")
+    assert r.returncode == 1
+    assert b"slot-range" in r.stdout
+
+
+def test_help_teaches() -> None:
+    r = run("plan", "--help")
+    assert r.returncode == 0
+    for word in (b"--replan", b"--spare-pcie", b"Exit status", b"Examples"):
+        assert word in r.stdout
+
+
+def test_many_nics_from_the_command_line(tmp_path: Path) -> None:
+    f = tmp_path / "big.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='x86_64' machine='q35'>"
+                 f"hvm</type></os><devices>{nics(240)}</devices></domain>")
+    r = run("plan", str(f), "--json", "-o", str(tmp_path / "o.xml"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "optimal"
