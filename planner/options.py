@@ -12,3 +12,4 @@ class PlanOptions:
     time_limit: float = 10.0  # seconds of solver time
     workers: int = 1  # 1 keeps the search deterministic: same input, same output
     replan: bool = False  # drop planner-managed addresses and controllers and plan from scratch
+    no_hotplug_kinds: frozenset[str] = frozenset()  # device kinds that do not ask for a hot-pluggable slot

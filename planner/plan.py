@@ -53,7 +53,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
     problem = read_problem(tree)
-    prep = prepare(problem, replan=options.replan)
+    prep = prepare(problem, replan=options.replan, no_hotplug=options.no_hotplug_kinds)
     result = solve(prep, options)
     layout = unfold(prep, result)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}

@@ -259,10 +259,10 @@ def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
             states[d.bus_pin].io_device = True
 
 
-def _group_key(d: Device) -> GroupKey:
+def _group_key(d: Device, no_hotplug: frozenset[str]) -> GroupKey:
     return GroupKey(
         endpoint=d.endpoint,
-        prefers_hotplug=d.hotplug and not d.companions,
+        prefers_hotplug=d.hotplug and not d.companions and d.kind not in no_hotplug,
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,
@@ -282,7 +282,7 @@ def _fixed_io_windows(problem: Problem, states: dict[int, BusState]) -> int:
     return windows
 
 
-def prepare(problem: Problem, replan: bool = False) -> Prepared:
+def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] = frozenset()) -> Prepared:
     lost, removed = mark_replan(problem) if replan else ([], [])
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
@@ -298,7 +298,7 @@ def prepare(problem: Problem, replan: bool = False) -> Prepared:
             if member.address is not None:
                 raise InputError(f"{member.label}: a USB companion has an address but its set's first "
                                  f"member {d.label} has none; give all or none")
-        key = _group_key(d)
+        key = _group_key(d, no_hotplug)
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,
