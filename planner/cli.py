@@ -165,6 +165,41 @@ def check(
     raise typer.Exit(EXIT_VIOLATIONS if errors or not stack_ok else EXIT_OK)
 
 
+@app.command()
+def show(
+    source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the tree as an SVG picture.")] = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the tree as a PNG picture.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary counts as JSON.")] = False,
+) -> None:
+    """Show the PCI tree: root bus, controllers and devices with bus:slot.function, hot-plug capability,
+    NUMA nodes and empty spare ports. Pictures use Graphviz's dot (matplotlib when dot is missing).
+
+    Example: pciplan plan guest.xml | pciplan show - --png tree.png
+    """
+    from planner.show import PictureError, build_tree, render_rich, render_text, summary, write_picture
+
+    try:
+        root = build_tree(load_domain(source).tree)
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    if as_json:
+        typer.echo(json.dumps(summary(root), indent=2, default=str))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(render_rich(root))
+    else:
+        typer.echo(render_text(root, width=200).rstrip("\n"))
+    for picture in (svg, png):
+        if picture is not None:
+            try:
+                write_picture(root, str(picture))
+            except (PictureError, OSError) as exc:
+                _fail(EXIT_BAD_INPUT, f"{picture}: {exc}")
+            typer.echo(f"pciplan: wrote {picture}", err=True)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -165,6 +165,10 @@ class _Unfolder:
         v, val = self.v, self.r.value
         assert v is not None
         slots = [(b, s) for b in self.bridges for s in range(1, 32)]
+        for _ in range(val(v.pool_pci_bridges)):
+            bus, slot = slots.pop(0)
+            nested = self.add_controller("pci-bridge", bus, slot, 0)
+            slots += [(nested, s) for s in range(1, 32)]
         for gi, x in sorted(v.pool_alone.items()):
             for _ in range(val(x)):
                 bus, slot = slots.pop(0)

@@ -33,6 +33,7 @@ from planner.xmlio import parse_domain_bytes
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 EMULATORS = {
     "x86_64": "/usr/bin/qemu-system-x86_64",
+    "i686": "/usr/bin/qemu-system-i386",
     "aarch64": "/usr/bin/qemu-system-aarch64",
     "riscv64": "/usr/bin/qemu-system-riscv64",
 }
@@ -361,7 +362,7 @@ def _device_kind(el: etree._Element) -> str:
     return f"controller[{el.get('type')}]" if el.tag == "controller" else el.tag
 
 
-IDENTITY_KINDS = ("alias", "mac", "dev", "index")  # tried in this order
+IDENTITY_KINDS = ("alias", "mac", "dev", "index", "index-model", "primary")  # tried in this order
 
 
 def _identities(el: etree._Element) -> dict[str, str]:
@@ -377,6 +378,11 @@ def _identities(el: etree._Element) -> dict[str, str]:
         found["dev"] = target.get("dev")
     if el.tag == "controller":
         found["index"] = str(_int(el.get("index")))
+        # USB2 companions share their master's index; the model tells them apart
+        found["index-model"] = f"{_int(el.get('index'))}/{el.get('model')}"
+    model = el.find("model")
+    if el.tag == "video" and model is not None and model.get("primary") == "yes":
+        found["primary"] = "yes"  # libvirt lists the primary video first
     return found
 
 
@@ -488,6 +494,34 @@ def _prepare_disk(disk: etree._Element, workdir: Path, number: int) -> None:
             driver.attrib.pop(attr, None)
 
 
+UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
+              "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4,
+              "tb": 1000**4}
+
+
+def _size_bytes(el: etree._Element | None) -> int:
+    """A libvirt scaled integer (<size unit='KiB'>...) in bytes; KiB when no unit is given."""
+    if el is None or not (el.text or "").strip():
+        return 0
+    return int(el.text.strip()) * UNIT_BYTES.get(el.get("unit", "KiB").lower(), 1024)
+
+
+def _prepare_memory_device(mem: etree._Element, workdir: Path, number: int) -> None:
+    source = mem.find("source")
+    if source is None:
+        return
+    if mem.get("model") in ("nvdimm", "virtio-pmem"):
+        # Backed by a host file: an empty sparse one of the device's size.
+        path = workdir / f"pmem{number}.img"
+        with open(path, "wb") as fh:
+            fh.truncate(_size_bytes(mem.find("target/size")))
+        for child in list(source):
+            source.remove(child)
+        etree.SubElement(source, "path").text = str(path)
+    else:
+        mem.remove(source)  # host page sizes and host NUMA nodes
+
+
 def _prepare_interface(iface: etree._Element) -> None:
     # User-mode networking needs no host network, bridge or tap; model and address stay.
     iface.set("type", "user")
@@ -569,10 +603,22 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
             for el in os_el.findall(tag):
                 notes.append(f"dropped <os><{tag}>: the boot check runs the default firmware")
                 os_el.remove(el)
+    acpi = root.find("features/acpi")
+    if acpi is not None and arch not in X86_ARCHES:
+        # Off x86, libvirt ties ACPI to UEFI, whose loader was just dropped; PCI layout is unaffected.
+        notes.append("dropped <features><acpi/>: it needs UEFI on this architecture")
+        _remove(acpi)
     vcpu = root.find("vcpu")
     if vcpu is not None:
         for attr in ("cpuset", "placement"):
             vcpu.attrib.pop(attr, None)
+        if arch == "aarch64" and int((vcpu.text or "1").strip()) > 8 and root.find("features/gic") is None:
+            # QEMU's default GICv2 caps virt at 8 CPUs (KVM hosts usually pick v3 for the guest).
+            features = root.find("features")
+            if features is None:
+                features = etree.SubElement(root, "features")
+            etree.SubElement(features, "gic", version="3")
+            notes.append("added <gic version='3'/> for more than 8 vCPUs")
     cpu = root.find("cpu")
     if cpu is not None and cpu.get("mode") in ("host-passthrough", "host-model"):
         # TCG cannot pass the host CPU through; keep topology and NUMA cells (pxb nodes need them).
@@ -583,7 +629,7 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
         for child in cpu.findall("model") + cpu.findall("feature") + cpu.findall("cache"):
             cpu.remove(child)
 
-    disk_number = share_number = 0
+    disk_number = share_number = memory_number = 0
     for el in _devices(root):
         tag = el.tag
         if tag == "hostdev" or (tag == "interface" and el.get("type") == "hostdev"):
@@ -599,6 +645,9 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
             _prepare_disk(el, workdir, disk_number)
         elif tag == "interface":
             _prepare_interface(el)
+        elif tag == "memory":
+            memory_number += 1
+            _prepare_memory_device(el, workdir, memory_number)
         elif tag in ("serial", "parallel", "console", "channel"):
             _prepare_chardev(el)
         elif tag == "audio":
@@ -703,7 +752,9 @@ def compare_placements(
     placements = {
         d.qemu_id: (bus_index.get(d.bus_name, -1), d.slot, d.function) for d in qtree if d.qemu_id
     }
-    # Built-in devices (q35 SATA at 1f.2, pc IDE at 01.1) have no QEMU id: match them by address.
+    # Some devices have no QEMU id: built-ins (q35 SATA at 1f.2, pc IDE at 01.1) and ich9 USB
+    # companions (they share the alias of their EHCI master, which alone carries it). A device
+    # without its own id is matched when an id-less device sits where the XML puts it.
     anonymous = {(bus_index.get(d.bus_name, -1), d.slot, d.function) for d in qtree if not d.qemu_id}
     mismatches = []
     for el in _devices(live_root):
@@ -713,13 +764,10 @@ def compare_placements(
             continue
         expected = addr[1:]
         seen = placements.get(alias)
-        if seen is None:
-            if expected not in anonymous:
-                mismatches.append(f"{_describe(el)}: XML {_format_address(addr)}, not in QEMU's device tree")
-        elif seen != expected:
-            mismatches.append(
-                f"{_describe(el)}: XML {_format_address(addr)}, QEMU {_format_address((0, *seen))}"
-            )
+        if seen == expected or expected in anonymous:
+            continue
+        where = "not in QEMU's device tree" if seen is None else f"QEMU {_format_address((0, *seen))}"
+        mismatches.append(f"{_describe(el)}: XML {_format_address(addr)}, {where}")
     return placements, mismatches
 
 
@@ -777,7 +825,11 @@ def _read_firmware_log(log_path: Path, seconds: float) -> FirmwareResult:
     if past_pci:
         warnings = [line for line in text.splitlines() if line.startswith("WARNING")]
         return FirmwareResult(True, False, ["SeaBIOS skipped PCI resource allocation", *warnings], tail)
-    return FirmwareResult(True, False, [f"SeaBIOS did not finish PCI allocation within {seconds:g} s"], tail)
+    phases = re.findall(r"^=== (.+) ===$", text, re.MULTILINE)
+    stalled = f" (still in '{phases[-1]}')" if phases else ""
+    return FirmwareResult(
+        True, False, [f"SeaBIOS did not finish PCI allocation within {seconds:g} s{stalled}"], tail
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -842,7 +894,13 @@ class EmbeddedLibvirt:
                 devices = etree.SubElement(root, "devices")
             _set_child_text(devices, "emulator", emulator_for(_arch(root)))
         _set_child_text(root, "name", f"pciplan-{uuid.uuid4().hex[:12]}")
-        _set_child_text(root, "uuid", str(uuid.uuid4()))
+        temporary_uuid = str(uuid.uuid4())
+        _set_child_text(root, "uuid", temporary_uuid)
+        # libvirt insists that an SMBIOS system uuid equals the domain's
+        sysinfo_uuids = root.findall("sysinfo/system/entry[@name='uuid']")
+        sysinfo_original = [e.text for e in sysinfo_uuids]
+        for e in sysinfo_uuids:
+            e.text = temporary_uuid
         dom = None
         try:
             dom = self._conn.defineXML(_tostring(root))
@@ -859,6 +917,9 @@ class EmbeddedLibvirt:
                     completed.remove(el)
             else:
                 _set_child_text(completed, tag, text)
+        for e, text in zip(completed.findall("sysinfo/system/entry[@name='uuid']"), sysinfo_original,
+                           strict=False):
+            e.text = text
         if original_type:
             completed.set("type", original_type)
         if original_emulator:

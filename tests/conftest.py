@@ -56,6 +56,8 @@ def guest_xml():
 
     def build(machine: str = "q35", devices: str = "", arch: str | None = None, extra: str = "") -> bytes:
         arch = arch or ("aarch64" if machine.startswith("virt") and arch is None else "x86_64")
+        # ACPI on x86 (pc's root hot-plug needs it); on aarch64 libvirt ties it to UEFI
+        features = "<features><acpi/></features>" if arch == "x86_64" else ""
         emulator = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
                     "riscv64": "qemu-system-riscv64"}[arch]
         return f"""<domain type='qemu'>
@@ -65,7 +67,7 @@ def guest_xml():
   <os>
     <type arch='{arch}' machine='{machine}'>hvm</type>
   </os>
-  <features><acpi/></features>{extra}
+  {features}{extra}
   <devices>
     <emulator>/usr/bin/{emulator}</emulator>
 {devices}

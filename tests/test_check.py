@@ -8,15 +8,13 @@ Most cases are small domain XML snippets with the exact rule ids the checker mus
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lxml import etree
+from realstack import real_stack_fixture  # noqa: F401
 
 from planner.check import (
     RULES,
@@ -921,49 +919,16 @@ def test_stricter_list_only_names_accepted_cases() -> None:
 # Against the real libvirt 9.0 (embedded driver, no daemon)
 
 
-@pytest.fixture(scope="module")
-def libvirt_conn() -> Iterator[Any]:
-    required = os.environ.get("PCIPLAN_REQUIRE_REALSTACK") == "1"
-    try:
-        import libvirt
-    except ImportError:
-        if required:
-            raise
-        pytest.skip("libvirt binding not installed")
-    with tempfile.TemporaryDirectory(prefix="pciplan-check-") as root:
-        os.makedirs(f"{root}/etc/qemu")
-        conf = (
-            'user = "root"\ngroup = "root"\ndynamic_ownership = 0\n'
-            'security_driver = "none"\nstdio_handler = "file"\n'
-        )
-        for path in (f"{root}/etc/qemu.conf", f"{root}/etc/qemu/qemu.conf"):
-            Path(path).write_text(conf)
-        libvirt.virEventRegisterDefaultImpl()
-        libvirt.registerErrorHandler(lambda *_: None, None)
-        try:
-            conn = libvirt.open(f"qemu:///embed?root={root}")
-        except libvirt.libvirtError as exc:
-            if required:
-                raise
-            pytest.skip(f"embedded QEMU driver unavailable: {exc}")
-        try:
-            yield conn
-        finally:
-            conn.close()
+@pytest.fixture(name="libvirt_conn")
+def libvirt_conn_fixture(real_stack: Any) -> Any:
+    """The process's one embedded libvirt (a process may hold a single embedded root)."""
+    return real_stack
 
 
-def _define(conn: Any, xml: str) -> str | None:
+def _define(stack: Any, xml: str) -> str | None:
     """libvirt's completed inactive XML, or None when it refuses the domain."""
-    import libvirt
-
-    try:
-        domain = conn.defineXML(xml)
-    except libvirt.libvirtError:
-        return None
-    try:
-        return str(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    finally:
-        domain.undefine()
+    result = stack.define(xml)
+    return result.xml if result.ok else None
 
 
 VERDICT_CASES = [c for c in ALL_CASES if c.libvirt_rejects is not None]

@@ -19,6 +19,7 @@ from planner.libvirt_stack import (
     Change,
     EmbeddedLibvirt,
     StackUnavailable,
+    compare_placements,
     diff_layouts,
     hotplug_targets,
     parse_qtree,
@@ -319,6 +320,20 @@ def test_parse_qtree_finds_pci_devices_and_their_buses() -> None:
         ("", "pcie.0", 0x1F, 2),
         ("net1", "pcie.0", 3, 1),
     ]
+
+
+def test_compare_placements_matches_ids_and_id_less_built_ins() -> None:
+    port = root_port(1, 2, 0).replace("<address", "<alias name='pci.1'/><address")
+    live = etree.fromstring(domain(
+        "q35",
+        port
+        + f"<interface type='user'><alias name='ua-net'/>{pci(1, 0)}</interface>"
+        + f"<controller type='sata' index='0'><alias name='ide'/>{pci(0, 0x1F, 2)}</controller>"
+        + f"<interface type='user'><model type='e1000'/><alias name='net1'/>{pci(0, 3)}</interface>",
+    ).encode())
+    placements, mismatches = compare_placements(live, parse_qtree(QTREE))
+    assert placements == {"pci.1": (0, 2, 0), "ua-net": (1, 0, 0), "net1": (0, 3, 1)}
+    assert mismatches == ["interface type=user model=e1000 alias=net1: XML 00:03.0, QEMU 00:03.1"]
 
 
 def test_diff_reports_moves_multifunction_and_model_changes() -> None:

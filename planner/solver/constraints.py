@@ -120,8 +120,12 @@ def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> 
         model.Add(v.rp_switch[p] <= _sum(ds))  # a switch without downstream ports is waste
     lit = why.new("new bridges offer 31 slots each")
     nb = new_bridges(v)
-    pool_slots = _sum(v.pool_alone.values()) + v.pool_packslots
+    # A pci-bridge nested in a slot of a new bridge takes that slot and offers 31 more; nesting needs
+    # at least one bridge that is not nested (any number can then hang below it).
+    pool_slots = _sum(v.pool_alone.values()) + v.pool_packslots + v.pool_pci_bridges
     model.Add(pool_slots <= SLOTS_PER_BRIDGE * _sum(nb)).OnlyEnforceIf(lit)
+    outer = [x for x in nb if x is not v.pool_pci_bridges]
+    model.Add(v.pool_pci_bridges <= 255 * _sum(outer))
     model.Add(_sum(v.pool_packed.values()) <= FUNCTIONS * v.pool_packslots)
 
 
@@ -214,6 +218,7 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
             fixed[_hierarchy_of(prep, b.index)] += b.model.buses
     for e, x in [*v.new_pci_bridges.items(), *v.new_pcie_pci_bridge.items()]:
         count[_hierarchy_of(prep, e)].append(x)
+    count[0].append(v.pool_pci_bridges)  # nested bridges: counted with the root hierarchy
     for p in v.root_ports:
         h = _hierarchy_of(prep, p)
         count[h] += v.root_ports[p].ports() + v.downstream[p].ports()
@@ -251,7 +256,8 @@ def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci:
     for p in v.root_ports:
         empty_ports += [v.root_ports[p].spare, v.downstream[p].spare]
     nb = new_bridges(v)
-    free_pci_slots.append(SLOTS_PER_BRIDGE * _sum(nb) - _sum(v.pool_alone.values()) - v.pool_packslots)
+    free_pci_slots.append(SLOTS_PER_BRIDGE * _sum(nb) - _sum(v.pool_alone.values()) - v.pool_packslots
+                          - v.pool_pci_bridges)
     shortfalls = []
     for want, have, name in ((spare_pcie, empty_ports, "pcie"), (spare_pci, free_pci_slots, "pci")):
         if want:

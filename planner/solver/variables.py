@@ -72,6 +72,7 @@ class Variables:
     pool_alone: dict[int, IntVar] = field(default_factory=dict)
     pool_packed: dict[int, IntVar] = field(default_factory=dict)
     pool_packslots: IntVar | None = None
+    pool_pci_bridges: IntVar | None = None  # pci-bridges nested in slots of the new bridges
     spare_shortfall: IntVar | None = None
     # --replan: what keeps its place (devices, controllers), and which old slots stay occupied
     keep: dict[int, IntVar] = field(default_factory=dict)  # droppable -> 1 if kept in place
@@ -142,12 +143,14 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
         if not k.whole_slot:
             v.pool_packed[gi] = model.NewIntVar(0, g.size, f"pool_packed_g{gi}")
     v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
+    v.pool_pci_bridges = model.NewIntVar(0, 255, "pool_pci_bridges")
     v.spare_shortfall = model.NewIntVar(0, 256, "spare_shortfall")
     return v
 
 
 def new_bridges(v: Variables) -> list[IntVar]:
-    return [*v.new_pci_bridges.values(), *v.new_pcie_pci_bridge.values(), *v.rp_bridge.values()]
+    nested = [v.pool_pci_bridges] if v.pool_pci_bridges is not None else []
+    return [*v.new_pci_bridges.values(), *v.new_pcie_pci_bridge.values(), *v.rp_bridge.values(), *nested]
 
 
 def new_controllers(v: Variables) -> list[IntVar]:
