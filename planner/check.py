@@ -66,7 +66,7 @@ RULES: dict[str, str] = {
     "busnr-partition": "bus numbers behind an expander bus, or of the root hierarchy, reach the next busNr",
     "bus-count": "more than 256 bus numbers in the PCI domain",
     "numa-node": "<node> on a controller other than an expander bus, or not below the number of NUMA cells",
-    "io-windows": "more SeaBIOS I/O windows than fit (q35: 9, pc: 8)",
+    "io-windows": "more I/O space (4 KiB bridge/port windows and root-bus BARs) than SeaBIOS has",
     "mmio-count": "more virtio-mmio devices than the virt machine has transports (aarch64: 32, riscv64: 8)",
 }
 
@@ -81,7 +81,24 @@ X86_FAMILIES = frozenset({Q35, PC})
 ROOT_MODEL = {PC: "pci-root", Q35: "pcie-root", AARCH64_VIRT: "pcie-root", RISCV64_VIRT: "pcie-root"}
 
 # SeaBIOS I/O windows (4 KiB each) that fit, measured with QEMU 7.2 + SeaBIOS 1.16.2.
-IO_WINDOW_BUDGET = {Q35: 9, PC: 8}
+# SeaBIOS 1.16.2's I/O space for PCI on this stack, in bytes, by (machine, <acpi/> present); measured:
+# q35 with ACPI fits 14 bridge windows of 4 KiB plus 3 KiB of root-bus BARs, without ACPI 9 windows;
+# pc fits 8 windows plus 3840 (ACPI) or 3072 bytes.
+IO_SPACE = {(Q35, True): 14 * 4096 + 3072, (Q35, False): 9 * 4096 + 3072,
+            (PC, True): 8 * 4096 + 3840, (PC, False): 8 * 4096 + 3072}
+IO_WINDOW = 4096
+# I/O BAR sizes as QEMU 7.2's `info pci` shows them (a virtio device's is its legacy BAR, present when
+# it is transitional: on a conventional bus or the root bus, or model virtio-transitional).
+IO_BAR_BYTES = {
+    ("interface", "virtio"): 32, ("interface", "virtio-transitional"): 32, ("interface", "e1000"): 64,
+    ("interface", "e1000e"): 32, ("interface", "rtl8139"): 256, ("disk", "virtio"): 128,
+    ("controller", "scsi"): 256, ("controller", "virtio-scsi"): 64, ("controller", "virtio-serial"): 64,
+    ("controller", "usb"): 32, ("controller", "sata"): 32, ("controller", "ide"): 16,
+    ("memballoon", "virtio"): 64, ("rng", "virtio"): 32, ("vsock", "virtio"): 32, ("filesystem", "9p"): 64,
+    ("video", "qxl"): 32, ("serial", "pci-serial"): 8, ("hostdev", "pci"): 256, ("interface", "hostdev"): 256,
+    ("hostdev", "scsi_host"): 64, ("input", "virtio-transitional"): 32,
+}
+NO_IO_BAR = {"watchdog", "sound", "shmem", "memory", "iommu", "crypto"}
 # virtio-mmio transports QEMU 7.2's virt machines offer.
 MMIO_TRANSPORTS = {AARCH64_VIRT: 32, RISCV64_VIRT: 8}
 
@@ -917,27 +934,54 @@ class _Checker:
     # -- firmware budgets ----------------------------------------------------------------------
 
     def _check_io_windows(self) -> None:
-        budget = IO_WINDOW_BUDGET.get(self.family or "")
-        if budget is None:
+        """Sum the I/O space SeaBIOS must find: root-bus BARs, and for every bridge (always) and port
+        (when something below needs I/O) a window rounded up to 4 KiB around what sits below it."""
+        space = IO_SPACE.get((self.family or "", self.root.find("features/acpi") is not None))
+        if space is None:
             return
-        bridges = [c for c in self.controllers.values() if c.model in CONVENTIONAL_BRIDGES]
-        io_ports: set[int] = set()
+        on_bus: dict[int, list[PciUser]] = defaultdict(list)
         for user in self.users:
-            addr = user.address
-            if addr is None or user.connect != ENDPOINT or not user.kind.io_bar_on_port:
+            if user.address is not None and user.connect == ENDPOINT:
+                on_bus[user.address.bus].append(user)
+        children: dict[int, list[PciController]] = defaultdict(list)
+        for c in self.controllers.values():
+            if c.user is not None and c.user.address is not None and c.index != 0:
+                children[c.user.address.bus].append(c)
+        seen: set[int] = set()
+
+        def need(index: int) -> int:
+            if index in seen:
+                return 0  # a loop, flagged elsewhere
+            seen.add(index)
+            model = self.controllers[index].model if index in self.controllers else ""
+            port = model in PORT_MODELS
+            total = sum(_io_bar_bytes(u, on_pcie_port=port) for u in on_bus.get(index, []))
+            for c in children.get(index, []):
+                below = need(c.index)
+                if c.model in CONVENTIONAL_BRIDGES:
+                    total += max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
+                elif c.model == "pcie-expander-bus":
+                    total += below  # a host bridge of its own: no window around it
+                else:
+                    total += -(-below // IO_WINDOW) * IO_WINDOW
+            return total
+
+        total = need(0)
+        # Controllers without an address are not in the tree above; their windows count all the same.
+        for c in sorted(self.controllers.values(), key=lambda c: c.index):
+            if c.index in seen or c.index == 0:
                 continue
-            parent = self.controllers.get(addr.bus)
-            # only devices directly on a port count: behind a conventional bridge the bridge's window
-            # already holds them, and nested port windows add no space
-            if parent is not None and parent.model in PORT_MODELS:
-                io_ports.add(addr.bus)
-        windows = len(bridges) + len(io_ports)
-        if windows > budget:
+            below = need(c.index)
+            if c.model in CONVENTIONAL_BRIDGES:
+                total += max(1, -(-below // IO_WINDOW)) * IO_WINDOW
+            elif c.model in PORT_MODELS:
+                total += -(-below // IO_WINDOW) * IO_WINDOW
+        if total > space:
             self.flag(
                 "domain",
                 "io-windows",
-                f"{windows} I/O windows ({len(bridges)} conventional bridges, {len(io_ports)} PCIe "
-                f"ports holding devices with I/O BARs); SeaBIOS fits at most {budget} on this machine",
+                f"needs {total} bytes of I/O space (bridge and port windows of 4 KiB, root-bus I/O BARs); "
+                f"SeaBIOS has {space} on this machine",
             )
 
     def _check_mmio(self) -> None:
@@ -954,6 +998,45 @@ class _Checker:
                 "mmio-count",
                 f"{count} virtio-mmio devices; this machine has {limit} virtio-mmio transports",
             )
+
+
+def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool) -> int:
+    """The I/O BAR of an endpoint where it sits (none for modern virtio on a PCIe port)."""
+    if on_pcie_port and not user.kind.io_bar_on_port:
+        return 0
+    el = user.element
+    tag = el.tag
+    if tag in NO_IO_BAR:
+        return 0
+    models = {el.get("model"), _child_attr(el, "model", "type"), _child_attr(el, "driver", "model")}
+    if "virtio-non-transitional" in models:
+        return 0  # modern-only virtio: no legacy I/O BAR anywhere
+    if tag == "interface":
+        model = (_child_attr(el, "model", "type") or "rtl8139").lower()
+        if el.get("type") == "hostdev":
+            model = "hostdev"
+        return IO_BAR_BYTES.get((tag, model), 256)
+    if tag == "controller":
+        ctype, model = el.get("type", ""), el.get("model", "")
+        if ctype == "scsi" and model.startswith("virtio"):
+            return IO_BAR_BYTES[(tag, "virtio-scsi")]
+        if ctype == "usb" and "xhci" in model:
+            return 0
+        if ctype == "usb" and (model.endswith("ehci1") or model == "ehci"):
+            return 0
+        return IO_BAR_BYTES.get((tag, ctype), 0)
+    if tag == "video":
+        model = _child_attr(el, "model", "type") or ""
+        return IO_BAR_BYTES.get((tag, model), 0)  # vga/cirrus use fixed legacy ports, virtio none
+    if tag == "filesystem":
+        return 0 if _child_attr(el, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]
+    if tag == "hostdev":
+        return IO_BAR_BYTES.get((tag, el.get("type", "")), 256)
+    if tag == "input":
+        return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)  # virtio input is modern-only
+    if tag in ("disk", "memballoon", "rng", "vsock"):
+        return IO_BAR_BYTES.get((tag, "virtio"), 0)
+    return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 
 def check_domain(

@@ -74,6 +74,11 @@ class Device:
     def io_on_pcie(self) -> bool:
         return self.facts.io
 
+    @property
+    def io_units(self) -> int:
+        """Its I/O BAR (as a conventional or integrated device) and its companions', in 32-byte units."""
+        return self.facts.io_units + sum(m.facts.io_units for m in self.companions)
+
 
 @dataclass
 class Problem:

@@ -38,6 +38,9 @@ class Machine:
     root: str
     reserved_slots: frozenset[int]
     io_window_budget: int
+    io_root_allowance: int
+    io_window_budget_noacpi: int
+    io_root_allowance_noacpi: int
     pxb: str
     spare_pcie_ports: int
     spare_pci_slots: int
@@ -60,6 +63,12 @@ class Machine:
     def x86(self) -> bool:
         return self.family in ("q35", "pc")
 
+    def io_capacity_units(self, acpi: bool) -> int:
+        """SeaBIOS's I/O space for PCI, in 32-byte units (0: no budget on this machine)."""
+        if acpi:
+            return self.io_window_budget * IO_WINDOW_UNITS + self.io_root_allowance // IO_UNIT
+        return self.io_window_budget_noacpi * IO_WINDOW_UNITS + self.io_root_allowance_noacpi // IO_UNIT
+
 
 @dataclass(frozen=True)
 class DeviceClass:
@@ -69,6 +78,16 @@ class DeviceClass:
     io: bool = False
     pcie_only: bool = False
     integrated: bool = False
+    io_bytes: int = 0  # I/O BAR as a conventional or integrated device
+
+    @property
+    def io_units(self) -> int:
+        """I/O space in units of 32 bytes (the smallest BAR SeaBIOS places here; 4 KiB window = 128)."""
+        return -(-self.io_bytes // IO_UNIT)
+
+
+IO_UNIT = 32
+IO_WINDOW_UNITS = 4096 // IO_UNIT
 
 
 def _load(name: str) -> dict:
@@ -108,6 +127,9 @@ def machines() -> dict[str, Machine]:
             root=d["root"],
             reserved_slots=frozenset(d["reserved_slots"]),
             io_window_budget=d["io_window_budget"],
+            io_root_allowance=d["io_root_allowance"],
+            io_window_budget_noacpi=d.get("io_window_budget_noacpi", d["io_window_budget"]),
+            io_root_allowance_noacpi=d.get("io_root_allowance_noacpi", d["io_root_allowance"]),
             pxb=d["pxb"],
             spare_pcie_ports=d["spare_pcie_ports"],
             spare_pci_slots=d["spare_pci_slots"],
@@ -144,6 +166,7 @@ def _device_table() -> dict[str, DeviceClass]:
             io=d.get("io", False),
             pcie_only=d.get("pcie_only", False),
             integrated=d.get("integrated", False),
+            io_bytes=d.get("io_bytes", 0),
         )
     return out
 

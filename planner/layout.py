@@ -162,22 +162,35 @@ class _Unfolder:
             self.fill_ports(v.downstream[e], downstream_port)
 
     def _pool(self) -> None:
+        """Fill the new bridges: nested pci-bridges first, then one slot at a time, the slot with the
+        most I/O first, into the bridge with the least I/O so far (the solver's I/O bound relies on
+        this balance)."""
         v, val = self.v, self.r.value
         assert v is not None
-        slots = [(b, s) for b in self.bridges for s in range(1, 32)]
+        free = {id(b): list(range(1, 32)) for b in self.bridges}
+        bridges = list(self.bridges)
         for _ in range(val(v.pool_pci_bridges)):
-            bus, slot = slots.pop(0)
-            nested = self.add_controller("pci-bridge", bus, slot, 0)
-            slots += [(nested, s) for s in range(1, 32)]
-        for gi, x in sorted(v.pool_alone.items()):
-            for _ in range(val(x)):
-                bus, slot = slots.pop(0)
-                self.want(gi, bus, slot, 0)
+            parent = next(b for b in bridges if free[id(b)])
+            nested = self.add_controller("pci-bridge", parent, free[id(parent)].pop(0), 0)
+            bridges.append(nested)
+            free[id(nested)] = list(range(1, 32))
+        io_of = {gi: g.key.io_units for gi, g in enumerate(self.prep.groups)}
+        items: list[list[int]] = [[gi] for gi, x in sorted(v.pool_alone.items()) for _ in range(val(x))]
         packed = [gi for gi, x in sorted(v.pool_packed.items()) for _ in range(val(x))]
-        for k in range(0, len(packed), FUNCTIONS):
-            bus, slot = slots.pop(0)
-            for fn, gi in enumerate(packed[k:k + FUNCTIONS]):
-                self.want(gi, bus, slot, fn)
+        items += [packed[k:k + FUNCTIONS] for k in range(0, len(packed), FUNCTIONS)]
+        load = {id(b): 0 for b in bridges}
+        room = {id(b): len(free[id(b)]) for b in bridges}
+        chosen: dict[int, list[list[int]]] = {id(b): [] for b in bridges}
+        for item in sorted(items, key=lambda it: -sum(io_of[gi] for gi in it)):
+            bridge = min((b for b in bridges if room[id(b)]), key=lambda b: load[id(b)])
+            room[id(bridge)] -= 1
+            load[id(bridge)] += sum(io_of[gi] for gi in item)
+            chosen[id(bridge)].append(item)
+        for bridge in bridges:  # inside a bridge, slots follow the order of the devices in the XML
+            for item in sorted(chosen[id(bridge)], key=lambda it: it[0]):
+                slot = free[id(bridge)].pop(0)
+                for fn, gi in enumerate(item):
+                    self.want(gi, bridge, slot, fn)
 
     def number(self) -> list[BusNode]:
         """Index new controllers breadth-first from the root: a parent always has the lower index."""

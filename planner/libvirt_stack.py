@@ -587,7 +587,10 @@ def _prepare(xml: str, workdir: Path) -> tuple[etree._Element, list[str]]:
         devices = etree.SubElement(root, "devices")
     _set_child_text(devices, "emulator", emulator_for(arch))
     _set_child_text(root, "name", f"pciplan-{uuid.uuid4().hex[:12]}")
-    _set_child_text(root, "uuid", str(uuid.uuid4()))
+    fresh_uuid = str(uuid.uuid4())
+    _set_child_text(root, "uuid", fresh_uuid)
+    for entry in root.findall("sysinfo/system/entry[@name='uuid']"):
+        entry.text = fresh_uuid  # libvirt insists that the SMBIOS uuid equals the domain's
 
     for el in list(root.iter("seclabel")):
         _remove(el)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.domain import Bus, Device, PciAddress, Problem
+from planner.facts import IO_WINDOW_UNITS
 from planner.replan import mark_replan
 from planner.xmlio import InputError
 
@@ -23,7 +24,8 @@ class Droppable:
     slot: int
     device: Device | None = None
     controller: int | None = None  # its index
-    io: bool = False  # a device with an I/O BAR
+    io: bool = False  # a device with an I/O BAR on a PCIe port
+    io_units: int = 0  # its I/O space (32-byte units)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class BusState:
     used: dict[int, dict[int, str]] = field(default_factory=dict)  # slot -> function -> occupant
     root_port_slots: set[int] = field(default_factory=set)  # slots holding only root ports
     io_device: bool = False  # a device with an I/O BAR sits directly on this bus
+    io_units: int = 0  # I/O space of the devices that stay on this bus (32-byte units)
     pinned_slots: set[int] = field(default_factory=set)  # slots with an occupant that must stay
     optional: dict[int, list[int]] = field(default_factory=dict)  # slot -> droppables in it (replan)
 
@@ -70,6 +73,7 @@ class GroupKey:
     integrated: bool  # bus 0 only
     whole_slot: bool  # a USB2 companion set: one slot, several functions
     bus_pin: int | None
+    io_units: int = 0  # I/O space as a conventional or integrated device (32-byte units)
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Prepared:
     groups: list[Group]
     device_places: dict[int, PciAddress]  # id(device) -> address chosen before solving (conventions)
     controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
-    fixed_io_windows: int
+    fixed_io_units: int  # I/O space the given layout needs (32-byte units)
     droppables: list[Droppable] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
@@ -167,7 +171,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
         if d.droppable and d.address is not None:
             drop = len(drops)
             io = any(not (m.endpoint == "pcie" and not m.io_on_pcie) for m in [d, *d.companions])
-            drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io))
+            drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io, io_units=d.io_units))
         for member in [d, *d.companions]:
             a = member.address
             if a is None:
@@ -190,6 +194,8 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
             st.root_port_slots.discard(a.slot)
             if drop is None and not (member.endpoint == "pcie" and not member.io_on_pcie):
                 st.io_device = True
+            if drop is None:
+                st.io_units += member.facts.io_units
 
 
 def _place_user_controllers(problem: Problem, states: dict[int, BusState]) -> dict[int, PciAddress]:
@@ -268,18 +274,24 @@ def _group_key(d: Device, no_hotplug: frozenset[str]) -> GroupKey:
         integrated=d.facts.integrated,
         whole_slot=bool(d.companions),
         bus_pin=d.bus_pin,
+        io_units=d.io_units,
     )
 
 
-def _fixed_io_windows(problem: Problem, states: dict[int, BusState]) -> int:
-    windows = 0
+def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
+    """I/O space the given layout already needs from SeaBIOS (32-byte units): root-bus BARs, one 4 KiB
+    window per port with an I/O device, and each bridge's window rounded up to 4 KiB."""
+    units = states[0].io_units
     for b in problem.buses.values():
-        if b.droppable:
-            continue  # its window is counted in the model, if it is kept
+        st = states[b.index]
+        if b.droppable or b.index == 0:
+            continue  # a droppable controller's window is counted in the model, if it is kept
         port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
-        if b.model.io_window or (port and states[b.index].io_device):
-            windows += 1
-    return windows
+        if b.model.io_window:
+            units += IO_WINDOW_UNITS * max(1, -(-st.io_units // IO_WINDOW_UNITS))
+        elif port and st.io_device:
+            units += IO_WINDOW_UNITS
+    return units
 
 
 def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] = frozenset()) -> Prepared:
@@ -302,4 +314,4 @@ def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] =
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_windows(problem, states), drops, lost, removed)
+                    _fixed_io_units(problem, states), drops, lost, removed)

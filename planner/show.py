@@ -28,7 +28,7 @@ from planner.check import (
     CONVENTIONAL_BRIDGES,
     DEFAULT_NET_MODEL,
     DEFAULT_VIDEO_MODEL,
-    IO_WINDOW_BUDGET,
+    IO_SPACE,
     PC,
     PORT_MODELS,
     Q35,
@@ -396,7 +396,7 @@ def summary(root: Node) -> dict:
         "bus_numbers_used": bus_numbers,
         "bus_indexes": sorted(b.index for b in buses if b.index is not None),
         "io_window_users": sum(1 for b in buses if b.io_window) if x86 else None,
-        "io_window_budget": IO_WINDOW_BUDGET.get(root.machine) if x86 else None,
+        "io_space_bytes": IO_SPACE.get((root.machine, True)) if x86 else None,  # with <acpi/>
         "numa_nodes": sorted({b.numa_node for b in buses if b.numa_node is not None}),
         "unaddressed": sum(1 for top in root.unaddressed for _ in top.walk()),
     }

@@ -183,7 +183,7 @@ def test_summary_counts(q35_root: Node) -> None:
     assert counts["bus_numbers_used"] == 9
     assert counts["bus_indexes"] == list(range(9))
     # the pcie-to-pci-bridge, and the hotplug='off' root port holding an e1000e (an I/O BAR)
-    assert counts["io_window_users"] == 2 and counts["io_window_budget"] == 9
+    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 14 * 4096 + 3072
     assert counts["numa_nodes"] == [1]
     assert counts["unaddressed"] == 2
 
@@ -211,7 +211,7 @@ def test_pci_root_hotplug_needs_acpi_and_not_hotplug_off() -> None:
     assert nodes["00:03.0"].label == "pci-bridge #1 (chassisNr 1)"
     counts = summary(with_acpi)
     assert counts["bus_numbers_used"] == 4  # the pxb owns two
-    assert counts["io_window_users"] == 2 and counts["io_window_budget"] == 8
+    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 8 * 4096 + 3840
 
     no_acpi = build_tree(parse_domain_bytes(_domain("pc", devices.format(target=""), acpi=False)))
     assert not no_acpi.hotplug and not _by_address(no_acpi)["00:02.0"].hotplug

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from planner.facts import IO_WINDOW_UNITS
 from planner.prepare import Prepared
 from planner.solver.variables import PORTS, Variables, new_bridges, new_controllers
 
@@ -130,32 +131,74 @@ def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> 
 
 
 def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
-    """x86 SeaBIOS gives every bridge, and every port with an I/O-BAR device below it, a 4 KiB I/O
-    window from a tiny space: measured, 9 boot on q35 and 8 on pc. Integrated devices need none."""
-    budget = prep.problem.machine.io_window_budget
-    if budget <= 0:
+    """x86 SeaBIOS places every I/O BAR in a small I/O space, measured here (models/machines.toml): each
+    bridge gets a 4 KiB-aligned window holding its devices' BARs, each root/downstream port with an
+    I/O-BAR device a 4 KiB window, and root-bus devices their BARs directly (integrated virtio is
+    transitional and has one). Counted in 32-byte units; a 4 KiB window is 128."""
+    machine = prep.problem.machine
+    capacity = machine.io_capacity_units(prep.problem.acpi)
+    if capacity <= 0:
         return
-    budget = max(budget, prep.fixed_io_windows)  # never make a given layout worse than it is
-    io_groups = {gi for gi, g in enumerate(prep.groups) if g.key.io or g.key.endpoint == "pci"}
-    windows = list(new_bridges(v))
-    for p in v.root_ports:
-        for pool in (v.root_ports[p], v.downstream[p]):
-            windows += [x for gi, x in pool.alone.items() if gi in io_groups] + [pool.pack_io]
+    win = IO_WINDOW_UNITS
+    io_of = {gi: g.key.io_units for gi, g in enumerate(prep.groups)}
+    port_io = {gi for gi, g in enumerate(prep.groups) if g.key.io or g.key.endpoint == "pci"}
+    placed = [*v.alone.items(), *v.packed.items()]
+
+    def placed_io(e: int):
+        return _sum(io_of[gi] * x for (b, gi), x in placed if b == e)
+
+    def kept_io(e: int):
+        return _sum(d.io_units * v.keep[i] for i, d in enumerate(prep.droppables) if d.bus == e)
+
+    fixed = 0
+    terms = []
+    for e, st in prep.states.items():
+        model_e = st.bus.model
+        if e == 0:
+            fixed += st.io_units
+            terms += [placed_io(0), kept_io(0)]
+        elif model_e.io_window:
+            windows = model.NewIntVar(0, 64, f"io_windows_b{e}")
+            model.Add(win * windows >= st.io_units + placed_io(e) + kept_io(e))
+            model.Add(windows >= v.bus_keep.get(e, 1))
+            terms.append(win * windows)
+        elif model_e.name in PORTS and st.io_device:
+            fixed += win
     for e, flag in v.io_new.items():
-        on_port = [x for (b, gi), x in [*v.alone.items(), *v.packed.items()] if b == e and gi in io_groups]
-        kept_io = [v.keep[i] for i, d in enumerate(prep.droppables) if d.bus == e and d.io]
-        for k in kept_io:
+        on_port = [x for (b, gi), x in placed if b == e and gi in port_io]
+        kept = [v.keep[i] for i, d in enumerate(prep.droppables) if d.bus == e and d.io]
+        for k in kept:
             model.Add(flag >= k)
         if on_port:
             model.Add(_sum(on_port) <= FUNCTIONS * flag)
-        if on_port or kept_io:
-            windows.append(flag)
+        if on_port or kept:
+            terms.append(win * flag)
         else:
             model.Add(flag == 0)
-    windows += [k for c, k in v.bus_keep.items() if prep.problem.buses[c].model.io_window]
-    lit = why.new(f"the firmware I/O-window budget ({budget} bridges or I/O ports, SeaBIOS on "
-                  f"{prep.problem.machine.family}; {prep.fixed_io_windows} used by the given layout)")
-    model.Add(prep.fixed_io_windows + _sum(windows) <= budget).OnlyEnforceIf(lit)
+    for p in v.root_ports:
+        for pool in (v.root_ports[p], v.downstream[p]):
+            terms += [win * x for gi, x in pool.alone.items() if gi in port_io] + [win * pool.pack_io]
+    terms.append(_pool_io_units(model, v, io_of))
+    budget = max(capacity, prep.fixed_io_units)  # never make a given layout worse than it is
+    lit = why.new(f"the firmware's I/O space ({capacity * 32} bytes for bridge windows and I/O BARs, "
+                  f"SeaBIOS on {machine.family}{'' if prep.problem.acpi else ' without ACPI'}; "
+                  f"{prep.fixed_io_units * 32} used by the given layout)")
+    model.Add(fixed + _sum(terms) <= budget).OnlyEnforceIf(lit)
+
+
+def _pool_io_units(model, v: Variables, io_of: dict[int, int]):
+    """I/O space of the new bridges. The unfolding spreads their devices evenly (largest slot first to
+    the emptiest bridge), so no bridge exceeds the mean by more than one slot (8 BARs of ≤ 8 units):
+    while the total T stays within 64 units a bridge, each needs one window; beyond, T + 191 a bridge
+    bounds the sum of windows rounded up to 4 KiB."""
+    bridges = _sum(new_bridges(v))
+    total = _sum(io_of[gi] * x for gi, x in [*v.pool_alone.items(), *v.pool_packed.items()])
+    units = model.NewIntVar(0, 1 << 20, "pool_io_units")
+    heavy = model.NewBoolVar("pool_io_heavy")
+    model.Add(units >= IO_WINDOW_UNITS * bridges)
+    model.Add(units >= total + (IO_WINDOW_UNITS + 63) * bridges).OnlyEnforceIf(heavy)
+    model.Add(total <= 64 * bridges).OnlyEnforceIf(heavy.Not())
+    return units
 
 
 def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
