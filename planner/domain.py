@@ -307,6 +307,12 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
         add_controller("sata", 0)
     if machine.implicit_usb and not _controllers(devices, "usb"):
         add_controller("usb", 0, machine.default_usb)
+    if devices.find("graphics") is not None and devices.find("video") is None:
+        # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
+        video = etree.Element("video")
+        etree.SubElement(video, "model", type="cirrus" if machine.x86 else "virtio")
+        _insert_device(devices, video, _BALLOON_AFTER[: _BALLOON_AFTER.index("video")])
+        notes.append("added implicit video for the graphical console")
     if machine.implicit_balloon and devices.find("memballoon") is None:
         el = etree.Element("memballoon", model="virtio")
         _insert_device(devices, el, _BALLOON_AFTER)
@@ -475,13 +481,14 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
         if t == "pci":
             return "hostdev", "pci"
         if t == "scsi_host":
-            return "hostdev", "scsi_host"
+            transitional = el.get("model") == "virtio-transitional"
+            return "hostdev", "scsi_host-transitional" if transitional else "scsi_host"
         if t == "mdev" and el.get("model") == "vfio-pci":
             return "hostdev", "mdev"
         return "", ""
     if kind == "video":
         m = el.find("model")
-        default = "vga" if machine.x86 else "virtio"
+        default = "cirrus" if machine.x86 else "virtio"  # libvirt 9.0's default video model
         return "video", (m.get("type") if m is not None and m.get("type") else default)
     if kind == "sound":
         return "sound", el.get("model") or ""
@@ -614,12 +621,13 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     numa_cells = len(root.findall("cpu/numa/cell"))
     if len(root.findall("devices/watchdog")) > 1:
         raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
-    notes = add_implicit_devices(tree, machine)
     devices_el = _devices_element(tree)
-    buses = _read_buses(tree, machine, acpi, notes)
+    # Index the user's controllers first: libvirt numbers them before it adds implicit ones.
     _assign_usb_indices(devices_el)
     for ctype in ("scsi", "sata", "ide", "virtio-serial"):
         _assign_indices(devices_el, ctype)
+    notes = add_implicit_devices(tree, machine)
+    buses = _read_buses(tree, machine, acpi, notes)
     devices = _group_usb_sets(_read_devices(tree, machine))
     referenced = max(
         [d.address.bus for d in devices if d.address] + [d.bus_pin for d in devices if d.bus_pin is not None]
