@@ -90,6 +90,7 @@ class Problem:
     acpi: bool
     numa_cells: int
     notes: list[str] = field(default_factory=list)
+    user_pci_controllers: bool = False  # the input had PCI controllers besides the root
 
     @property
     def root(self) -> Bus:
@@ -622,6 +623,7 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     if len(root.findall("devices/watchdog")) > 1:
         raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
     devices_el = _devices_element(tree)
+    user_pci = any(c.get("model") not in ("pci-root", "pcie-root") for c in _controllers(devices_el, "pci"))
     # Index the user's controllers first: libvirt numbers them before it adds implicit ones.
     _assign_usb_indices(devices_el)
     for ctype in ("scsi", "sata", "ide", "virtio-serial"):
@@ -636,4 +638,4 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     )
     _fill_index_gaps(tree, machine, buses, referenced, notes)
     _apply_fixed_and_conventions(machine, devices)
-    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes)
+    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci)

@@ -265,10 +265,10 @@ def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
             states[d.bus_pin].io_device = True
 
 
-def _group_key(d: Device, no_hotplug: frozenset[str]) -> GroupKey:
+def _group_key(d: Device, no_hotplug: frozenset[str], hotplug_possible: bool) -> GroupKey:
     return GroupKey(
         endpoint=d.endpoint,
-        prefers_hotplug=d.hotplug and not d.companions and d.kind not in no_hotplug,
+        prefers_hotplug=hotplug_possible and d.hotplug and not d.companions and d.kind not in no_hotplug,
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,
@@ -299,10 +299,14 @@ def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] =
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
     _occupy_given(problem, states, drops)
-    controller_places = _place_user_controllers(problem, states)
+    # libvirt reserves the conventional places (primary video ...) before it places controllers
     device_places = _place_conventions(problem, states)
+    controller_places = _place_user_controllers(problem, states)
     _mark_pinned_io(problem, states)
     groups: dict[GroupKey, Group] = {}
+    # pc without ACPI has no hot-plug on its root bus: the guest was made without it, so nothing asks
+    # for it (as with libvirt, which then adds no bridge for hot-plug either)
+    hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
     for d in problem.devices:
         if (d.address is not None and not d.droppable) or id(d) in device_places:
             continue
@@ -310,7 +314,7 @@ def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] =
             if member.address is not None:
                 raise InputError(f"{member.label}: a USB companion has an address but its set's first "
                                  f"member {d.label} has none; give all or none")
-        key = _group_key(d, no_hotplug)
+        key = _group_key(d, no_hotplug, hotplug_possible)
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,

@@ -50,7 +50,17 @@ def test_devices_that_cannot_be_hotplugged_become_integrated(guest_xml) -> None:
     usb = tree.getroot().find("devices/controller[@type='usb']")
     balloon = tree.getroot().find("devices/memballoon")
     assert addr(usb)[0] == 0 and addr(balloon)[0] == 0
-    assert s.controllers_added == {"pcie-root-port": 1}  # only the spare; libvirt adds 3
+    assert s.controllers_added == {}  # libvirt adds 3 root ports (xhci, balloon, spare)
+
+
+def test_spare_root_port_follows_libvirts_rule(guest_xml) -> None:
+    """One empty root port when the plan adds controllers to an input without any (libvirt's rule)."""
+    tree, s = plan_bytes(guest_xml("q35", nics(1)))
+    assert s.controllers_added == {"pcie-root-port": 2}
+    ports = ("<controller type='pci' index='0' model='pcie-root'/>"
+             "<controller type='pci' model='pcie-root-port'/>")
+    tree, s = plan_bytes(guest_xml("q35", ports + nics(2)))
+    assert s.controllers_added == {"pcie-root-port": 1}  # the user's port + one new: no spare
 
 
 def test_conventional_devices_go_to_conventional_slots_on_q35(guest_xml) -> None:
@@ -269,8 +279,8 @@ def test_replan_adds_spare_ports_without_moving_devices(guest_xml) -> None:
 
 def test_replan_repairs_a_layout_that_breaks_the_io_budget_moving_fewest_devices(guest_xml) -> None:
     data = guest_xml("q35", _bridges_layout(16))  # 16 windows; SeaBIOS fits 14
-    kept, s0 = plan_bytes(data)  # default mode keeps the given layout as it is (plus a spare port)
-    assert s0.controllers_added == {"pcie-root-port": 1}
+    kept, s0 = plan_bytes(data)  # default mode keeps the given layout as it is
+    assert s0.controllers_added == {}
     assert [addr(i) for i in ifaces(kept)] == [addr(i) for i in ifaces(parse_domain_bytes(data))]
     tree, s = plan_bytes(data, replan=True)
     assert errors(tree) == []

@@ -273,9 +273,11 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
         model.Add(fixed[h] + _sum(count[h]) <= max(lim, fixed[h])).OnlyEnforceIf(lit)
 
 
-def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int) -> None:
+def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int,
+                only_if_adding: bool = False) -> None:
     """Keep empty hot-pluggable ports (PCIe) or slots (conventional) for later hot-plug; a shortfall is
-    allowed but costs as much as a device that could not stay hot-pluggable."""
+    allowed but costs as much as a device that could not stay hot-pluggable. only_if_adding: the spare
+    PCIe port is wanted only when the plan adds some other controller (libvirt's rule)."""
     empty_ports = []
     free_pci_slots = []
     for e, st in prep.states.items():
@@ -302,10 +304,17 @@ def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci:
     free_pci_slots.append(SLOTS_PER_BRIDGE * _sum(nb) - _sum(v.pool_alone.values()) - v.pool_packslots
                           - v.pool_pci_bridges)
     shortfalls = []
+    adding = 1
+    if only_if_adding and spare_pcie:
+        spares = {id(x) for p in v.root_ports for x in (v.root_ports[p].spare, v.downstream[p].spare)}
+        others = [x for x in new_controllers(v) if id(x) not in spares]
+        adding = model.NewBoolVar("adds_controllers")
+        model.Add(_sum(others) <= 512 * adding)
     for want, have, name in ((spare_pcie, empty_ports, "pcie"), (spare_pci, free_pci_slots, "pci")):
         if want:
             short = model.NewIntVar(0, want, f"spare_{name}_shortfall")
-            model.Add(_sum(have) + short >= want)
+            need = want * adding if name == "pcie" else want
+            model.Add(_sum(have) + short >= need)
             shortfalls.append(short)
     assert v.spare_shortfall is not None
     model.Add(v.spare_shortfall == _sum(shortfalls))

@@ -57,8 +57,15 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
 
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
-    spare_pcie = machine.spare_pcie_ports if options.spare_pcie is None else options.spare_pcie
-    spare_pci = machine.spare_pci_slots if options.spare_pci is None else options.spare_pci
+    # Defaults as libvirt's: one spare root port only when the input had no PCI controllers of its own
+    # (with --replan they are ours to remove); a spare conventional slot only where hot-plug works.
+    own_controllers = prep.problem.user_pci_controllers and not options.replan
+    spare_pcie = options.spare_pcie
+    if spare_pcie is None:
+        spare_pcie = 0 if own_controllers else machine.spare_pcie_ports
+    spare_pci = options.spare_pci
+    if spare_pci is None:
+        spare_pci = machine.spare_pci_slots if prep.problem.root.hotplug else 0
     if not machine.pcie:
         spare_pcie = 0
     model = cp_model.CpModel()
@@ -70,7 +77,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
-    c.spare_ports(model, prep, v, spare_pcie, spare_pci)
+    c.spare_ports(model, prep, v, spare_pcie, spare_pci, only_if_adding=options.spare_pcie is None)
     lv = levels(prep, v)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])

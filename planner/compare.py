@@ -1,0 +1,202 @@
+"""Optimal versus greedy: plan a guest with pciplan and with libvirt's greedy assignment (the built-in
+re-implementation or real libvirt) and measure both layouts the same way."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from lxml import etree
+
+from planner.check import WARNING_RULES, check_domain
+from planner.domain import read_problem
+from planner.plan import plan_tree
+from planner.show import build_tree, summary
+from planner.solver.solve import Infeasible
+from planner.xmlio import InputError, parse_domain_bytes, serialize
+
+PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
+
+
+@dataclass
+class LayoutMetrics:
+    ok: bool
+    error: str | None = None
+    seconds: float = 0.0
+    controllers_added: dict[str, int] = field(default_factory=dict)
+    controllers_total: int = 0
+    bus_numbers: int = 0
+    hotplug_devices: int = 0
+    pcie_on_conventional: int = 0
+    spare_hotplug_ports: int = 0
+    spare_hotplug_slots: int = 0
+    rule_violations: list[str] = field(default_factory=list)  # incl. SeaBIOS I/O space
+    status: str = ""  # solver status (pciplan only)
+
+
+@dataclass
+class Comparison:
+    source: str
+    machine: str
+    devices: int
+    pciplan: LayoutMetrics
+    greedy: LayoutMetrics
+    greedy_kind: str
+
+    @property
+    def controllers_saved(self) -> int | None:
+        if not (self.pciplan.ok and self.greedy.ok):
+            return None
+        return sum(self.greedy.controllers_added.values()) - sum(self.pciplan.controllers_added.values())
+
+    def as_json(self) -> dict:
+        out = asdict(self)
+        out["controllers_saved"] = self.controllers_saved
+        return out
+
+
+def _pci_controllers(tree: etree._ElementTree) -> Counter:
+    """PCI controllers by model, the root excepted (both planners add it when missing)."""
+    return Counter(c.get("model") for c in tree.getroot().iter("controller")
+                   if c.get("type") == "pci" and c.get("model") not in ("pci-root", "pcie-root"))
+
+
+def measure(before: etree._ElementTree, after: etree._ElementTree) -> LayoutMetrics:
+    """The same metrics for any completed layout, whoever made it."""
+    added = _pci_controllers(after) - _pci_controllers(before)
+    root = build_tree(after)
+    counts = summary(root)
+    on_pci = 0
+    problem = read_problem(parse_domain_bytes(serialize(after)))
+    for d in problem.devices:
+        a = d.address
+        if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
+            on_pci += 1
+    violations = [f"{v.rule}: {v.message}" for v in check_domain(after) if v.rule not in WARNING_RULES]
+    return LayoutMetrics(
+        ok=True,
+        controllers_added=dict(sorted(added.items())),
+        controllers_total=sum(_pci_controllers(after).values()),
+        bus_numbers=counts["bus_numbers_used"],
+        hotplug_devices=counts["hotplug_endpoints"],
+        pcie_on_conventional=on_pci,
+        spare_hotplug_ports=counts["spare_hotplug_ports"],
+        spare_hotplug_slots=counts["spare_hotplug_slots"],
+        rule_violations=violations,
+    )
+
+
+def _greedy(kind: str):
+    if kind == "libvirt":
+        from planner.libvirt_stack import shared_stack
+
+        stack = shared_stack()
+
+        def run_libvirt(xml: str) -> tuple[bool, str | None, str | None]:
+            r = stack.define(xml)
+            return r.ok, r.error, r.xml
+
+        return run_libvirt
+    from planner.greedy import greedy_plan
+
+    def run_builtin(xml: str) -> tuple[bool, str | None, str | None]:
+        r = greedy_plan(xml)
+        return r.ok, r.error, r.xml
+
+    return run_builtin
+
+
+def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float = 10.0) -> Comparison:
+    """Plan data both ways. InputError propagates (bad input is bad for both)."""
+    from planner.options import PlanOptions
+
+    before = parse_domain_bytes(data, source)
+    machine = read_problem(parse_domain_bytes(data, source))
+    devices = sum(1 + len(d.companions) for d in machine.devices)
+    tree = parse_domain_bytes(data, source)
+    start = time.perf_counter()
+    try:
+        s = plan_tree(tree, PlanOptions(time_limit=time_limit))
+        ours = measure(before, tree)
+        ours.status = s.status.lower()
+    except Infeasible as exc:
+        ours = LayoutMetrics(ok=False, error="; ".join(exc.reasons))
+    ours.seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ok, error, xml = _greedy(greedy)(data.decode())
+    seconds = time.perf_counter() - start
+    if ok and xml is not None:
+        theirs = measure(before, parse_domain_bytes(xml.encode(), source))
+    else:
+        theirs = LayoutMetrics(ok=False, error=error)
+    theirs.seconds = seconds
+    kind = "libvirt 9.0 (embedded driver)" if greedy == "libvirt" else "built-in greedy (libvirt's algorithm)"
+    return Comparison(source, machine.machine.family, devices, ours, theirs, kind)
+
+
+ROWS = [
+    ("succeeds", lambda m: "yes" if m.ok else "FAILS"),
+    ("controllers added", lambda m: sum(m.controllers_added.values()) if m.ok else "–"),
+    ("  by model", lambda m: ", ".join(f"{n} {k}" for k, n in m.controllers_added.items()) or "none"
+     if m.ok else "–"),
+    ("bus numbers used", lambda m: m.bus_numbers if m.ok else "–"),
+    ("devices in hot-pluggable slots", lambda m: m.hotplug_devices if m.ok else "–"),
+    ("PCIe-capable devices on conventional PCI", lambda m: m.pcie_on_conventional if m.ok else "–"),
+    ("spare hot-plug ports / slots", lambda m: f"{m.spare_hotplug_ports} / {m.spare_hotplug_slots}"
+     if m.ok else "–"),
+    ("rule / firmware violations", lambda m: len(m.rule_violations) if m.ok else "–"),
+    ("time (s)", lambda m: f"{m.seconds:.3f}"),
+]
+
+
+def table_rows(c: Comparison) -> list[tuple[str, str, str]]:
+    rows = [(name, str(get(c.pciplan)), str(get(c.greedy))) for name, get in ROWS]
+    if c.pciplan.status:
+        rows.insert(1, ("solver status", c.pciplan.status, "–"))
+    for who, m in (("pciplan", c.pciplan), ("greedy", c.greedy)):
+        if not m.ok:
+            rows.append((f"{who} error", (m.error or "")[:200], ""))
+    return rows
+
+
+def load_and_compare(path: str, greedy: str, time_limit: float) -> Comparison:
+    from pathlib import Path
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    return compare(data, path, greedy, time_limit)
+
+
+def plot(comparisons: list[Comparison], path: str) -> None:
+    """Controllers added per guest, both planners side by side, and the distribution of the saving."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.source.rsplit("/", 1)[-1].removesuffix(".xml") for c in comparisons]
+    ours = [sum(c.pciplan.controllers_added.values()) if c.pciplan.ok else 0 for c in comparisons]
+    theirs = [sum(c.greedy.controllers_added.values()) if c.greedy.ok else 0 for c in comparisons]
+    height = max(4.0, 0.28 * len(names) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 1]})
+    ys = range(len(names))
+    axes[0].barh([y + 0.2 for y in ys], ours, height=0.4, label="pciplan", color="tab:blue")
+    axes[0].barh([y - 0.2 for y in ys], theirs, height=0.4, label="greedy", color="tab:orange")
+    for y, c in zip(ys, comparisons, strict=True):
+        if not c.greedy.ok:
+            axes[0].text(0.5, y - 0.2, "greedy fails", va="center", fontsize=7, color="tab:red")
+    axes[0].set_yticks(list(ys), names, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("PCI controllers added")
+    axes[0].legend(loc="lower right")
+    saved = [c.controllers_saved for c in comparisons if c.controllers_saved is not None]
+    if saved:
+        axes[1].hist(saved, bins=range(min(saved), max(saved) + 2), color="tab:green", align="left")
+    axes[1].set_xlabel("controllers saved by pciplan")
+    axes[1].set_ylabel("guests")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
