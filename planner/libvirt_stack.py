@@ -1084,6 +1084,8 @@ def shared_stack() -> EmbeddedLibvirt:
     global _shared_stack
     if _shared_stack is None:
         _shared_stack = EmbeddedLibvirt()
+        # close before interpreter shutdown tears down the binding under the connection's destructor
+        atexit.register(_shared_stack.close)
     return _shared_stack
 
 
