@@ -44,6 +44,7 @@ RULES: dict[str, str] = {
     "index-duplicate": "two PCI controllers with one index",
     "index-gap": "an index below the highest is missing; libvirt would add a controller there",
     "parent-index": "a controller plugs into a bus whose index is not lower than its own; QEMU fails",
+    "parent-index-bridge": "a pci-bridge plugs into a bus whose index is not lower than its own (libvirt)",
     "unaddressed": "a device that needs a PCI address has none, a partial one, or bus 0 slot 0",
     "bad-address": "a PCI address value is not a number",
     "domain": "PCI domain other than 0",
@@ -53,7 +54,8 @@ RULES: dict[str, str] = {
     "connect-type": "the bus does not take this kind of device or controller (libvirt's given-address rules)",
     "integrated": "an integrated device (virtio iommu) off bus 0",
     "double-use": "two devices on one bus/slot/function",
-    "reserved": "a device on a chipset function (q35 00:1f.0/.2/.3, pc 00:01.0-.3)",
+    "reserved": "a device on a chipset function libvirt keeps (q35 00:1f.0/.2/.3, pc 00:01.0/.2/.3)",
+    "reserved-qemu": "a device on pc 00:01.1, the PIIX3 IDE function: libvirt defines it, QEMU refuses",
     "fixed-address": "q35 SATA 0, pc IDE 0 or pc PIIX3 USB 0 away from its fixed address",
     "function0": "a slot is used without function 0",
     "multifunction": "function 0 of a shared slot says multifunction='off'; QEMU fails",
@@ -692,12 +694,16 @@ class _Checker:
                 f"PCI address {addr}: bus {addr.bus} ({parent_model}) does not accept {wanted}",
             )
         if user.index is not None and addr.bus >= user.index:
-            self.flag(
-                user.name,
-                "parent-index",
-                f"plugs into bus {addr.bus}, which is not lower than its own index {user.index}; "
-                "QEMU creates controllers in index order and fails",
-            )
+            if user.connect == "pci-bridge":  # libvirt itself refuses this for pci-bridge only
+                self.flag(user.name, "parent-index-bridge",
+                          f"plugs into bus {addr.bus}, but a pci-bridge's index must be larger than its bus")
+            else:
+                self.flag(
+                    user.name,
+                    "parent-index",
+                    f"plugs into bus {addr.bus}, which is not lower than its own index {user.index}; "
+                    "QEMU creates controllers in index order and fails",
+                )
 
     # -- slots and functions -------------------------------------------------------------------
 
@@ -765,10 +771,17 @@ class _Checker:
                 occupants[(a.bus, a.slot, a.function)].append(user)
         for where, users in occupants.items():
             if where in implicit:
+                # QEMU always has the PIIX3 IDE at 01.1; libvirt only notices when an IDE controller exists
+                qemu_only = self.family == PC and where == (0, 1, 1) and "IDE" in implicit[where]
                 for user in users:
                     self.flag(
-                        user.name, "reserved", f"PCI address {user.address} belongs to {implicit[where]}"
+                        user.name, "reserved-qemu" if qemu_only else "reserved",
+                        f"PCI address {user.address} belongs to {implicit[where]}"
                     )
+                if qemu_only:
+                    for user in users[1:]:
+                        self.flag(user.name, "double-use",
+                                  f"PCI address {user.address} is also used by {users[0].name}")
             else:
                 for user in users[1:]:
                     self.flag(

@@ -156,6 +156,12 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
                 f"accepts a {b.model.plugs_into}"
             )
         _check_slot(parent, b.address, b.label)
+        if parent.index >= b.index:
+            raise InputError(
+                f"{b.label}: plugs into bus {parent.index}, which is not lower than its own index "
+                + ("(libvirt: index must be larger than bus)" if b.model.name == "pci-bridge"
+                   else "(QEMU creates controllers in index order and refuses to start)")
+            )
         drop = None
         if b.droppable:
             drop = len(drops)
