@@ -1,0 +1,53 @@
+"""pciplan compare: optimal versus greedy, metric by metric."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import GUESTS, REPO, nics
+
+from planner.compare import compare
+
+
+def _guest(machine: str, devices: str) -> bytes:
+    return (f"<domain type='qemu'><name>c</name><memory>1048576</memory><os><type arch='x86_64' "
+            f"machine='{machine}'>hvm</type></os><features><acpi/></features><devices>{devices}</devices>"
+            "</domain>").encode()
+
+
+def test_greedy_fails_at_240_nics_and_pciplan_succeeds() -> None:
+    c = compare(_guest("q35", nics(240)), "q35-240.xml", greedy="builtin")
+    assert not c.greedy.ok and "none is available" in (c.greedy.error or "")
+    assert c.pciplan.ok and c.pciplan.status == "optimal"
+    assert c.pciplan.rule_violations == []
+    assert c.pciplan.hotplug_devices == 240
+
+
+def test_typical_guest_equal_or_fewer_controllers() -> None:
+    for path in sorted(GUESTS.glob("q35-*.xml"))[:6] + sorted(GUESTS.glob("pc-*.xml"))[:4]:
+        c = compare(path.read_bytes(), str(path), greedy="builtin")
+        assert c.pciplan.ok and c.greedy.ok, path
+        assert c.controllers_saved is not None and c.controllers_saved >= 0, path
+        assert c.pciplan.hotplug_devices >= c.greedy.hotplug_devices, path
+
+
+def test_greedy_breaks_the_firmware_budget_where_pciplan_does_not() -> None:
+    """pc, 500 virtio-non-transitional NICs: libvirt adds 16 pci-bridges, SeaBIOS fits 8."""
+    c = compare(_guest("pc", nics(500, "virtio-non-transitional")), "pc-500.xml", greedy="builtin")
+    assert c.greedy.ok and any(v.startswith("io-windows") for v in c.greedy.rule_violations)
+    assert c.pciplan.ok and c.pciplan.rule_violations == []
+
+
+def test_compare_command_json_and_plot(tmp_path) -> None:
+    out = tmp_path / "cmp.png"
+    cmd = [sys.executable, "-m", "planner.cli", "compare", str(GUESTS), "--json", "--plot", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(cmd, capture_output=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert len(data["guests"]) == len(list(GUESTS.glob("*.xml")))
+    assert all(g["controllers_saved"] >= 0 for g in data["guests"])
+    assert out.stat().st_size > 10_000
