@@ -48,6 +48,18 @@ def plan(
         int | None, typer.Option(help="Free hot-pluggable conventional PCI slots to keep (default: 1 on pc).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on standard output.")] = False,
+    hotplug: Annotated[
+        list[str] | None, typer.Option("--hotplug", metavar="KIND", help="Devices of this kind (interface, "
+                                       "disk, hostdev, ...) must be hot-pluggable. Repeatable.")
+    ] = None,
+    no_hotplug: Annotated[
+        list[str] | None, typer.Option("--no-hotplug", metavar="KIND", help="Devices of this kind must not "
+                                       "be hot-pluggable (nor ejectable by the guest). Repeatable.")
+    ] = None,
+    bus: Annotated[
+        str, typer.Option(help="Where devices may go: pcie, pci or any (default: libvirt's classification "
+                          "of each device).")
+    ] = "default",
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -65,17 +77,29 @@ def plan(
 
       virsh dumpxml --inactive vm | pciplan plan - --json -o vm.xml
     """
+    from planner.errors import Infeasible
     from planner.plan import plan_tree
-    from planner.solver.solve import Infeasible
 
     if in_place and output is not None:
         _fail(EXIT_BAD_INPUT, "give either -o/--output or --in-place, not both")
+    from planner.options import BUS_CHOICES, DEVICE_KINDS
+
+    for kind in [*(hotplug or []), *(no_hotplug or [])]:
+        if kind not in DEVICE_KINDS:
+            _fail(EXIT_BAD_INPUT, f"--hotplug/--no-hotplug: unknown device kind '{kind}' "
+                  f"(one of: {', '.join(sorted(DEVICE_KINDS))})")
+    both = set(hotplug or []) & set(no_hotplug or [])
+    if both:
+        _fail(EXIT_BAD_INPUT, f"--hotplug and --no-hotplug both name {', '.join(sorted(both))}")
+    if bus not in BUS_CHOICES:
+        _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any")
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
     try:
         doc = load_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
-                              replan=replan)
+                              replan=replan, hotplug_kinds=frozenset(hotplug or []),
+                              no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus)
         summary = plan_tree(doc.tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))

@@ -11,9 +11,9 @@ from lxml import etree
 
 from planner.check import WARNING_RULES, check_domain
 from planner.domain import read_problem
+from planner.errors import Infeasible
 from planner.plan import plan_tree
 from planner.show import build_tree, summary
-from planner.solver.solve import Infeasible
 from planner.xmlio import InputError, parse_domain_bytes, serialize
 
 PORTS = ("pcie-root-port", "pcie-switch-downstream-port")

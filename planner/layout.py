@@ -29,6 +29,7 @@ class BusNode:
     rp_functions: list[tuple[int, int]] = field(default_factory=list)
     stream: tuple[int, int] | None = None  # (slot, next function) of the open endpoint pack
     rp_stream: tuple[int, int] | None = None  # (slot, next function) of the open root-port slot
+    hotplug_off: bool = False  # a new port holding a device that must not be ejectable
 
 
 @dataclass
@@ -115,6 +116,7 @@ class _Unfolder:
             port = make_port()
             for fn, gi in enumerate(packed[p * FUNCTIONS:(p + 1) * FUNCTIONS]):
                 self.want(gi, port, 0, fn)
+                port.hotplug_off |= self.prep.groups[gi].key.hotplug == "no"
         for _ in range(val(pool.spare)):
             make_port()
 

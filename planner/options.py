@@ -12,4 +12,14 @@ class PlanOptions:
     time_limit: float = 10.0  # seconds of solver time
     workers: int = 1  # 1 keeps the search deterministic: same input, same output
     replan: bool = False  # drop planner-managed addresses and controllers and plan from scratch
-    no_hotplug_kinds: frozenset[str] = frozenset()  # device kinds that do not ask for a hot-pluggable slot
+    hotplug_kinds: frozenset[str] = frozenset()  # device kinds that must be hot-pluggable (hard)
+    no_hotplug_kinds: frozenset[str] = frozenset()  # device kinds that must not be ejectable (hard)
+    bus: str = "default"  # pcie | pci | any: where devices may go (default: libvirt's classification)
+
+
+# Kinds of <devices> children that can take a PCI address (the vocabulary of --hotplug and friends).
+DEVICE_KINDS = frozenset({
+    "interface", "disk", "hostdev", "controller", "video", "sound", "watchdog", "memballoon", "rng",
+    "vsock", "input", "filesystem", "memory", "shmem", "serial", "iommu",
+})
+BUS_CHOICES = ("default", "pcie", "pci", "any")

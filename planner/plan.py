@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
 from planner.domain import read_problem
+from planner.errors import Infeasible
 from planner.layout import unfold
 from planner.options import PlanOptions
 from planner.prepare import CHIPSET, prepare
 from planner.render import render
 from planner.solver import solve
+from planner.solver.solve import hotpluggable_count
 
 
 @dataclass
@@ -49,12 +52,36 @@ class PlanSummary:
         }
 
 
+def _hotplug_limit(tree: etree._ElementTree, options: PlanOptions) -> str:
+    """For an infeasible hotplug=yes request: the largest number that can be hot-pluggable, found by
+    solving again with hot-plug only preferred."""
+    relaxed = replace(options, hotplug_kinds=frozenset())
+    problem = read_problem(copy.deepcopy(tree))
+    prep = prepare(problem, relaxed)
+    wanted = [gi for gi, g in enumerate(prep.groups)
+              if any(d.kind in options.hotplug_kinds for d in g.devices)]
+    total = sum(prep.groups[gi].size for gi in wanted)
+    try:
+        result = solve(prep, relaxed)
+    except Infeasible:
+        return "even with hot-plug only preferred the guest cannot be planned"
+    best = hotpluggable_count(prep, result, set(wanted))
+    kinds = ", ".join(sorted(options.hotplug_kinds))
+    return (f"at most {best} of the {total} devices that must be hot-pluggable ({kinds}) can be; allow "
+            f"hotplug=no (or drop --hotplug) for {total - best} of them")
+
+
 def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> PlanSummary:
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
     problem = read_problem(tree)
-    prep = prepare(problem, replan=options.replan, no_hotplug=options.no_hotplug_kinds)
-    result = solve(prep, options)
+    prep = prepare(problem, options)
+    try:
+        result = solve(prep, options)
+    except Infeasible as exc:
+        if options.hotplug_kinds:
+            exc.reasons.append(_hotplug_limit(tree, options))
+        raise
     layout = unfold(prep, result)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
     render(problem, layout, chipset)

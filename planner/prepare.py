@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.domain import Bus, Device, PciAddress, Problem
+from planner.errors import Infeasible
 from planner.facts import IO_WINDOW_UNITS
+from planner.options import PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
 
@@ -67,13 +69,18 @@ class BusState:
 @dataclass(frozen=True)
 class GroupKey:
     endpoint: str  # pcie | pci
-    prefers_hotplug: bool
+    hotplug: str  # prefer (soft wish) | yes (must) | no (must not be ejectable) | none (no wish)
     io: bool  # I/O BAR even on a PCIe port
     pcie_only: bool
     integrated: bool  # bus 0 only
     whole_slot: bool  # a USB2 companion set: one slot, several functions
     bus_pin: int | None
     io_units: int = 0  # I/O space as a conventional or integrated device (32-byte units)
+    bus: str = "default"  # pcie | pci | any | default (libvirt's classification decides)
+
+    @property
+    def prefers_hotplug(self) -> bool:
+        return self.hotplug in ("prefer", "yes")
 
 
 @dataclass
@@ -89,7 +96,10 @@ class Group:
     def name(self) -> str:
         kinds = sorted({d.kind for d in self.devices})
         k = self.key
-        bits = [k.endpoint, "hot-plug" if k.prefers_hotplug else "fixed"]
+        bits = [k.endpoint, {"prefer": "hot-plug", "yes": "hotplug=yes", "no": "hotplug=no",
+                             "none": "fixed"}[k.hotplug]]
+        if k.bus != "default":
+            bits.append(f"bus={k.bus}")
         if k.bus_pin is not None:
             bits.append(f"bus {k.bus_pin}")
         return f"{len(self.devices)} × {'/'.join(kinds)} ({', '.join(bits)})"
@@ -271,10 +281,25 @@ def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
             states[d.bus_pin].io_device = True
 
 
-def _group_key(d: Device, no_hotplug: frozenset[str], hotplug_possible: bool) -> GroupKey:
+def _hotplug_mode(d: Device, options: PlanOptions, hotplug_possible: bool) -> str:
+    if d.kind in options.hotplug_kinds and not (d.address is not None and not d.droppable):
+        if not d.hotplug or d.companions:
+            raise Infeasible([f"hotplug=yes for {d.label}: libvirt cannot hot-plug a {d.kind} of this model"])
+        if not hotplug_possible:
+            raise Infeasible([f"hotplug=yes for {d.label}: this pc guest has no <acpi/>, so its root bus "
+                              "cannot hot-plug; add <features><acpi/></features>"])
+        return "yes"
+    if d.kind in options.no_hotplug_kinds:
+        return "no"
+    return "prefer" if hotplug_possible and d.hotplug and not d.companions else "none"
+
+
+def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> GroupKey:
+    plain = d.bus_pin is None and not d.facts.integrated and not d.companions
     return GroupKey(
         endpoint=d.endpoint,
-        prefers_hotplug=hotplug_possible and d.hotplug and not d.companions and d.kind not in no_hotplug,
+        hotplug=_hotplug_mode(d, options, hotplug_possible),
+        bus=options.bus if plain else "default",
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,
@@ -300,11 +325,15 @@ def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
     return units
 
 
-def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] = frozenset()) -> Prepared:
-    lost, removed = mark_replan(problem) if replan else ([], [])
+def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
+    options = options or PlanOptions()
+    lost, removed = mark_replan(problem) if options.replan else ([], [])
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
     _occupy_given(problem, states, drops)
+    hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
+    for d in problem.devices:  # an impossible hot-plug wish fails before any place is taken
+        _hotplug_mode(d, options, hotplug_possible)
     # libvirt reserves the conventional places (primary video ...) before it places controllers
     device_places = _place_conventions(problem, states)
     controller_places = _place_user_controllers(problem, states)
@@ -312,7 +341,6 @@ def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] =
     groups: dict[GroupKey, Group] = {}
     # pc without ACPI has no hot-plug on its root bus: the guest was made without it, so nothing asks
     # for it (as with libvirt, which then adds no bridge for hot-plug either)
-    hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
     for d in problem.devices:
         if (d.address is not None and not d.droppable) or id(d) in device_places:
             continue
@@ -320,7 +348,7 @@ def prepare(problem: Problem, replan: bool = False, no_hotplug: frozenset[str] =
             if member.address is not None:
                 raise InputError(f"{member.label}: a USB companion has an address but its set's first "
                                  f"member {d.label} has none; give all or none")
-        key = _group_key(d, no_hotplug, hotplug_possible)
+        key = _group_key(d, options, hotplug_possible)
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,

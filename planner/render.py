@@ -65,6 +65,8 @@ def _controller_element(node: BusNode, chassis: int | None, indent: str) -> etre
         port = node.slot * 8 + node.function if node.model == "pcie-root-port" else node.slot
         last.tail = inner
         last = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
+        if node.hotplug_off:
+            last.set("hotplug", "off")  # it holds a device that must not be ejectable
     elif m.target == "chassisNr":
         last.tail = inner
         last = etree.SubElement(el, "target", chassisNr=str(node.index))

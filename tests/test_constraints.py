@@ -8,7 +8,7 @@ from lxml import etree
 from planning import errors, plan_bytes, text
 
 from planner.check import check_domain
-from planner.solver.solve import Infeasible
+from planner.errors import Infeasible
 from planner.xmlio import parse_domain_bytes
 
 Q35_BARE = "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n"

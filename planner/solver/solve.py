@@ -7,19 +7,12 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from planner.errors import Infeasible
 from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver.objective import levels, set_objective
 from planner.solver.variables import Variables, create_variables
-
-
-class Infeasible(Exception):
-    """The request cannot be met; reasons name the devices and limits that conflict (exit 3)."""
-
-    def __init__(self, reasons: list[str]):
-        super().__init__("; ".join(reasons))
-        self.reasons = reasons
 
 
 @dataclass
@@ -108,3 +101,14 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         "spare_shortfall": int(solver.Value(v.spare_shortfall)),
     }
     return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)
+
+
+def hotpluggable_count(prep: Prepared, result: SolveResult, groups: set[int]) -> int:
+    """How many devices of these groups the solution puts alone in a hot-pluggable slot."""
+    v = result.vars
+    assert v is not None
+    alone = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        alone += [x for gi, x in pool.alone.items() if gi in groups]
+    alone += [x for gi, x in v.pool_alone.items() if gi in groups]
+    return sum(result.value(x) for x in alone)

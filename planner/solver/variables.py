@@ -14,9 +14,30 @@ PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
 IntVar = cp_model.IntVar
 
 
+def pcie_ok(prep: Prepared, g: Group) -> bool:
+    """May the group sit on PCIe (a root/downstream port, or integrated on pcie-root)?"""
+    k = g.key
+    if k.bus == "pci" or not prep.problem.machine.pcie:
+        return False
+    return k.bus in ("pcie", "any") or k.endpoint == "pcie"
+
+
+def conventional_ok(prep: Prepared, g: Group) -> bool:
+    """May the group sit on conventional PCI? PCIe-capable devices then work as conventional ones,
+    at a cost (level 3); never on aarch64 virt unless asked, never for modern-only virtio."""
+    k = g.key
+    machine = prep.problem.machine
+    if k.bus == "pcie":
+        return False
+    if k.bus in ("pci", "any"):
+        return not k.pcie_only
+    return k.endpoint == "pci" or (not k.pcie_only and machine.pcie and not machine.pcie_always)
+
+
 def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     """May devices of group g be placed on existing bus e? (libvirt's auto-assignment rules, plus
-    integrated endpoints on pcie-root for devices that are not hot-plugged.)"""
+    integrated endpoints on pcie-root for devices that are not hot-plugged, plus the user's bus and
+    hot-plug constraints.)"""
     bus = prep.problem.buses[e]
     acc = bus.model.accepts
     k = g.key
@@ -24,14 +45,16 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
         return e == k.bus_pin and bool(acc & {"pci-device", "pcie-device"})
     if k.integrated:
         return e == 0
+    if k.hotplug == "no" and bus.hotplug:
+        return False  # it could be ejected there
     if k.whole_slot:
-        return "pci-device" in acc
-    if k.endpoint == "pci":
-        return "pci-device" in acc
-    if "pcie-device" in acc:
-        return True
-    # A PCIe-capable device works as a conventional one, at a cost (level 3) - never on aarch64 virt.
-    return "pci-device" in acc and not k.pcie_only and not prep.problem.machine.pcie_always
+        return "pci-device" in acc and bus.model.conventional
+    if "pcie-device" in acc and not bus.model.conventional:
+        # A conventional device that must not be ejectable may be integrated on pcie-root, as libvirt
+        # itself integrates the chipset's conventional devices (VGA, ich9 sound and USB).
+        integrated_pci = e == 0 and k.hotplug == "no" and k.endpoint == "pci" and k.bus != "pci"
+        return pcie_ok(prep, g) or integrated_pci
+    return "pci-device" in acc and conventional_ok(prep, g)
 
 
 def on_conventional(prep: Prepared, g: Group, e: int) -> bool:
@@ -81,14 +104,17 @@ class Variables:
 
 
 def _pool(model: cp_model.CpModel, prep: Prepared, name: str, cap: int) -> PortPool:
+    """New ports: a device alone is hot-pluggable; packs of functions are not, and a pack holding a
+    hotplug=no device gets its port written with hotplug='off'."""
     pool = PortPool()
     for gi, g in enumerate(prep.groups):
         k = g.key
-        if k.endpoint != "pcie" or k.bus_pin is not None or k.integrated or k.whole_slot:
+        if not pcie_ok(prep, g) or k.bus_pin is not None or k.integrated or k.whole_slot:
             continue
         if k.prefers_hotplug:
             pool.alone[gi] = model.NewIntVar(0, g.size, f"{name}_alone_g{gi}")
-        pool.packed[gi] = model.NewIntVar(0, g.size, f"{name}_packed_g{gi}")
+        if k.hotplug != "yes":
+            pool.packed[gi] = model.NewIntVar(0, g.size, f"{name}_packed_g{gi}")
     pool.pack_io = model.NewIntVar(0, cap, f"{name}_pack_io")
     pool.pack_noio = model.NewIntVar(0, cap, f"{name}_pack_noio")
     pool.spare = model.NewIntVar(0, cap, f"{name}_spare")
@@ -116,7 +142,7 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
             if g.key.whole_slot or (bus.hotplug and g.key.prefers_hotplug):
                 # Domains stay at the group size: capacity lives in the (explainable) constraints.
                 v.alone[e, gi] = model.NewIntVar(0, g.size, f"alone_b{e}_g{gi}")
-            if not g.key.whole_slot:
+            if not g.key.whole_slot and g.key.hotplug != "yes":
                 v.packed[e, gi] = model.NewIntVar(0, g.size, f"packed_b{e}_g{gi}")
         acc = bus.model.accepts
         if "pci-bridge" in acc and bus.model.conventional and free:
@@ -134,13 +160,12 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
             v.downstream[e] = _pool(model, prep, f"ds{e}", 32 * cap)
     for gi, g in enumerate(prep.groups):
         k = g.key
-        if k.bus_pin is not None or k.integrated:
-            continue
-        if k.endpoint == "pcie" and (k.pcie_only or not machine.pcie or machine.pcie_always):
+        # bridge slots are hot-pluggable (SHPC) and cannot be switched off one by one
+        if k.bus_pin is not None or k.integrated or k.hotplug == "no" or not conventional_ok(prep, g):
             continue
         if k.whole_slot or k.prefers_hotplug:
             v.pool_alone[gi] = model.NewIntVar(0, g.size, f"pool_alone_g{gi}")
-        if not k.whole_slot:
+        if not k.whole_slot and k.hotplug != "yes":
             v.pool_packed[gi] = model.NewIntVar(0, g.size, f"pool_packed_g{gi}")
     v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
     v.pool_pci_bridges = model.NewIntVar(0, 255, "pool_pci_bridges")
