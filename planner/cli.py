@@ -60,6 +60,10 @@ def plan(
         str, typer.Option(help="Where devices may go: pcie, pci or any (default: libvirt's classification "
                           "of each device).")
     ] = "default",
+    policy: Annotated[
+        Path | None, typer.Option(help="TOML file of per-device rules (see README); the domain's own "
+                                  "<metadata> rules and the flags above take precedence.")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -99,7 +103,8 @@ def plan(
         doc = load_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
                               replan=replan, hotplug_kinds=frozenset(hotplug or []),
-                              no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus)
+                              no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
+                              policy=str(policy) if policy else None)
         summary = plan_tree(doc.tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
@@ -126,6 +131,9 @@ def plan(
             status += f" (bound {summary.bound}, gap {summary.gap:.2%})"
         for line in summary.moved:
             typer.echo(f"pciplan: moved {line}", err=True)
+        for note in summary.notes:
+            if note.startswith("warning: "):
+                typer.echo(f"pciplan: {note}", err=True)
         typer.echo(
             f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
             f"{summary.devices} PCI device(s); controllers added: {added}; {status} in "

@@ -65,6 +65,9 @@ class Device:
     convention: tuple[int, ...] = ()  # root-bus slots libvirt uses first for this device
     mirrors: list[etree._Element] = field(default_factory=list)  # <console> sharing a serial's address
     droppable: bool = False  # --replan: its address may change, at a cost
+    hotplug_rule: str | None = None  # the user's constraint: yes (must) | no (must not be ejectable)
+    hotplug_rule_from: str = ""  # where the rule came from, for messages
+    bus_rule: str | None = None  # the user's constraint: pcie | pci | any
 
     @property
     def hotplug(self) -> bool:

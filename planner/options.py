@@ -15,6 +15,9 @@ class PlanOptions:
     hotplug_kinds: frozenset[str] = frozenset()  # device kinds that must be hot-pluggable (hard)
     no_hotplug_kinds: frozenset[str] = frozenset()  # device kinds that must not be ejectable (hard)
     bus: str = "default"  # pcie | pci | any: where devices may go (default: libvirt's classification)
+    policy: str | None = None  # a TOML policy file of rules (lowest precedence)
+    use_metadata: bool = True  # read rules from the domain's <metadata>
+    relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
 
 
 # Kinds of <devices> children that can take a PCI address (the vocabulary of --hotplug and friends).

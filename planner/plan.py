@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
+from planner import rules
 from planner.domain import read_problem
 from planner.errors import Infeasible
 from planner.layout import unfold
@@ -55,32 +56,49 @@ class PlanSummary:
 def _hotplug_limit(tree: etree._ElementTree, options: PlanOptions) -> str:
     """For an infeasible hotplug=yes request: the largest number that can be hot-pluggable, found by
     solving again with hot-plug only preferred."""
-    relaxed = replace(options, hotplug_kinds=frozenset())
-    problem = read_problem(copy.deepcopy(tree))
+    relaxed = replace(options, relax_hotplug=True)
+    problem = _read(copy.deepcopy(tree), relaxed)[0]
     prep = prepare(problem, relaxed)
-    wanted = [gi for gi, g in enumerate(prep.groups)
-              if any(d.kind in options.hotplug_kinds for d in g.devices)]
+    wanted = [gi for gi, g in enumerate(prep.groups) if any(d.hotplug_rule == "yes" for d in g.devices)]
     total = sum(prep.groups[gi].size for gi in wanted)
     try:
         result = solve(prep, relaxed)
     except Infeasible:
         return "even with hot-plug only preferred the guest cannot be planned"
     best = hotpluggable_count(prep, result, set(wanted))
-    kinds = ", ".join(sorted(options.hotplug_kinds))
-    return (f"at most {best} of the {total} devices that must be hot-pluggable ({kinds}) can be; allow "
-            f"hotplug=no (or drop --hotplug) for {total - best} of them")
+    return (f"at most {best} of the {total} devices that must be hot-pluggable can be; allow hotplug=no "
+            f"(or drop the hotplug=yes rule) for {total - best} of them")
+
+
+def _read(tree: etree._ElementTree, options: PlanOptions):
+    """The problem with the user's rules applied (policy < metadata < command line) and the spare
+    counts they set."""
+    problem = read_problem(tree)
+    sources = []
+    policy = rules.from_policy(options.policy) if options.policy else rules.RuleSet()
+    metadata = rules.from_metadata(tree) if options.use_metadata else rules.RuleSet()
+    flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus)
+    sources = [policy, metadata, flags]
+    warnings = rules.apply(problem, sources)
+    spare_pcie = options.spare_pcie
+    spare_pci = options.spare_pci
+    for src in (metadata, policy):
+        spare_pcie = src.spare_pcie if spare_pcie is None else spare_pcie
+        spare_pci = src.spare_pci if spare_pci is None else spare_pci
+    return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci), warnings
 
 
 def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> PlanSummary:
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
-    problem = read_problem(tree)
+    original = copy.deepcopy(tree)
+    problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
     try:
         result = solve(prep, options)
     except Infeasible as exc:
-        if options.hotplug_kinds:
-            exc.reasons.append(_hotplug_limit(tree, options))
+        if any(d.hotplug_rule == "yes" for d in problem.devices):
+            exc.reasons.append(_hotplug_limit(original, options))
         raise
     layout = unfold(prep, result)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
@@ -98,7 +116,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
         levels=result.values,
-        notes=problem.notes,
+        notes=problem.notes + [f"warning: {w}" for w in warnings],
         moved=layout.moved,
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
     )

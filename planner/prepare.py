@@ -282,14 +282,15 @@ def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
 
 
 def _hotplug_mode(d: Device, options: PlanOptions, hotplug_possible: bool) -> str:
-    if d.kind in options.hotplug_kinds and not (d.address is not None and not d.droppable):
+    if d.hotplug_rule == "yes" and not (d.address is not None and not d.droppable):
+        why = f"hotplug=yes for {d.label} ({d.hotplug_rule_from})"
         if not d.hotplug or d.companions:
-            raise Infeasible([f"hotplug=yes for {d.label}: libvirt cannot hot-plug a {d.kind} of this model"])
+            raise Infeasible([f"{why}: libvirt cannot hot-plug a {d.kind} of this model"])
         if not hotplug_possible:
-            raise Infeasible([f"hotplug=yes for {d.label}: this pc guest has no <acpi/>, so its root bus "
-                              "cannot hot-plug; add <features><acpi/></features>"])
-        return "yes"
-    if d.kind in options.no_hotplug_kinds:
+            raise Infeasible([f"{why}: this pc guest has no <acpi/>, so its root bus cannot hot-plug; "
+                              "add <features><acpi/></features>"])
+        return "prefer" if options.relax_hotplug else "yes"
+    if d.hotplug_rule == "no":
         return "no"
     return "prefer" if hotplug_possible and d.hotplug and not d.companions else "none"
 
@@ -299,7 +300,7 @@ def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> Group
     return GroupKey(
         endpoint=d.endpoint,
         hotplug=_hotplug_mode(d, options, hotplug_possible),
-        bus=options.bus if plain else "default",
+        bus=(d.bus_rule or "default") if plain else "default",
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,

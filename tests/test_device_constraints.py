@@ -119,3 +119,71 @@ def test_constrained_plans_on_the_real_stack(real_stack, guest_xml, machine, opt
     xml = text(tree).decode()
     _fixpoint(real_stack, xml)
     _boot(xml)
+
+
+# ----------------------------------------------------------------- where users write them
+
+META = ("<metadata><pciplan:constraints xmlns:pciplan='urn:pciplan:constraints:1'>{}"
+        "</pciplan:constraints></metadata>")
+
+
+def test_metadata_rules_match_by_mac_and_dev(guest_xml) -> None:
+    rules = ("<pciplan:rule mac='52:54:00:00:00:01' hotplug='no'/>"
+             "<pciplan:rule dev='vdb' bus='pci'/>")
+    data = guest_xml("q35", BARE + nics(3) + "\n" + disks(3), extra=META.format(rules))
+    tree, s = plan_bytes(data)
+    nic1 = tree.getroot().findall("devices/interface")[1]
+    assert where(tree, nic1)[0] == "pcie-root" or port_of(tree, nic1).find("target").get("hotplug") == "off"
+    vdb = tree.getroot().findall("devices/disk")[1]
+    assert where(tree, vdb)[0] == "pcie-to-pci-bridge"
+    assert tree.getroot().find("metadata") is not None  # kept, untouched
+
+
+def nic_buses(tree: etree._ElementTree) -> set[str]:
+    return {where(tree, n)[0] for n in tree.getroot().iterfind("devices/interface")}
+
+
+def test_policy_file_and_precedence(guest_xml, tmp_path) -> None:
+    policy = tmp_path / "fleet.toml"
+    policy.write_text('spare-pcie = 3\n[[rule]]\nkind = "interface"\nbus = "pci"\n')
+    data = guest_xml("q35", BARE + nics(2))
+    tree, s = plan_bytes(data, policy=str(policy))
+    assert nic_buses(tree) == {"pcie-to-pci-bridge"}
+    # metadata beats the policy file, the command line beats both
+    meta = META.format("<pciplan:rule kind='interface' bus='pcie'/>")
+    tree, s = plan_bytes(guest_xml("q35", BARE + nics(2), extra=meta), policy=str(policy))
+    assert nic_buses(tree) == {"pcie-root-port"}
+    tree, s = plan_bytes(guest_xml("q35", BARE + nics(2), extra=meta), policy=str(policy), bus="pci")
+    assert nic_buses(tree) == {"pcie-to-pci-bridge"}
+    spares = [c for c in controllers(tree, "pcie-root-port")
+              if not any(int(n.find("address").get("bus"), 0) == int(c.get("index"))
+                         for n in tree.getroot().iterfind("devices/*[address]"))
+              and not any(int(x.find("address").get("bus"), 0) == int(c.get("index"))
+                          for x in controllers(tree) if x.find("address") is not None)]
+    assert len(spares) == 3  # spare-pcie from the policy file
+
+
+def test_rule_errors_and_warnings(guest_xml, tmp_path) -> None:
+    from planner.xmlio import InputError
+
+    for bad, word in (("<pciplan:rule kind='interface' hotplug='maybe'/>", "hotplug='maybe'"),
+                      ("<pciplan:rule colour='red' hotplug='no'/>", "unknown attribute 'colour'"),
+                      ("<pciplan:rule kind='nic' hotplug='no'/>", "unknown device kind 'nic'"),
+                      ("<pciplan:rule kind='interface'/>", "sets nothing"),
+                      ("<pciplan:rule kind='interface' numa='1'/>", "'numa' constraint")):
+        with pytest.raises(InputError) as exc:
+            plan_bytes(guest_xml("q35", nics(1), extra=META.format(bad)))
+        assert word in str(exc.value)
+    unmatched = META.format("<pciplan:rule alias='ua-x' hotplug='no'/>")
+    tree, s = plan_bytes(guest_xml("q35", nics(1), extra=unmatched))
+    assert any("matches no device" in n for n in s.notes)
+
+
+@pytest.mark.realstack
+def test_metadata_travels_through_libvirt(real_stack, guest_xml) -> None:
+    meta = META.format("<pciplan:rule kind='disk' hotplug='no'/>")
+    tree, _ = plan_bytes(guest_xml("q35", nics(2) + "\n" + disks(3), extra=meta))
+    result = real_stack.define(text(tree).decode())
+    assert result.ok and "urn:pciplan:constraints:1" in result.xml
+    again, s = plan_bytes(result.xml.encode())  # libvirt's own output plans to the same layout
+    assert s.controllers_added == {}

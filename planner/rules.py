@@ -1,0 +1,180 @@
+"""Per-device constraints, from three sources: a policy file (TOML, --policy), the domain's own
+<metadata> (they travel with the guest through libvirt's define/dumpxml), and command-line flags.
+Precedence: command line over metadata over policy file over defaults; inside one source the last
+matching rule wins. A rule that matches nothing is a warning; an unknown attribute or value is an error.
+
+In the domain XML:
+
+    <metadata>
+      <pciplan:constraints xmlns:pciplan="urn:pciplan:constraints:1">
+        <pciplan:rule kind="interface" model="virtio" hotplug="yes"/>
+        <pciplan:rule dev="vdb" hotplug="no" bus="pcie"/>
+        <pciplan:spare pcie="2"/>
+      </pciplan:constraints>
+    </metadata>
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from planner.domain import Device, Problem
+from planner.options import BUS_CHOICES, DEVICE_KINDS
+from planner.xmlio import InputError
+
+NAMESPACE = "urn:pciplan:constraints:1"
+MATCHERS = ("kind", "model", "alias", "mac", "dev", "host")
+SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default")}
+NOT_YET = ("numa", "host-numa", "connection")  # planned constraint kinds this version does not place
+
+
+@dataclass
+class Rule:
+    where: str  # for messages: "policy.toml rule 2", "metadata rule 1", "--hotplug interface"
+    match: dict[str, str]
+    hotplug: str | None = None
+    bus: str | None = None
+    matched: int = 0
+
+    def matches(self, d: Device) -> bool:
+        return all(_value(d, k) == v.lower() for k, v in self.match.items())
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule] = field(default_factory=list)  # in precedence order, lowest first
+    spare_pcie: int | None = None
+    spare_pci: int | None = None
+
+
+def _value(d: Device, key: str) -> str | None:
+    el = d.element
+    if key == "kind":
+        return d.kind
+    if key == "model":
+        return (d.model or "").lower()
+    if key == "alias":
+        a = el.find("alias")
+        return a.get("name").lower() if a is not None and a.get("name") else None
+    if key == "mac":
+        m = el.find("mac")
+        return m.get("address").lower() if m is not None and m.get("address") else None
+    if key == "dev":
+        t = el.find("target")
+        return t.get("dev").lower() if t is not None and t.get("dev") else None
+    if key == "host":
+        a = el.find("source/address")
+        if a is None:
+            return None
+        parts = [int(a.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")]
+        return f"{parts[0]:04x}:{parts[1]:02x}:{parts[2]:02x}.{parts[3]:x}"
+    return None
+
+
+def _rule(where: str, attrs: dict[str, str]) -> Rule:
+    match, hotplug, bus = {}, None, None
+    for key, value in attrs.items():
+        value = str(value)
+        if key in MATCHERS:
+            if key == "kind" and value not in DEVICE_KINDS:
+                kinds = ", ".join(sorted(DEVICE_KINDS))
+                raise InputError(f"{where}: unknown device kind '{value}' (one of {kinds})")
+            match[key] = value
+        elif key in SETTINGS:
+            if value not in SETTINGS[key]:
+                raise InputError(f"{where}: {key}='{value}' is not one of {', '.join(SETTINGS[key])}")
+            hotplug, bus = (value, bus) if key == "hotplug" else (hotplug, value)
+        elif key in NOT_YET:
+            raise InputError(f"{where}: the '{key}' constraint is not supported by this version of pciplan")
+        else:
+            raise InputError(f"{where}: unknown attribute '{key}' (match on {', '.join(MATCHERS)}; "
+                             f"set {', '.join(SETTINGS)})")
+    if not match:
+        raise InputError(f"{where}: a rule needs at least one of {', '.join(MATCHERS)} to match devices")
+    if hotplug is None and bus is None:
+        raise InputError(f"{where}: a rule sets nothing (hotplug or bus)")
+    return Rule(where, match, hotplug, bus)
+
+
+def _spare(where: str, value: object) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise InputError(f"{where}: '{value}' is not a number") from None
+    if not 0 <= n <= 255:
+        raise InputError(f"{where}: {n} is out of range (0-255)")
+    return n
+
+
+def from_policy(path: str | Path) -> RuleSet:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    out = RuleSet()
+    for key, value in data.items():
+        if key == "rule":
+            if not isinstance(value, list):
+                raise InputError(f"{path}: 'rule' must be an array of tables ([[rule]])")
+            out.rules += [_rule(f"{path} rule {i + 1}", r) for i, r in enumerate(value)]
+        elif key == "spare-pcie":
+            out.spare_pcie = _spare(f"{path} spare-pcie", value)
+        elif key == "spare-pci":
+            out.spare_pci = _spare(f"{path} spare-pci", value)
+        else:
+            raise InputError(f"{path}: unknown key '{key}' (rule, spare-pcie, spare-pci)")
+    return out
+
+
+def from_metadata(tree: etree._ElementTree) -> RuleSet:
+    out = RuleSet()
+    for block in tree.getroot().iterfind(f"metadata/{{{NAMESPACE}}}constraints"):
+        for n, el in enumerate((c for c in block if isinstance(c.tag, str)), start=1):
+            where = f"metadata constraints, element {n}"
+            local = etree.QName(el).localname
+            if etree.QName(el).namespace != NAMESPACE:
+                raise InputError(f"{where}: <{el.tag}> is not in pciplan's namespace {NAMESPACE}")
+            if local == "rule":
+                out.rules.append(_rule(f"{where} (rule)", dict(el.attrib)))
+            elif local == "spare":
+                for k, v in el.attrib.items():
+                    if k == "pcie":
+                        out.spare_pcie = _spare(f"{where} (spare pcie)", v)
+                    elif k == "pci":
+                        out.spare_pci = _spare(f"{where} (spare pci)", v)
+                    else:
+                        raise InputError(f"{where}: unknown attribute '{k}' of <spare> (pcie, pci)")
+            else:
+                raise InputError(f"{where}: unknown element <{local}> (rule, spare)")
+    return out
+
+
+def from_flags(hotplug: frozenset[str], no_hotplug: frozenset[str], bus: str) -> RuleSet:
+    out = RuleSet()
+    out.rules += [Rule(f"--hotplug {k}", {"kind": k}, hotplug="yes") for k in sorted(hotplug)]
+    out.rules += [Rule(f"--no-hotplug {k}", {"kind": k}, hotplug="no") for k in sorted(no_hotplug)]
+    if bus != "default":
+        out.rules += [Rule(f"--bus {bus}", {"kind": k}, bus=bus) for k in sorted(DEVICE_KINDS)]
+    return out
+
+
+def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
+    """Set each device's hotplug and bus rule from the sources (lowest precedence first); returns
+    warnings for rules that matched nothing."""
+    for d in problem.devices:
+        for source in sources:
+            for rule in source.rules:
+                if rule.matches(d):
+                    rule.matched += 1
+                    if rule.hotplug is not None:
+                        d.hotplug_rule, d.hotplug_rule_from = rule.hotplug, rule.where
+                    if rule.bus is not None:
+                        d.bus_rule = rule.bus
+    return [f"{r.where} matches no device" for s in sources for r in s.rules
+            if not r.matched and not r.where.startswith("--bus")]
