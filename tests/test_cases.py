@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import libvirt_manifest, shared_cases, test_guests
+from conftest import REPO, libvirt_manifest, shared_cases, test_guests
 from planning import new_errors, plan_bytes, plan_file, text
 
 from planner.xmlio import InputError, parse_domain
@@ -47,6 +47,14 @@ def test_libvirt_accepted_case_plans_and_checks(path) -> None:
 
 @pytest.mark.parametrize("path", GUESTS, ids=lambda p: p.name)
 def test_guest_plans_and_checks(path) -> None:
+    _plan_and_check(path)
+
+
+EXAMPLES = sorted((REPO / "examples").glob("*.xml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_plans_and_checks(path) -> None:
     _plan_and_check(path)
 
 

@@ -4,6 +4,8 @@ Runs whenever libvirt and QEMU are installed; PCIPLAN_REQUIRE_REALSTACK=1 turns 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import controllers, libvirt_manifest, nics, shared_cases, test_guests
 from planning import plan_bytes, plan_file, text
@@ -15,8 +17,10 @@ from planner.xmlio import parse_domain_bytes
 pytestmark = pytest.mark.realstack
 
 MANIFEST = libvirt_manifest()
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.xml"))
 PLANNED = (
-    shared_cases("virt-install")
+    EXAMPLES
+    + shared_cases("virt-install")
     + [p for p in shared_cases("libvirt") if MANIFEST[p.name]["libvirt90"] == "ok"]
     + test_guests()
 )
@@ -60,7 +64,7 @@ def test_no_more_controllers_than_libvirt_greedy(real_stack, guest_xml, machine,
 
 # ---------------------------------------------------------------- boot: QEMU, SeaBIOS, hot-plug
 
-BOOTED = shared_cases("virt-install") + test_guests()
+BOOTED = EXAMPLES + shared_cases("virt-install") + test_guests()
 
 
 def _boot(xml: str, firmware: bool = True, seconds: float = 20.0):
