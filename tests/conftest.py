@@ -86,17 +86,19 @@ def nics(n: int, model: str = "virtio", start: int = 0) -> str:
     )
 
 
-def disks(n: int) -> str:
-    def name(i: int) -> str:
-        s = ""
-        i += 1
-        while i:
-            i, r = divmod(i - 1, 26)
-            s = chr(97 + r) + s
-        return "vd" + s
+def disk_letters(i: int) -> str:
+    """The letters of the i-th disk name: 0 → a, 25 → z, 26 → aa (libvirt's virDiskNameToIndex, reversed)."""
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(97 + r) + s
+    return s
 
+
+def disks(n: int) -> str:
     return "\n".join(
         f"    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/d{i}.img'/>"
-        f"<target dev='{name(i)}' bus='virtio'/></disk>"
+        f"<target dev='vd{disk_letters(i)}' bus='virtio'/></disk>"
         for i in range(n)
     )

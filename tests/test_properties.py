@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import disk_letters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from planning import new_errors, plan_bytes, text
@@ -35,15 +36,6 @@ PCIE_ONLY = {"root-port"}
 X86_ONLY = {"qxl", "ich9-sound", "ich6-sound"}
 
 
-def _letters(i: int) -> str:
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(97 + r) + s
-    return s
-
-
 @st.composite
 def guests(draw) -> bytes:
     machine = draw(st.sampled_from(sorted(MACHINES)))
@@ -59,7 +51,7 @@ def guests(draw) -> bytes:
     for n, kind in enumerate(picks):
         dev = ""
         if kind in counters:
-            dev = _letters(counters[kind])
+            dev = disk_letters(counters[kind])
             counters[kind] += 1
         body.append(DEVICE[kind].format(mac=f"52:54:00:00:{n >> 8:02x}:{n & 255:02x}", n=n, dev=dev,
                                         hb=n % 256))
