@@ -134,10 +134,12 @@ def plan(
         for note in summary.notes:
             if note.startswith("warning: "):
                 typer.echo(f"pciplan: {note}", err=True)
+        lv = summary.levels
+        hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
         typer.echo(
             f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
-            f"{summary.devices} PCI device(s); controllers added: {added}; {status} in "
-            f"{summary.solve_seconds:.3f} s",
+            f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "
+            f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s",
             err=True,
         )
 

@@ -25,6 +25,7 @@ MAX_CONTROLLERS = 256
 
 @dataclass
 class Levels:
+    hotplug_wanted: int
     moved: cp_model.LinearExpr
     hotplug_lost: cp_model.LinearExpr
     pcie_on_pci: cp_model.LinearExpr
@@ -69,7 +70,7 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     w3 = w4 * (MAX_CONTROLLERS + 1)
     w2 = w3 * (devices + 1)
     w1 = w2 * (devices + MAX_CONTROLLERS + 1)
-    return Levels(moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
+    return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
                   (w1, w2, w3, w4, w5, 1))
 
 

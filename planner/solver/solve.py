@@ -93,6 +93,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     values = {
         "addresses_moved": int(solver.Value(lv.moved)),
+        "hotplug_wanted": lv.hotplug_wanted,
         "hotplug_lost": int(solver.Value(lv.hotplug_lost)),
         "pcie_on_pci": int(solver.Value(lv.pcie_on_pci)),
         "controllers_added": int(solver.Value(lv.controllers)),
