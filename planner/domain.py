@@ -41,6 +41,8 @@ class Bus:
     added: bool = False  # added by us to fill an index gap, as libvirt would
     bus_pin: int | None = None  # partial address: the parent bus only
     droppable: bool = False  # --replan: the planner may remove it (at no cost in moved addresses)
+    numa_node: int | None = None  # <target><node> of an expander bus
+    new_expander: bool = False  # an expander bus pciplan adds for a numa rule (busNr set after solving)
 
     @property
     def floating(self) -> bool:
@@ -68,6 +70,7 @@ class Device:
     hotplug_rule: str | None = None  # the user's constraint: yes (must) | no (must not be ejectable)
     hotplug_rule_from: str = ""  # where the rule came from, for messages
     bus_rule: str | None = None  # the user's constraint: pcie | pci | any
+    numa_rule: int | None = None  # the user's constraint: the guest NUMA node it must sit on
 
     @property
     def hotplug(self) -> bool:
@@ -418,7 +421,8 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
             if _int(node.text, label) >= cells:
                 raise InputError(f"{label}: configured for NUMA node {node.text.strip()}, but the domain's "
                                  f"<cpu><numa> has {cells} cell(s)")
-        buses[idx] = Bus(idx, model, c, addr, hotplug, label, bus_nr, bus_pin=bus_pin)
+        buses[idx] = Bus(idx, model, c, addr, hotplug, label, bus_nr, bus_pin=bus_pin,
+                         numa_node=_int(node.text, label) if node is not None else None)
     if 0 not in buses:
         root = etree.Element("controller", type="pci", index="0", model=machine.root)
         _insert_device(devices, root, _CONTROLLER_AFTER)

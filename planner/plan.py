@@ -88,6 +88,33 @@ def _read(tree: etree._ElementTree, options: PlanOptions):
     return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci), warnings
 
 
+def _number_new_expanders(prep, layout) -> None:
+    """busNr for the expander buses pciplan added: each takes a range just large enough for the buses
+    below it, from the top down (below the lowest busNr the guest already had)."""
+    ours = sorted(b.index for b in prep.problem.buses.values() if b.new_expander)
+    if not ours:
+        return
+    size = dict.fromkeys(ours, 0)
+    for b in prep.problem.buses.values():
+        h = prep.hierarchy_of(b.index)
+        if h in size:
+            size[h] += b.model.buses
+    for node in layout.new_controllers:
+        parent = node.parent
+        while parent is not None and parent.index not in size:
+            parent = parent.parent
+        if parent is not None:
+            size[parent.index] += 1
+    given = [b.bus_nr for b in prep.problem.buses.values() if b.bus_nr is not None]
+    upper = min(given, default=255)
+    for index in ours:
+        upper -= size[index]
+        bus = prep.problem.buses[index]
+        bus.bus_nr = upper
+        target = bus.element.find("target")
+        target.set("busNr", str(upper))
+
+
 def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> PlanSummary:
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
@@ -101,9 +128,11 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
             exc.reasons.append(_hotplug_limit(original, options))
         raise
     layout = unfold(prep, result)
+    _number_new_expanders(prep, layout)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
     render(problem, layout, chipset)
     added = Counter(n.model for n in layout.new_controllers)
+    added.update(b.model.name for b in problem.buses.values() if b.new_expander)
     total = sum(1 + len(d.companions) for d in problem.devices)
     return PlanSummary(
         machine=problem.machine.family,

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lxml import etree
+
 from planner.domain import Bus, Device, PciAddress, Problem
 from planner.errors import Infeasible
-from planner.facts import IO_WINDOW_UNITS
+from planner.facts import IO_WINDOW_UNITS, controller_models
 from planner.options import PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
 
+EXPANDERS = ("pci-expander-bus", "pcie-expander-bus")
 CHIPSET = {"q35": {(0x1F, 0): "ICH9 LPC", (0x1F, 3): "ICH9 SMBus"},
            "pc": {(0x01, 0): "PIIX3 ISA", (0x01, 1): "PIIX3 IDE", (0x01, 3): "PIIX3 ACPI"}}
 FIXED_OWNERS = {"q35": set(), "pc": {(0x01, 1)}}  # the IDE controller 0 is the chipset's own IDE
@@ -77,6 +80,7 @@ class GroupKey:
     bus_pin: int | None
     io_units: int = 0  # I/O space as a conventional or integrated device (32-byte units)
     bus: str = "default"  # pcie | pci | any | default (libvirt's classification decides)
+    numa: int | None = None  # guest NUMA node: only below an expander bus bound to it
 
     @property
     def prefers_hotplug(self) -> bool:
@@ -100,6 +104,8 @@ class Group:
                              "none": "fixed"}[k.hotplug]]
         if k.bus != "default":
             bits.append(f"bus={k.bus}")
+        if k.numa is not None:
+            bits.append(f"numa={k.numa}")
         if k.bus_pin is not None:
             bits.append(f"bus {k.bus_pin}")
         return f"{len(self.devices)} × {'/'.join(kinds)} ({', '.join(bits)})"
@@ -116,6 +122,23 @@ class Prepared:
     droppables: list[Droppable] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
+
+    def hierarchy_of(self, index: int) -> int:
+        """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
+        buses = self.problem.buses
+        seen = set()
+        while index != 0 and index not in seen:
+            seen.add(index)
+            b = buses[index]
+            if b.model.name in EXPANDERS:
+                return index
+            a = b.address or self.controller_places.get(index)
+            index = a.bus if a is not None else 0
+        return 0
+
+    def numa_of_hierarchy(self, index: int) -> int | None:
+        h = self.hierarchy_of(index)
+        return self.problem.buses[h].numa_node if h else None
 
     def droppable_of(self, d: Device) -> int | None:
         for i, x in enumerate(self.droppables):
@@ -301,6 +324,7 @@ def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> Group
         endpoint=d.endpoint,
         hotplug=_hotplug_mode(d, options, hotplug_possible),
         bus=(d.bus_rule or "default") if plain else "default",
+        numa=d.numa_rule if plain else None,
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,
@@ -326,9 +350,41 @@ def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
     return units
 
 
+def _add_expander_buses(problem: Problem) -> None:
+    """An expander bus bound to each guest NUMA node a numa rule names, unless the guest has one; it is
+    placed like a user controller, and its busNr is chosen after solving (planner.render)."""
+    machine = problem.machine
+    wanted = sorted({d.numa_rule for d in problem.devices if d.numa_rule is not None and d.address is None})
+    have = {b.numa_node for b in problem.buses.values() if b.model.name in EXPANDERS}
+    for node in wanted:
+        if node in have:
+            continue
+        if not machine.pxb:
+            who = next(d.label for d in problem.devices if d.numa_rule == node)
+            raise Infeasible([f"numa={node} for {who}: machine family {machine.family} has no expander "
+                              "bus to bind devices to a NUMA node"])
+        index = max(problem.buses) + 1
+        model = controller_models()[machine.pxb]
+        el = etree.Element("controller", type="pci", index=str(index), model=machine.pxb)
+        etree.SubElement(el, "model", name=model.qemu)
+        target = etree.SubElement(el, "target")
+        etree.SubElement(target, "node").text = str(node)
+        devices = problem.tree.getroot().find("devices")
+        pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
+        anchor = pci[-1] if pci else devices[-1]
+        el.tail = anchor.tail
+        anchor.tail = anchor.tail if anchor.tail is not None else "\n"
+        anchor.addnext(el)
+        label = f"controller pci index={index} ({machine.pxb}, NUMA node {node})"
+        problem.buses[index] = Bus(index, model, el, None, model.hotplug, label, None, added=True,
+                                   numa_node=node, new_expander=True)
+        problem.notes.append(f"added {machine.pxb} index={index} for guest NUMA node {node}")
+
+
 def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     options = options or PlanOptions()
     lost, removed = mark_replan(problem) if options.replan else ([], [])
+    _add_expander_buses(problem)
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
     _occupy_given(problem, states, drops)

@@ -28,8 +28,9 @@ from planner.xmlio import InputError
 
 NAMESPACE = "urn:pciplan:constraints:1"
 MATCHERS = ("kind", "model", "alias", "mac", "dev", "host")
-SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default")}
-NOT_YET = ("numa", "host-numa", "connection")  # planned constraint kinds this version does not place
+SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default"),
+            "numa": ("a guest NUMA node number",)}
+NOT_YET = ("host-numa", "connection")  # planned constraint kinds this version does not place
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Rule:
     match: dict[str, str]
     hotplug: str | None = None
     bus: str | None = None
+    numa: int | None = None
     matched: int = 0
 
     def matches(self, d: Device) -> bool:
@@ -76,7 +78,7 @@ def _value(d: Device, key: str) -> str | None:
 
 
 def _rule(where: str, attrs: dict[str, str]) -> Rule:
-    match, hotplug, bus = {}, None, None
+    match, hotplug, bus, numa = {}, None, None, None
     for key, value in attrs.items():
         value = str(value)
         if key in MATCHERS:
@@ -84,6 +86,11 @@ def _rule(where: str, attrs: dict[str, str]) -> Rule:
                 kinds = ", ".join(sorted(DEVICE_KINDS))
                 raise InputError(f"{where}: unknown device kind '{value}' (one of {kinds})")
             match[key] = value
+        elif key == "numa":
+            try:
+                numa = int(value)
+            except ValueError:
+                raise InputError(f"{where}: numa='{value}' is not a guest NUMA node number") from None
         elif key in SETTINGS:
             if value not in SETTINGS[key]:
                 raise InputError(f"{where}: {key}='{value}' is not one of {', '.join(SETTINGS[key])}")
@@ -95,9 +102,9 @@ def _rule(where: str, attrs: dict[str, str]) -> Rule:
                              f"set {', '.join(SETTINGS)})")
     if not match:
         raise InputError(f"{where}: a rule needs at least one of {', '.join(MATCHERS)} to match devices")
-    if hotplug is None and bus is None:
-        raise InputError(f"{where}: a rule sets nothing (hotplug or bus)")
-    return Rule(where, match, hotplug, bus)
+    if hotplug is None and bus is None and numa is None:
+        raise InputError(f"{where}: a rule sets nothing (hotplug, bus or numa)")
+    return Rule(where, match, hotplug, bus, numa)
 
 
 def _spare(where: str, value: object) -> int:
@@ -176,5 +183,10 @@ def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
                         d.hotplug_rule, d.hotplug_rule_from = rule.hotplug, rule.where
                     if rule.bus is not None:
                         d.bus_rule = rule.bus
+                    if rule.numa is not None:
+                        if rule.numa >= problem.numa_cells:
+                            raise InputError(f"{rule.where}: numa={rule.numa}, but the guest's <cpu><numa> "
+                                             f"has {problem.numa_cells} cell(s)")
+                        d.numa_rule = rule.numa
     return [f"{r.where} matches no device" for s in sources for r in s.rules
             if not r.matched and not r.where.startswith("--bus")]

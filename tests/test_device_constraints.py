@@ -170,7 +170,9 @@ def test_rule_errors_and_warnings(guest_xml, tmp_path) -> None:
                       ("<pciplan:rule colour='red' hotplug='no'/>", "unknown attribute 'colour'"),
                       ("<pciplan:rule kind='nic' hotplug='no'/>", "unknown device kind 'nic'"),
                       ("<pciplan:rule kind='interface'/>", "sets nothing"),
-                      ("<pciplan:rule kind='interface' numa='1'/>", "'numa' constraint")):
+                      ("<pciplan:rule kind='interface' numa='1'/>", "has 0 cell(s)"),
+                      ("<pciplan:rule kind='interface' connection='pcie-root-port'/>",
+                       "'connection' constraint")):
         with pytest.raises(InputError) as exc:
             plan_bytes(guest_xml("q35", nics(1), extra=META.format(bad)))
         assert word in str(exc.value)
@@ -187,3 +189,67 @@ def test_metadata_travels_through_libvirt(real_stack, guest_xml) -> None:
     assert result.ok and "urn:pciplan:constraints:1" in result.xml
     again, s = plan_bytes(result.xml.encode())  # libvirt's own output plans to the same layout
     assert s.controllers_added == {}
+
+
+# ----------------------------------------------------------------- numa
+
+NUMA_CPU = ("<cpu><numa><cell id='0' cpus='0' memory='524288' unit='KiB'/>"
+            "<cell id='1' cpus='1' memory='524288' unit='KiB'/></numa></cpu>")
+
+
+NIC_ON_NODE_1 = "<pciplan:rule kind='interface' numa='1'/>"
+
+
+def numa_guest(guest_xml, machine: str, devices: str, rule: str = NIC_ON_NODE_1) -> bytes:
+    return guest_xml(machine, devices, extra=NUMA_CPU + META.format(rule))
+
+
+def expander_of(tree: etree._ElementTree, el: etree._Element) -> etree._Element | None:
+    """The expander bus above a device, if any."""
+    index = int(el.find("address").get("bus"), 0)
+    by_index = {int(c.get("index")): c for c in controllers(tree)}
+    while index:
+        c = by_index[index]
+        if c.get("model") in ("pcie-expander-bus", "pci-expander-bus"):
+            return c
+        index = int(c.find("address").get("bus"), 0)
+    return None
+
+
+@pytest.mark.parametrize(("machine", "pxb"), [("q35", "pcie-expander-bus"), ("pc", "pci-expander-bus"),
+                                              ("virt", "pcie-expander-bus")])
+def test_numa_rule_puts_devices_below_an_expander_bound_to_the_node(guest_xml, machine, pxb) -> None:
+    tree, s = plan_bytes(numa_guest(guest_xml, machine, nics(3) + "\n" + disks(2)))
+    assert errors(tree) == []
+    assert s.controllers_added.get(pxb) == 1
+    for nic in tree.getroot().iterfind("devices/interface"):
+        exp = expander_of(tree, nic)
+        assert exp is not None and exp.get("model") == pxb
+        assert exp.find("target/node").text == "1" and exp.find("target").get("busNr")
+    for d in tree.getroot().iterfind("devices/disk"):
+        assert expander_of(tree, d) is None  # no rule: the root hierarchy
+
+
+def test_numa_rule_reuses_the_guests_own_expander(guest_xml) -> None:
+    pxb = ("<controller type='pci' index='0' model='pcie-root'/><controller type='pci' index='1' "
+           "model='pcie-expander-bus'><target busNr='200'><node>1</node></target></controller>")
+    tree, s = plan_bytes(numa_guest(guest_xml, "q35", pxb + nics(2)))
+    assert "pcie-expander-bus" not in s.controllers_added
+    assert all(expander_of(tree, n).get("index") == "1" for n in tree.getroot().iterfind("devices/interface"))
+
+
+def test_numa_rule_on_riscv_is_impossible(guest_xml) -> None:
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(numa_guest(guest_xml, "virt", nics(1)).replace(b"aarch64", b"riscv64"))
+    assert "expander" in exc.value.reasons[0]
+
+
+@pytest.mark.realstack
+@pytest.mark.parametrize("machine", ["q35", "pc", "virt"])
+def test_numa_plans_on_the_real_stack(real_stack, guest_xml, machine) -> None:
+    from test_realstack_plans import _boot, _fixpoint
+
+    tree, _ = plan_bytes(numa_guest(guest_xml, machine, nics(3) + "\n" + disks(2)))
+    xml = text(tree).decode()
+    _fixpoint(real_stack, xml)
+    _boot(xml)

@@ -3,6 +3,7 @@ that an infeasible request can be explained by the smallest set of families at f
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
@@ -215,20 +216,6 @@ def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> 
     _bus_nr_partition(model, prep, v, why)
 
 
-def _hierarchy_of(prep: Prepared, index: int) -> int:
-    """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
-    buses = prep.problem.buses
-    seen = set()
-    while index != 0 and index not in seen:
-        seen.add(index)
-        b = buses[index]
-        if b.model.name in ("pci-expander-bus", "pcie-expander-bus"):
-            return index
-        parent = b.address.bus if b.address else prep.controller_places.get(index, None)
-        index = parent if isinstance(parent, int) else (parent.bus if parent else 0)
-    return 0
-
-
 def bus_nr_of(prep: Prepared) -> dict[int, int]:
     """busNr of every expander bus, with libvirt's defaults (254, 252, … below the lowest given)."""
     out: dict[int, int] = {}
@@ -238,7 +225,7 @@ def bus_nr_of(prep: Prepared) -> dict[int, int]:
         if prep.problem.buses[i].bus_nr is not None:
             out[i] = prep.problem.buses[i].bus_nr  # type: ignore[assignment]
     for i in pxbs:
-        if i not in out:
+        if i not in out and not prep.problem.buses[i].new_expander:  # ours get theirs after solving
             out[i] = min(out.values(), default=256) - 2
     return out
 
@@ -249,23 +236,28 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
         return
     starts = sorted(set(nrs.values()))
     limit = {0: starts[0]}
+    # expander buses pciplan adds get busNr ranges below the lowest given one, after the root's
+    ours = [b.index for b in prep.problem.buses.values() if b.new_expander]
     for i, n in nrs.items():
         higher = [s for s in starts if s > n]
         limit[i] = (higher[0] if higher else MAX_BUS_NUMBERS) - n
-    count: dict[int, list] = {h: [] for h in limit}
-    fixed: dict[int, int] = dict.fromkeys(limit, 0)
+    count: dict[int, list] = defaultdict(list)
+    fixed: dict[int, int] = defaultdict(int)
     for b in prep.problem.buses.values():
         if b.droppable:
-            count[_hierarchy_of(prep, b.index)] += [v.bus_keep[b.index]] * b.model.buses
+            count[prep.hierarchy_of(b.index)] += [v.bus_keep[b.index]] * b.model.buses
         else:
-            fixed[_hierarchy_of(prep, b.index)] += b.model.buses
+            fixed[prep.hierarchy_of(b.index)] += b.model.buses
     for e, x in [*v.new_pci_bridges.items(), *v.new_pcie_pci_bridge.items()]:
-        count[_hierarchy_of(prep, e)].append(x)
+        count[prep.hierarchy_of(e)].append(x)
     count[0].append(v.pool_pci_bridges)  # nested bridges: counted with the root hierarchy
     for p in v.root_ports:
-        h = _hierarchy_of(prep, p)
+        h = prep.hierarchy_of(p)
         count[h] += v.root_ports[p].ports() + v.downstream[p].ports()
         count[h] += [v.rp_bridge[p], v.rp_bridge[p], v.rp_switch[p], v.rp_switch[p]]
+    for h in ours:
+        count[0] += count.pop(h, [])
+        fixed[0] += fixed.pop(h, 0)
     for h, lim in limit.items():
         name = "the root bus" if h == 0 else prep.problem.buses[h].label
         lit = why.new(f"bus numbers of {name} must fit its busNr range ({lim})")

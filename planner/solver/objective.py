@@ -62,6 +62,11 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     # A hot-pluggable slot given to devices packed as functions costs more: it is hot-plug room lost.
     used += [x for e, x in v.packslots.items() if prep.states[e].bus.hotplug]
     used += [1 - k for k in v.bus_keep.values()]  # --replan: churn in controllers, last of all
+    # New ports below an expander bus only where a NUMA rule needs them (libvirt would not put them
+    # there either while the root bus has room)
+    for p, pool in v.root_ports.items():
+        if prep.hierarchy_of(p) != 0:
+            used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]]
     slots_used = cp_model.LinearExpr.Sum(used)
 
     devices = sum(g.size for g in prep.groups)
