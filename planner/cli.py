@@ -57,8 +57,8 @@ def plan(
                                        "be hot-pluggable (nor ejectable by the guest). Repeatable.")
     ] = None,
     bus: Annotated[
-        str, typer.Option(help="Where devices may go: pcie, pci or any (default: libvirt's classification "
-                          "of each device).")
+        str, typer.Option(help="Where devices may go: pcie, pci, any, or mmio (virtio-mmio on virt; "
+                          "default: libvirt's classification of each device).")
     ] = "default",
     policy: Annotated[
         Path | None, typer.Option(help="TOML file of per-device rules (see README); the domain's own "
@@ -96,7 +96,7 @@ def plan(
     if both:
         _fail(EXIT_BAD_INPUT, f"--hotplug and --no-hotplug both name {', '.join(sorted(both))}")
     if bus not in BUS_CHOICES:
-        _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any")
+        _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any, mmio")
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
     try:

@@ -69,7 +69,8 @@ class Device:
     droppable: bool = False  # --replan: its address may change, at a cost
     hotplug_rule: str | None = None  # the user's constraint: yes (must) | no (must not be ejectable)
     hotplug_rule_from: str = ""  # where the rule came from, for messages
-    bus_rule: str | None = None  # the user's constraint: pcie | pci | any
+    bus_rule: str | None = None  # the user's constraint: pcie | pci | any | mmio
+    bus_rule_from: str = ""
     numa_rule: int | None = None  # the user's constraint: the guest NUMA node it must sit on
 
     @property
@@ -97,6 +98,7 @@ class Problem:
     numa_cells: int
     notes: list[str] = field(default_factory=list)
     user_pci_controllers: bool = False  # the input had PCI controllers besides the root
+    mmio_devices: list[str] = field(default_factory=list)  # devices on virtio-mmio transports
 
     @property
     def root(self) -> Bus:
@@ -529,7 +531,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
     return "", ""
 
 
-def _read_devices(tree: etree._ElementTree, machine: Machine) -> list[Device]:
+def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str]) -> list[Device]:
     devices_el = _devices_element(tree)
     out: list[Device] = []
     counters: dict[str, int] = {}
@@ -556,6 +558,9 @@ def _read_devices(tree: etree._ElementTree, machine: Machine) -> list[Device]:
         label = describe(el, kind, position)
         addr, bus_pin, other = read_pci_address(el, label)
         if other:
+            a = el.find("address")
+            if a is not None and a.get("type") == "virtio-mmio":
+                mmio.append(label)
             continue  # virtio-mmio, ccw, unassigned ...: not on PCI
         endpoint = "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
         dev = Device(el, kind, model, label, order, endpoint, facts, addr, bus_pin)
@@ -637,7 +642,8 @@ def read_problem(tree: etree._ElementTree) -> Problem:
         _assign_indices(devices_el, ctype)
     notes = add_implicit_devices(tree, machine)
     buses = _read_buses(tree, machine, acpi, notes)
-    devices = _group_usb_sets(_read_devices(tree, machine))
+    mmio: list[str] = []
+    devices = _group_usb_sets(_read_devices(tree, machine, mmio))
     referenced = max(
         [d.address.bus for d in devices if d.address] + [d.bus_pin for d in devices if d.bus_pin is not None]
         + [b.address.bus for b in buses.values() if b.address]
@@ -645,4 +651,4 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     )
     _fill_index_gaps(tree, machine, buses, referenced, notes)
     _apply_fixed_and_conventions(machine, devices)
-    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci)
+    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci, mmio)

@@ -25,4 +25,4 @@ DEVICE_KINDS = frozenset({
     "interface", "disk", "hostdev", "controller", "video", "sound", "watchdog", "memballoon", "rng",
     "vsock", "input", "filesystem", "memory", "shmem", "serial", "iommu",
 })
-BUS_CHOICES = ("default", "pcie", "pci", "any")
+BUS_CHOICES = ("default", "pcie", "pci", "any", "mmio")  # mmio: virtio-mmio (aarch64/riscv64 virt)

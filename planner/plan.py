@@ -14,7 +14,7 @@ from planner.errors import Infeasible
 from planner.layout import unfold
 from planner.options import PlanOptions
 from planner.prepare import CHIPSET, prepare
-from planner.render import render
+from planner.render import render, set_virtio_mmio
 from planner.solver import solve
 from planner.solver.solve import hotpluggable_count
 
@@ -131,6 +131,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     _number_new_expanders(prep, layout)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
     render(problem, layout, chipset)
+    for d in prep.mmio:
+        set_virtio_mmio(d.element)
     added = Counter(n.model for n in layout.new_controllers)
     added.update(b.model.name for b in problem.buses.values() if b.new_expander)
     total = sum(1 + len(d.companions) for d in problem.devices)

@@ -120,6 +120,7 @@ class Prepared:
     controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
     fixed_io_units: int  # I/O space the given layout needs (32-byte units)
     droppables: list[Droppable] = field(default_factory=list)
+    mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
 
@@ -381,9 +382,35 @@ def _add_expander_buses(problem: Problem) -> None:
         problem.notes.append(f"added {machine.pxb} index={index} for guest NUMA node {node}")
 
 
+def _move_to_mmio(problem: Problem) -> list[Device]:
+    """bus=mmio: the device leaves PCI for a virtio-mmio transport (virt machines, virtio devices);
+    QEMU's virt machine has a fixed number of them."""
+    moved = []
+    for d in problem.devices:
+        if d.bus_rule != "mmio" or (d.address is not None and not d.droppable):
+            continue
+        if not problem.machine.mmio_transports:
+            raise InputError(f"{d.label}: bus=mmio needs an aarch64 or riscv64 virt machine")
+        if d.facts.cls != "virtio":
+            if d.bus_rule_from.startswith("--bus"):
+                d.bus_rule = None  # the flag speaks of every device; only virtio ones can follow it
+                continue
+            raise InputError(f"{d.label}: bus=mmio ({d.bus_rule_from}) is for virtio devices only")
+        moved.append(d)
+    total = len(problem.mmio_devices) + len(moved)
+    if total > problem.machine.mmio_transports:
+        raise Infeasible([f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
+                          f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
+                          f"{problem.machine.mmio_transports} virtio-mmio transports"])
+    problem.devices = [d for d in problem.devices if d not in moved]
+    problem.mmio_devices += [d.label for d in moved]
+    return moved
+
+
 def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     options = options or PlanOptions()
     lost, removed = mark_replan(problem) if options.replan else ([], [])
+    mmio = _move_to_mmio(problem)
     _add_expander_buses(problem)
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
@@ -409,4 +436,4 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_units(problem, states), drops, lost, removed)
+                    _fixed_io_units(problem, states), drops, mmio, lost, removed)

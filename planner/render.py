@@ -34,6 +34,16 @@ def _append_child(parent: etree._Element, child: etree._Element) -> None:
     parent.append(child)
 
 
+def set_virtio_mmio(el: etree._Element) -> None:
+    """<address type='virtio-mmio'/> in place of any address the element had."""
+    addr = el.find("address")
+    if addr is None:
+        addr = etree.Element("address")
+        _append_child(el, addr)
+    addr.attrib.clear()
+    addr.set("type", "virtio-mmio")
+
+
 def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> None:
     """Write a complete address (libvirt's form); a given multifunction value is kept."""
     addr = el.find("address")

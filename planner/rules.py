@@ -182,7 +182,7 @@ def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
                     if rule.hotplug is not None:
                         d.hotplug_rule, d.hotplug_rule_from = rule.hotplug, rule.where
                     if rule.bus is not None:
-                        d.bus_rule = rule.bus
+                        d.bus_rule, d.bus_rule_from = rule.bus, rule.where
                     if rule.numa is not None:
                         if rule.numa >= problem.numa_cells:
                             raise InputError(f"{rule.where}: numa={rule.numa}, but the guest's <cpu><numa> "

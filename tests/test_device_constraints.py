@@ -253,3 +253,48 @@ def test_numa_plans_on_the_real_stack(real_stack, guest_xml, machine) -> None:
     xml = text(tree).decode()
     _fixpoint(real_stack, xml)
     _boot(xml)
+
+
+# ----------------------------------------------------------------- bus=mmio (the 2016 aarch64 thread)
+
+def test_aarch64_guest_gets_pcie_by_default_and_mmio_when_asked(guest_xml) -> None:
+    """libvirt's 2016 thread: a virt guest with a few root ports and virtio devices gets PCIe
+    addresses; the same guest with bus=mmio gets virtio-mmio."""
+    ports = ("<controller type='pci' index='0' model='pcie-root'/>"
+             + "".join("<controller type='pci' model='pcie-root-port'/>" for _ in range(3)))
+    devices = ports + nics(2) + "\n" + disks(1)
+    tree, _ = plan_bytes(guest_xml("virt", devices))
+    assert {a.get("type") for a in tree.getroot().iterfind("devices/*/address")} == {"pci"}
+    tree, _ = plan_bytes(guest_xml("virt", devices), bus="mmio")
+    for el in [*tree.getroot().iterfind("devices/interface"), *tree.getroot().iterfind("devices/disk")]:
+        assert el.find("address").get("type") == "virtio-mmio"
+    assert errors(tree) == []
+
+
+def test_mmio_transports_are_counted(guest_xml) -> None:
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(guest_xml("virt", nics(33)), bus="mmio")
+    assert "32 virtio-mmio transports" in exc.value.reasons[0]
+    tree, _ = plan_bytes(guest_xml("virt", nics(32)), bus="mmio")
+    assert errors(tree) == []
+
+
+def test_mmio_only_on_virt_and_only_for_virtio(guest_xml) -> None:
+    from planner.xmlio import InputError
+
+    with pytest.raises(InputError):
+        plan_bytes(guest_xml("q35", nics(1)), bus="mmio")
+    rule = META.format("<pciplan:rule kind='interface' bus='mmio'/>")
+    with pytest.raises(InputError) as exc:
+        plan_bytes(guest_xml("virt", nics(1, "e1000"), extra=rule))
+    assert "virtio devices only" in str(exc.value)
+
+
+@pytest.mark.realstack
+def test_mmio_guest_on_the_real_stack(real_stack, guest_xml) -> None:
+    from test_realstack_plans import _boot, _fixpoint
+
+    tree, _ = plan_bytes(guest_xml("virt", nics(3) + "\n" + disks(2)), bus="mmio")
+    xml = text(tree).decode()
+    _fixpoint(real_stack, xml)
+    _boot(xml)
