@@ -64,6 +64,10 @@ def plan(
         Path | None, typer.Option(help="TOML file of per-device rules (see README); the domain's own "
                                   "<metadata> rules and the flags above take precedence.")
     ] = None,
+    host_numa: Annotated[
+        str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
+                                 "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -95,6 +99,8 @@ def plan(
     both = set(hotplug or []) & set(no_hotplug or [])
     if both:
         _fail(EXIT_BAD_INPUT, f"--hotplug and --no-hotplug both name {', '.join(sorted(both))}")
+    if host_numa not in (None, "auto"):
+        _fail(EXIT_BAD_INPUT, f"--host-numa: '{host_numa}' is not 'auto'")
     if bus not in BUS_CHOICES:
         _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any, mmio")
     if in_place and source == "-":
@@ -104,7 +110,7 @@ def plan(
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
                               replan=replan, hotplug_kinds=frozenset(hotplug or []),
                               no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
-                              policy=str(policy) if policy else None)
+                              policy=str(policy) if policy else None, host_numa=host_numa == "auto")
         summary = plan_tree(doc.tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))

@@ -72,6 +72,7 @@ class Device:
     bus_rule: str | None = None  # the user's constraint: pcie | pci | any | mmio
     bus_rule_from: str = ""
     numa_rule: int | None = None  # the user's constraint: the guest NUMA node it must sit on
+    connection_rule: str | None = None  # the user's constraint: the controller model to plug into
 
     @property
     def hotplug(self) -> bool:

@@ -17,6 +17,7 @@ class PlanOptions:
     bus: str = "default"  # pcie | pci | any: where devices may go (default: libvirt's classification)
     policy: str | None = None  # a TOML policy file of rules (lowest precedence)
     use_metadata: bool = True  # read rules from the domain's <metadata>
+    host_numa: bool = False  # --host-numa auto: place host devices on their host node's guest cell
     relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
 
 

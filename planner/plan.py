@@ -77,7 +77,7 @@ def _read(tree: etree._ElementTree, options: PlanOptions):
     sources = []
     policy = rules.from_policy(options.policy) if options.policy else rules.RuleSet()
     metadata = rules.from_metadata(tree) if options.use_metadata else rules.RuleSet()
-    flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus)
+    flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus, options.host_numa)
     sources = [policy, metadata, flags]
     warnings = rules.apply(problem, sources)
     spare_pcie = options.spare_pcie

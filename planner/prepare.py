@@ -81,6 +81,7 @@ class GroupKey:
     io_units: int = 0  # I/O space as a conventional or integrated device (32-byte units)
     bus: str = "default"  # pcie | pci | any | default (libvirt's classification decides)
     numa: int | None = None  # guest NUMA node: only below an expander bus bound to it
+    connection: str | None = None  # only on buses of this controller model
 
     @property
     def prefers_hotplug(self) -> bool:
@@ -106,6 +107,8 @@ class Group:
             bits.append(f"bus={k.bus}")
         if k.numa is not None:
             bits.append(f"numa={k.numa}")
+        if k.connection is not None:
+            bits.append(f"connection={k.connection}")
         if k.bus_pin is not None:
             bits.append(f"bus {k.bus_pin}")
         return f"{len(self.devices)} × {'/'.join(kinds)} ({', '.join(bits)})"
@@ -326,6 +329,7 @@ def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> Group
         hotplug=_hotplug_mode(d, options, hotplug_possible),
         bus=(d.bus_rule or "default") if plain else "default",
         numa=d.numa_rule if plain else None,
+        connection=d.connection_rule if plain else None,
         io=d.io_on_pcie,
         pcie_only=d.facts.pcie_only,
         integrated=d.facts.integrated,

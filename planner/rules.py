@@ -16,6 +16,7 @@ In the domain XML:
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,11 @@ from planner.xmlio import InputError
 
 NAMESPACE = "urn:pciplan:constraints:1"
 MATCHERS = ("kind", "model", "alias", "mac", "dev", "host")
-SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default"),
-            "numa": ("a guest NUMA node number",)}
-NOT_YET = ("host-numa", "connection")  # planned constraint kinds this version does not place
+SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default")}
+SETTING_NAMES = ("hotplug", "bus", "numa", "host-numa", "connection")
+NOT_YET: tuple[str, ...] = ()  # constraint kinds this version does not place
+CONNECTIONS = ("pcie-root-port", "pcie-switch-downstream-port", "pcie-root", "pci-root", "pci-bridge",
+               "pcie-to-pci-bridge", "dmi-to-pci-bridge", "pci-expander-bus")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Rule:
     hotplug: str | None = None
     bus: str | None = None
     numa: int | None = None
+    connection: str | None = None
+    host_numa: bool = False
     matched: int = 0
 
     def matches(self, d: Device) -> bool:
@@ -78,7 +83,7 @@ def _value(d: Device, key: str) -> str | None:
 
 
 def _rule(where: str, attrs: dict[str, str]) -> Rule:
-    match, hotplug, bus, numa = {}, None, None, None
+    match, hotplug, bus, numa, connection, host_numa = {}, None, None, None, None, False
     for key, value in attrs.items():
         value = str(value)
         if key in MATCHERS:
@@ -86,6 +91,14 @@ def _rule(where: str, attrs: dict[str, str]) -> Rule:
                 kinds = ", ".join(sorted(DEVICE_KINDS))
                 raise InputError(f"{where}: unknown device kind '{value}' (one of {kinds})")
             match[key] = value
+        elif key == "connection":
+            if value not in CONNECTIONS:
+                raise InputError(f"{where}: connection='{value}' is not one of {', '.join(CONNECTIONS)}")
+            connection = value
+        elif key == "host-numa":
+            if value != "auto":
+                raise InputError(f"{where}: host-numa='{value}' is not 'auto'")
+            host_numa = True
         elif key == "numa":
             try:
                 numa = int(value)
@@ -99,12 +112,12 @@ def _rule(where: str, attrs: dict[str, str]) -> Rule:
             raise InputError(f"{where}: the '{key}' constraint is not supported by this version of pciplan")
         else:
             raise InputError(f"{where}: unknown attribute '{key}' (match on {', '.join(MATCHERS)}; "
-                             f"set {', '.join(SETTINGS)})")
+                             f"set {', '.join(SETTING_NAMES)})")
     if not match:
         raise InputError(f"{where}: a rule needs at least one of {', '.join(MATCHERS)} to match devices")
-    if hotplug is None and bus is None and numa is None:
-        raise InputError(f"{where}: a rule sets nothing (hotplug, bus or numa)")
-    return Rule(where, match, hotplug, bus, numa)
+    if hotplug is None and bus is None and numa is None and connection is None and not host_numa:
+        raise InputError(f"{where}: a rule sets nothing (hotplug, bus, numa, host-numa or connection)")
+    return Rule(where, match, hotplug, bus, numa, connection, host_numa)
 
 
 def _spare(where: str, value: object) -> int:
@@ -162,8 +175,50 @@ def from_metadata(tree: etree._ElementTree) -> RuleSet:
     return out
 
 
-def from_flags(hotplug: frozenset[str], no_hotplug: frozenset[str], bus: str) -> RuleSet:
+def _nodeset(text: str) -> set[int]:
+    """A libvirt nodeset ('0-2,^1,4') as a set of node numbers."""
+    nodes: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        drop = part.startswith("^")
+        part = part.lstrip("^")
+        lo, _, hi = part.partition("-")
+        span = set(range(int(lo), int(hi or lo) + 1))
+        nodes = nodes - span if drop else nodes | span
+    return nodes
+
+
+def host_numa_cell(problem: Problem, d: Device, where: str) -> int:
+    """The guest NUMA cell for a host device: its host node from sysfs (PCIPLAN_SYSFS_ROOT overrides
+    /sys for tests), mapped through <numatune><memnode cellid nodeset>."""
+    if d.kind not in ("hostdev", "interface") or _value(d, "host") is None:
+        raise InputError(f"{where}: host-numa=auto needs a PCI host device; {d.label} is not one")
+    host = _value(d, "host")
+    sysfs = Path(os.environ.get("PCIPLAN_SYSFS_ROOT", "/sys"))
+    path = sysfs / "bus" / "pci" / "devices" / str(host) / "numa_node"
+    try:
+        node = int(path.read_text().strip())
+    except (OSError, ValueError):
+        raise InputError(f"{d.label}: host-numa=auto: cannot read the host device's NUMA node "
+                         f"({path})") from None
+    if node < 0:
+        raise InputError(f"{d.label}: host-numa=auto: the host reports no NUMA node for {host}")
+    for memnode in problem.tree.getroot().iterfind("numatune/memnode"):
+        try:
+            if node in _nodeset(memnode.get("nodeset", "")):
+                return int(memnode.get("cellid", "-1"))
+        except ValueError:
+            raise InputError(f"numatune/memnode: nodeset '{memnode.get('nodeset')}' is not valid") from None
+    raise InputError(f"{d.label}: host-numa=auto: host node {node} of {host} is bound to no guest cell "
+                     "(<numatune><memnode cellid='N' nodeset='...'/>)")
+
+
+def from_flags(hotplug: frozenset[str], no_hotplug: frozenset[str], bus: str,
+               host_numa: bool = False) -> RuleSet:
     out = RuleSet()
+    if host_numa:
+        out.rules.append(Rule("--host-numa auto", {"kind": "hostdev"}, host_numa=True))
     out.rules += [Rule(f"--hotplug {k}", {"kind": k}, hotplug="yes") for k in sorted(hotplug)]
     out.rules += [Rule(f"--no-hotplug {k}", {"kind": k}, hotplug="no") for k in sorted(no_hotplug)]
     if bus != "default":
@@ -188,5 +243,9 @@ def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
                             raise InputError(f"{rule.where}: numa={rule.numa}, but the guest's <cpu><numa> "
                                              f"has {problem.numa_cells} cell(s)")
                         d.numa_rule = rule.numa
+                    if rule.connection is not None:
+                        d.connection_rule = rule.connection
+                    if rule.host_numa:
+                        d.numa_rule = host_numa_cell(problem, d, rule.where)
     return [f"{r.where} matches no device" for s in sources for r in s.rules
             if not r.matched and not r.where.startswith("--bus")]

@@ -171,8 +171,8 @@ def test_rule_errors_and_warnings(guest_xml, tmp_path) -> None:
                       ("<pciplan:rule kind='nic' hotplug='no'/>", "unknown device kind 'nic'"),
                       ("<pciplan:rule kind='interface'/>", "sets nothing"),
                       ("<pciplan:rule kind='interface' numa='1'/>", "has 0 cell(s)"),
-                      ("<pciplan:rule kind='interface' connection='pcie-root-port'/>",
-                       "'connection' constraint")):
+                      ("<pciplan:rule kind='interface' connection='usb-hub'/>",
+                       "connection='usb-hub' is not one of")):
         with pytest.raises(InputError) as exc:
             plan_bytes(guest_xml("q35", nics(1), extra=META.format(bad)))
         assert word in str(exc.value)
@@ -295,6 +295,73 @@ def test_mmio_guest_on_the_real_stack(real_stack, guest_xml) -> None:
     from test_realstack_plans import _boot, _fixpoint
 
     tree, _ = plan_bytes(guest_xml("virt", nics(3) + "\n" + disks(2)), bus="mmio")
+    xml = text(tree).decode()
+    _fixpoint(real_stack, xml)
+    _boot(xml)
+
+
+# ----------------------------------------------------------------- connection, host-numa
+
+def test_connection_to_a_downstream_port_adds_a_switch(guest_xml) -> None:
+    rule = META.format("<pciplan:rule kind='interface' connection='pcie-switch-downstream-port'/>")
+    tree, s = plan_bytes(guest_xml("q35", BARE + nics(3) + "\n" + disks(1), extra=rule))
+    assert s.controllers_added.get("pcie-switch-upstream-port") == 1
+    for nic in tree.getroot().iterfind("devices/interface"):
+        assert where(tree, nic)[0] == "pcie-switch-downstream-port"
+    disk = tree.getroot().find("devices/disk")
+    assert where(tree, disk)[0] in ("pcie-root-port", "pcie-switch-downstream-port")
+    assert errors(tree) == []
+
+
+def test_connection_uses_a_free_one_first(guest_xml) -> None:
+    switch = ("<controller type='pci' index='0' model='pcie-root'/>"
+              "<controller type='pci' index='1' model='pcie-root-port'/>"
+              "<controller type='pci' index='2' model='pcie-switch-upstream-port'/>"
+              "<controller type='pci' index='3' model='pcie-switch-downstream-port'/>")
+    rule = META.format("<pciplan:rule kind='interface' connection='pcie-switch-downstream-port'/>")
+    tree, s = plan_bytes(guest_xml("q35", BARE + switch + nics(1), extra=rule))
+    assert s.controllers_added == {}
+    nic = tree.getroot().find("devices/interface")
+    assert nic.find("address").get("bus") == "0x03"
+
+
+def _sysfs(tmp_path, host: str, node: int):
+    d = tmp_path / "bus" / "pci" / "devices" / host
+    d.mkdir(parents=True)
+    (d / "numa_node").write_text(f"{node}\n")
+
+
+HOSTDEV = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x06' "
+           "slot='0x12' function='0x5'/></source></hostdev>")
+NUMATUNE = ("<numatune><memnode cellid='0' mode='strict' nodeset='0'/>"
+            "<memnode cellid='1' mode='strict' nodeset='1-2'/></numatune>")
+
+
+def test_host_numa_auto_follows_the_host_device(guest_xml, tmp_path, monkeypatch) -> None:
+    _sysfs(tmp_path, "0000:06:12.5", 2)
+    monkeypatch.setenv("PCIPLAN_SYSFS_ROOT", str(tmp_path))
+    tree, s = plan_bytes(guest_xml("q35", HOSTDEV + nics(1), extra=NUMA_CPU + NUMATUNE), host_numa=True)
+    exp = expander_of(tree, tree.getroot().find("devices/hostdev"))
+    assert exp is not None and exp.find("target/node").text == "1"  # host node 2 is in cell 1's nodeset
+    assert expander_of(tree, tree.getroot().find("devices/interface")) is None
+
+
+def test_host_numa_without_a_matching_cell(guest_xml, tmp_path, monkeypatch) -> None:
+    from planner.xmlio import InputError
+
+    _sysfs(tmp_path, "0000:06:12.5", 5)
+    monkeypatch.setenv("PCIPLAN_SYSFS_ROOT", str(tmp_path))
+    with pytest.raises(InputError) as exc:
+        plan_bytes(guest_xml("q35", HOSTDEV, extra=NUMA_CPU + NUMATUNE), host_numa=True)
+    assert "host node 5" in str(exc.value) and "no guest cell" in str(exc.value)
+
+
+@pytest.mark.realstack
+def test_connection_plan_on_the_real_stack(real_stack, guest_xml) -> None:
+    from test_realstack_plans import _boot, _fixpoint
+
+    rule = META.format("<pciplan:rule kind='interface' connection='pcie-switch-downstream-port'/>")
+    tree, _ = plan_bytes(guest_xml("q35", nics(3) + "\n" + disks(1), extra=rule))
     xml = text(tree).decode()
     _fixpoint(real_stack, xml)
     _boot(xml)

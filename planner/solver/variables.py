@@ -47,6 +47,11 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
         return e == 0
     if k.numa is not None and prep.numa_of_hierarchy(e) != k.numa:
         return False  # only below the expander bus bound to its NUMA node
+    if k.connection is not None:
+        if bus.model.name != k.connection:
+            return False
+        # the user named the connection: libvirt's permissive rules for given places apply
+        return bool(acc & {"pci-device", "pcie-device"}) and not (k.hotplug == "no" and bus.hotplug)
     if k.hotplug == "no" and bus.hotplug:
         return False  # it could be ejected there
     if k.whole_slot:
@@ -105,15 +110,20 @@ class Variables:
     occupied: dict[tuple[int, int], IntVar] = field(default_factory=dict)  # (bus, slot) -> still used
 
 
-def _pool(model: cp_model.CpModel, prep: Prepared, name: str, cap: int, parent: int) -> PortPool:
+def _pool(model: cp_model.CpModel, prep: Prepared, name: str, cap: int, parent: int,
+          port_model: str = "pcie-root-port") -> PortPool:
     """New ports: a device alone is hot-pluggable; packs of functions are not, and a pack holding a
     hotplug=no device gets its port written with hotplug='off'."""
     pool = PortPool()
     for gi, g in enumerate(prep.groups):
         k = g.key
-        if not pcie_ok(prep, g) or k.bus_pin is not None or k.integrated or k.whole_slot:
+        if not (pcie_ok(prep, g) or k.connection == port_model):
+            continue
+        if k.bus_pin is not None or k.integrated or k.whole_slot:
             continue
         if k.numa is not None and prep.numa_of_hierarchy(parent) != k.numa:
+            continue
+        if k.connection is not None and k.connection != port_model:
             continue
         if k.prefers_hotplug:
             pool.alone[gi] = model.NewIntVar(0, g.size, f"{name}_alone_g{gi}")
@@ -161,14 +171,14 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
             v.root_ports[e] = _pool(model, prep, f"rp{e}", cap, e)
             v.rp_bridge[e] = model.NewIntVar(0, cap, f"rp_bridge_b{e}")
             v.rp_switch[e] = model.NewIntVar(0, cap, f"rp_switch_b{e}")
-            v.downstream[e] = _pool(model, prep, f"ds{e}", 32 * cap, e)
+            v.downstream[e] = _pool(model, prep, f"ds{e}", 32 * cap, e, "pcie-switch-downstream-port")
     for gi, g in enumerate(prep.groups):
         k = g.key
         # bridge slots are hot-pluggable (SHPC) and cannot be switched off one by one
         if k.bus_pin is not None or k.integrated or k.hotplug == "no" or not conventional_ok(prep, g):
             continue
-        if k.numa is not None:
-            continue  # the new bridges are pooled across the machine: no NUMA binding there
+        if k.numa is not None or k.connection is not None:
+            continue  # new bridges are pooled (pci-bridge and pcie-to-pci-bridge alike): no binding
         if k.whole_slot or k.prefers_hotplug:
             v.pool_alone[gi] = model.NewIntVar(0, g.size, f"pool_alone_g{gi}")
         if not k.whole_slot and k.hotplug != "yes":
