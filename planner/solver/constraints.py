@@ -23,6 +23,7 @@ class Assumptions:
     """Assumption literal -> the plain-words reason shown when it is part of an infeasible core."""
 
     literals: dict[int, str] = field(default_factory=dict)
+    groups: dict[int, int] = field(default_factory=dict)  # literal -> the device group it places
     model: cp_model.CpModel | None = None
 
     def new(self, reason: str) -> cp_model.IntVar:
@@ -48,6 +49,7 @@ def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) ->
                       + (" …" if g.size > 4 else "") + " must each get a place")
         kept = [v.keep[i] for i in (prep.droppable_of(d) for d in g.devices) if i is not None]
         model.Add(_sum(terms) + _sum(kept) == g.size).OnlyEnforceIf(lit)
+        why.groups[lit.Index()] = gi
 
 
 def keep_in_place(model, prep: Prepared, v: Variables) -> None:

@@ -66,7 +66,7 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     # there either while the root bus has room)
     for p, pool in v.root_ports.items():
         if prep.hierarchy_of(p) != 0:
-            used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]]
+            used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]] + v.downstream[p].ports()
     slots_used = cp_model.LinearExpr.Sum(used)
 
     devices = sum(g.size for g in prep.groups)

@@ -48,6 +48,27 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
     return keep
 
 
+def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
+    """What the user could allow for the groups in the infeasible core."""
+    out = []
+    for gi in groups:
+        k = prep.groups[gi].key
+        who = prep.groups[gi].name
+        if k.bus == "pcie":
+            out.append(f"suggestion: allow bus=any (conventional slots too) for {who}")
+        if k.bus == "pci":
+            out.append(f"suggestion: allow bus=any (PCIe too) for {who}")
+        if k.hotplug == "no":
+            hint = (" or write <target hotplug='off'/> on the pci-root controller"
+                    if prep.problem.machine.acpi_root_hotplug else "")
+            out.append(f"suggestion: drop hotplug=no for {who}{hint}")
+        if k.connection is not None:
+            out.append(f"suggestion: drop connection={k.connection} for {who}")
+        if k.numa is not None:
+            out.append(f"suggestion: drop numa={k.numa} for {who}")
+    return out
+
+
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
     # Defaults as libvirt's: one spare root port only when the input had no PCI controllers of its own
@@ -84,7 +105,8 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     seconds = time.perf_counter() - start
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
-        raise Infeasible([why.literals[i] for i in core] or ["the constraints admit no layout"])
+        reasons = [why.literals[i] for i in core] or ["the constraints admit no layout"]
+        raise Infeasible(reasons + _relaxations(prep, [why.groups[i] for i in core if i in why.groups]))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
                           f"{solver.StatusName(status)}); raise --time-limit"])
