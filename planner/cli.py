@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -321,6 +322,83 @@ def compare(
         plot(results, str(plot_path))
         typer.echo(f"pciplan: wrote {plot_path}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT if failed and not results else EXIT_OK)
+
+
+@app.command()
+def fleet(
+    sources: Annotated[list[str], typer.Argument(metavar="PATH...", help="Domain XML files, directories "
+                                                 "or glob patterns.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write planned files into this folder.")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace each file atomically; the first "
+                                           "original is kept as FILE.orig (see --no-backup).")] = False,
+    no_backup: Annotated[
+        bool, typer.Option("--no-backup", help="With --in-place: keep no FILE.orig.")
+    ] = False,
+    replan: Annotated[bool, typer.Option("--replan", help="Re-plan each guest, moving as few addresses "
+                                         "as possible (see plan --replan).")] = False,
+    policy: Annotated[Path | None, typer.Option(help="TOML policy file of per-device rules.")] = None,
+    spare_pcie: Annotated[int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep.")] = None,
+    jobs: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
+    report: Annotated[Path | None, typer.Option(help="Write a per-file report: .json or .csv.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
+    time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
+) -> None:
+    """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
+    left untouched, the batch goes on, every output is written atomically, and a second run over the
+    output changes nothing. Exit status: 0 all planned, 1 some failed, 2 bad usage.
+
+    Example: pciplan fleet /etc/libvirt/qemu --out planned/ --replan --report report.csv
+    """
+    import csv
+    import time as _time
+
+    from rich.progress import Progress
+
+    from planner import fleet as fl
+
+    if in_place and out is not None:
+        _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
+    if not (in_place or out or dry_run):
+        _fail(EXIT_BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
+    if report is not None and report.suffix not in (".json", ".csv"):
+        _fail(EXIT_BAD_INPUT, f"--report: {report} must end in .json or .csv")
+    files = fl.collect(sources)
+    if not files:
+        _fail(EXIT_BAD_INPUT, "no domain XML files found")
+    options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
+                          time_limit=time_limit)
+    start = _time.perf_counter()
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("planning", total=len(files))
+        results = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
+                         dry_run=dry_run, backup=not no_backup,
+                         progress=lambda r: bar.advance(task))
+    summary = fl.totals(results, _time.perf_counter() - start)
+    for r in results:
+        if r.status == "failed":
+            typer.echo(f"pciplan: {r.path}: failed: {r.reason}", err=True)
+    typer.echo(
+        f"{summary['files']} files: {summary['changed']} changed, {summary['unchanged']} unchanged, "
+        f"{summary['failed']} failed; addresses kept {summary['addresses_kept']}, moved "
+        f"{summary['addresses_moved']}; controllers added {summary['controllers_added']}, removed "
+        f"{summary['controllers_removed']}; {summary['seconds_total']} s "
+        f"({summary['files_per_second']} files/s, {summary['seconds_per_file']} s per file)"
+        + (" (dry run: nothing written)" if dry_run else "")
+    )
+    if report is not None:
+        rows = fl.report_rows(results)
+        if report.suffix == ".json":
+            data = json.dumps({"summary": summary, "files": rows}, indent=2).encode()
+        else:
+            import io
+
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            data = buf.getvalue().encode()
+        write_atomic(report, data)
+    raise typer.Exit(1 if summary["failed"] else EXIT_OK)
 
 
 def main() -> None:  # pragma: no cover

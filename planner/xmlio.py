@@ -115,8 +115,9 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write data to path atomically: a temporary file in the same folder, fsync, rename."""
     p = Path(path)
     directory = p.parent if str(p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -127,6 +128,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise

@@ -1,0 +1,149 @@
+"""Plan many domain XMLs at once, in parallel processes: each file is planned on its own, its output
+written atomically, a failure reported and the batch carried on."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from planner.errors import Infeasible
+from planner.options import PlanOptions
+from planner.xmlio import InputError, load_domain, serialize, write_atomic
+
+BACKUP_SUFFIX = ".orig"
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str  # changed | unchanged | failed
+    output: str | None = None
+    reason: str = ""
+    solver: str = ""  # optimal | feasible
+    seconds: float = 0.0
+    addresses_kept: int = 0
+    addresses_moved: int = 0
+    controllers_added: int = 0
+    controllers_removed: int = 0
+    moved: list[str] = field(default_factory=list)
+
+
+def collect(paths: Iterable[str]) -> list[Path]:
+    """Files, directories (their *.xml) and glob patterns, each file once, in a stable order."""
+    out: list[Path] = []
+    for p in paths:
+        matches = [Path(m) for m in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
+        for m in matches:
+            if m.is_dir():
+                out += sorted(m.glob("*.xml"))
+            else:
+                out.append(m)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _pci_addresses(doc) -> int:
+    """Complete PCI addresses the input had (before planning)."""
+    return sum(1 for a in doc.tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
+
+
+def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool, backup: bool) -> FileResult:
+    """Plan one file (in a worker process). Never raises for bad input: the reason is in the result."""
+    from planner.plan import plan_tree
+
+    start = time.perf_counter()
+    try:
+        raw = Path(path).read_bytes()
+        doc = load_domain(path)
+        given = _pci_addresses(doc)
+        summary = plan_tree(doc.tree, options)
+        data = serialize(doc.tree, doc.quote, doc.declaration)
+    except (InputError, Infeasible, OSError) as exc:
+        reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
+        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start)
+    changed = data != raw
+    result = FileResult(
+        path, "changed" if changed else "unchanged", target, solver=summary.status.lower(),
+        seconds=time.perf_counter() - start, addresses_moved=len(summary.moved),
+        addresses_kept=max(0, given - len(summary.moved)),
+        controllers_added=sum(summary.controllers_added.values()),
+        controllers_removed=summary.controllers_removed, moved=summary.moved,
+    )
+    if not dry_run and target is not None and (changed or target != path):
+        if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
+            write_atomic(path + BACKUP_SUFFIX, raw)  # the first original is kept, never overwritten
+        write_atomic(target, data)
+    return result
+
+
+def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
+        dry_run: bool = False, backup: bool = True,
+        progress: Callable[[FileResult], None] | None = None) -> list[FileResult]:
+    """Plan every file; results in the order of files."""
+    def target(p: Path) -> str | None:
+        if in_place:
+            return str(p)
+        return str(out_dir / p.name) if out_dir is not None else None
+
+    if out_dir is not None and not dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, FileResult] = {}
+    if jobs <= 1:
+        for p in files:
+            r = plan_one(str(p), target(p), options, dry_run, backup)
+            results[str(p)] = r
+            if progress:
+                progress(r)
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+        try:
+            futures = [pool.submit(plan_one, str(p), target(p), options, dry_run, backup) for p in files]
+            for fut in as_completed(futures):
+                r = fut.result()
+                results[r.path] = r
+                if progress:
+                    progress(r)
+        except KeyboardInterrupt:
+            # Ctrl-C: start nothing new, let the running files finish their atomic writes
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return [results[str(p)] for p in files]
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the batch between files."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def totals(results: list[FileResult], wall: float) -> dict:
+    planned = [r for r in results if r.status != "failed"]
+    return {
+        "files": len(results),
+        "planned": len(planned),
+        "changed": sum(r.status == "changed" for r in results),
+        "unchanged": sum(r.status == "unchanged" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "addresses_kept": sum(r.addresses_kept for r in planned),
+        "addresses_moved": sum(r.addresses_moved for r in planned),
+        "controllers_added": sum(r.controllers_added for r in planned),
+        "controllers_removed": sum(r.controllers_removed for r in planned),
+        "seconds_total": round(wall, 3),
+        "seconds_per_file": round(sum(r.seconds for r in results) / max(1, len(results)), 4),
+        "files_per_second": round(len(results) / wall, 1) if wall else None,
+    }
+
+
+def report_rows(results: list[FileResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row["moved"] = "; ".join(r.moved)
+        rows.append(row)
+    return rows
