@@ -326,8 +326,8 @@ def compare(
 
 @app.command()
 def fleet(
-    sources: Annotated[list[str], typer.Argument(metavar="PATH...", help="Domain XML files, directories "
-                                                 "or glob patterns.")],
+    sources: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Domain XML files, "
+                                                        "directories or glob patterns.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write planned files into this folder.")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace each file atomically; the first "
                                            "original is kept as FILE.orig (see --no-backup).")] = False,
@@ -342,6 +342,21 @@ def fleet(
     report: Annotated[Path | None, typer.Option(help="Write a per-file report: .json or .csv.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
     time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
+    connect: Annotated[
+        str | None, typer.Option(help="Plan the domains defined in this libvirt (qemu:///system, or "
+                                 "qemu:///embed?root=DIR); prints a diff per changed domain.")
+    ] = None,
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", help="With --connect: only this domain (repeatable).")
+    ] = None,
+    define: Annotated[
+        bool, typer.Option("--define", help="With --connect: define the planned XML of the changed domains.")
+    ] = False,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Send the work to this Dask distributed scheduler (e.g. "
+                                 "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
+                                 "the same files.")
+    ] = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
@@ -358,6 +373,12 @@ def fleet(
 
     if in_place and out is not None:
         _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
+    options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
+                          time_limit=time_limit)
+    if connect is not None:
+        _fleet_connect(connect, domain, options, define)
+    if not sources:
+        _fail(EXIT_BAD_INPUT, "name domain XML files, directories or globs (or --connect URI)")
     if not (in_place or out or dry_run):
         _fail(EXIT_BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
     if report is not None and report.suffix not in (".json", ".csv"):
@@ -365,14 +386,17 @@ def fleet(
     files = fl.collect(sources)
     if not files:
         _fail(EXIT_BAD_INPUT, "no domain XML files found")
-    options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit)
     start = _time.perf_counter()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("planning", total=len(files))
-        results = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
-                         dry_run=dry_run, backup=not no_backup,
-                         progress=lambda r: bar.advance(task))
+        try:
+            results = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
+                             dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
+                             progress=lambda r: bar.advance(task))
+        except ImportError:
+            _fail(EXIT_BAD_INPUT, "--scheduler needs Dask's distributed package (pip install distributed)")
+        except OSError as exc:
+            _fail(EXIT_BAD_INPUT, f"--scheduler {scheduler}: cannot reach the scheduler: {exc}")
     summary = fl.totals(results, _time.perf_counter() - start)
     for r in results:
         if r.status == "failed":
@@ -399,6 +423,39 @@ def fleet(
             data = buf.getvalue().encode()
         write_atomic(report, data)
     raise typer.Exit(1 if summary["failed"] else EXIT_OK)
+
+
+def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool) -> None:
+    """fleet --connect: plan live libvirt's domains, print diffs, define the changed ones if asked."""
+    from planner import fleet as fl
+
+    try:
+        import libvirt
+    except ImportError:
+        _fail(EXIT_BAD_INPUT, "--connect needs the libvirt Python binding (python3-libvirt, libvirt-python)")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    if uri.startswith("qemu:///embed"):
+        libvirt.virEventRegisterDefaultImpl()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        _fail(EXIT_BAD_INPUT, f"--connect {uri}: {exc.get_error_message()}")
+    try:
+        results = fl.plan_domains(conn, names, options, define)
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    finally:
+        conn.close()
+    for r in results:
+        if r.status == "failed":
+            typer.echo(f"pciplan: {r.path}: failed: {r.reason}", err=True)
+        elif r.output:
+            typer.echo(r.output)
+    t = fl.totals(results, sum(r.seconds for r in results) or 1.0)
+    defined = "; changed domains defined" if define and t["changed"] else ""
+    typer.echo(f"{t['files']} domains: {t['changed']} changed, {t['unchanged']} unchanged, "
+               f"{t['failed']} failed{defined}", err=True)
+    raise typer.Exit(1 if t["failed"] else EXIT_OK)
 
 
 def main() -> None:  # pragma: no cover

@@ -84,8 +84,10 @@ def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool,
 
 def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
         dry_run: bool = False, backup: bool = True,
-        progress: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Plan every file; results in the order of files."""
+        progress: Callable[[FileResult], None] | None = None,
+        scheduler: str | None = None) -> list[FileResult]:
+    """Plan every file, in local processes or on a Dask cluster (scheduler address); results in the
+    order of files. With Dask the workers must see the same paths (a shared file system)."""
     def target(p: Path) -> str | None:
         if in_place:
             return str(p)
@@ -94,7 +96,19 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
     if out_dir is not None and not dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, FileResult] = {}
-    if jobs <= 1:
+    if scheduler is not None:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(scheduler) as client:
+            futures = [client.submit(plan_one, str(p), target(p), options, dry_run, backup, pure=False)
+                       for p in files]
+            for fut in dask_completed(futures):
+                r = fut.result()
+                results[r.path] = r
+                if progress:
+                    progress(r)
+    elif jobs <= 1:
         for p in files:
             r = plan_one(str(p), target(p), options, dry_run, backup)
             results[str(p)] = r
@@ -147,3 +161,53 @@ def report_rows(results: list[FileResult]) -> list[dict]:
         row["moved"] = "; ".join(r.moved)
         rows.append(row)
     return rows
+
+
+def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool) -> list[FileResult]:
+    """Live libvirt: plan the persistent (inactive) XML of each defined domain, or of the named ones;
+    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff."""
+    import difflib
+
+    import libvirt
+
+    from planner.plan import plan_tree
+    from planner.xmlio import parse_domain_bytes
+
+    if names:
+        try:
+            domains = [conn.lookupByName(n) for n in names]
+        except libvirt.libvirtError as exc:
+            raise InputError(f"--domain: {exc.get_error_message()}") from None
+    else:
+        domains = conn.listAllDomains()
+    results = []
+    for dom in sorted(domains, key=lambda d: d.name()):
+        start = time.perf_counter()
+        before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        name = f"domain {dom.name()}"
+        try:
+            tree = parse_domain_bytes(before.encode(), name)
+            given = sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
+            summary = plan_tree(tree, options)
+        except (InputError, Infeasible) as exc:
+            reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
+            results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))
+            continue
+        after = serialize(tree, "'").decode()
+        changed = after.strip() != before.strip()
+        diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                            f"{dom.name()} (libvirt)", f"{dom.name()} (planned)"))
+        if changed and define:
+            try:
+                conn.defineXML(after)
+            except libvirt.libvirtError as exc:
+                results.append(FileResult(name, "failed", reason=f"libvirt refused the plan: "
+                                          f"{exc.get_error_message()}", seconds=time.perf_counter() - start))
+                continue
+        results.append(FileResult(
+            name, "changed" if changed else "unchanged", diff if changed else None,
+            solver=summary.status.lower(), seconds=time.perf_counter() - start,
+            addresses_moved=len(summary.moved), addresses_kept=max(0, given - len(summary.moved)),
+            controllers_added=sum(summary.controllers_added.values()),
+            controllers_removed=summary.controllers_removed, moved=summary.moved))
+    return results

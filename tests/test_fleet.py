@@ -95,3 +95,45 @@ def test_fleet_output_defines_unchanged_in_libvirt(real_stack, tmp_path: Path) -
     assert fleet(str(src), "--out", str(out)).returncode == 0
     for p in sorted(out.iterdir()):
         _fixpoint(real_stack, p.read_text())
+
+
+def test_dask_cluster_gives_the_same_results(tmp_path: Path) -> None:
+    """--scheduler: the same files, the same outputs, through a local Dask cluster."""
+    from distributed import LocalCluster
+
+    src, local, dask = tmp_path / "in", tmp_path / "local", tmp_path / "dask"
+    write_fleet(src, 20, broken=1)
+    fleet(str(src), "--out", str(local), "--jobs", "2")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        r = fleet(str(src), "--out", str(dask), "--scheduler", cluster.scheduler_address)
+    assert r.returncode == 1 and b"20 changed, 0 unchanged, 1 failed" in r.stdout
+    assert sorted(p.name for p in dask.iterdir()) == sorted(p.name for p in local.iterdir())
+    for p in local.iterdir():
+        assert (dask / p.name).read_bytes() == p.read_bytes()
+
+
+@pytest.mark.realstack
+def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp_path: Path) -> None:
+    """Against libvirt's embedded driver: domains defined there are read, planned, diffed, and with
+    define written back; a second pass changes nothing."""
+    from planner.fleet import plan_domains
+    from planner.options import PlanOptions
+
+    conn = real_stack._conn
+    src = tmp_path / "in"
+    write_fleet(src, 4)
+    names = []
+    for p in sorted(src.iterdir()):
+        xml = p.read_text().replace("<name>", "<name>live-")
+        names.append(conn.defineXML(xml).name())  # libvirt's greedy addresses them
+    try:
+        options = PlanOptions(replan=True, spare_pcie=3)
+        first = plan_domains(conn, names, options, define=True)
+        assert all(r.status in ("changed", "unchanged") for r in first), [r.reason for r in first]
+        assert any(r.status == "changed" and "pcie-root-port" in (r.output or "") for r in first)
+        assert all(r.addresses_moved == 0 for r in first)  # libvirt's addresses kept
+        second = plan_domains(conn, names, options, define=True)
+        assert [r.status for r in second] == ["unchanged"] * len(names)
+    finally:
+        for n in names:
+            conn.lookupByName(n).undefine()
