@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +118,11 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     p = Path(path)
     directory = p.parent if str(p.parent) else Path(".")
     tmp = None
+    # Ctrl-C or a terminate() in the middle would leave the temporary file behind: hold them until the
+    # file is in place (they are delivered right after).
+    blocked = threading.current_thread() is threading.main_thread()
+    if blocked:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as fh:
@@ -132,3 +139,6 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
