@@ -352,6 +352,11 @@ def fleet(
     define: Annotated[
         bool, typer.Option("--define", help="With --connect: define the planned XML of the changed domains.")
     ] = False,
+    to_machine: Annotated[
+        str | None, typer.Option("--to-machine", help="Convert pc (i440fx) guests to q35 first, as "
+                                 "virt-xml --convert-to-q35 does, then plan them; the report lists every "
+                                 "address that changed.")
+    ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Send the work to this Dask distributed scheduler (e.g. "
                                  "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
@@ -373,8 +378,10 @@ def fleet(
 
     if in_place and out is not None:
         _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
+    if to_machine not in (None, "q35"):
+        _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit)
+                          time_limit=time_limit, to_machine=to_machine)
     if connect is not None:
         _fleet_connect(connect, domain, options, define)
     if not sources:

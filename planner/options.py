@@ -18,6 +18,7 @@ class PlanOptions:
     policy: str | None = None  # a TOML policy file of rules (lowest precedence)
     use_metadata: bool = True  # read rules from the domain's <metadata>
     host_numa: bool = False  # --host-numa auto: place host devices on their host node's guest cell
+    to_machine: str | None = None  # "q35": convert a pc guest first (planner.convert)
     relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
-from planner import rules
+from planner import convert, rules
 from planner.domain import read_problem
 from planner.errors import Infeasible
 from planner.layout import unfold
@@ -115,9 +115,29 @@ def _number_new_expanders(prep, layout) -> None:
         target.set("busNr", str(upper))
 
 
+def _address_changes(problem, old: dict) -> list[str]:
+    """After a machine conversion: every device whose address changed, old → new."""
+    out = []
+    for d in problem.devices:
+        for m in [d, *d.companions]:
+            before = old.get(m.element)
+            a = m.element.find("address")
+            if before is None or a is None or a.get("type") != "pci":
+                continue
+            after = f"{int(a.get('bus'), 0):02x}:{int(a.get('slot'), 0):02x}.{int(a.get('function'), 0):x}"
+            if after != before:
+                out.append(f"{m.label}: {before} → {after}")
+    return out
+
+
 def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> PlanSummary:
     """Plan tree in place (it becomes the output document) and return what was done."""
     options = options or PlanOptions()
+    converted: list[str] = []
+    old: dict = {}
+    if options.to_machine == "q35":
+        old = convert.old_addresses(tree)
+        converted = convert.to_q35(tree)
     original = copy.deepcopy(tree)
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
@@ -147,7 +167,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
         levels=result.values,
-        notes=problem.notes + [f"warning: {w}" for w in warnings],
-        moved=layout.moved,
+        notes=converted + problem.notes + [f"warning: {w}" for w in warnings],
+        moved=layout.moved + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
     )

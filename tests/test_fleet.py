@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from fleetgen import write_fleet
-from planning import new_errors, plan_file, text
+from planning import errors, new_errors, plan_file, text
 from realstack import real_stack_fixture  # noqa: F401
 
 from planner.xmlio import parse_domain
@@ -137,3 +137,54 @@ def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp
     finally:
         for n in names:
             conn.lookupByName(n).undefine()
+
+
+# ----------------------------------------------------------------- --to-machine q35
+
+PC_GUESTS = sorted((REPO / "tests" / "guests").glob("pc-*.xml"))
+
+
+def _addr_key(el) -> tuple[int, int, int]:
+    a = el.find("address")
+    return int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function"), 0)
+
+
+@pytest.mark.parametrize("path", PC_GUESTS, ids=lambda p: p.name)
+def test_to_machine_q35_converts_and_keeps_the_order_of_nics_and_disks(path: Path) -> None:
+    from planner.options import PlanOptions
+    from planner.plan import plan_tree
+
+    tree = parse_domain(path)
+    summary = plan_tree(tree, PlanOptions(to_machine="q35"))
+    root = tree.getroot()
+    assert "q35" in root.find("os/type").get("machine")
+    assert not [c for c in root.iter("controller") if c.get("model") in ("pci-root", "pci-bridge")]
+    assert not [d for d in root.iter("disk") if d.find("target").get("bus") == "ide"]
+    assert errors(tree) == []
+    for kind in ("interface", "disk"):
+        els = [e for e in root.iterfind(f"devices/{kind}") if e.find("address") is not None
+               and e.find("address").get("type") == "pci"]
+        # guests name NICs and disks by PCI address: within a kind and bus type, the order stays
+        by_model: dict[str, list] = {}
+        for e in els:
+            model = e.find("model")
+            key = model.get("type") if kind == "interface" and model is not None else kind
+            by_model.setdefault(key, []).append(_addr_key(e))
+        for keys in by_model.values():
+            assert keys == sorted(keys)
+    assert summary.machine == "q35"
+
+
+@pytest.mark.realstack
+@pytest.mark.parametrize("path", PC_GUESTS, ids=lambda p: p.name)
+def test_converted_guests_define_and_boot(real_stack, path: Path) -> None:
+    from test_realstack_plans import _boot, _fixpoint
+
+    from planner.options import PlanOptions
+    from planner.plan import plan_tree
+
+    tree = parse_domain(path)
+    plan_tree(tree, PlanOptions(to_machine="q35"))
+    xml = text(tree).decode()
+    _fixpoint(real_stack, xml)
+    _boot(xml)
