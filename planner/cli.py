@@ -379,8 +379,9 @@ def fleet(
     if in_place and out is not None:
         _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
     if to_machine == "virt":
-        _fail(EXIT_BAD_INPUT, "--to-machine virt: on aarch64 and riscv64, virt is the only machine type "
-              "with PCI that libvirt 9 plans; there is nothing to convert from (plan the guests as they are)")
+        _fail(EXIT_BAD_INPUT, "--to-machine virt: on aarch64 and riscv64 pciplan plans only the virt "
+              "machine, "
+              "so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
         _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
