@@ -7,19 +7,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from planner.xmlio import InputError
+from planner.xmlio import InputError, remove_element
 
 PC_USB = {None, "", "piix3-uhci", "piix4-uhci"}
-
-
-def _remove(el: etree._Element) -> None:
-    parent = el.getparent()
-    prev = el.getprevious()
-    if prev is not None:
-        prev.tail = el.tail
-    else:
-        parent.text = el.tail
-    parent.remove(el)
 
 
 def old_addresses(tree: etree._ElementTree) -> dict[etree._Element, str]:
@@ -56,7 +46,7 @@ def to_q35(tree: etree._ElementTree) -> list[str]:
             if m is not None:
                 m.set("name", "pxb-pcie")
         elif ctype == "pci" or ctype == "ide":
-            _remove(c)
+            remove_element(c)
         elif ctype == "usb" and model in PC_USB:
             c.set("model", "qemu-xhci")
             notes.append(f"usb controller index={c.get('index', '0')}: {model or 'default'} → qemu-xhci")
@@ -66,10 +56,10 @@ def to_q35(tree: etree._ElementTree) -> list[str]:
             tgt.set("bus", "sata")
             addr = disk.find("address")
             if addr is not None and addr.get("type") == "drive":
-                _remove(addr)
+                remove_element(addr)
             notes.append(f"disk {tgt.get('dev')}: ide → sata")
     for el in devices:
         addr = el.find("address") if isinstance(el.tag, str) else None
         if addr is not None and addr.get("type") == "pci":
-            _remove(addr)
+            remove_element(addr)
     return notes

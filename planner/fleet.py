@@ -123,9 +123,10 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
                 results[r.path] = r
                 if progress:
                     progress(r)
-        except KeyboardInterrupt:
-            # Ctrl-C: start nothing new; a worker stopped in the middle of a write leaves only its
-            # temporary file (the target is replaced by rename or not at all): remove those
+            pool.shutdown(wait=True)
+        except BaseException:
+            # Ctrl-C (or any failure): start nothing new; a worker stopped in the middle of a write
+            # leaves only its temporary file (the target is replaced by rename or not at all): remove it
             pool.shutdown(wait=True, cancel_futures=True)
             for p in files:
                 t = target(p)
@@ -133,7 +134,6 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
                     for tmp in Path(t).parent.glob(f".{Path(t).name}.*.tmp"):
                         tmp.unlink(missing_ok=True)
             raise
-        pool.shutdown(wait=True)
     return [results[str(p)] for p in files]
 
 

@@ -50,7 +50,7 @@ from planner.domain import (
     read_pci_address,
     read_problem,
 )
-from planner.xmlio import InputError, parse_domain_bytes, serialize
+from planner.xmlio import InputError, parse_domain_bytes, remove_element, serialize
 
 # ------------------------------------------------------------------ connect flags (src/conf/domain_addr.h)
 
@@ -488,7 +488,7 @@ class _Greedy:
         # read_problem fills index gaps itself; libvirt adds those buses on its own schedule: drop them.
         for bus in problem.buses.values():
             if bus.added and bus.element is not None:
-                self._remove(bus.element)
+                remove_element(bus.element)
         self.pci: dict[int, _Dev] = {}  # index -> PCI controller in def
         for bus in problem.buses.values():
             if bus.added or bus.element is None or bus.index == 0:
@@ -537,17 +537,6 @@ class _Greedy:
         if ctype == "sata" and self.family == "q35" and el.get("index") == "0":
             return 1
         return IMPLICIT_ORDER.index(ctype) if ctype in IMPLICIT_ORDER else len(IMPLICIT_ORDER)
-
-    @staticmethod
-    def _remove(el: etree._Element) -> None:
-        parent = el.getparent()
-        prev = el.getprevious()
-        if prev is not None:
-            prev.tail = el.tail
-        elif parent is not None:
-            parent.text = el.tail
-        if parent is not None:
-            parent.remove(el)
 
     def _dev(self, d: Device) -> _Dev:
         el = d.element
@@ -846,7 +835,7 @@ class _Greedy:
             if addr is not None:
                 _set_address(console, addr, False)
             elif (a := console.find("address")) is not None and a.get("type") == "pci":
-                self._remove(a)
+                remove_element(a)
 
     def _order_videos(self) -> None:
         """libvirt lists the primary video first."""
@@ -855,7 +844,7 @@ class _Greedy:
         primary = self.videos[0]
         first = self.devices_el.findall("video")[0]
         tail = primary.tail
-        self._remove(primary)
+        remove_element(primary)
         primary.tail = tail
         first.addprevious(primary)
 

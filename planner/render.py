@@ -8,6 +8,7 @@ from lxml import etree
 from planner.domain import PciAddress, Problem
 from planner.facts import controller_models
 from planner.layout import BusNode, Layout
+from planner.xmlio import remove_element
 
 
 def _indent_of(el: etree._Element) -> str:
@@ -114,12 +115,10 @@ def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]]) 
 
 def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | None = None) -> None:
     """Apply the layout to problem.tree in place."""
-    from planner.replan import _remove
-
     for index in layout.dropped_controllers:
         el = problem.buses[index].element
         if el is not None and el.getparent() is not None:
-            _remove(el)
+            remove_element(el)
     for d in problem.devices:
         for m in [d, *d.companions]:
             a = layout.devices.get(id(m.element)) or m.address

@@ -6,6 +6,7 @@ range, so kept indices stay contiguous and no device on a kept controller change
 from __future__ import annotations
 
 from planner.domain import Problem
+from planner.xmlio import remove_element
 
 NOT_MANAGED = ("pci-root", "pcie-root", "pci-expander-bus", "pcie-expander-bus")
 
@@ -29,7 +30,7 @@ def mark_replan(problem: Problem) -> tuple[list[str], list[int]]:
     for i in removed:
         el = buses.pop(i).element
         if el is not None and el.getparent() is devices_el:
-            _remove(el)
+            remove_element(el)
     lost = []
     for d in problem.devices:
         if d.bus_pin is not None and d.bus_pin in removed:
@@ -52,14 +53,3 @@ def _machine_fixed(problem: Problem, d) -> bool:
     ctype, idx = d.element.get("type"), d.element.get("index")
     keys = (f"controller:{ctype}:{idx}:{d.model}", f"controller:{ctype}:{idx}")
     return any(k in problem.machine.fixed for k in keys)
-
-
-def _remove(el) -> None:
-    """Remove an element, keeping the indentation of what follows."""
-    prev = el.getprevious()
-    parent = el.getparent()
-    if prev is not None:
-        prev.tail = el.tail if el.tail is not None else prev.tail
-    else:
-        parent.text = el.tail if el.tail is not None else parent.text
-    parent.remove(el)

@@ -31,6 +31,19 @@ def _parser() -> etree.XMLParser:
     )
 
 
+def remove_element(el: etree._Element) -> None:
+    """Remove an element, keeping the indentation of what follows it."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    prev = el.getprevious()
+    if prev is not None:
+        prev.tail = el.tail
+    else:
+        parent.text = el.tail
+    parent.remove(el)
+
+
 def parse_domain_bytes(data: bytes, source: str = "<input>") -> etree._ElementTree:
     """Parse domain XML bytes; raise InputError on anything that is not a <domain>."""
     if b"<!ENTITY" in data:

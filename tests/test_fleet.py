@@ -66,7 +66,7 @@ def test_replan_keeps_addresses(tmp_path: Path) -> None:
 
 def test_ctrl_c_leaves_no_half_written_file(tmp_path: Path) -> None:
     src = tmp_path / "in"
-    write_fleet(src, 400)
+    write_fleet(src, 1500)
     originals = {p.name: p.read_bytes() for p in src.iterdir()}
     cmd = [sys.executable, "-m", "planner.cli", "fleet", str(src), "--in-place", "--no-backup", "--jobs", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -83,7 +83,7 @@ def test_ctrl_c_leaves_no_half_written_file(tmp_path: Path) -> None:
         planned += 1
         tree, summary = plan_file(p)  # complete and already planned: planning again changes nothing
         assert text(tree) == data and summary.controllers_added == {}
-    assert planned < 400  # it was interrupted
+    assert planned < 1500, "not interrupted: the batch finished before Ctrl-C"
 
 
 @pytest.mark.realstack
