@@ -16,8 +16,6 @@ from planner.plan import plan_tree
 from planner.show import build_tree, summary
 from planner.xmlio import InputError, parse_domain_bytes, serialize
 
-PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
-
 
 @dataclass
 class LayoutMetrics:

@@ -74,7 +74,6 @@ def _read(tree: etree._ElementTree, options: PlanOptions):
     """The problem with the user's rules applied (policy < metadata < command line) and the spare
     counts they set."""
     problem = read_problem(tree)
-    sources = []
     policy = rules.from_policy(options.policy) if options.policy else rules.RuleSet()
     metadata = rules.from_metadata(tree) if options.use_metadata else rules.RuleSet()
     flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus, options.host_numa)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from planner.prepare import Prepared
-from planner.solver.variables import Variables, new_controllers, on_conventional
+from planner.solver.variables import Variables, hotpluggable_placements, new_controllers, on_conventional
 
 MAX_SLOTS = 2 * 256 * 32 + 256
 MAX_CONTROLLERS = 256
@@ -38,10 +38,7 @@ class Levels:
 def levels(prep: Prepared, v: Variables) -> Levels:
     preferring = {gi for gi, g in enumerate(prep.groups) if g.key.prefers_hotplug}
     wanted = sum(prep.groups[gi].size for gi in preferring)
-    hot = [x for (e, gi), x in v.alone.items() if gi in preferring and prep.states[e].bus.hotplug]
-    for pool in [*v.root_ports.values(), *v.downstream.values()]:
-        hot += [x for gi, x in pool.alone.items() if gi in preferring]
-    hot += [x for gi, x in v.pool_alone.items() if gi in preferring]
+    hot = hotpluggable_placements(prep, v, preferring)
     assert v.spare_shortfall is not None
     hotplug_lost = wanted - cp_model.LinearExpr.Sum(hot) + v.spare_shortfall
 

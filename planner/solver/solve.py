@@ -12,7 +12,7 @@ from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver.objective import levels, set_objective
-from planner.solver.variables import Variables, create_variables
+from planner.solver.variables import Variables, create_variables, hotpluggable_placements
 
 
 @dataclass
@@ -128,10 +128,5 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
 
 def hotpluggable_count(prep: Prepared, result: SolveResult, groups: set[int]) -> int:
     """How many devices of these groups the solution puts alone in a hot-pluggable slot."""
-    v = result.vars
-    assert v is not None
-    alone = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
-    for pool in [*v.root_ports.values(), *v.downstream.values()]:
-        alone += [x for gi, x in pool.alone.items() if gi in groups]
-    alone += [x for gi, x in v.pool_alone.items() if gi in groups]
-    return sum(result.value(x) for x in alone)
+    assert result.vars is not None
+    return sum(result.value(x) for x in hotpluggable_placements(prep, result.vars, groups))

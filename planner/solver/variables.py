@@ -189,6 +189,14 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
     return v
 
 
+def hotpluggable_placements(prep: Prepared, v: Variables, groups: set[int]) -> list[IntVar]:
+    """The variables counting devices of these groups placed alone in a hot-pluggable slot."""
+    out = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        out += [x for gi, x in pool.alone.items() if gi in groups]
+    return out + [x for gi, x in v.pool_alone.items() if gi in groups]
+
+
 def new_bridges(v: Variables) -> list[IntVar]:
     nested = [v.pool_pci_bridges] if v.pool_pci_bridges is not None else []
     return [*v.new_pci_bridges.values(), *v.new_pcie_pci_bridge.values(), *v.rp_bridge.values(), *nested]
