@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from planner.options import PlanOptions
-from planner.xmlio import InputError, load_domain, serialize, write_atomic
+from planner.xmlio import InputError, parse_domain, serialize, write_atomic
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
 
@@ -107,12 +107,12 @@ def plan(
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
     try:
-        doc = load_domain(source)
+        tree = parse_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
                               replan=replan, hotplug_kinds=frozenset(hotplug or []),
                               no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
                               policy=str(policy) if policy else None, host_numa=host_numa == "auto")
-        summary = plan_tree(doc.tree, options)
+        summary = plan_tree(tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     except Infeasible as exc:
@@ -120,7 +120,7 @@ def plan(
         for reason in exc.reasons:
             typer.echo(f"  - {reason}", err=True)
         raise typer.Exit(EXIT_INFEASIBLE) from None
-    data = serialize(doc.tree, doc.quote, doc.declaration)
+    data = serialize(tree)
     target = Path(source) if in_place else output
     if target is not None:
         try:
@@ -176,10 +176,9 @@ def check(
     from planner.check import WARNING_RULES, check_domain
 
     try:
-        doc = load_domain(source)
+        tree = parse_domain(source)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
-    tree = doc.tree
     found = check_domain(tree, require_complete=not partial)
     errors = [v for v in found if v.rule not in WARNING_RULES]
     report: dict = {"violations": [v.__dict__ for v in found]}
@@ -188,7 +187,7 @@ def check(
         from planner import libvirt_stack
 
         try:
-            result = libvirt_stack.verify(serialize(tree, doc.quote).decode(), boot=boot, firmware=boot)
+            result = libvirt_stack.verify(serialize(tree).decode(), boot=boot, firmware=boot)
         except libvirt_stack.StackUnavailable as exc:
             _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
         stack_ok = result.ok
@@ -221,7 +220,7 @@ def show(
     from planner.show import PictureError, build_tree, render_rich, render_text, summary, write_picture
 
     try:
-        root = build_tree(load_domain(source).tree)
+        root = build_tree(parse_domain(source))
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     if as_json:

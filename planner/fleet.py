@@ -14,7 +14,7 @@ from pathlib import Path
 
 from planner.errors import Infeasible
 from planner.options import PlanOptions
-from planner.xmlio import InputError, load_domain, serialize, write_atomic
+from planner.xmlio import InputError, parse_domain, serialize, write_atomic
 
 BACKUP_SUFFIX = ".orig"
 
@@ -48,9 +48,9 @@ def collect(paths: Iterable[str]) -> list[Path]:
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
-def _pci_addresses(doc) -> int:
+def _pci_addresses(tree) -> int:
     """Complete PCI addresses the input had (before planning)."""
-    return sum(1 for a in doc.tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
+    return sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
 
 
 def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool, backup: bool) -> FileResult:
@@ -60,10 +60,10 @@ def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool,
     start = time.perf_counter()
     try:
         raw = Path(path).read_bytes()
-        doc = load_domain(path)
-        given = _pci_addresses(doc)
-        summary = plan_tree(doc.tree, options)
-        data = serialize(doc.tree, doc.quote, doc.declaration)
+        tree = parse_domain(path)
+        given = _pci_addresses(tree)
+        summary = plan_tree(tree, options)
+        data = serialize(tree)
     except (InputError, Infeasible, OSError) as exc:
         reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
         return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start)
@@ -199,7 +199,7 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
             reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
             results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))
             continue
-        after = serialize(tree, "'").decode()
+        after = serialize(tree).decode()
         changed = after.strip() != before.strip()
         diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
                                             f"{dom.name()} (libvirt)", f"{dom.name()} (planned)"))

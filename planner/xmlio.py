@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
+
+from planner.xmltext import Source, decode, source_map, write_tree
 
 
 class InputError(Exception):
@@ -44,9 +44,20 @@ def remove_element(el: etree._Element) -> None:
     parent.remove(el)
 
 
-def parse_domain_bytes(data: bytes, source: str = "<input>") -> etree._ElementTree:
+class DomainTree(etree._ElementTree):
+    """A parsed domain that remembers the text it came from, so that serialize() writes the input's own
+    bytes wherever pciplan changed nothing."""
+
+    source: Source | None = None
+
+
+def parse_domain_bytes(data: bytes, source: str = "<input>") -> DomainTree:
     """Parse domain XML bytes; raise InputError on anything that is not a <domain>."""
-    if b"<!ENTITY" in data:
+    try:
+        text, encoding, bom = decode(data)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise InputError(f"{source}: cannot decode: {exc}") from None
+    if "<!ENTITY" in text:
         raise InputError(f"{source}: entity declarations are not accepted in domain XML")
     try:
         root = etree.fromstring(data, _parser())
@@ -54,10 +65,13 @@ def parse_domain_bytes(data: bytes, source: str = "<input>") -> etree._ElementTr
         raise InputError(f"{source}: not well-formed XML: {exc}") from None
     if root.tag != "domain":
         raise InputError(f"{source}: root element is <{root.tag}>, expected <domain>")
-    return etree.ElementTree(root)
+    tree = DomainTree()
+    tree._setroot(root)
+    tree.source = source_map(text, root, encoding, bom)
+    return tree
 
 
-def parse_domain(path: str | Path) -> etree._ElementTree:
+def parse_domain(path: str | Path) -> DomainTree:
     """Parse a domain XML file, or standard input when path is '-'."""
     if str(path) == "-":
         return parse_domain_bytes(sys.stdin.buffer.read(), "<stdin>")
@@ -69,61 +83,11 @@ def parse_domain(path: str | Path) -> etree._ElementTree:
     return parse_domain_bytes(data, str(path))
 
 
-@dataclass
-class Document:
-    """A parsed domain with the input's surface style, so output differs only where we changed it."""
-
-    tree: etree._ElementTree
-    quote: str = "'"  # libvirt writes attributes in single quotes
-    declaration: str = ""  # the input's <?xml ...?> line, if it had one
-
-
-_START_TAG = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?![!?/])[^<>]*>", re.S)
-_ATTR = re.compile(r'(\s[^\s=]+)="([^"]*)"')
-
-
-def _requote(tag: str) -> str:
-    if tag.startswith(("<!--", "<![CDATA[")):
-        return tag
-    return _ATTR.sub(lambda m: f"{m.group(1)}='{m.group(2).replace(chr(39), '&apos;')}'", tag)
-
-
-def serialize(tree: etree._ElementTree, quote: str = "'", declaration: str = "") -> bytes:
-    """The document as text; attributes in the given quote character (lxml always writes ")."""
-    # lxml drops the line breaks between top-level nodes (comments before <domain>): put them back.
-    root = tree.getroot()
-    before = list(reversed(list(root.itersiblings(preceding=True))))
-    after = list(root.itersiblings())
-    parts = [etree.tostring(n, encoding="unicode", with_tail=False) for n in before]
-    parts.append(etree.tostring(root, encoding="unicode", with_tail=False))
-    parts += [etree.tostring(n, encoding="unicode", with_tail=False) for n in after]
-    text = "\n".join(parts)
-    if quote == "'":
-        text = _START_TAG.sub(lambda m: _requote(m.group(0)), text)
-    return (declaration + text).encode() + b"\n"
-
-
-def _style(data: bytes) -> tuple[str, str]:
-    head = data.lstrip()
-    declaration = ""
-    if head.startswith(b"<?xml"):
-        end = head.index(b"?>") + 2
-        declaration = head[:end].decode() + "\n"
-    quote = "'" if data.count(b"='") >= data.count(b'="') else '"'
-    return quote, declaration
-
-
-def load_domain(path: str | Path) -> Document:
-    """Parse a domain XML file (or '-' for standard input), remembering its quoting and declaration."""
-    if str(path) == "-":
-        data, source = sys.stdin.buffer.read(), "<stdin>"
-    else:
-        try:
-            data, source = Path(path).read_bytes(), str(path)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    quote, declaration = _style(data)
-    return Document(parse_domain_bytes(data, source), quote, declaration)
+def serialize(tree: etree._ElementTree) -> bytes:
+    """The document as bytes. For a tree parsed here, everything pciplan did not change is the input's
+    own bytes (quoting, attribute order, whitespace, comments, declaration, encoding); what it added or
+    changed is laid out by pciplan (planner/xmltext.py), never by the XML library's serializer."""
+    return write_tree(tree, getattr(tree, "source", None))
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

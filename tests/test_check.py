@@ -7,12 +7,11 @@ Most cases are small domain XML snippets with the exact rule ids the checker mus
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SHARED, SHARED_MISSING, libvirt_manifest
 from lxml import etree
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -26,8 +25,6 @@ from planner.check import (
 )
 from planner.xmlio import parse_domain, parse_domain_bytes
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 LIBVIRT_CASES = SHARED / "cases" / "libvirt"
 
 EMULATORS = {
@@ -909,17 +906,13 @@ NEGATIVE_CASES = {
 
 
 def _manifest() -> list[dict[str, Any]]:
-    path = LIBVIRT_CASES / "manifest.json"
-    if not path.exists():
-        return []
-    cases: list[dict[str, Any]] = json.loads(path.read_text())["cases"]
-    return cases
+    return list(libvirt_manifest().values())
 
 
 ACCEPTED_BY_LIBVIRT = [c["name"] for c in _manifest() if c["libvirt90"] == "ok"]
 
 
-@pytest.mark.skipif(not ACCEPTED_BY_LIBVIRT, reason="shared libvirt cases not found beside the repo")
+@pytest.mark.skipif(not ACCEPTED_BY_LIBVIRT, reason=SHARED_MISSING)
 @pytest.mark.parametrize("name", ACCEPTED_BY_LIBVIRT)
 def test_libvirt_accepted_cases(name: str) -> None:
     found = check_domain(parse_domain(LIBVIRT_CASES / name), require_complete=False)
@@ -927,7 +920,7 @@ def test_libvirt_accepted_cases(name: str) -> None:
     assert {v.rule for v in found} == expected, [str(v) for v in found]
 
 
-@pytest.mark.skipif(not _manifest(), reason="shared libvirt cases not found beside the repo")
+@pytest.mark.skipif(not _manifest(), reason=SHARED_MISSING)
 @pytest.mark.parametrize(("name", "rule"), sorted(NEGATIVE_CASES.items()))
 def test_libvirt_rejected_cases(name: str, rule: str) -> None:
     entry = next(c for c in _manifest() if c["name"] == name)
@@ -974,7 +967,7 @@ LIBVIRT_OUTPUT_BREAKS = {
 
 
 @pytest.mark.realstack
-@pytest.mark.skipif(not ACCEPTED_BY_LIBVIRT, reason="shared libvirt cases not found beside the repo")
+@pytest.mark.skipif(not ACCEPTED_BY_LIBVIRT, reason=SHARED_MISSING)
 def test_libvirt_output_is_complete_and_valid(libvirt_conn: Any) -> None:
     problems = {}
     for name in ACCEPTED_BY_LIBVIRT:

@@ -76,7 +76,28 @@ def levels(prep: Prepared, v: Variables) -> Levels:
                   (w1, w2, w3, w4, w5, 1))
 
 
-def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
+def objective_expr(lv: Levels) -> cp_model.LinearExpr:
     w1, w2, w3, w4, w5, w6 = lv.weights
-    model.Minimize(w1 * lv.moved + w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
-                   + w5 * lv.bus_numbers + w6 * lv.slots_used)
+    return (w1 * lv.moved + w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
+            + w5 * lv.bus_numbers + w6 * lv.slots_used)
+
+
+def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
+    model.Minimize(objective_expr(lv))
+
+
+def canonical_tiebreak(model: cp_model.CpModel) -> cp_model.LinearExpr:
+    """A fixed weighting of every variable, used to pick one layout among equally good ones.
+
+    Among optimal solutions CP-SAT returns whichever its search meets first, and that changes between
+    OR-Tools versions. Minimising this sum over the optimal solutions picks the same one everywhere:
+    distinct pseudo-random weights (a fixed LCG) make two different solutions with the same sum
+    practically impossible."""
+    proto = model.Proto()
+    terms = []
+    state = 12345
+    for index in range(len(proto.variables)):
+        state = (state * 1103515245 + 12345) % (1 << 31)
+        weight = (state >> 8) % 65521 + 1
+        terms.append(weight * model.GetIntVarFromProtoIndex(index))
+    return cp_model.LinearExpr.Sum(terms)

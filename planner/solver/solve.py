@@ -11,7 +11,7 @@ from planner.errors import Infeasible
 from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
-from planner.solver.objective import levels, set_objective
+from planner.solver.objective import canonical_tiebreak, levels, objective_expr, set_objective
 from planner.solver.variables import Variables, create_variables, hotpluggable_placements
 
 
@@ -112,6 +112,9 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
                           f"{solver.StatusName(status)}); raise --time-limit"])
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
+    if status == cp_model.OPTIMAL:
+        solver = _canonical(model, lv, obj, solver, options, seconds)
+        seconds = time.perf_counter() - start
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     values = {
         "addresses_moved": int(solver.Value(lv.moved)),
@@ -124,6 +127,26 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         "spare_shortfall": int(solver.Value(v.spare_shortfall)),
     }
     return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)
+
+
+def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,
+               spent: float) -> cp_model.CpSolver:
+    """Among the optimal layouts, the one the fixed tie-break picks, so the output does not depend on
+    the OR-Tools version's search order. Keeps the first solution if the tie-break cannot be proven."""
+    proto = model.Proto()
+    model.ClearHints()
+    for index in range(len(proto.variables)):
+        var = model.GetIntVarFromProtoIndex(index)
+        model.AddHint(var, first.Value(var))
+    model.Add(objective_expr(lv) == obj)
+    model.Minimize(canonical_tiebreak(model))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(1.0, options.time_limit - spent)
+    solver.parameters.num_workers = options.workers
+    solver.parameters.random_seed = 0
+    if solver.Solve(model) == cp_model.OPTIMAL:
+        return solver
+    return first
 
 
 def hotpluggable_count(prep: Prepared, result: SolveResult, groups: set[int]) -> int:

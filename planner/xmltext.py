@@ -1,0 +1,381 @@
+"""Byte-exact XML text: the input's own bytes wherever the tree is unchanged, pciplan's layout elsewhere.
+
+lxml's serializer decides whitespace, quoting and self-closing tags, and its decisions differ between
+versions (4.9 glues an element inserted with addnext() to its neighbour; 5.x does not). So pciplan never
+serializes with lxml. At parse time every node of the tree is tied to its span in the source text; when
+writing, an unchanged subtree is copied from the source, a changed element keeps every unchanged attribute,
+text and separator as written, and new elements are laid out by the rules below:
+- one element per line, indented like its siblings (one indent unit deeper than an empty parent);
+- attributes in the order the tree holds them, in the quote character of the element's own attributes
+  (the document's majority for new elements);
+- an element without children or text is written self-closing.
+Only lxml's tree API is used (tags, attributes, text, tails, children), which is stable across versions.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+_TOKEN = re.compile(
+    r"(?P<comment><!--.*?-->)"
+    r"|(?P<cdata><!\[CDATA\[.*?\]\]>)"
+    r"|(?P<pi><\?.*?\?>)"
+    r"|(?P<doctype><!DOCTYPE(?:[^\[>]|\[.*?\])*>)"
+    r"|(?P<end></[^\s>]+\s*>)"
+    r"|(?P<start><(?P<name>[^\s/>!?]+)(?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*\s*(?P<empty>/?)>)",
+    re.S,
+)
+_KINDS = ("comment", "cdata", "pi", "doctype", "end", "start")
+_ATTR = re.compile(r"(\s+)([^\s=/>]+)(\s*=\s*)([\"'])(.*?)\4", re.S)
+_ENCODING = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
+def _blank(s: str | None) -> bool:
+    return s is None or s.strip() == ""
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Equal text, where all-whitespace texts are layout and equal to each other."""
+    return (a or "") == (b or "") or (_blank(a) and _blank(b))
+
+
+def escape_text(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape_attr(s: str, quote: str) -> str:
+    s = escape_text(s).replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    return s.replace(quote, "&apos;" if quote == "'" else "&quot;")
+
+
+@dataclass
+class _Span:
+    """One node of the source: where it is, and what lxml made of it at parse time."""
+
+    start: int
+    end: int
+    tag_end: int = 0  # end of the start tag
+    close: int | None = None  # start of the end tag; None for a self-closing tag
+    name: str = ""  # the tag as written (with its prefix)
+    indent: str = ""  # the whitespace on its line before it
+    attrib: tuple[tuple[str, str], ...] = ()
+    text: str | None = None
+    tail: str | None = None
+    text_raw: str = ""
+    tail_raw: str = ""
+    parent: etree._Element | None = None
+    children: tuple = ()
+    next: object = None  # the node that followed it in the source (None: it was the last child)
+
+
+@dataclass
+class _Frame:
+    kind: str
+    start: int
+    end: int = 0
+    tag_end: int = 0
+    close: int | None = None
+    name: str = ""
+    children: list[_Frame] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    """The text a tree was parsed from, and each node's span in it."""
+
+    text: str
+    encoding: str
+    bom: bytes
+    newline: str
+    unit: str
+    quote: str
+    root_span: tuple[int, int]
+    spans: dict = field(default_factory=dict)
+
+    def encode(self, text: str) -> bytes:
+        return self.bom + text.encode(self.encoding, errors="xmlcharrefreplace")
+
+
+def decode(data: bytes) -> tuple[str, str, bytes]:
+    """The text of an XML document, its encoding and its byte-order mark (kept on output)."""
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                          (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if data.startswith(bom):
+            return data[len(bom):].decode(encoding), encoding, bom
+    m = _ENCODING.match(data)
+    encoding = m.group(1).decode("ascii").lower() if m else "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        encoding = "utf-8"
+    return data.decode(encoding), encoding, b""
+
+
+def _frames(text: str) -> _Frame:
+    top = _Frame("document", 0, len(text))
+    stack = [top]
+    for m in _TOKEN.finditer(text):
+        kind = next(k for k in _KINDS if m.group(k) is not None)
+        if kind in ("comment", "pi"):
+            stack[-1].children.append(_Frame(kind, m.start(), m.end()))
+        elif kind == "start":
+            frame = _Frame("element", m.start(), m.end(), m.end(), name=m.group("name"))
+            stack[-1].children.append(frame)
+            if not m.group("empty"):
+                stack.append(frame)
+        elif kind == "end":
+            frame = stack.pop()
+            frame.close, frame.end = m.start(), m.end()
+    if len(stack) != 1:
+        raise ValueError("unbalanced tags")
+    return top
+
+
+def _line_indent(text: str, pos: int) -> str:
+    line = text.rfind("\n", 0, pos) + 1
+    before = text[line:pos]
+    return before if before.strip() == "" else ""
+
+
+def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> None:
+    span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name,
+                 _line_indent(text, frame.start), parent=parent)
+    spans[node] = span
+    if frame.kind != "element":
+        span.text = node.text
+        return
+    kids = list(node)
+    if len(kids) != len(frame.children):
+        raise ValueError(f"<{frame.name}>: {len(frame.children)} children in the text, {len(kids)} in lxml's")
+    span.attrib = tuple(node.attrib.items())
+    span.text = node.text
+    span.children = tuple(kids)
+    inner_end = frame.close if frame.close is not None else frame.tag_end
+    span.text_raw = text[frame.tag_end:frame.children[0].start if frame.children else inner_end]
+    for i, (child, cframe) in enumerate(zip(kids, frame.children, strict=True)):
+        _tie(text, cframe, child, node, spans)
+        following = frame.children[i + 1].start if i + 1 < len(kids) else inner_end
+        spans[child].tail = child.tail
+        spans[child].tail_raw = text[cframe.end:following]
+        spans[child].next = kids[i + 1] if i + 1 < len(kids) else None
+
+
+def source_map(text: str, root: etree._Element, encoding: str, bom: bytes) -> Source | None:
+    """Tie every node under root to its span in text; None if the text cannot be matched (then the
+    document is written entirely in pciplan's own layout)."""
+    try:
+        top = _frames(text)
+        elements = [f for f in top.children if f.kind == "element"]
+        if len(elements) != 1 or elements[0].name.split(":")[-1] != etree.QName(root).localname:
+            return None
+        frame = elements[0]
+        spans: dict = {}
+        _tie(text, frame, root, None, spans)
+    except ValueError:
+        return None
+    root_text = spans[root].text_raw
+    unit = root_text[root_text.rfind("\n") + 1:] if "\n" in root_text and _blank(root_text) else ""
+    single, double = text.count("='"), text.count('="')
+    return Source(text=text, encoding=encoding, bom=bom, newline="\r\n" if "\r\n" in text else "\n",
+                  unit=unit or "  ", quote="'" if single >= double else '"',
+                  root_span=(frame.start, frame.end), spans=spans)
+
+
+def _qname(key: str, el: etree._Element) -> str:
+    """A tag or attribute key as written: '{ns}local' gets the prefix in scope."""
+    if not key.startswith("{"):
+        return key
+    ns, local = key[1:].split("}", 1)
+    if ns == _XML_NS:
+        return f"xml:{local}"
+    for prefix, uri in (el.nsmap or {}).items():
+        if uri == ns and prefix:
+            return f"{prefix}:{local}"
+    return local
+
+
+class Writer:
+    def __init__(self, source: Source | None) -> None:
+        self.src = source
+        self.spans = source.spans if source is not None else {}
+        self.nl = source.newline if source is not None else "\n"
+        self.unit = source.unit if source is not None else "  "
+        self.quote = source.quote if source is not None else "'"
+        self._dirty: dict = {}
+
+    # -- what changed ------------------------------------------------------------------------------
+
+    def dirty(self, node) -> bool:
+        if node in self._dirty:
+            return self._dirty[node]
+        span = self.spans[node]
+        if not isinstance(node.tag, str):
+            changed = node.text != span.text
+        else:
+            kids = list(node)
+            changed = (tuple(node.attrib.items()) != span.attrib or tuple(kids) != span.children
+                       or not _same(node.text, span.text)
+                       or any(not _same(k.tail, self.spans[k].tail) or self.dirty(k) for k in kids))
+        self._dirty[node] = changed
+        return changed
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def node(self, node, indent: str) -> str:
+        span = self.spans.get(node)
+        if span is None:
+            return self.new(node, indent)
+        assert self.src is not None
+        if not self.dirty(node):
+            return self.src.text[span.start:span.end]
+        if not isinstance(node.tag, str):
+            return self.new(node, indent)
+        kids = list(node)
+        empty = not kids and _blank(node.text)
+        parts = [self.start_tag(node, span, empty)]
+        if empty:
+            return parts[0]
+        if not kids:
+            parts.append(span.text_raw if node.text == span.text else escape_text(node.text or ""))
+        elif tuple(kids) == span.children:
+            parts.append(span.text_raw if _same(node.text, span.text) else escape_text(node.text))
+            for k in kids:
+                parts.append(self.node(k, self._child_indent(span)))
+                ks = self.spans[k]
+                parts.append(ks.tail_raw if _same(k.tail, ks.tail) else escape_text(k.tail or ""))
+        else:
+            parts += self._relayout(node, span, kids)
+        parts.append(self.src.text[span.close:span.end] if span.close is not None else f"</{span.name}>")
+        return "".join(parts)
+
+    def _block(self, span: _Span) -> bool:
+        """Children on lines of their own (libvirt's layout), or all on the parent's line."""
+        return not span.children or "\n" in span.text_raw or any("\n" in self.spans[k].tail_raw
+                                                                 for k in span.children)
+
+    def _child_indent(self, span: _Span) -> str:
+        if span.children and "\n" in span.text_raw and _blank(span.text_raw):
+            return span.text_raw[span.text_raw.rfind("\n") + 1:]
+        return span.indent + self.unit
+
+    def _relayout(self, node: etree._Element, span: _Span, kids: list) -> list[str]:
+        """Children of an element whose child list changed. Each child that was there keeps the
+        whitespace that stood before it; new children follow the parent's layout (a line each, or all
+        on the parent's line if that is how it was written)."""
+        block = self._block(span)
+        inner = self._child_indent(span)
+        between = self.nl + inner if block else ""
+
+        def leading(k) -> str | None:
+            ks = self.spans.get(k)
+            if ks is None or ks.parent is not node:
+                return None
+            i = span.children.index(k)
+            ws = self.spans[span.children[i - 1]].tail_raw if i else span.text_raw
+            return ws if _blank(ws) and ("\n" in ws or not block) else None
+
+        if not _blank(node.text):
+            parts = [span.text_raw if node.text == span.text else escape_text(node.text or "")]
+        else:
+            parts = [leading(kids[0]) or (span.text_raw if span.children and _blank(span.text_raw)
+                                          and ("\n" in span.text_raw or not block) else between)]
+        last = self.spans[span.children[-1]].tail_raw if span.children else ""
+        closing = last if span.children and _blank(last) and ("\n" in last or not block) else (
+            self.nl + span.indent if block else "")
+        for i, k in enumerate(kids):
+            parts.append(self.node(k, inner))
+            following = kids[i + 1] if i + 1 < len(kids) else None
+            ks = self.spans.get(k)
+            if not _blank(k.tail):
+                kept = ks is not None and k.tail == ks.tail
+                parts.append(ks.tail_raw if kept else escape_text(k.tail or ""))
+            elif following is None:
+                parts.append(closing)
+            elif ks is not None and ks.parent is node and ks.next is following:
+                parts.append(ks.tail_raw)
+            else:
+                parts.append(leading(following) or between)
+        return parts
+
+    def start_tag(self, el: etree._Element, span: _Span, empty: bool) -> str:
+        assert self.src is not None
+        raw = self.src.text[span.start:span.tag_end]
+        was_empty = span.close is None
+        body = raw[:-2] if was_empty else raw[:-1]
+        ws = body[len(body.rstrip()):]
+        body = body.rstrip()
+        if tuple(el.attrib.items()) != span.attrib:
+            body = self._attributes(el, span, body)
+        return body + (ws + "/>" if empty else ">")
+
+    def _attributes(self, el: etree._Element, span: _Span, body: str) -> str:
+        """The start tag with the element's attributes now: unchanged ones as written."""
+        written = _ATTR.findall(body)
+        quote = written[0][3] if written else self.quote
+        before = dict(span.attrib)
+        by_name = {name: (ws, name, eq, q, value) for ws, name, eq, q, value in written}
+        out = [f"<{span.name}"]
+        for ws, name, eq, q, value in written:
+            if name == "xmlns" or name.startswith("xmlns:"):
+                out.append(f"{ws}{name}{eq}{q}{value}{q}")
+        for key, value in el.attrib.items():
+            name = _qname(key, el)
+            if name in by_name:
+                ws, _, eq, q, raw_value = by_name[name]
+                text = raw_value if before.get(key) == value else escape_attr(value, q)
+                out.append(f"{ws}{name}{eq}{q}{text}{q}")
+            else:
+                out.append(f" {name}={quote}{escape_attr(value, quote)}{quote}")
+        return "".join(out)
+
+    def _quote_near(self, node: etree._Element) -> str:
+        """The quote character of the nearest written ancestor that has attributes."""
+        assert self.src is not None or not self.spans
+        parent = node.getparent()
+        while parent is not None:
+            span = self.spans.get(parent)
+            if span is not None:
+                m = _ATTR.search(self.src.text, span.start, span.tag_end) if self.src else None
+                if m is not None:
+                    return m.group(4)
+            parent = parent.getparent()
+        return self.quote
+
+    def new(self, node, indent: str) -> str:
+        """An element pciplan made: its own layout, whatever whitespace the tree holds."""
+        if isinstance(node, etree._Comment):
+            return f"<!--{node.text or ''}-->"
+        if isinstance(node, etree._ProcessingInstruction):
+            return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
+        name = _qname(node.tag, node)
+        q = self._quote_near(node)
+        attrs = "".join(f" {_qname(k, node)}={q}{escape_attr(v, q)}{q}" for k, v in node.attrib.items())
+        kids = list(node)
+        text = None if _blank(node.text) else node.text
+        if not kids:
+            return f"<{name}{attrs}/>" if text is None else f"<{name}{attrs}>{escape_text(text)}</{name}>"
+        inner = indent + self.unit
+        parts = [f"<{name}{attrs}>", escape_text(text) if text else ""]
+        for k in kids:
+            parts += [self.nl + inner, self.node(k, inner)]
+        parts += [self.nl + indent, f"</{name}>"]
+        return "".join(parts)
+
+
+def write_tree(tree: etree._ElementTree, source: Source | None) -> bytes:
+    """The document's bytes: the source's bytes where nothing changed (see the module docstring)."""
+    root = tree.getroot()
+    writer = Writer(source)
+    if source is not None and root in source.spans:
+        start, end = source.root_span
+        text = source.text[:start] + writer.node(root, source.spans[root].indent) + source.text[end:]
+        return source.encode(text)
+    before = list(reversed(list(root.itersiblings(preceding=True))))
+    after = list(root.itersiblings())
+    parts = [writer.node(n, "") for n in [*before, root, *after]]
+    return ("\n".join(parts) + "\n").encode()
