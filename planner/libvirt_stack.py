@@ -41,8 +41,11 @@ ROOT_ENV = "PCIPLAN_LIBVIRT_ROOT"
 # QEMU's monitor socket is ROOT/lib/qemu/domain-<id>-<name, 20 chars>/monitor.sock and a UNIX socket
 # path holds at most 107 bytes: keep ~60 for the part below the root.
 MAX_ROOT_LENGTH = 48
+# namespaces = []: no private /dev mount namespace per guest. libvirt cannot set one up inside some
+# containers ("Unable to move ... mount to /dev/null"), and the planner's guests use no host devices.
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n'
+    'namespaces = []\n'
 )
 MAX_HOTPLUG_PROBES = 16
 X86_ARCHES = ("x86_64", "i686")  # SeaBIOS machines: the only ones with a firmware check
