@@ -468,6 +468,150 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
     raise typer.Exit(1 if t["failed"] else EXIT_OK)
 
 
+@app.command()
+def attach(
+    guest: Annotated[str, typer.Argument(metavar="GUEST", help="Domain XML of the guest: the running guest's "
+                                          "(virsh dumpxml NAME), or - for standard input. Not needed with "
+                                          "--connect.")] = "",
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="Device XML, as for virsh attach-device.")
+                      ] = "",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the result here (atomically).")
+                      ] = None,
+    config: Annotated[bool, typer.Option("--config", help="Place the device in the persistent definition "
+                                         "for the next boot instead: controllers may be added; the whole "
+                                         "planned domain XML is written.")] = False,
+    count: Annotated[bool, typer.Option("--count", help="Print how many more devices like DEVICE fit live "
+                                        "(the number is the last line).")] = False,
+    connect: Annotated[str | None, typer.Option(
+        "--connect", metavar="URI", help="Read the guest from this libvirt (live XML; with --config the "
+        "persistent one).")] = None,
+    domain: Annotated[str | None, typer.Option("--domain", metavar="NAME", help="With --connect: the guest.")
+                      ] = None,
+) -> None:
+    """Where a device goes when it is hot-plugged into a running guest.
+
+    Live (the default): only places that exist and accept hot-plug: an empty pcie-root-port or downstream
+    port for a PCIe device, a free slot of a hot-pluggable conventional bus (pci-bridge,
+    pcie-to-pci-bridge, pc's pci-root with ACPI) for a conventional one; never a new controller. Prints
+    DEVICE with its <address>, ready for `virsh attach-device NAME FILE --live --config`.
+
+    Example: pciplan attach guest.xml nic.xml -o nic-addressed.xml
+
+    Exit status: 0 placed (or counted), 2 bad input, 3 no free place (the message says where the next cold
+    boot would put it and how to get there) or a device libvirt cannot hot-plug.
+    """
+    from planner.attach import NotHotpluggable, add_device, live_places
+    from planner.errors import Infeasible
+    from planner.plan import plan_tree
+    from planner.render import set_pci_address
+    from planner.xmlio import parse_domain_bytes, parse_xml_bytes, read_input
+
+    if connect is not None:
+        if not domain or (guest and not device):
+            _fail(EXIT_BAD_INPUT, "--connect needs --domain NAME and the DEVICE file")
+        device = device or guest
+    elif not guest or not device:
+        _fail(EXIT_BAD_INPUT, "attach needs GUEST and DEVICE (or --connect URI --domain NAME DEVICE)")
+    try:
+        if connect is not None:
+            tree = parse_domain_bytes(_domain_xml(connect, domain or "", live=not config).encode(),
+                                      f"domain {domain}")
+        else:
+            tree = parse_domain_bytes(*read_input(guest))
+        dev_tree = parse_xml_bytes(*read_input(device))
+        if config:
+            new = add_device(tree, dev_tree.getroot())
+            summary = plan_tree(tree)
+            _write(output, serialize(tree))
+            added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
+            typer.echo(f"pciplan: next boot: the device at {_where(new)}; controllers added: {added}; "
+                       "every other address kept. Define it with virsh define.", err=True)
+            return
+        found = live_places(tree, dev_tree.getroot())
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    except NotHotpluggable as exc:
+        typer.echo(f"pciplan: not hot-pluggable: {exc}", err=True)
+        raise typer.Exit(EXIT_INFEASIBLE) from None
+    except Infeasible as exc:
+        typer.echo("pciplan: infeasible: " + "; ".join(exc.reasons), err=True)
+        raise typer.Exit(EXIT_INFEASIBLE) from None
+    kind = "PCIe device (empty pcie-root-port or downstream port)" if found.pcie else \
+        "conventional PCI device (free slot of a hot-pluggable bridge or root bus)"
+    if count:
+        for place in found.places:
+            typer.echo(f"pciplan: free: {place}", err=True)
+        typer.echo(f"pciplan: {len(found.places)} more device(s) like {found.device} fit live, as a {kind}",
+                   err=True)
+        typer.echo(str(len(found.places)))
+        return
+    if not found.places:
+        typer.echo(f"pciplan: no free hot-pluggable place for {found.device}, a {kind}", err=True)
+        source = guest if connect is None else f"--connect {connect} --domain {domain}"
+        typer.echo(_next_boot_hint(tree, dev_tree.getroot(), source, device), err=True)
+        raise typer.Exit(EXIT_INFEASIBLE)
+    place = found.places[0]
+    set_pci_address(dev_tree.getroot(), place.address)
+    _write(output, serialize(dev_tree))
+    typer.echo(f"pciplan: {found.device} at {place}; {len(found.places) - 1} more free place(s) for such "
+               "devices; attach it with: virsh attach-device NAME FILE --live --config", err=True)
+
+
+def _where(el) -> str:
+    from planner.domain import read_pci_address
+
+    address = read_pci_address(el, el.tag)[0]
+    return str(address) if address is not None else "no PCI address"
+
+
+def _write(output: Path | None, data: bytes) -> None:
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        write_atomic(output, data)
+    except OSError as exc:
+        _fail(EXIT_BAD_INPUT, f"{output}: cannot write: {exc.strerror}")
+
+
+def _next_boot_hint(tree, device, guest: str, device_file: str) -> str:
+    """Where a cold boot would put the device, and the command that plans it."""
+    import copy
+
+    from planner.attach import add_device
+    from planner.errors import Infeasible
+    from planner.plan import plan_tree
+
+    trial = copy.deepcopy(tree)
+    new = add_device(trial, device)
+    try:
+        summary = plan_tree(trial)
+    except Infeasible as exc:
+        return "pciplan: the next cold boot cannot place it either: " + "; ".join(exc.reasons)
+    added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "no controller"
+    return (f"pciplan: the next cold boot would put it at {_where(new)} ({added} added, every other address "
+            "kept): "
+            f"pciplan attach {guest} {device_file} --config -o next.xml && virsh define next.xml")
+
+
+def _domain_xml(uri: str, name: str, live: bool) -> str:
+    try:
+        import libvirt
+    except ImportError:
+        from planner.libvirt_stack import BINDING_MISSING
+
+        _fail(EXIT_BAD_INPUT, BINDING_MISSING)
+    try:
+        conn = libvirt.open(uri)
+        dom = conn.lookupByName(name)
+        if live and not dom.isActive():
+            _fail(EXIT_BAD_INPUT, f"domain {name} is not running: use --config to plan its next boot")
+        return dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
+    except libvirt.libvirtError as exc:
+        _fail(EXIT_BAD_INPUT, f"{uri}: {exc.get_error_message()}")
+    raise AssertionError("unreachable")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

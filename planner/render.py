@@ -11,27 +11,9 @@ from planner.layout import BusNode, Layout
 from planner.xmlio import remove_element
 
 
-def _indent_of(el: etree._Element) -> str:
-    prev = el.getprevious()
-    text = prev.tail if prev is not None else el.getparent().text
-    if text and text.strip() == "" and "\n" in text:
-        return text[text.rindex("\n"):]
-    return "\n" + "  " * (len(list(el.iterancestors())))
-
-
 def _append_child(parent: etree._Element, child: etree._Element) -> None:
-    """Append child as the last element of parent with the document's indentation."""
-    base = _indent_of(parent)
-    unit = "  "
-    kids = [c for c in parent if isinstance(c.tag, str)]
-    if kids:
-        last = parent[-1]
-        tail = last.tail
-        last.tail = base + unit
-        child.tail = tail if tail is not None else base
-    else:
-        parent.text = base + unit
-        child.tail = base
+    """Append child as the last element of parent. Its line and indentation are the serializer's
+    business (planner/xmltext.py), not the tree's whitespace."""
     parent.append(child)
 
 
@@ -65,27 +47,20 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
         addr.set("multifunction", keep_mf)
 
 
-def _controller_element(node: BusNode, chassis: int | None, indent: str) -> etree._Element:
+def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     m = controller_models()[node.model]
     el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
-    inner = indent + "  "
-    el.text = inner
-    model = etree.SubElement(el, "model", name=m.qemu)
-    last = model
+    etree.SubElement(el, "model", name=m.qemu)
     if m.target == "chassis-port":
         port = node.slot * 8 + node.function if node.model == "pcie-root-port" else node.slot
-        last.tail = inner
-        last = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
+        target = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
         if node.hotplug_off:
-            last.set("hotplug", "off")  # it holds a device that must not be ejectable
+            target.set("hotplug", "off")  # it holds a device that must not be ejectable
     elif m.target == "chassisNr":
-        last.tail = inner
-        last = etree.SubElement(el, "target", chassisNr=str(node.index))
-    last.tail = inner
+        etree.SubElement(el, "target", chassisNr=str(node.index))
     assert node.parent is not None and node.parent.index is not None
-    addr = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
-                            slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
-    addr.tail = indent
+    etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
+                     slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
     return el
 
 
@@ -143,7 +118,6 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
-    indent = _indent_of(anchor) if anchor is not None else "\n    "
     chassis_used = _used_chassis(problem)
     for node in layout.new_controllers:
         chassis = None
@@ -152,11 +126,9 @@ def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) 
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)
-        el = _controller_element(node, chassis, indent)
+        el = _controller_element(node, chassis)
         if anchor is None:
-            _append_child(devices, el)
+            devices.append(el)
         else:
-            el.tail = anchor.tail
-            anchor.tail = indent
             anchor.addnext(el)
         anchor = el

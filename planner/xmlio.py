@@ -53,6 +53,14 @@ class DomainTree(etree._ElementTree):
 
 def parse_domain_bytes(data: bytes, source: str = "<input>") -> DomainTree:
     """Parse domain XML bytes; raise InputError on anything that is not a <domain>."""
+    tree = parse_xml_bytes(data, source)
+    if tree.getroot().tag != "domain":
+        raise InputError(f"{source}: root element is <{tree.getroot().tag}>, expected <domain>")
+    return tree
+
+
+def parse_xml_bytes(data: bytes, source: str = "<input>") -> DomainTree:
+    """Parse any libvirt XML document (a domain, or one device for attach), safely."""
     try:
         text, encoding, bom = decode(data)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -63,24 +71,25 @@ def parse_domain_bytes(data: bytes, source: str = "<input>") -> DomainTree:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         raise InputError(f"{source}: not well-formed XML: {exc}") from None
-    if root.tag != "domain":
-        raise InputError(f"{source}: root element is <{root.tag}>, expected <domain>")
     tree = DomainTree()
     tree._setroot(root)
     tree.source = source_map(text, root, encoding, bom)
     return tree
 
 
-def parse_domain(path: str | Path) -> DomainTree:
-    """Parse a domain XML file, or standard input when path is '-'."""
+def read_input(path: str | Path) -> tuple[bytes, str]:
+    """The bytes of a file, or of standard input when path is '-', and a name for messages."""
     if str(path) == "-":
-        return parse_domain_bytes(sys.stdin.buffer.read(), "<stdin>")
-    p = Path(path)
+        return sys.stdin.buffer.read(), "<stdin>"
     try:
-        data = p.read_bytes()
+        return Path(path).read_bytes(), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_domain_bytes(data, str(path))
+
+
+def parse_domain(path: str | Path) -> DomainTree:
+    """Parse a domain XML file, or standard input when path is '-'."""
+    return parse_domain_bytes(*read_input(path))
 
 
 def serialize(tree: etree._ElementTree) -> bytes:
