@@ -1,0 +1,103 @@
+"""pciplan attach: the live place of a hot-plugged device, the count, the next boot's place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, nics
+from planning import plan_bytes, text
+
+from planner.attach import NotHotpluggable, live_places
+from planner.xmlio import InputError, parse_xml_bytes
+
+VIRTIO_NIC = (b"<interface type='network'>\n  <source network='default'/>\n  <model type='virtio'/>\n"
+              b"</interface>\n")
+E1000 = b"<interface type='network'><source network='default'/><model type='e1000'/></interface>"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+
+
+def planned(guest_xml, machine: str, devices: str, **options) -> bytes:
+    tree, _ = plan_bytes(guest_xml(machine, devices=devices), **options)
+    return text(tree)
+
+
+def places(guest: bytes, device: bytes):
+    return live_places(parse_xml_bytes(guest), parse_xml_bytes(device).getroot())
+
+
+def test_pcie_device_goes_to_the_empty_root_port(guest_xml) -> None:
+    guest = planned(guest_xml, "q35", nics(3), spare_pcie=2)
+    found = places(guest, VIRTIO_NIC)
+    assert found.pcie and len(found.places) == 2
+    first = found.places[0]
+    assert "pcie-root-port" in first.bus and first.address.slot == 0
+    # libvirt's order: the lowest controller index first
+    assert first.address.bus < found.places[1].address.bus
+
+
+def test_conventional_device_goes_to_a_free_bridge_slot(guest_xml) -> None:
+    guest = planned(guest_xml, "q35", nics(1, "e1000"))
+    found = places(guest, E1000)
+    assert not found.pcie
+    assert found.places and all("pcie-to-pci-bridge" in p.bus for p in found.places)
+    assert len(found.places) == 30  # 31 slots of the bridge, one taken by the first e1000
+
+
+def test_pc_root_slots_are_hot_pluggable_only_with_acpi(guest_xml) -> None:
+    guest = planned(guest_xml, "pc", nics(2))
+    found = places(guest, VIRTIO_NIC)
+    assert not found.pcie and found.places and all(p.address.bus == 0 for p in found.places)
+    assert all(p.address.slot not in (0, 1) for p in found.places)  # host bridge, PIIX3
+    no_acpi = guest.replace(b"<features><acpi/></features>", b"")
+    assert places(no_acpi, VIRTIO_NIC).places == []
+
+
+def test_a_device_libvirt_cannot_hot_plug_is_refused(guest_xml) -> None:
+    guest = planned(guest_xml, "q35", nics(1))
+    with pytest.raises(NotHotpluggable):
+        places(guest, b"<sound model='ich9'/>")
+
+
+def test_an_unplanned_guest_is_bad_input(guest_xml) -> None:
+    with pytest.raises(InputError, match="has no PCI address"):
+        places(guest_xml("q35", devices=nics(1)), VIRTIO_NIC)
+
+
+def test_cli_attach_count_and_no_place(guest_xml, tmp_path: Path) -> None:
+    guest = tmp_path / "guest.xml"
+    guest.write_bytes(planned(guest_xml, "q35", nics(2), spare_pcie=1))
+    nic = tmp_path / "nic.xml"
+    nic.write_bytes(VIRTIO_NIC)
+    r = run("attach", str(guest), str(nic), "--count")
+    assert r.returncode == 0 and r.stdout.decode().splitlines()[-1] == "1"
+
+    out = tmp_path / "nic-addressed.xml"
+    r = run("attach", str(guest), str(nic), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    # the device file as the user wrote it, plus one address line
+    added = out.read_text().splitlines()
+    assert [line for line in added if line not in VIRTIO_NIC.decode().splitlines()] == [
+        added[-2]] and added[-2].startswith("  <address type='pci' domain='0x0000' bus='0x")
+
+    # with the NIC in place, nothing is left live; the message says where the next boot puts one more
+    full = guest.read_text().replace("  </devices>", "    " + out.read_text().replace("\n", "\n    ").rstrip()
+                                     + "\n  </devices>")
+    guest.write_text(full)
+    r = run("attach", str(guest), str(nic))
+    assert r.returncode == 3
+    assert b"no free hot-pluggable place" in r.stderr and b"the next cold boot would put it at" in r.stderr
+    assert run("attach", str(guest), str(nic), "--count").stdout.decode().splitlines()[-1] == "0"
+
+    nxt = tmp_path / "next.xml"
+    r = run("attach", str(guest), str(nic), "--config", "-o", str(nxt))
+    assert r.returncode == 0, r.stderr
+    assert b"pcie-root-port" in r.stderr
+    assert run("check", str(nxt)).returncode == 0
