@@ -84,14 +84,14 @@ def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces
             raise InputError(f"{d.label}: has no PCI address: attach needs the running guest's XML "
                              "(virsh dumpxml NAME), or a planned one (pciplan plan)")
     if not dev.hotplug:
-        raise NotHotpluggable(f"{dev.label}: libvirt cannot hot-plug a device of this kind; add it to the "
-                              "persistent definition (--config) and restart the guest")
+        raise NotHotpluggable(f"{dev.kind} ({dev.model}): libvirt cannot hot-plug a device of this kind; "
+                              "add it to the persistent definition (--config) and restart the guest")
     used = _occupied(tree)
     pcie = _goes_to_pcie(dev, problem.machine.pcie)
     places: list[Place] = []
     for b in sorted(problem.buses.values(), key=lambda b: b.index):
         places += _free_slots(problem.machine.reserved_slots, b, used, pcie)
-    return LivePlaces(dev.label, pcie, places)
+    return LivePlaces(f"{dev.kind} ({dev.model})", pcie, places)
 
 
 def _free_slots(reserved: frozenset[int], b: Bus, used: set[tuple[int, int]], pcie: bool) -> list[Place]:

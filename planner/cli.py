@@ -541,20 +541,21 @@ def attach(
     if count:
         for place in found.places:
             typer.echo(f"pciplan: free: {place}", err=True)
-        typer.echo(f"pciplan: {len(found.places)} more device(s) like {found.device} fit live, as a {kind}",
-                   err=True)
+        typer.echo(f"pciplan: {len(found.places)} more device(s) like this {found.device} fit live, "
+                   f"as a {kind}", err=True)
         typer.echo(str(len(found.places)))
         return
     if not found.places:
-        typer.echo(f"pciplan: no free hot-pluggable place for {found.device}, a {kind}", err=True)
+        typer.echo(f"pciplan: no free hot-pluggable place for this {found.device}, a {kind}", err=True)
         source = guest if connect is None else f"--connect {connect} --domain {domain}"
         typer.echo(_next_boot_hint(tree, dev_tree.getroot(), source, device), err=True)
         raise typer.Exit(EXIT_INFEASIBLE)
     place = found.places[0]
     set_pci_address(dev_tree.getroot(), place.address)
     _write(output, serialize(dev_tree))
-    typer.echo(f"pciplan: {found.device} at {place}; {len(found.places) - 1} more free place(s) for such "
-               "devices; attach it with: virsh attach-device NAME FILE --live --config", err=True)
+    typer.echo(f"pciplan: this {found.device} goes to {place}; {len(found.places) - 1} more free "
+               "place(s) for such devices; attach it with: virsh attach-device NAME FILE --live --config",
+               err=True)
 
 
 def _where(el) -> str:
