@@ -17,6 +17,7 @@ from planner.prepare import CHIPSET, prepare
 from planner.render import render, set_virtio_mmio
 from planner.solver import solve
 from planner.solver.solve import hotpluggable_count
+from planner.xmlio import InputError
 
 
 @dataclass
@@ -34,6 +35,10 @@ class PlanSummary:
     notes: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     controllers_removed: int = 0
+    # What `pciplan check` says about the written plan: errors can only come from addresses the input
+    # pinned (the solver never breaks a rule on its own); the CLI exits 4 when there are any.
+    check_errors: list[str] = field(default_factory=list)
+    check_warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
         return {
@@ -50,6 +55,8 @@ class PlanSummary:
             "addresses_moved": self.moved,
             "controllers_removed": self.controllers_removed,
             "notes": self.notes,
+            "check_errors": self.check_errors,
+            "check_warnings": self.check_warnings,
         }
 
 
@@ -153,8 +160,9 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     for d in prep.mmio:
         set_virtio_mmio(d.element)
     added = Counter(n.model for n in layout.new_controllers)
-    added.update(b.model.name for b in problem.buses.values() if b.new_expander)
+    added.update(b.model.name for b in problem.buses.values() if b.new_expander or b.added)
     total = sum(1 + len(d.companions) for d in problem.devices)
+    errors, warns = _self_check(tree, problem, original, options)
     return PlanSummary(
         machine=problem.machine.family,
         status=result.status,
@@ -169,4 +177,35 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         notes=converted + problem.notes + [f"warning: {w}" for w in warnings],
         moved=layout.moved + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
+        check_errors=errors,
+        check_warnings=warns,
     )
+
+
+def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
+                options: PlanOptions) -> tuple[list[str], list[str]]:
+    """Run the independent checker on the plan, so that plan says what check would say. An error there
+    comes from the input's pinned addresses: name them, and say what --replan would do about it."""
+    from planner.check import WARNING_RULES, check_domain
+
+    found = check_domain(tree)
+    warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]
+    bad = [v for v in found if v.rule not in WARNING_RULES]
+    if not bad:
+        return [], warns
+    errors = [f"{v.element}: {v.message} [{v.rule}]" for v in bad]
+    pinned = [d.label for d in problem.devices if d.address is not None and d.address.bus != 0]
+    pinned += [b.label for b in problem.buses.values() if b.address is not None and not b.added]
+    if pinned:
+        shown = ", ".join(pinned[:4]) + (f" and {len(pinned) - 4} more" if len(pinned) > 4 else "")
+        errors.append(f"the layout is forced by the addresses the input pins: {shown}")
+    if not options.replan:
+        try:
+            trial = copy.deepcopy(original)
+            summary = plan_tree(trial, replace(options, replan=True, to_machine=None))
+        except (Infeasible, InputError):
+            summary = None
+        if summary is not None and not summary.check_errors:
+            errors.append(f"suggestion: `pciplan plan --replan` gives a layout without these errors by "
+                          f"moving {len(summary.moved)} address(es)")
+    return errors, warns

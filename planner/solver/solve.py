@@ -71,12 +71,12 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
 
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
-    # Defaults as libvirt's: one spare root port only when the input had no PCI controllers of its own
-    # (with --replan they are ours to remove); a spare conventional slot only where hot-plug works.
-    own_controllers = prep.problem.user_pci_controllers and not options.replan
+    # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
+    # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
+    # slot only where hot-plug works. --spare-pcie 0 / --spare-pci 0 opt out.
     spare_pcie = options.spare_pcie
     if spare_pcie is None:
-        spare_pcie = 0 if own_controllers else machine.spare_pcie_ports
+        spare_pcie = machine.spare_pcie_ports
     spare_pci = options.spare_pci
     if spare_pci is None:
         spare_pci = machine.spare_pci_slots if prep.problem.root.hotplug else 0
@@ -91,7 +91,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
-    c.spare_ports(model, prep, v, spare_pcie, spare_pci, only_if_adding=options.spare_pcie is None)
+    c.spare_ports(model, prep, v, spare_pcie, spare_pci)
     lv = levels(prep, v)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
@@ -121,6 +121,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         "controllers_added": int(solver.Value(lv.controllers)),
         "bus_numbers_added": int(solver.Value(lv.bus_numbers)),
         "root_slots_used": int(solver.Value(lv.slots_used)),
+        "unlike_libvirt": int(solver.Value(lv.unlike_libvirt)),
         "spare_shortfall": int(solver.Value(v.spare_shortfall)),
     }
     return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)
