@@ -297,16 +297,16 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
         else:
             idx = disk_name_index(tgt.get("dev") or "") // DRIVES_PER_CONTROLLER[bus]
         highest[bus] = max(highest.get(bus, -1), idx)
-    for bus, top in sorted(highest.items()):
-        for idx in range(top + 1):
-            if not has_controller(bus, idx):
-                add_controller(bus, idx)
+    # virDomainDefMaybeAddHostdevSCSIcontroller: the same, up to the highest SCSI hostdev's controller
     for hd in devices.findall("hostdev"):
         if hd.get("type") == "scsi":
             addr = hd.find("address")
             idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
-            if not has_controller("scsi", idx):
-                add_controller("scsi", idx)
+            highest["scsi"] = max(highest.get("scsi", -1), idx)
+    for bus, top in sorted(highest.items()):
+        for idx in range(top + 1):
+            if not has_controller(bus, idx):
+                add_controller(bus, idx)
     # virDomainDefMaybeAddVirtioSerialController: every virtio channel/console implies the controller
     # its virtio-serial address names (0 without one); indices in between are not filled.
     vserial: set[int] = set()
@@ -320,6 +320,13 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
     for idx in sorted(vserial):
         if not has_controller("virtio-serial", idx):
             add_controller("virtio-serial", idx)
+    # virDomainDefMaybeAddSmartcardController: the ccid controller a smartcard names (a USB device)
+    for card in devices.findall("smartcard"):
+        addr = card.find("address")
+        idx = _int(addr.get("controller"), "smartcard address") if (
+            addr is not None and addr.get("type") == "ccid") else 0
+        if not has_controller("ccid", idx):
+            add_controller("ccid", idx)
     if machine.family == "q35" and not has_controller("sata", 0):
         add_controller("sata", 0)
     # qemuDomainDefAddDefaultDevices: the default USB controller whenever none has index 0, even
