@@ -17,6 +17,7 @@ from planner.prepare import CHIPSET, prepare
 from planner.render import render, set_virtio_mmio
 from planner.solver import solve
 from planner.solver.solve import hotpluggable_count
+from planner.ties import prefer_libvirt
 from planner.xmlio import InputError
 
 
@@ -162,6 +163,14 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     added = Counter(n.model for n in layout.new_controllers)
     added.update(b.model.name for b in problem.buses.values() if b.new_expander or b.added)
     total = sum(1 + len(d.companions) for d in problem.devices)
+    notes = converted + problem.notes + [f"warning: {w}" for w in warnings]
+    if not options.replan and not converted:
+        machine = problem.machine
+        spare_pci = options.spare_pci if options.spare_pci is not None else (
+            machine.spare_pci_slots if problem.root.hotplug else 0)
+        spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
+        if prefer_libvirt(tree, original, problem, sum(added.values()), spare_pci, spare_pcie):
+            notes.append("ties with libvirt's own layout: libvirt's addresses written")
     errors, warns = _self_check(tree, problem, original, options)
     return PlanSummary(
         machine=problem.machine.family,
@@ -174,7 +183,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
         levels=result.values,
-        notes=converted + problem.notes + [f"warning: {w}" for w in warnings],
+        notes=notes,
         moved=layout.moved + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
         check_errors=errors,

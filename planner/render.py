@@ -142,10 +142,16 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
         _add_controllers(problem, layout, devices)
-    placed = [m.element for d in problem.devices for m in [d, *d.companions]]
-    placed += [x for d in problem.devices for m in [d, *d.companions] for x in m.mirrors]
-    placed += [c for c in devices.findall("controller") if c.get("type") == "pci"]  # new ones too
+    placed = [m.element for d in problem.devices for m in [d, *d.companions]]  # not the mirrors: a
+    placed += [c for c in devices.findall("controller") if c.get("type") == "pci"]  # console is no function
     _mark_multifunction(devices, chipset or set(), placed)
+    for d in problem.devices:
+        for m in [d, *d.companions]:
+            source = m.element.find("address")
+            for mirror in m.mirrors:  # a console carries its serial's address, multifunction included
+                target = mirror.find("address")
+                if source is not None and target is not None and source.get("multifunction") is not None:
+                    target.set("multifunction", source.get("multifunction"))
 
 
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:

@@ -78,8 +78,8 @@ def levels(prep: Prepared, v: Variables) -> Levels:
             used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]] + v.downstream[p].ports()
     slots_used = cp_model.LinearExpr.Sum(used)
 
-    # L7: existing free hot-pluggable ports (one slot each) left empty cost n+1 each; a filled one
-    # costs its rank in index order, so the lowest free ones fill first, as libvirt's first-fit does.
+    # L7: existing free hot-pluggable ports (one slot each) left empty, one each: libvirt fills the
+    # ports a guest has before it adds any (which ones, lowest index first, the unfolding decides).
     devices = sum(g.size for g in prep.groups)
     fills: dict[int, list] = {e: [] for e in ports}
     for (e, _), x in v.alone.items():
@@ -89,13 +89,9 @@ def levels(prep: Prepared, v: Variables) -> Levels:
         for e, x in table.items():
             if e in fills:
                 fills[e].append(x)
-    free = sorted(e for e, xs in fills.items() if xs)
-    n = len(free)
-    ranked = _ranked_fits(n, devices)
-    terms = [((rank if ranked else 0) - (n + 1)) * x
-             for rank, e in enumerate(free, start=1) for x in fills[e]]
-    unlike_libvirt = n * (n + 1) + cp_model.LinearExpr.Sum(terms)
-    w6 = n * (n + 1) + 1
+    n = sum(1 for xs in fills.values() if xs)
+    unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
+    w6 = n + 1
     w5 = w6 * (MAX_SLOTS + 1)
     w4 = w5 * (MAX_CONTROLLERS + 1)
     w3 = w4 * (MAX_CONTROLLERS + 1)
@@ -103,14 +99,6 @@ def levels(prep: Prepared, v: Variables) -> Levels:
     w1 = w2 * (devices + MAX_CONTROLLERS + 1)
     return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
                   unlike_libvirt, (w1, w2, w3, w4, w5, w6, 1))
-
-
-def _ranked_fits(ports: int, devices: int) -> bool:
-    """Whether ranking the ports keeps the weighted sum inside CP-SAT's 64-bit range (else L7 only
-    counts empty ports)."""
-    w6 = ports * (ports + 1) + 1
-    top = w6 * (MAX_SLOTS + 1) * (MAX_CONTROLLERS + 1) ** 2 * (devices + 1) * (devices + MAX_CONTROLLERS + 1)
-    return top * (devices + MAX_CONTROLLERS + 1) < 2**62
 
 
 def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
