@@ -169,8 +169,11 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         spare_pci = options.spare_pci if options.spare_pci is not None else (
             machine.spare_pci_slots if problem.root.hotplug else 0)
         spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
-        if prefer_libvirt(tree, original, problem, sum(added.values()), spare_pci, spare_pcie):
+        if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
             notes.append("ties with libvirt's own layout: libvirt's addresses written")
+            added = Counter(c.get("model") for c in tree.getroot().iterfind("devices/controller[@type='pci']")
+                            if int(c.get("index"), 0) not in problem.buses)
+            added.update(b.model.name for b in problem.buses.values() if b.added)
     errors, warns = _self_check(tree, problem, original, options)
     return PlanSummary(
         machine=problem.machine.family,

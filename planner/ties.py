@@ -4,9 +4,8 @@ and ports, no rule broken), write libvirt's: a user who compares then sees a dif
 buys something.
 
 libvirt's layout comes from the built-in greedy (planner/greedy.py, libvirt 9.0's algorithm). Only the
-addresses are taken over, element by element, so the user's document stays the user's document. For
-now this covers plans where neither pciplan nor libvirt adds PCI controllers (typically pc guests);
-where both add controllers, objective level 7 steers pciplan towards libvirt's order instead.
+addresses are taken over, element by element, and libvirt's new PCI controllers replace pciplan's, so
+the user's document stays the user's document.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from lxml import etree
 from planner.domain import PciAddress, Problem
 from planner.greedy import greedy_plan
 from planner.render import set_pci_address
-from planner.xmlio import parse_domain_bytes, serialize
+from planner.xmlio import parse_domain_bytes, remove_element, serialize
 
 
 def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
@@ -78,48 +77,86 @@ def _comparable(before: etree._ElementTree, after: etree._ElementTree, spare_pci
 
 
 def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, problem: Problem,
-                   added: int, spare_pci: int, spare_pcie: int) -> bool:
-    """Rewrite the addresses pciplan chose (never one the input gave) with libvirt's when that layout
-    ties with pciplan's. Returns whether it did."""
-    if added or problem.mmio_devices:
+                   spare_pci: int, spare_pcie: int) -> bool:
+    """Rewrite what pciplan chose (never an address the input gave) with libvirt's layout when that
+    ties with pciplan's: device addresses, the places of the input's unaddressed controllers, and
+    the new PCI controllers. Returns whether it did."""
+    if problem.mmio_devices:
         return False
     if any(d.hotplug_rule or d.bus_rule or d.numa_rule is not None or d.connection_rule
            for d in problem.devices):
         return False  # libvirt knows nothing of pciplan's rules
-    greedy = greedy_plan(serialize(original).decode())
-    if not greedy.ok or greedy.xml is None or any(greedy.controllers_added.values()):
+    if any(b.new_expander for b in problem.buses.values()):
         return False
-    theirs = _keyed(parse_domain_bytes(greedy.xml.encode()))
+    greedy = greedy_plan(serialize(original).decode())
+    if not greedy.ok or greedy.xml is None:
+        return False
+    libvirt_tree = parse_domain_bytes(greedy.xml.encode())
+    theirs = _keyed(libvirt_tree)
     chosen = [el for d in problem.devices if d.address is None and d.bus_pin is None
               for m in [d, *d.companions] for el in [m.element, *m.mirrors]]
+    chosen += [b.element for b in problem.buses.values()
+               if b.index != 0 and b.address is None and b.bus_pin is None and b.element is not None]
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
+    known = set(problem.buses)
     trial = copy.deepcopy(tree)
-    ours = _keyed(trial)
-    changes: list[tuple[tuple, PciAddress, bool]] = []
-    for k, el in ours.items():
-        if k not in planned:
-            continue
-        mine = _pci(el)
-        other = theirs.get(k)
-        if mine is None or other is None or el.tag == "controller" and el.get("type") == "pci":
-            continue
-        got = _pci(other)
-        if got is None:
-            return False  # libvirt would place it elsewhere (or not at all): no clean match
-        if got != mine:
-            changes.append((k, *got))
-    if not changes:
+    changes = _changes(_keyed(trial), theirs, planned)
+    new_ours = _new_controllers(trial, known)
+    new_theirs = _new_controllers(libvirt_tree, known)
+    if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return False
-    for k, a, mf in changes:
-        _set(ours[k], a, mf)
+    _apply(trial, changes, new_theirs, known)
     spares = (spare_pci, spare_pcie)
     if _comparable(original, trial, *spares) != _comparable(original, tree, *spares):
         return False  # libvirt's layout is worse for pciplan's objective: keep pciplan's
-    real = _keyed(tree)
-    for k, a, mf in changes:
-        _set(real[k], a, mf)
+    _apply(tree, changes, new_theirs, known)
     return True
+
+
+def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
+             planned: set[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
+    """(key, libvirt's address, multifunction) for every element pciplan placed; None when libvirt
+    places one of them differently in kind (not on PCI, or not at all)."""
+    out = []
+    for k in planned:
+        el, other = ours.get(k), theirs.get(k)
+        if el is None or other is None or _pci(el) is None:
+            return None
+        got = _pci(other)
+        if got is None:
+            return None
+        if got != _pci(el):
+            out.append((k, *got))
+    return sorted(out, key=str)
+
+
+def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._Element]:
+    return sorted((c for c in tree.getroot().iterfind("devices/controller[@type='pci']")
+                   if int(c.get("index") or "0", 0) not in known), key=lambda c: int(c.get("index"), 0))
+
+
+def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Element],
+           known: set[int]) -> None:
+    """Put libvirt's new PCI controllers in place of pciplan's, after the last PCI controller the
+    input had, and libvirt's addresses on the elements pciplan placed."""
+    for c in _new_controllers(tree, known):
+        remove_element(c)
+    pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
+    anchor = max(pci, key=lambda c: int(c.get("index") or "0", 0)) if pci else None
+    if controllers and anchor is not None:
+        indent = anchor.tail if anchor.tail and not anchor.tail.strip() else "\n    "
+        for c in controllers:
+            el = copy.deepcopy(c)
+            el.tail = anchor.tail
+            anchor.tail = indent
+            anchor.addnext(el)
+            anchor = el
+    elif controllers:
+        return  # no root to anchor on cannot happen after read_problem; keep pciplan's layout then
+    keyed = _keyed(tree)
+    for k, a, mf in changes:
+        _set(keyed[k], a, mf)
 
 
 def _set(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
