@@ -421,6 +421,9 @@ def fleet(
     for r in results:
         if r.status == "failed":
             typer.echo(f"pciplan: {r.path}: failed: {r.reason}", err=True)
+        for line in r.check_errors:  # planned, but the pinned layout breaks a rule: never silently
+            level = "" if line.startswith("suggestion: ") else "error: "
+            typer.echo(f"pciplan: {r.path}: {level}{line}", err=True)
     typer.echo(
         f"{summary['files']} files: {summary['changed']} changed, {summary['unchanged']} unchanged, "
         f"{summary['failed']} failed; addresses kept {summary['addresses_kept']}, moved "

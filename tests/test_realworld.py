@@ -380,3 +380,17 @@ def test_where_libvirts_layout_is_optimal_pciplan_writes_it(real_stack) -> None:
     assert len(ties) >= 20, ties  # the comparison is not vacuous
     assert plain == [], f"{len(plain)} of {len(ties)} ties differ from libvirt: {plain}"
     assert with_controllers == [], f"{len(with_controllers)} of {len(ties)} ties differ: {with_controllers}"
+
+
+def test_fleet_reports_pinned_layouts_that_break_a_rule(tmp_path) -> None:
+    from planner import fleet
+    from planner.options import PlanOptions
+
+    path = tmp_path / "hd99.xml"
+    path.write_bytes(guest("pc", "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+                                 "<address domain='0x0000' bus='0x06' slot='0x12' function='0x5'/></source>"
+                                 f"{pci(0x99, 1)}</hostdev>"))
+    r = fleet.plan_one(str(path), str(tmp_path / "out.xml"), PlanOptions(), dry_run=False, backup=False)
+    assert r.status == "changed" and any("[io-windows]" in e for e in r.check_errors)
+    assert fleet.totals([r], 1.0)["with_check_errors"] == 1
+    assert "[io-windows]" in fleet.report_rows([r])[0]["check_errors"]
