@@ -620,6 +620,8 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
             continue  # virtio-mmio, ccw, unassigned ...: not on PCI
         if facts is RESERVED and addr is None:
             continue  # a partial address on a kind libvirt never places: nothing to reserve
+        if facts.note:
+            notes.append(f"warning: {label}: {facts.note}")
         endpoint = "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
         dev = Device(el, kind, model, label, order, endpoint, facts, addr, bus_pin)
         if kind == "serial":

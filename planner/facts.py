@@ -84,6 +84,7 @@ class DeviceClass:
     # "" for a key the catalogue does not know, which pciplan refuses too.
     pci_address: str = ""
     reason: str = ""  # why, for "refuse"
+    note: str = ""  # a warning the plan carries for this kind (say, which libvirt knows it)
     known: bool = True
 
     @property
@@ -175,6 +176,7 @@ def _device_table() -> dict[str, DeviceClass]:
             io_bytes=d.get("io_bytes", 0),
             pci_address=d.get("pci_address", ""),
             reason=d.get("reason", ""),
+            note=d.get("note", ""),
         )
     return out
 

@@ -238,6 +238,8 @@ def test_catalogue_knows_the_pci_kinds_libvirt_9_and_10_place() -> None:
                         f"<interface type='user'><model type='e1000'/>{pci(0, 5)}</interface>")
     with pytest.raises(InputError, match=r"double use of PCI address 00:05.0 \(already panic\[0\]\)"):
         plan_bytes(data)  # the pvpanic is a device whose address is reserved, not ignored
+    _, s = plan_bytes(guest("q35", "<panic model='pvpanic'/>"))  # placed, with a word on libvirt 9.0
+    assert any("libvirt 9.0 rejects panic model 'pvpanic'" in n for n in s.notes)
 
 
 # ---------------------------------------------------------------- 4. plan and check agree
