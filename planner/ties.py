@@ -19,6 +19,8 @@ from planner.greedy import greedy_plan
 from planner.render import set_pci_address
 from planner.xmlio import parse_domain_bytes, remove_element, serialize
 
+MAX_DEVICES = 100  # guests larger than this keep pciplan's layout in a tie
+
 
 def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
     """What names a device across the two documents (libvirt's parser reorders controllers and disks,
@@ -88,6 +90,8 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
         return False  # libvirt knows nothing of pciplan's rules
     if any(b.new_expander for b in problem.buses.values()):
         return False
+    if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
+        return False  # libvirt's greedy costs more than the plan itself there, and ties are rare
     greedy = greedy_plan(serialize(original).decode())
     if not greedy.ok or greedy.xml is None:
         return False
@@ -106,6 +110,8 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return False
+    if len(new_ours) != len(new_theirs):
+        return False  # more or fewer controllers: no tie (and no need to measure)
     _apply(trial, changes, new_theirs, known)
     spares = (spare_pci, spare_pcie)
     if _comparable(original, trial, *spares) != _comparable(original, tree, *spares):
