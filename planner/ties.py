@@ -19,7 +19,7 @@ from planner.greedy import greedy_plan
 from planner.render import set_pci_address
 from planner.xmlio import parse_domain_bytes, remove_element, serialize
 
-MAX_DEVICES = 100  # guests larger than this keep pciplan's layout in a tie
+MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
 
 def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
