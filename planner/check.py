@@ -9,11 +9,13 @@ the real libvirt 9.0 here).
 Where libvirt is permissive it is followed (user-given addresses may put a PCI device into a PCIe slot
 and the reverse). Some rules are stricter than libvirt on purpose because QEMU or the firmware fails
 later or because planner output must be final: "parent-index", "chassis-duplicate", "busnr-partition",
-"io-windows", "mmio-count", "index-gap", "bus-missing", "function0", "multifunction" and, with
+"io-windows", "mmio-count", "index-gap", "bus-missing", "multifunction" and, with
 require_complete, "unaddressed", "index-missing" and "root-missing".
 
-"multifunction-flag" is warning level (see WARNING_RULES): function 0 of a shared slot without
-multifunction='on' is accepted by libvirt, which then adds the attribute, so the XML is not yet final.
+Warning level (see WARNING_RULES), because libvirt and QEMU accept the XML as it stands:
+"multifunction-flag" (function 0 of a shared slot without multifunction='on': libvirt adds it),
+"function0" (a slot without function 0: libvirt writes a lone ich9-ehci1 at function 7 itself) and
+"stale-address" (a PCI address on a device libvirt never addresses: libvirt drops it).
 """
 
 from __future__ import annotations
@@ -57,9 +59,12 @@ RULES: dict[str, str] = {
     "reserved": "a device on a chipset function libvirt keeps (q35 00:1f.0/.2/.3, pc 00:01.0/.2/.3)",
     "reserved-qemu": "a device on pc 00:01.1, the PIIX3 IDE function: libvirt defines it, QEMU refuses",
     "fixed-address": "q35 SATA 0, pc IDE 0 or pc PIIX3 USB 0 away from its fixed address",
-    "function0": "a slot is used without function 0",
+    "function0": "warning: a slot is used without function 0 (libvirt and QEMU accept it, and libvirt "
+                 "itself writes a lone ich9-ehci1 at function 7; guests may not scan the slot)",
     "multifunction": "function 0 of a shared slot says multifunction='off'; QEMU fails",
     "multifunction-flag": "warning: function 0 of a shared slot lacks multifunction='on' (libvirt adds it)",
+    "stale-address": "warning: a PCI address on a device libvirt never addresses (usb/memballoon/video "
+                     "model 'none', graphics, audio ...); libvirt drops it, so it occupies nothing",
     "target-option": "a <target> attribute the controller model does not take",
     "target-range": "chassis, port or chassisNr out of range",
     "chassis-duplicate": "two root/downstream ports with one chassis number (defaults: chassis = index)",
@@ -73,7 +78,7 @@ RULES: dict[str, str] = {
 }
 
 # Rules that describe XML libvirt accepts and silently completes; callers may treat them as warnings.
-WARNING_RULES = frozenset({"multifunction-flag"})
+WARNING_RULES = frozenset({"multifunction-flag", "stale-address", "function0"})
 
 # ---------------------------------------------------------------------------------------------------
 # Facts
@@ -171,6 +176,8 @@ USB_XHCI = frozenset({"qemu-xhci", "nec-xhci"})
 SCSI_NO_PCI = frozenset({"ncr53c90", "ibmvscsi"})  # built-in ESP; spapr-vio
 SOUND_PCI = frozenset({"ich6", "ich9", "ac97", "es1370"})
 VIDEO_NO_PCI = frozenset({"none", "ramfb", "gop"})
+# Elements whose PCI address libvirt 9.0 silently removes (or replaces with its own address type).
+STALE_TAGS = frozenset({"graphics", "audio", "lease", "hub", "channel"})
 VIRTIO_MODELS = frozenset({"virtio", "virtio-non-transitional"})
 TRANSITIONAL = "virtio-transitional"
 
@@ -354,6 +361,22 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     return None
 
 
+def _dropped_by_libvirt(elem: etree._Element) -> bool:
+    """libvirt 9.0 removes a PCI address from these on define (seen on the real stack)."""
+    tag = elem.tag
+    if tag in STALE_TAGS:
+        return True
+    if tag == "controller":
+        return elem.get("type") == "usb" and elem.get("model") == "none"
+    if tag == "memballoon":
+        return elem.get("model") == "none"
+    if tag == "video":
+        return _lower(_child_attr(elem, "model", "type")) == "none"
+    if tag == "memory":
+        return elem.get("model") not in ("virtio-mem", "virtio-pmem")
+    return False
+
+
 def _classify_controller(elem: etree._Element, family: str) -> DeviceKind | None:
     ctype = elem.get("type")
     model = elem.get("model")
@@ -467,6 +490,10 @@ class _Checker:
             addr_elem = elem.find("address")
             if kind is None:
                 if addr_elem is None or addr_elem.get("type") != "pci":
+                    continue
+                if _dropped_by_libvirt(elem):
+                    self.flag(name, "stale-address", "has a PCI address libvirt drops: this device never "
+                              "takes one; it occupies nothing")
                     continue
                 # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
                 kind = _CONVENTIONAL
@@ -733,10 +760,9 @@ class _Checker:
             implicit[(0, 1, 3)] = "the PIIX3 ACPI controller"
             self._fixed(first("ide"), (0, 1, 1), "the PIIX3 IDE controller", implicit)
             usb0 = first("usb")
-            has_usb = any(c.get("type") == "usb" for c in controllers)
             if usb0 is not None and usb0.get("model") in (None, "piix3-uhci"):
                 self._fixed(usb0, (0, 1, 2), "the PIIX3 USB controller", implicit)
-            elif not has_usb:
+            elif usb0 is None:  # libvirt adds it whenever no USB controller has index 0
                 implicit[(0, 1, 2)] = "the PIIX3 USB controller libvirt adds"
         return implicit
 

@@ -14,6 +14,7 @@ from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain, serialize, write_atomic
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+EXIT_PINNED_BREAKS = 4  # planned and written, but the input's pinned addresses break a rule check reports
 
 app = typer.Typer(
     add_completion=False,
@@ -78,7 +79,8 @@ def plan(
     are added and placed too, so that libvirt has nothing left to add or move.
 
     Exit status: 0 planned, 2 bad input, 3 the request cannot be met (the reason names the devices and
-    limits in conflict).
+    limits in conflict), 4 planned and written, but addresses the input pins break a rule `check`
+    reports (say SeaBIOS's I/O space): the pinned devices are named, with the `--replan` way out.
 
     Examples:
 
@@ -141,6 +143,11 @@ def plan(
         for note in summary.notes:
             if note.startswith("warning: "):
                 typer.echo(f"pciplan: {note}", err=True)
+        for line in summary.check_warnings:
+            typer.echo(f"pciplan: warning: {line}", err=True)
+        for line in summary.check_errors:
+            level = "" if line.startswith("suggestion: ") else "error: "
+            typer.echo(f"pciplan: {level}{line}", err=True)
         lv = summary.levels
         hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
         typer.echo(
@@ -149,6 +156,8 @@ def plan(
             f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s",
             err=True,
         )
+    if summary.check_errors:
+        raise typer.Exit(EXIT_PINNED_BREAKS)
 
 
 @app.command()
@@ -411,6 +420,9 @@ def fleet(
     for r in results:
         if r.status == "failed":
             typer.echo(f"pciplan: {r.path}: failed: {r.reason}", err=True)
+        for line in r.check_errors:  # planned, but the pinned layout breaks a rule: never silently
+            level = "" if line.startswith("suggestion: ") else "error: "
+            typer.echo(f"pciplan: {r.path}: {level}{line}", err=True)
     typer.echo(
         f"{summary['files']} files: {summary['changed']} changed, {summary['unchanged']} unchanged, "
         f"{summary['failed']} failed; addresses kept {summary['addresses_kept']}, moved "

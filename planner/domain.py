@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from planner.facts import ControllerModel, DeviceClass, Machine, controller_models, device_class, machine_for
-from planner.xmlio import InputError
+from planner.xmlio import InputError, remove_element
 
 MAX_INDEX = 255
 USB_SET_FUNCTION = {"ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2, "ich9-ehci1": 7}
@@ -297,25 +297,41 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
         else:
             idx = disk_name_index(tgt.get("dev") or "") // DRIVES_PER_CONTROLLER[bus]
         highest[bus] = max(highest.get(bus, -1), idx)
-    for bus, top in sorted(highest.items()):
-        for idx in range(top + 1):
-            if not has_controller(bus, idx):
-                add_controller(bus, idx)
+    # virDomainDefMaybeAddHostdevSCSIcontroller: the same, up to the highest SCSI hostdev's controller
     for hd in devices.findall("hostdev"):
         if hd.get("type") == "scsi":
             addr = hd.find("address")
             idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
-            if not has_controller("scsi", idx):
-                add_controller("scsi", idx)
-    wants_vserial = any(
-        (t := el.find("target")) is not None and t.get("type") == "virtio"
-        for el in devices.findall("channel") + devices.findall("console")
-    )
-    if wants_vserial and not _controllers(devices, "virtio-serial"):
-        add_controller("virtio-serial", 0)
+            highest["scsi"] = max(highest.get("scsi", -1), idx)
+    for bus, top in sorted(highest.items()):
+        for idx in range(top + 1):
+            if not has_controller(bus, idx):
+                add_controller(bus, idx)
+    # virDomainDefMaybeAddVirtioSerialController: every virtio channel/console implies the controller
+    # its virtio-serial address names (0 without one); indices in between are not filled.
+    vserial: set[int] = set()
+    for el in devices.findall("channel") + devices.findall("console"):
+        t = el.find("target")
+        if t is None or t.get("type") != "virtio":
+            continue
+        addr = el.find("address")
+        on_vserial = addr is not None and addr.get("type") == "virtio-serial"
+        vserial.add(_int(addr.get("controller"), f"{el.tag} address") if on_vserial else 0)
+    for idx in sorted(vserial):
+        if not has_controller("virtio-serial", idx):
+            add_controller("virtio-serial", idx)
+    # virDomainDefMaybeAddSmartcardController: the ccid controller a smartcard names (a USB device)
+    for card in devices.findall("smartcard"):
+        addr = card.find("address")
+        idx = _int(addr.get("controller"), "smartcard address") if (
+            addr is not None and addr.get("type") == "ccid") else 0
+        if not has_controller("ccid", idx):
+            add_controller("ccid", idx)
     if machine.family == "q35" and not has_controller("sata", 0):
         add_controller("sata", 0)
-    if machine.implicit_usb and not _controllers(devices, "usb"):
+    # qemuDomainDefAddDefaultDevices: the default USB controller whenever none has index 0, even
+    # when other USB controllers exist.
+    if machine.implicit_usb and not has_controller("usb", 0):
         add_controller("usb", 0, machine.default_usb)
     if devices.find("graphics") is not None and devices.find("video") is None:
         # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
@@ -483,7 +499,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
             if ctype == "ide" and machine.family != "pc":
                 return "", ""
         else:
-            return "", ""  # ccid, fdc, xenbus, isa ...
+            return f"controller:{ctype}", model or ""  # ccid, fdc, xenbus, isa: no PCI form
         return f"controller:{ctype}", model
     if kind == "hostdev":
         if el.get("mode", "subsystem") != "subsystem":
@@ -511,7 +527,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
         return kind, el.get("model") or "virtio"
     if kind == "input":
         if el.get("bus") != "virtio":
-            return "", ""
+            return f"input:{el.get('bus') or 'ps2'}", ""
         return "input", el.get("model") or "virtio"
     if kind == "filesystem":
         drv = el.find("driver")
@@ -529,10 +545,44 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
         return "crypto", el.get("model") or "virtio"
     if kind == "iommu":
         return "iommu", el.get("model") or ""
+    if kind == "panic":
+        return "panic", el.get("model") or ""
+    if kind == "pstore":
+        return "pstore", el.get("backend") or ""
     return "", ""
 
 
-def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str]) -> list[Device]:
+# Children of <devices> that are no device at all.
+NEVER_DEVICES = frozenset({"emulator", "console"})
+# A device libvirt never addresses but whose given PCI address it keeps and reserves (a sound sb16, a
+# ps2 input): it is planned around like a pinned conventional device that can never move.
+RESERVED = DeviceClass(key="reserved", cls="pci", hotplug=False)
+
+
+def _stale_pci_address(el: etree._Element, label: str, facts: DeviceClass, notes: list[str]) -> str | None:
+    """A PCI address on a kind that never takes one: do what libvirt 9.0 does. Returns "keep" when the
+    address stays (reserved), None when there is nothing to plan; refuses what libvirt refuses and what
+    the catalogue does not know."""
+    addr = el.find("address")
+    if addr is None or addr.get("type") != "pci":
+        return None
+    where = " ".join(f"{k}={addr.get(k)}" for k in ("bus", "slot", "function") if addr.get(k) is not None)
+    if facts.pci_address == "drop":
+        remove_element(addr)
+        notes.append(f"warning: dropped the stale PCI address ({where}) of {label}: libvirt never gives "
+                     "this device a PCI address and drops it too")
+        return None
+    if facts.pci_address == "keep":
+        return "keep"
+    if facts.pci_address == "refuse":
+        raise InputError(f"{label}: has a PCI address, but {facts.reason}")
+    what = facts.key.removesuffix(":")
+    raise InputError(f"{label}: has a PCI address, but pciplan does not know '{what}' as a PCI device; "
+                     "remove the address, or describe the kind in models/devices.toml")
+
+
+def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
+                  notes: list[str]) -> list[Device]:
     devices_el = _devices_element(tree)
     out: list[Device] = []
     counters: dict[str, int] = {}
@@ -550,19 +600,28 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str]) -
             if serials and mirrors and position == 0 and el.find("address") is not None:
                 serials[0].mirrors.append(el)
             continue
+        if kind in NEVER_DEVICES or (kind == "controller" and el.get("type") == "pci"):
+            continue
         lookup, model = _model_of(el, kind, machine)
         if not lookup:
-            continue
+            lookup, model = kind, ""  # no PCI form on this machine: the catalogue's "kind:*" says more
         facts = device_class(lookup, model)
-        if facts.cls == "none":
-            continue
         label = describe(el, kind, position)
+        if facts.cls == "none":
+            stale = _stale_pci_address(el, label, facts, notes)
+            if stale is None:
+                continue
+            facts = RESERVED
         addr, bus_pin, other = read_pci_address(el, label)
         if other:
             a = el.find("address")
             if a is not None and a.get("type") == "virtio-mmio":
                 mmio.append(label)
             continue  # virtio-mmio, ccw, unassigned ...: not on PCI
+        if facts is RESERVED and addr is None:
+            continue  # a partial address on a kind libvirt never places: nothing to reserve
+        if facts.note:
+            notes.append(f"warning: {label}: {facts.note}")
         endpoint = "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
         dev = Device(el, kind, model, label, order, endpoint, facts, addr, bus_pin)
         if kind == "serial":
@@ -644,7 +703,7 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     notes = add_implicit_devices(tree, machine)
     buses = _read_buses(tree, machine, acpi, notes)
     mmio: list[str] = []
-    devices = _group_usb_sets(_read_devices(tree, machine, mmio))
+    devices = _group_usb_sets(_read_devices(tree, machine, mmio, notes))
     referenced = max(
         [d.address.bus for d in devices if d.address] + [d.bus_pin for d in devices if d.bus_pin is not None]
         + [b.address.bus for b in buses.values() if b.address]

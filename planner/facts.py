@@ -79,6 +79,13 @@ class DeviceClass:
     pcie_only: bool = False
     integrated: bool = False
     io_bytes: int = 0  # I/O BAR as a conventional or integrated device
+    # For a kind that never takes a PCI address, what libvirt 9.0 does with one it is given:
+    # "drop" (it removes the address), "keep" (it keeps and reserves it), "refuse" (define fails);
+    # "" for a key the catalogue does not know, which pciplan refuses too.
+    pci_address: str = ""
+    reason: str = ""  # why, for "refuse"
+    note: str = ""  # a warning the plan carries for this kind (say, which libvirt knows it)
+    known: bool = True
 
     @property
     def io_units(self) -> int:
@@ -167,6 +174,9 @@ def _device_table() -> dict[str, DeviceClass]:
             pcie_only=d.get("pcie_only", False),
             integrated=d.get("integrated", False),
             io_bytes=d.get("io_bytes", 0),
+            pci_address=d.get("pci_address", ""),
+            reason=d.get("reason", ""),
+            note=d.get("note", ""),
         )
     return out
 
@@ -177,4 +187,4 @@ def device_class(kind: str, model: str) -> DeviceClass:
     for key in (f"{kind}:{model}", f"{kind}:*"):
         if key in table:
             return table[key]
-    return DeviceClass(key=f"{kind}:{model}", cls="none")
+    return DeviceClass(key=f"{kind}:{model}", cls="none", known=False)

@@ -32,6 +32,7 @@ class FileResult:
     controllers_added: int = 0
     controllers_removed: int = 0
     moved: list[str] = field(default_factory=list)
+    check_errors: list[str] = field(default_factory=list)  # what `pciplan check` says (pinned layouts)
 
 
 def collect(paths: Iterable[str]) -> list[Path]:
@@ -74,6 +75,7 @@ def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool,
         addresses_kept=max(0, given - len(summary.moved)),
         controllers_added=sum(summary.controllers_added.values()),
         controllers_removed=summary.controllers_removed, moved=summary.moved,
+        check_errors=summary.check_errors,
     )
     if not dry_run and target is not None and (changed or target != path):
         if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
@@ -154,6 +156,7 @@ def totals(results: list[FileResult], wall: float) -> dict:
         "addresses_moved": sum(r.addresses_moved for r in planned),
         "controllers_added": sum(r.controllers_added for r in planned),
         "controllers_removed": sum(r.controllers_removed for r in planned),
+        "with_check_errors": sum(bool(r.check_errors) for r in planned),
         "seconds_total": round(wall, 3),
         "seconds_per_file": round(sum(r.seconds for r in results) / max(1, len(results)), 4),
         "files_per_second": round(len(results) / wall, 1) if wall else None,
@@ -165,6 +168,7 @@ def report_rows(results: list[FileResult]) -> list[dict]:
     for r in results:
         row = asdict(r)
         row["moved"] = "; ".join(r.moved)
+        row["check_errors"] = "; ".join(r.check_errors)
         rows.append(row)
     return rows
 
@@ -215,5 +219,6 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
             solver=summary.status.lower(), seconds=time.perf_counter() - start,
             addresses_moved=len(summary.moved), addresses_kept=max(0, given - len(summary.moved)),
             controllers_added=sum(summary.controllers_added.values()),
-            controllers_removed=summary.controllers_removed, moved=summary.moved))
+            controllers_removed=summary.controllers_removed, moved=summary.moved,
+            check_errors=summary.check_errors))
     return results

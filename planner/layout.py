@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from planner.domain import Device, PciAddress
 from planner.prepare import Prepared
 from planner.solver.solve import SolveResult
-from planner.solver.variables import PortPool
+from planner.solver.variables import PORTS, PortPool, group_allowed_on
 
 FUNCTIONS = 8
 
@@ -120,9 +120,52 @@ class _Unfolder:
         for _ in range(val(pool.spare)):
             make_port()
 
+    def _alone_lowest_ports_first(self) -> dict[tuple[int, int], int]:
+        """The solver's (bus, group) -> devices alone there, with the devices it put on existing ports
+        moved, among interchangeable ports, to the lowest indices: libvirt's first fit. Interchangeable:
+        same model, hot-plug setting and bus-number hierarchy, nothing else on them; groups pinned to
+        a bus stay."""
+        v, val = self.v, self.r.value
+        assert v is not None
+        alone = {k: val(x) for k, x in v.alone.items() if val(x)}
+        busy = {e for e, x in v.packslots.items() if val(x)}
+        busy |= {e for e, x in v.new_pcie_pci_bridge.items() if val(x)}
+        busy |= {e for e, pool in v.root_ports.items() if any(val(x) for x in pool.ports())}
+
+        def klass(e: int) -> tuple | None:
+            st = self.prep.states.get(e)
+            if st is None or e in busy or e not in self.nodes or not self.nodes[e].free:
+                return None
+            if st.bus.model.name not in PORTS or len(self.nodes[e].free) != 1:
+                return None
+            return (st.bus.model.name, st.bus.hotplug, self.prep.hierarchy_of(e))
+
+        classes: dict[tuple, list[int]] = {}
+        for e in self.nodes:
+            c = klass(e)
+            if c is not None:
+                classes.setdefault(c, []).append(e)
+        for ports in classes.values():
+            movable = [(e, gi) for (e, gi), n in sorted(alone.items()) if e in ports and n == 1
+                       and self.prep.groups[gi].key.bus_pin is None]
+            if any(alone[(e, gi)] != 1 for (e, gi) in alone if e in ports):
+                continue
+            if not all(group_allowed_on(self.prep, self.prep.groups[gi], p) for _, gi in movable
+                       for p in ports):
+                continue
+            held = {e for e, _ in movable}
+            fixed = {e for (e, _gi) in alone if e in ports} - held
+            targets = [e for e in sorted(ports) if e not in fixed][: len(movable)]
+            for key in movable:
+                del alone[key]
+            for (_, gi), t in zip(movable, targets, strict=True):
+                alone[(t, gi)] = 1
+        return alone
+
     def unfold(self) -> None:
         v, val = self.v, self.r.value
         assert v is not None
+        alone = self._alone_lowest_ports_first()
         for e in sorted(self.nodes):
             node = self.nodes[e]
             for _ in range(val(v.new_pci_bridges.get(e))):
@@ -135,9 +178,9 @@ class _Unfolder:
                 if b == e:
                     for _ in range(val(x)):
                         self.want(gi, node, *self.function(node, root_port=False))
-            for (b, gi), x in sorted(v.alone.items()):
+            for (b, gi), n in sorted(alone.items()):
                 if b == e:
-                    for _ in range(val(x)):
+                    for _ in range(n):
                         self.want(gi, node, self.whole_slot(node), 0)
         self._pool()
 

@@ -17,6 +17,8 @@ from planner.prepare import CHIPSET, prepare
 from planner.render import render, set_virtio_mmio
 from planner.solver import solve
 from planner.solver.solve import hotpluggable_count
+from planner.ties import prefer_libvirt
+from planner.xmlio import InputError
 
 
 @dataclass
@@ -34,6 +36,10 @@ class PlanSummary:
     notes: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     controllers_removed: int = 0
+    # What `pciplan check` says about the written plan: errors can only come from addresses the input
+    # pinned (the solver never breaks a rule on its own); the CLI exits 4 when there are any.
+    check_errors: list[str] = field(default_factory=list)
+    check_warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
         return {
@@ -50,6 +56,8 @@ class PlanSummary:
             "addresses_moved": self.moved,
             "controllers_removed": self.controllers_removed,
             "notes": self.notes,
+            "check_errors": self.check_errors,
+            "check_warnings": self.check_warnings,
         }
 
 
@@ -153,8 +161,20 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     for d in prep.mmio:
         set_virtio_mmio(d.element)
     added = Counter(n.model for n in layout.new_controllers)
-    added.update(b.model.name for b in problem.buses.values() if b.new_expander)
+    added.update(b.model.name for b in problem.buses.values() if b.new_expander or b.added)
     total = sum(1 + len(d.companions) for d in problem.devices)
+    notes = converted + problem.notes + [f"warning: {w}" for w in warnings]
+    if not options.replan and not converted:
+        machine = problem.machine
+        spare_pci = options.spare_pci if options.spare_pci is not None else (
+            machine.spare_pci_slots if problem.root.hotplug else 0)
+        spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
+        if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
+            notes.append("ties with libvirt's own layout: libvirt's addresses written")
+            added = Counter(c.get("model") for c in tree.getroot().iterfind("devices/controller[@type='pci']")
+                            if int(c.get("index"), 0) not in problem.buses)
+            added.update(b.model.name for b in problem.buses.values() if b.added)
+    errors, warns = _self_check(tree, problem, original, options)
     return PlanSummary(
         machine=problem.machine.family,
         status=result.status,
@@ -166,7 +186,43 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
         levels=result.values,
-        notes=converted + problem.notes + [f"warning: {w}" for w in warnings],
+        notes=notes,
         moved=layout.moved + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
+        check_errors=errors,
+        check_warnings=warns,
     )
+
+
+def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
+                options: PlanOptions) -> tuple[list[str], list[str]]:
+    """Run the independent checker on the plan, so that plan says what check would say. An error there
+    comes from the input's pinned addresses: name them, and say what --replan would do about it."""
+    from planner.check import WARNING_RULES, check_domain
+
+    pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
+        c.get("model") not in ("pci-root", "pcie-root") for c in original.getroot().iterfind(
+            "devices/controller[@type='pci']"))
+    if not pinned_input:
+        return [], []  # the solver's own choices break no rule (tests/test_cases.py proves it on every case)
+    found = check_domain(tree)
+    warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]
+    bad = [v for v in found if v.rule not in WARNING_RULES]
+    if not bad:
+        return [], warns
+    errors = [f"{v.element}: {v.message} [{v.rule}]" for v in bad]
+    pinned = [d.label for d in problem.devices if d.address is not None and d.address.bus != 0]
+    pinned += [b.label for b in problem.buses.values() if b.address is not None and not b.added]
+    if pinned:
+        shown = ", ".join(pinned[:4]) + (f" and {len(pinned) - 4} more" if len(pinned) > 4 else "")
+        errors.append(f"the layout is forced by the addresses the input pins: {shown}")
+    if not options.replan:
+        try:
+            trial = copy.deepcopy(original)
+            summary = plan_tree(trial, replace(options, replan=True, to_machine=None))
+        except (Infeasible, InputError):
+            summary = None
+        if summary is not None and not summary.check_errors:
+            errors.append(f"suggestion: `pciplan plan --replan` gives a layout without these errors by "
+                          f"moving {len(summary.moved)} address(es)")
+    return errors, warns

@@ -74,10 +74,15 @@ def _used_chassis(problem: Problem) -> set[int]:
     return used
 
 
-def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]]) -> None:
-    """multifunction='on' on function 0 of every slot with more than one function in use."""
+def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]],
+                        placed: list[etree._Element]) -> None:
+    """multifunction='on' on function 0 of every slot with more than one function in use. Only the
+    elements really placed count, never an address pciplan does not plan."""
     by_slot: dict[tuple[int, int], list[etree._Element]] = {}
-    for a in devices.iterfind("*/address[@type='pci']"):
+    for el in placed:  # the list keeps the proxies alive, so ids are stable
+        a = el.find("address")
+        if a is None or a.get("type") != "pci" or el.getparent() is not devices:
+            continue
         key = (int(a.get("bus"), 0), int(a.get("slot"), 0))
         by_slot.setdefault(key, []).append(a)
     for key, addrs in by_slot.items():
@@ -112,7 +117,16 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
         _add_controllers(problem, layout, devices)
-    _mark_multifunction(devices, chipset or set())
+    placed = [m.element for d in problem.devices for m in [d, *d.companions]]  # not the mirrors: a
+    placed += [c for c in devices.findall("controller") if c.get("type") == "pci"]  # console is no function
+    _mark_multifunction(devices, chipset or set(), placed)
+    for d in problem.devices:
+        for m in [d, *d.companions]:
+            source = m.element.find("address")
+            for mirror in m.mirrors:  # a console carries its serial's address, multifunction included
+                target = mirror.find("address")
+                if source is not None and target is not None and source.get("multifunction") is not None:
+                    target.set("multifunction", source.get("multifunction"))
 
 
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:

@@ -49,5 +49,8 @@ def test_compare_command_json_and_plot(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert len(data["guests"]) == len(list(GUESTS.glob("*.xml")))
-    assert all(g["controllers_saved"] >= 0 for g in data["guests"])
+    # never more controllers than libvirt, but for the empty hot-plug port libvirt does not keep
+    assert all(g["controllers_saved"] >= 0 or (
+        g["controllers_saved"] == -1 and g["greedy"]["spare_hotplug_ports"] == 0
+        and g["pciplan"]["spare_hotplug_ports"] >= 1) for g in data["guests"])
     assert out.stat().st_size > 10_000

@@ -50,17 +50,27 @@ def test_devices_that_cannot_be_hotplugged_become_integrated(guest_xml) -> None:
     usb = tree.getroot().find("devices/controller[@type='usb']")
     balloon = tree.getroot().find("devices/memballoon")
     assert addr(usb)[0] == 0 and addr(balloon)[0] == 0
-    assert s.controllers_added == {}  # libvirt adds 3 root ports (xhci, balloon, spare)
+    # libvirt adds 3 root ports (xhci, balloon, spare); pciplan only the spare, which stays empty
+    assert s.controllers_added == {"pcie-root-port": 1}
+    (port,) = controllers(tree, "pcie-root-port")
+    bus = f"0x{int(port.get('index')):02x}"
+    below = [d for d in tree.getroot().iter("address") if d.get("type") == "pci" and d.get("bus") == bus]
+    assert below == []
 
 
-def test_spare_root_port_follows_libvirts_rule(guest_xml) -> None:
-    """One empty root port when the plan adds controllers to an input without any (libvirt's rule)."""
+def test_default_headroom_is_one_empty_hotpluggable_port(guest_xml) -> None:
+    """Every q35 plan ends with an empty hot-pluggable port, whether or not it adds anything else, and
+    whether or not the input had PCI controllers; --spare-pcie 0 opts out."""
     tree, s = plan_bytes(guest_xml("q35", nics(1)))
     assert s.controllers_added == {"pcie-root-port": 2}
     ports = ("<controller type='pci' index='0' model='pcie-root'/>"
              "<controller type='pci' model='pcie-root-port'/>")
     tree, s = plan_bytes(guest_xml("q35", ports + nics(2)))
-    assert s.controllers_added == {"pcie-root-port": 1}  # the user's port + one new: no spare
+    assert s.controllers_added == {"pcie-root-port": 2}  # the user's port + one new + the spare
+    tree, s = plan_bytes(guest_xml("q35", ports + nics(2)), spare_pcie=0)
+    assert s.controllers_added == {"pcie-root-port": 1}
+    tree, s = plan_bytes(guest_xml("q35", ports + nics(1)))
+    assert s.controllers_added == {"pcie-root-port": 1}  # nothing else added, the spare all the same
 
 
 def test_conventional_devices_go_to_conventional_slots_on_q35(guest_xml) -> None:
@@ -279,8 +289,11 @@ def test_replan_adds_spare_ports_without_moving_devices(guest_xml) -> None:
 
 def test_replan_repairs_a_layout_that_breaks_the_io_budget_moving_fewest_devices(guest_xml) -> None:
     data = guest_xml("q35", _bridges_layout(16))  # 16 windows; SeaBIOS fits 14
-    kept, s0 = plan_bytes(data)  # default mode keeps the given layout as it is
-    assert s0.controllers_added == {}
+    kept, s0 = plan_bytes(data)  # default mode keeps the given layout as it is (plus the empty spare)
+    assert s0.controllers_added == {"pcie-root-port": 1}
+    # and says so: the firmware cannot set it up, and --replan would repair it moving 2 addresses
+    assert any("[io-windows]" in e for e in s0.check_errors)
+    assert any("--replan" in e and "moving 2 address(es)" in e for e in s0.check_errors)
     assert [addr(i) for i in ifaces(kept)] == [addr(i) for i in ifaces(parse_domain_bytes(data))]
     tree, s = plan_bytes(data, replan=True)
     assert errors(tree) == []

@@ -43,40 +43,48 @@ def same_but_ours(old: str, new: str) -> bool:
 
 
 def unexplained(before: str, after: str) -> list[str]:
-    """Lines of the diff that are not one of pciplan's own kinds of change."""
+    """Lines of the diff that are not one of pciplan's own kinds of change. A changed line may be
+    reported by the diff far from its new form, so removed and added lines are matched over the whole
+    diff, not hunk by hunk."""
     a, b = before.splitlines(), after.splitlines()
-    bad = []
+    removed: list[str] = []
+    added: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
+        if op != "equal":
+            removed += a[i1:i2]
+            added += b[j1:j2]
+    bad = []
+    explained = set()  # added lines that are the new form of a removed one
+    for line in removed:
+        if ADDRESS.fullmatch(line.strip()) or re.fullmatch(r"\s*</[\w:-]+>\s*", line):
             continue
-        removed, added = a[i1:i2], b[j1:j2]
-        opened = set()  # self-closing elements that gained a child: <x .../> became <x ...>
-        for line in removed:
-            m = SELF_CLOSING.fullmatch(line)
-            if ADDRESS.fullmatch(line.strip()):
-                continue
-            if m and m.group(1) + ">" in added:
-                opened.add(m.group(1) + ">")
-                continue
-            # a closing tag that followed the last child moves to a line of its own after the new ones
-            m = re.fullmatch(r"(.*?)(</[\w:-]+>)\s*", line)
-            if m and m.group(1) in added and any(x.strip() == m.group(2) for x in added):
-                opened.add(m.group(1))
-                continue
-            twins = [x for x in added if same_but_ours(line, x)]
-            if twins:
-                opened.add(twins[0])
-                continue
-            # an element written on one line that gained an <address> inside
-            if any(ADDRESS.sub("", x) == ADDRESS.sub("", line) for x in added if ADDRESS.search(x)):
-                continue
-            bad.append(f"- {line}")
-        for line in added:
-            if line in opened or ADDED.fullmatch(line):
-                continue
-            if any(ADDRESS.sub("", line) == ADDRESS.sub("", x) for x in removed):
-                continue
-            bad.append(f"+ {line}")
+        m = SELF_CLOSING.fullmatch(line)
+        if m and m.group(1) + ">" in added:  # <x .../> gained a child
+            explained.add(m.group(1) + ">")
+            continue
+        # an element whose stale address pciplan dropped (as libvirt does) closes itself again
+        if line.rstrip().endswith(">") and line.rstrip()[:-1] + "/>" in added:
+            explained.add(line.rstrip()[:-1] + "/>")
+            continue
+        # a closing tag that followed the last child moves to a line of its own after the new ones
+        m = re.fullmatch(r"(.*?)(</[\w:-]+>)\s*", line)
+        if m and m.group(1) in added and any(x.strip() == m.group(2) for x in added):
+            explained.add(m.group(1))
+            continue
+        twins = [x for x in added if same_but_ours(line, x)]
+        if twins:
+            explained.add(twins[0])
+            continue
+        # an element written on one line that gained an <address> inside
+        if any(ADDRESS.sub("", x) == ADDRESS.sub("", line) for x in added if ADDRESS.search(x)):
+            continue
+        bad.append(f"- {line}")
+    for line in added:
+        if line in explained or ADDED.fullmatch(line):
+            continue
+        if any(ADDRESS.sub("", line) == ADDRESS.sub("", x) for x in removed):
+            continue
+        bad.append(f"+ {line}")
     return bad
 
 

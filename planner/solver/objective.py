@@ -8,6 +8,8 @@ value of all lower levels together, so no gain below can pay for a loss above:
   L5  bus numbers added
   L6  slots of existing buses consumed (tie-break: keep room on the root bus), and with --replan
       old controllers removed (no churn for nothing)
+  L7  ties go to libvirt's choice: an existing empty hot-pluggable port left empty counts one (libvirt
+      fills the ports a guest already has before it adds new ones)
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from planner.prepare import Prepared
-from planner.solver.variables import Variables, hotpluggable_placements, new_controllers, on_conventional
+from planner.solver.variables import (
+    PORTS,
+    Variables,
+    hotpluggable_placements,
+    new_controllers,
+    on_conventional,
+)
 
 MAX_SLOTS = 2 * 256 * 32 + 256
 MAX_CONTROLLERS = 256
@@ -32,7 +40,8 @@ class Levels:
     controllers: cp_model.LinearExpr
     bus_numbers: cp_model.LinearExpr
     slots_used: cp_model.LinearExpr
-    weights: tuple[int, int, int, int, int, int]
+    unlike_libvirt: cp_model.LinearExpr
+    weights: tuple[int, int, int, int, int, int, int]
 
 
 def levels(prep: Prepared, v: Variables) -> Levels:
@@ -54,8 +63,11 @@ def levels(prep: Prepared, v: Variables) -> Levels:
         new_controllers(v) + [prep.problem.buses[c].model.buses * k for c, k in v.bus_keep.items()])
     moved_devices = [1 - v.keep[i] for i, d in enumerate(prep.droppables) if d.device is not None]
     moved = len(prep.lost) + cp_model.LinearExpr.Sum(moved_devices)
-    used = [*v.packslots.values(), *v.rpslots.values(), *v.alone.values(), *v.new_pci_bridges.values()]
-    used += list(v.new_pcie_pci_bridge.values())
+    # The one slot of an existing port is no room worth keeping: whether it is filled is L7's business.
+    ports = [e for e, st in prep.states.items() if st.bus.model.name in PORTS and st.bus.hotplug]
+    used = [x for e, x in v.packslots.items() if e not in ports] + list(v.rpslots.values())
+    used += [x for (e, _), x in v.alone.items() if e not in ports] + list(v.new_pci_bridges.values())
+    used += [x for e, x in v.new_pcie_pci_bridge.items() if e not in ports]
     # A hot-pluggable slot given to devices packed as functions costs more: it is hot-plug room lost.
     used += [x for e, x in v.packslots.items() if prep.states[e].bus.hotplug]
     used += [1 - k for k in v.bus_keep.values()]  # --replan: churn in controllers, last of all
@@ -66,24 +78,47 @@ def levels(prep: Prepared, v: Variables) -> Levels:
             used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]] + v.downstream[p].ports()
     slots_used = cp_model.LinearExpr.Sum(used)
 
+    # L7: existing free hot-pluggable ports (one slot each) left empty, one each: libvirt fills the
+    # ports a guest has before it adds any (which ones, lowest index first, the unfolding decides).
     devices = sum(g.size for g in prep.groups)
-    w5 = MAX_SLOTS + 1
+    fills: dict[int, list] = {e: [] for e in ports}
+    for (e, _), x in v.alone.items():
+        if e in fills:
+            fills[e].append(x)
+    for table in (v.packslots, v.new_pcie_pci_bridge):
+        for e, x in table.items():
+            if e in fills:
+                fills[e].append(x)
+    n = sum(1 for xs in fills.values() if xs)
+    unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
+    w6 = n + 1
+    w5 = w6 * (MAX_SLOTS + 1)
     w4 = w5 * (MAX_CONTROLLERS + 1)
     w3 = w4 * (MAX_CONTROLLERS + 1)
     w2 = w3 * (devices + 1)
     w1 = w2 * (devices + MAX_CONTROLLERS + 1)
     return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
-                  (w1, w2, w3, w4, w5, 1))
+                  unlike_libvirt, (w1, w2, w3, w4, w5, w6, 1))
 
 
 def objective_expr(lv: Levels) -> cp_model.LinearExpr:
-    w1, w2, w3, w4, w5, w6 = lv.weights
+    w1, w2, w3, w4, w5, w6, w7 = lv.weights
     return (w1 * lv.moved + w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
-            + w5 * lv.bus_numbers + w6 * lv.slots_used)
+            + w5 * lv.bus_numbers + w6 * lv.slots_used + w7 * lv.unlike_libvirt)
 
 
 def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
     model.Minimize(objective_expr(lv))
+
+
+def libvirt_order(prep: Prepared, v: Variables) -> cp_model.LinearExpr:
+    """Among equally good layouts, earlier devices on the existing buses of lowest index, as libvirt's
+    one-device-at-a-time assignment puts them (groups are numbered in document order; new
+    controllers come after every existing bus). Maximising the sum of products pairs the largest
+    factors (rearrangement inequality): early groups with low indices."""
+    groups = len(prep.groups)
+    placed = [*v.alone.items(), *v.packed.items()]
+    return cp_model.LinearExpr.Sum([-(groups - gi) * (256 - e) * x for (e, gi), x in placed])
 
 
 def canonical_tiebreak(model: cp_model.CpModel) -> cp_model.LinearExpr:

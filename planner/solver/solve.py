@@ -11,7 +11,13 @@ from planner.errors import Infeasible
 from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
-from planner.solver.objective import canonical_tiebreak, levels, objective_expr, set_objective
+from planner.solver.objective import (
+    canonical_tiebreak,
+    levels,
+    libvirt_order,
+    objective_expr,
+    set_objective,
+)
 from planner.solver.variables import Variables, create_variables, hotpluggable_placements
 
 
@@ -71,12 +77,12 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
 
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
-    # Defaults as libvirt's: one spare root port only when the input had no PCI controllers of its own
-    # (with --replan they are ours to remove); a spare conventional slot only where hot-plug works.
-    own_controllers = prep.problem.user_pci_controllers and not options.replan
+    # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
+    # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
+    # slot only where hot-plug works. --spare-pcie 0 / --spare-pci 0 opt out.
     spare_pcie = options.spare_pcie
     if spare_pcie is None:
-        spare_pcie = 0 if own_controllers else machine.spare_pcie_ports
+        spare_pcie = machine.spare_pcie_ports
     spare_pci = options.spare_pci
     if spare_pci is None:
         spare_pci = machine.spare_pci_slots if prep.problem.root.hotplug else 0
@@ -91,7 +97,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
-    c.spare_ports(model, prep, v, spare_pcie, spare_pci, only_if_adding=options.spare_pcie is None)
+    c.spare_ports(model, prep, v, spare_pcie, spare_pci)
     lv = levels(prep, v)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
@@ -113,7 +119,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
     if status == cp_model.OPTIMAL:
-        solver = _canonical(model, lv, obj, solver, options, seconds)
+        solver = _canonical(model, lv, obj, solver, options, start, libvirt_order(prep, v))
         seconds = time.perf_counter() - start
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     values = {
@@ -124,29 +130,35 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         "controllers_added": int(solver.Value(lv.controllers)),
         "bus_numbers_added": int(solver.Value(lv.bus_numbers)),
         "root_slots_used": int(solver.Value(lv.slots_used)),
+        "unlike_libvirt": int(solver.Value(lv.unlike_libvirt)),
         "spare_shortfall": int(solver.Value(v.spare_shortfall)),
     }
     return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)
 
 
 def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,
-               spent: float) -> cp_model.CpSolver:
-    """Among the optimal layouts, the one the fixed tie-break picks, so the output does not depend on
-    the OR-Tools version's search order. Keeps the first solution if the tie-break cannot be proven."""
-    proto = model.Proto()
-    model.ClearHints()
-    for index in range(len(proto.variables)):
-        var = model.GetIntVarFromProtoIndex(index)
-        model.AddHint(var, first.Value(var))
+               start: float, order: cp_model.LinearExpr) -> cp_model.CpSolver:
+    """Among the optimal layouts, the one two fixed tie-breaks pick: libvirt's order first, then
+    fixed weights on every variable, so the output does not depend on the OR-Tools version's search
+    order. Keeps the best solution proven so far if a stage cannot be proven in time."""
     model.Add(objective_expr(lv) == obj)
-    model.Minimize(canonical_tiebreak(model))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(1.0, options.time_limit - spent)
-    solver.parameters.num_workers = options.workers
-    solver.parameters.random_seed = 0
-    if solver.Solve(model) == cp_model.OPTIMAL:
-        return solver
-    return first
+    best = first
+    for stage in (order, canonical_tiebreak(model)):
+        proto = model.Proto()
+        model.ClearHints()
+        for index in range(len(proto.variables)):
+            var = model.GetIntVarFromProtoIndex(index)
+            model.AddHint(var, best.Value(var))
+        model.Minimize(stage)
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(1.0, options.time_limit - (time.perf_counter() - start))
+        solver.parameters.num_workers = options.workers
+        solver.parameters.random_seed = 0
+        if solver.Solve(model) != cp_model.OPTIMAL:
+            return best
+        model.Add(stage == int(round(solver.ObjectiveValue())))
+        best = solver
+    return best
 
 
 def hotpluggable_count(prep: Prepared, result: SolveResult, groups: set[int]) -> int:
