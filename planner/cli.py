@@ -70,6 +70,12 @@ def plan(
         str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
                                  "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
     ] = None,
+    objective: Annotated[
+        str | None, typer.Option("--objective-order", metavar="LEVELS", help="The order of the objective's "
+                                 "levels, most important first: hotplug, pcie, controllers and buses, "
+                                 "comma-separated (default hotplug,pcie,controllers,buses). Example: "
+                                 "controllers,hotplug,pcie,buses trades PCIe for fewer controllers.")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -90,6 +96,7 @@ def plan(
     """
     from planner.errors import Infeasible
     from planner.plan import plan_tree
+    from planner.rules import objective_order
 
     if in_place and output is not None:
         _fail(EXIT_BAD_INPUT, "give either -o/--output or --in-place, not both")
@@ -113,7 +120,9 @@ def plan(
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
                               replan=replan, hotplug_kinds=frozenset(hotplug or []),
                               no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
-                              policy=str(policy) if policy else None, host_numa=host_numa == "auto")
+                              policy=str(policy) if policy else None, host_numa=host_numa == "auto",
+                              objective_order=objective_order(objective, "--objective-order")
+                              if objective else None)
         summary = plan_tree(tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))

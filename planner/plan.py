@@ -12,7 +12,7 @@ from planner import convert, rules
 from planner.domain import read_problem
 from planner.errors import Infeasible
 from planner.layout import unfold
-from planner.options import PlanOptions
+from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import CHIPSET, prepare
 from planner.render import render, set_virtio_mmio
 from planner.solver import solve
@@ -89,10 +89,13 @@ def _read(tree: etree._ElementTree, options: PlanOptions):
     warnings = rules.apply(problem, sources)
     spare_pcie = options.spare_pcie
     spare_pci = options.spare_pci
+    order = options.objective_order
     for src in (metadata, policy):
         spare_pcie = src.spare_pcie if spare_pcie is None else spare_pcie
         spare_pci = src.spare_pci if spare_pci is None else spare_pci
-    return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci), warnings
+        order = src.objective if order is None else order
+    return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci,
+                            objective_order=order or OBJECTIVE_DEFAULT), warnings
 
 
 def _number_new_expanders(prep, layout) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from lxml import etree
 
 from planner.domain import Device, Problem
-from planner.options import BUS_CHOICES, DEVICE_KINDS
+from planner.options import BUS_CHOICES, DEVICE_KINDS, OBJECTIVE_DEFAULT
 from planner.xmlio import InputError
 
 NAMESPACE = "urn:pciplan:constraints:1"
@@ -56,6 +56,7 @@ class RuleSet:
     rules: list[Rule] = field(default_factory=list)  # in precedence order, lowest first
     spare_pcie: int | None = None
     spare_pci: int | None = None
+    objective: tuple[str, ...] | None = None
 
 
 def _value(d: Device, key: str) -> str | None:
@@ -120,6 +121,15 @@ def _rule(where: str, attrs: dict[str, str]) -> Rule:
     return Rule(where, match, hotplug, bus, numa, connection, host_numa)
 
 
+def objective_order(text: str, where: str) -> tuple[str, ...]:
+    """'controllers,hotplug,pcie,buses' as a tuple; every level exactly once."""
+    order = tuple(part.strip() for part in text.split(",") if part.strip())
+    if sorted(order) != sorted(OBJECTIVE_DEFAULT):
+        raise InputError(f"{where}: '{text}' is not an order of {', '.join(OBJECTIVE_DEFAULT)} "
+                         "(each exactly once)")
+    return order
+
+
 def _spare(where: str, value: object) -> int:
     try:
         n = int(str(value))
@@ -147,8 +157,10 @@ def from_policy(path: str | Path) -> RuleSet:
             out.spare_pcie = _spare(f"{path} spare-pcie", value)
         elif key == "spare-pci":
             out.spare_pci = _spare(f"{path} spare-pci", value)
+        elif key == "objective":
+            out.objective = objective_order(str(value), f"{path} objective")
         else:
-            raise InputError(f"{path}: unknown key '{key}' (rule, spare-pcie, spare-pci)")
+            raise InputError(f"{path}: unknown key '{key}' (rule, spare-pcie, spare-pci, objective)")
     return out
 
 
@@ -170,8 +182,12 @@ def from_metadata(tree: etree._ElementTree) -> RuleSet:
                         out.spare_pci = _spare(f"{where} (spare pci)", v)
                     else:
                         raise InputError(f"{where}: unknown attribute '{k}' of <spare> (pcie, pci)")
+            elif local == "objective":
+                if set(el.attrib) != {"order"}:
+                    raise InputError(f"{where}: <objective> takes one attribute, order")
+                out.objective = objective_order(el.get("order", ""), f"{where} (objective order)")
             else:
-                raise InputError(f"{where}: unknown element <{local}> (rule, spare)")
+                raise InputError(f"{where}: unknown element <{local}> (rule, spare, objective)")
     return out
 
 

@@ -10,6 +10,9 @@ value of all lower levels together, so no gain below can pay for a loss above:
       old controllers removed (no churn for nothing)
   L7  ties go to libvirt's choice: an existing empty hot-pluggable port left empty counts one (libvirt
       fills the ports a guest already has before it adds new ones)
+
+L2 to L5 are the user's to order (--objective-order, <pciplan:objective order=…/>, a policy's
+objective = "…"); the order above is the default.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from planner.options import OBJECTIVE_DEFAULT
 from planner.prepare import Prepared
 from planner.solver.variables import (
     PORTS,
@@ -41,10 +45,29 @@ class Levels:
     bus_numbers: cp_model.LinearExpr
     slots_used: cp_model.LinearExpr
     unlike_libvirt: cp_model.LinearExpr
-    weights: tuple[int, int, int, int, int, int, int]
+    order: tuple[str, ...]  # every level, most important first
+    weights: dict[str, int]
+
+    def expr(self, name: str) -> cp_model.LinearExpr:
+        return {"moved": self.moved, "hotplug": self.hotplug_lost, "pcie": self.pcie_on_pci,
+                "controllers": self.controllers, "buses": self.bus_numbers, "slots": self.slots_used,
+                "libvirt": self.unlike_libvirt}[name]
 
 
-def levels(prep: Prepared, v: Variables) -> Levels:
+def lexicographic_weights(order: tuple[str, ...], most: dict[str, int]) -> dict[str, int]:
+    """Weights that make a weighted sum lexicographic: each level's weight exceeds the largest
+    possible total of all the levels after it (most: each level's largest value)."""
+    weights: dict[str, int] = {}
+    w = 1
+    for name in reversed(order):
+        weights[name] = w
+        w *= most[name] + 1
+    return weights
+
+
+def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEFAULT) -> Levels:
+    """The objective's levels; middle orders hotplug, pcie, controllers and buses (keeping the
+    input's addresses is always first, the tie-breaks always last)."""
     preferring = {gi for gi, g in enumerate(prep.groups) if g.key.prefers_hotplug}
     wanted = sum(prep.groups[gi].size for gi in preferring)
     hot = hotpluggable_placements(prep, v, preferring)
@@ -91,20 +114,15 @@ def levels(prep: Prepared, v: Variables) -> Levels:
                 fills[e].append(x)
     n = sum(1 for xs in fills.values() if xs)
     unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
-    w6 = n + 1
-    w5 = w6 * (MAX_SLOTS + 1)
-    w4 = w5 * (MAX_CONTROLLERS + 1)
-    w3 = w4 * (MAX_CONTROLLERS + 1)
-    w2 = w3 * (devices + 1)
-    w1 = w2 * (devices + MAX_CONTROLLERS + 1)
+    most = {"moved": devices + MAX_CONTROLLERS, "hotplug": devices + MAX_CONTROLLERS, "pcie": devices,
+            "controllers": MAX_CONTROLLERS, "buses": MAX_CONTROLLERS, "slots": MAX_SLOTS, "libvirt": n}
+    order = ("moved", *middle, "slots", "libvirt")
     return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
-                  unlike_libvirt, (w1, w2, w3, w4, w5, w6, 1))
+                  unlike_libvirt, order, lexicographic_weights(order, most))
 
 
 def objective_expr(lv: Levels) -> cp_model.LinearExpr:
-    w1, w2, w3, w4, w5, w6, w7 = lv.weights
-    return (w1 * lv.moved + w2 * lv.hotplug_lost + w3 * lv.pcie_on_pci + w4 * lv.controllers
-            + w5 * lv.bus_numbers + w6 * lv.slots_used + w7 * lv.unlike_libvirt)
+    return cp_model.LinearExpr.Sum([lv.weights[name] * lv.expr(name) for name in lv.order])
 
 
 def set_objective(model: cp_model.CpModel, lv: Levels) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from planner.errors import Infeasible
-from planner.options import PlanOptions
+from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver.objective import (
@@ -98,7 +98,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
     c.spare_ports(model, prep, v, spare_pcie, spare_pci)
-    lv = levels(prep, v)
+    lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
 
