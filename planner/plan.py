@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from lxml import etree
 
 from planner import convert, rules
+from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible
 from planner.layout import unfold
@@ -141,6 +142,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
     try:
+        check_bounds(prep)  # an impossible guest is refused before any model is built
         result = solve(prep, options)
     except Infeasible as exc:
         if any(d.hotplug_rule == "yes" for d in problem.devices):

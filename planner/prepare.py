@@ -295,6 +295,7 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
             for member in [d, *d.companions]:
                 a = PciAddress(0, slot, member.function)
                 root.occupy(slot, member.function, member.label)
+                root.io_units += member.facts.io_units  # its I/O BAR is paid on the root bus
                 places[id(member)] = a
             break
     return places

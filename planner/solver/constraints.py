@@ -186,22 +186,21 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
     lit = why.new(f"the firmware's I/O space ({capacity * 32} bytes for bridge windows and I/O BARs, "
                   f"SeaBIOS on {machine.family}{'' if prep.problem.acpi else ' without ACPI'}; "
                   f"{prep.fixed_io_units * 32} used by the given layout)")
-    model.Add(fixed + _sum(terms) <= budget).OnlyEnforceIf(lit)
+    v.io_used = fixed + _sum(terms)
+    v.io_budget = budget
+    model.Add(v.io_used <= budget).OnlyEnforceIf(lit)
 
 
 def _pool_io_units(model, v: Variables, io_of: dict[int, int]):
-    """I/O space of the new bridges. The unfolding spreads their devices evenly (largest slot first to
-    the emptiest bridge), so no bridge exceeds the mean by more than one slot (8 BARs of ≤ 8 units):
-    while the total T stays within 64 units a bridge, each needs one window; beyond, T + 191 a bridge
-    bounds the sum of windows rounded up to 4 KiB."""
-    bridges = _sum(new_bridges(v))
+    """I/O space of the new bridges: one 4 KiB window each at least, and room for every I/O BAR in
+    them. This is a relaxation of how the devices can really be split over the bridges (slots are
+    per bridge); the solver checks the real split after solving and cuts off a plan whose split
+    needs more than the budget (planner.solver.pool)."""
+    assert v.pool_bridges is not None and v.pool_windows is not None
     total = _sum(io_of[gi] * x for gi, x in [*v.pool_alone.items(), *v.pool_packed.items()])
-    units = model.NewIntVar(0, 1 << 20, "pool_io_units")
-    heavy = model.NewBoolVar("pool_io_heavy")
-    model.Add(units >= IO_WINDOW_UNITS * bridges)
-    model.Add(units >= total + (IO_WINDOW_UNITS + 63) * bridges).OnlyEnforceIf(heavy)
-    model.Add(total <= 64 * bridges).OnlyEnforceIf(heavy.Not())
-    return units
+    model.Add(v.pool_windows >= v.pool_bridges)
+    model.Add(IO_WINDOW_UNITS * v.pool_windows >= total)
+    return IO_WINDOW_UNITS * v.pool_windows
 
 
 def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
