@@ -10,7 +10,7 @@ from planner.domain import Device, PciAddress
 from planner.prepare import Prepared
 from planner.solver.pool import split
 from planner.solver.solve import SolveResult, pool_content
-from planner.solver.variables import PortPool
+from planner.solver.variables import PortPool, needs_port_window
 
 FUNCTIONS = 8
 
@@ -109,7 +109,7 @@ class _Unfolder:
         for gi, x in sorted(pool.alone.items()):
             for _ in range(val(x)):
                 self.want(gi, make_port(), 0, 0)
-        io_groups = {gi for gi in pool.packed if self.prep.groups[gi].key.io}
+        io_groups = {gi for gi in pool.packed if needs_port_window(self.prep.groups[gi])}
         packed = [gi for gi in sorted(pool.packed, key=lambda g: (g not in io_groups, g))
                   for _ in range(val(pool.packed[gi]))]
         ports = val(pool.pack_io) + val(pool.pack_noio)

@@ -12,6 +12,7 @@ from planner import convert, rules
 from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible
+from planner.facts import IO_UNIT
 from planner.layout import unfold
 from planner.options import PlanOptions
 from planner.prepare import CHIPSET, prepare
@@ -35,6 +36,9 @@ class PlanSummary:
     notes: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     controllers_removed: int = 0
+    io_bytes: int | None = None  # the firmware I/O space the plan needs, as the solver counts it
+    io_budget_bytes: int | None = None
+    io_cuts: int = 0
 
     def as_json(self) -> dict:
         return {
@@ -50,6 +54,8 @@ class PlanSummary:
             "objective_levels": self.levels,
             "addresses_moved": self.moved,
             "controllers_removed": self.controllers_removed,
+            "io_space": None if self.io_bytes is None else {
+                "needed": self.io_bytes, "budget": self.io_budget_bytes, "refinements": self.io_cuts},
             "notes": self.notes,
         }
 
@@ -171,4 +177,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         notes=converted + problem.notes + [f"warning: {w}" for w in warnings],
         moved=layout.moved + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
+        io_bytes=None if result.io_units is None else result.io_units * IO_UNIT,
+        io_budget_bytes=None if result.io_units is None else result.io_budget * IO_UNIT,
+        io_cuts=result.io_cuts,
     )

@@ -2,8 +2,10 @@
 gets which devices decides the firmware's I/O: each bridge's window is the sum of the I/O BARs below it
 rounded up to 4 KiB (at least one window, even when empty). This module splits the pooled counts over
 the bridges so that the windows are as few as possible: a small exact model of its own, solved after
-the main one. The main model counts max(bridges, ⌈pooled BARs / 4 KiB⌉) windows, a relaxation; when
-the split needs more and the budget is then exceeded, the solver adds a cut and solves again."""
+the main one. A nested bridge's window lies inside its parent's, so the parent pays only its own BARs
+on top. The main model counts max(bridges without nested ones, ⌈pooled BARs / 4 KiB⌉) windows, a
+relaxation; when the split needs more and the budget is then exceeded, the solver adds a cut and
+solves again."""
 
 from __future__ import annotations
 
@@ -54,6 +56,11 @@ def rooms(bridges: int, nested: int) -> list[int]:
     return room
 
 
+def _least(room: int) -> int:
+    """SeaBIOS's minimal window (4 KiB, as 1) of a bridge, unless a nested bridge took one of its slots."""
+    return 1 if room == SLOTS_PER_BRIDGE else 0
+
+
 def split(content: PoolContent, time_limit: float = 2.0) -> PoolSplit:
     """The split of the pooled devices over the bridges with the fewest I/O windows."""
     room = rooms(content.bridges, content.nested)
@@ -69,7 +76,8 @@ def split(content: PoolContent, time_limit: float = 2.0) -> PoolSplit:
     p = {(b, g): m.NewIntVar(0, min(c, FUNCTIONS * room[b]), f"p{b}_{g}")
          for b in range(n) for g, c, _ in content.packed}
     s = [m.NewIntVar(0, room[b], f"s{b}") for b in range(n)]
-    w = [m.NewIntVar(1, 2 * SLOTS_PER_BRIDGE, f"w{b}") for b in range(n)]
+    # a bridge holding a nested bridge holds that one's window: no minimal window of its own
+    w = [m.NewIntVar(_least(room[b]), 2 * SLOTS_PER_BRIDGE, f"w{b}") for b in range(n)]
     for g, c, _ in content.alone:
         m.Add(sum(a[b, g] for b in range(n)) == c)
     for g, c, _ in content.packed:
@@ -122,5 +130,5 @@ def _fill_in_order(content: PoolContent, room: list[int], optimal: bool = True) 
         out.packed.append(in_packs)
         out.packslots.append(slots)
         load = sum(units[g] * k for g, k in here.items()) + sum(units[g] * k for g, k in in_packs.items())
-        out.windows.append(max(1, -(-load // IO_WINDOW_UNITS)))
+        out.windows.append(max(_least(room[b]), -(-load // IO_WINDOW_UNITS)))
     return out

@@ -64,6 +64,11 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     return "pci-device" in acc and conventional_ok(prep, g)
 
 
+def needs_port_window(g: Group) -> bool:
+    """On a root or downstream port, do devices of this group cost the port a 4 KiB I/O window?"""
+    return g.key.io or (g.key.endpoint == "pci" and g.key.io_units > 0)
+
+
 def on_conventional(prep: Prepared, g: Group, e: int) -> bool:
     return g.key.endpoint == "pcie" and prep.problem.buses[e].model.conventional
 
