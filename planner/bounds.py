@@ -58,12 +58,9 @@ def _describe(counts: Counter, sizes: dict[str, int]) -> str:
     return ", ".join(parts) + (f" and {more} more kinds" if more > 0 else "")
 
 
-def io_bound(prep: Prepared) -> None:
-    machine = prep.problem.machine
-    capacity = machine.io_capacity_units(prep.problem.acpi)
-    if capacity <= 0:
-        return
-    budget = max(capacity, prep.fixed_io_units)  # as in the model: a given layout is never made worse
+def io_lower_bound(prep: Prepared) -> tuple[int, Counter, dict[str, int]]:
+    """I/O space (32-byte units) every layout of this guest needs, and the I/O BARs paid for it by
+    device kind: (units, counts, units each)."""
     counts: Counter = Counter()
     sizes: dict[str, int] = {}
     for g in prep.groups:
@@ -74,7 +71,16 @@ def io_bound(prep: Prepared) -> None:
             counts[what] += 1
             sizes[what] = max(sizes.get(what, 0), d.io_units)
     paid = sum(sizes[w] * n for w, n in counts.items())
-    need = prep.fixed_io_units + max(0, paid - _slack_units(prep))
+    return prep.fixed_io_units + max(0, paid - _slack_units(prep)), counts, sizes
+
+
+def io_bound(prep: Prepared) -> None:
+    machine = prep.problem.machine
+    capacity = machine.io_capacity_units(prep.problem.acpi)
+    if capacity <= 0:
+        return
+    budget = max(capacity, prep.fixed_io_units)  # as in the model: a given layout is never made worse
+    need, counts, sizes = io_lower_bound(prep)
     if need <= budget:
         return
     big, n_big = max(counts.items(), key=lambda kv: (sizes[kv[0]] * kv[1], kv[0]))
