@@ -2,7 +2,7 @@
 generated corpus: storage- and NIC-heavy guests on q35, pc and aarch64 virt, with and without guest
 NUMA cells, fresh and partial (tests/guestgen.py).
 
-    python -m benchmarks.vs_greedy [--guests 150] [--seed 16] [--json benchmarks/results/vs_greedy.json]
+    python -m benchmarks.vs_greedy [--guests 400] [--seed 16] [--json benchmarks/results/vs_greedy.json]
 
 For every guest where both plan and the greedy's layout passes pciplan's checker (same firmware
 budget), it counts fewer / equal / more controllers and compares the objective vectors (hot-plug,
@@ -70,7 +70,7 @@ def run(guests: int, seed: int, time_limit: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--guests", type=int, default=150)
+    ap.add_argument("--guests", type=int, default=400)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=None)

@@ -127,3 +127,24 @@ def test_pc_storage_guest_boots_with_no_more_bridges_than_real_libvirt(real_stac
     planned = _fixpoint(real_stack, text(tree).decode())
     assert len(controllers(parse_domain_bytes(planned.encode()), "pci-bridge")) <= theirs
     _boot(planned, seconds=90.0)
+
+
+def test_devices_at_conventional_root_slots_pay_their_io_on_the_root_bus(guest_xml) -> None:
+    """The primary video and an ich9 USB set go to their conventional root-bus slots before solving;
+    their I/O BARs (qxl 32 bytes, three UHCI companions 32 each) still count against SeaBIOS's space.
+    Missing them made a 767-device q35 plan 96 bytes over what the checker counts."""
+    from planner.domain import read_problem
+    from planner.prepare import prepare
+
+    usb = ("<controller type='usb' index='0' model='ich9-ehci1'/>"
+           + "".join(f"<controller type='usb' index='0' model='ich9-uhci{i}'>"
+                     f"<master startport='{2 * i - 2}'/></controller>" for i in (1, 2, 3)))
+    data = guest_xml("q35", usb + "<video><model type='qxl'/></video><memballoon model='none'/>")
+    prep = prepare(read_problem(parse_domain_bytes(data)))
+    placed = [d for d in prep.problem.devices if id(d) in prep.device_places]
+    assert {d.kind for d in placed} >= {"video", "controller"}
+    # SATA at 00:1f.2 (32 bytes), qxl (32), three UHCI (32 each); EHCI has no I/O BAR but counts 32 here
+    assert prep.states[0].io_units * 32 >= 32 + 32 + 3 * 32
+    tree, s = plan_bytes(data)
+    checked = io_space_needed(tree)
+    assert checked is not None and s.io_bytes is not None and checked[0] <= s.io_bytes

@@ -70,3 +70,20 @@ def test_solver_io_count_is_never_below_the_checkers(shape: Shape) -> None:
         assert checked is None  # no budget on this machine for either
         return
     assert checked is not None and checked[0] <= s.io_bytes <= checked[1], (shape, s.io_bytes, checked)
+
+
+def test_benchmark_corpus_never_more_controllers() -> None:
+    """The benchmark (benchmarks/vs_greedy.py) on a small corpus of its own: fewer or equal controllers
+    than the greedy, never more, and never a worse objective vector, wherever the greedy's layout is
+    valid; every plan passes the checker."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.vs_greedy import run
+
+    counts = run(40, seed=160, time_limit=10.0)["counts"]
+    assert counts.get("more", 0) == 0 and counts.get("objective worse", 0) == 0, counts
+    assert counts.get("pciplan breaks a rule", 0) == 0, counts
+    assert counts.get("fewer", 0) + counts.get("equal", 0) >= 30, counts
