@@ -179,7 +179,7 @@ class _Unfolder:
             free[id(nested)] = list(range(1, 32))
         pool = self.r.pool
         if pool is None or len(pool.alone) != len(bridges):
-            pool = split(pool_content(self.prep, v, self.r.solver))
+            pool = split(pool_content(self.prep, v, self.r.solver), io_matters=v.io_used is not None)
         for k, bridge in enumerate(bridges):
             items: list[list[int]] = [[gi] for gi, n in sorted(pool.alone[k].items()) for _ in range(n)]
             packed = [gi for gi, n in sorted(pool.packed[k].items()) for _ in range(n)]

@@ -16,6 +16,7 @@ from ortools.sat.python import cp_model
 from planner.facts import IO_WINDOW_UNITS
 
 SLOTS_PER_BRIDGE = 31
+DETERMINISTIC_LIMIT = 5.0  # CP-SAT work units (about seconds); these models settle in milliseconds
 FUNCTIONS = 8
 
 
@@ -61,15 +62,16 @@ def _least(room: int) -> int:
     return 1 if room == SLOTS_PER_BRIDGE else 0
 
 
-def split(content: PoolContent, time_limit: float = 2.0) -> PoolSplit:
-    """The split of the pooled devices over the bridges with the fewest I/O windows."""
+def split(content: PoolContent, io_matters: bool = True) -> PoolSplit:
+    """The split of the pooled devices over the bridges with the fewest I/O windows (io_matters: the
+    machine has an I/O budget; without one, bridges are simply filled in order)."""
     room = rooms(content.bridges, content.nested)
     n = len(room)
     out = PoolSplit()
     if n == 0:
         return out
     loaded = any(u for _, c, u in content.alone + content.packed if c)
-    if not loaded:  # no I/O below: any split is as good; fill in order
+    if not loaded or not io_matters:  # no I/O below: any split is as good; fill in order
         return _fill_in_order(content, room)
     m = cp_model.CpModel()
     a = {(b, g): m.NewIntVar(0, min(c, room[b]), f"a{b}_{g}") for b in range(n) for g, c, _ in content.alone}
@@ -93,7 +95,8 @@ def split(content: PoolContent, time_limit: float = 2.0) -> PoolSplit:
             m.Add(w[b] >= w[b + 1])
     m.Minimize(sum(w))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit
+    # a deterministic work limit, so that the same input always gives the same split
+    solver.parameters.max_deterministic_time = DETERMINISTIC_LIMIT
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = 0
     status = solver.Solve(m)

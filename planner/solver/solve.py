@@ -116,7 +116,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             break
         content = pool_content(prep, v, solver)
-        pool = split(content)
+        pool = split(content, io_matters=v.io_used is not None)
         if _exact_io_fits(v, solver, pool):
             break
         # The relaxed pool windows let through a plan whose bridges really need more I/O space than
