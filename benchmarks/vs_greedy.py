@@ -68,6 +68,13 @@ def run(guests: int, seed: int, time_limit: float) -> dict:
             "counts": dict(sorted(counts.items())), "rows": rows}
 
 
+def dumps(result: dict) -> str:
+    """JSON with one line per guest, so that a new run diffs line by line."""
+    head = {k: v for k, v in result.items() if k != "rows"}
+    rows = ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in result["rows"])
+    return json.dumps(head, indent=1, ensure_ascii=False)[:-2] + f',\n "rows": [\n  {rows}\n ]\n}}\n'
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guests", type=int, default=400)
@@ -89,7 +96,7 @@ def main() -> None:
         if row.get("verdict") == "more" or row.get("objective") == "worse":
             print("  ", row)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.write_text(dumps(result))
     sys.exit(1 if c.get("more") or c.get("objective worse") or c.get("pciplan breaks a rule") else 0)
 
 
