@@ -103,6 +103,8 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     lv = levels(prep, v)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
+    for x in v.keep.values():  # --replan: start the search from the layout as given
+        model.AddHint(x, 1)
 
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = options.workers
