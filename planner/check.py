@@ -973,11 +973,25 @@ class _Checker:
     # -- firmware budgets ----------------------------------------------------------------------
 
     def _check_io_windows(self) -> None:
+        found = self.io_space()
+        if found is None:
+            return
+        total, space = found
+        if total > space:
+            self.flag(
+                "domain",
+                "io-windows",
+                f"needs {total} bytes of I/O space (bridge and port windows of 4 KiB, root-bus I/O BARs); "
+                f"SeaBIOS has {space} on this machine",
+            )
+
+    def io_space(self) -> tuple[int, int] | None:
         """Sum the I/O space SeaBIOS must find: root-bus BARs, and for every bridge (always) and port
-        (when something below needs I/O) a window rounded up to 4 KiB around what sits below it."""
+        (when something below needs I/O) a window rounded up to 4 KiB around what sits below it.
+        Returns (bytes needed, bytes SeaBIOS has), or None where no budget is known."""
         space = IO_SPACE.get((self.family or "", self.root.find("features/acpi") is not None))
         if space is None:
-            return
+            return None
         on_bus: dict[int, list[PciUser]] = defaultdict(list)
         for user in self.users:
             if user.address is not None and user.connect == ENDPOINT:
@@ -1015,13 +1029,7 @@ class _Checker:
                 total += max(1, -(-below // IO_WINDOW)) * IO_WINDOW
             elif c.model in PORT_MODELS:
                 total += -(-below // IO_WINDOW) * IO_WINDOW
-        if total > space:
-            self.flag(
-                "domain",
-                "io-windows",
-                f"needs {total} bytes of I/O space (bridge and port windows of 4 KiB, root-bus I/O BARs); "
-                f"SeaBIOS has {space} on this machine",
-            )
+        return total, space
 
     def _check_mmio(self) -> None:
         limit = MMIO_TRANSPORTS.get(self.family or "")
@@ -1076,6 +1084,19 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool) -> int:
     if tag in ("disk", "memballoon", "rng", "vsock"):
         return IO_BAR_BYTES.get((tag, "virtio"), 0)
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
+
+
+def io_space_needed(tree_or_root: etree._ElementTree | etree._Element) -> tuple[int, int] | None:
+    """(bytes of I/O space the layout needs, bytes SeaBIOS has), or None where no budget is known."""
+    root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
+    checker = _Checker(root, False)
+    family = machine_family(root)[0]
+    if family is None:
+        return None
+    checker.family = family
+    devices = root.find("devices")
+    checker._collect([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
+    return checker.io_space()
 
 
 def check_domain(

@@ -133,6 +133,27 @@ def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float
     return Comparison(source, machine.machine.family, devices, ours, theirs, kind)
 
 
+def objective_vector(m: LayoutMetrics, machine: str) -> tuple[int, int, int, int]:
+    """pciplan's objective levels L2–L5, measured on any layout: devices not in a hot-pluggable slot
+    (as a negative count) plus a missing spare port or slot, PCIe-capable devices on conventional PCI,
+    controllers added, bus numbers used. Smaller is better, compared left to right."""
+    added = sum(m.controllers_added.values())
+    if machine == "pc":
+        short = 1 if m.spare_hotplug_slots == 0 else 0
+    else:  # pciplan's default headroom: one empty hot-pluggable PCIe port, always
+        short = 1 if m.spare_hotplug_ports == 0 else 0
+    return (short - m.hotplug_devices, m.pcie_on_conventional, added, m.bus_numbers)
+
+
+def versus_greedy(c: Comparison) -> str | None:
+    """fewer / equal / more controllers than the greedy, where both plan and the greedy's layout passes
+    the checker (same firmware budget); None otherwise."""
+    if not (c.pciplan.ok and c.greedy.ok) or c.greedy.rule_violations:
+        return None
+    saved = c.controllers_saved or 0
+    return "fewer" if saved > 0 else "equal" if saved == 0 else "more"
+
+
 ROWS = [
     ("succeeds", lambda m: "yes" if m.ok else "FAILS"),
     ("controllers added", lambda m: sum(m.controllers_added.values()) if m.ok else "–"),

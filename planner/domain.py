@@ -83,6 +83,12 @@ class Device:
         return self.facts.io
 
     @property
+    def io_on_port(self) -> bool:
+        """On a root or downstream port, does it need the port's I/O window? Devices with an I/O BAR
+        even on PCIe, and conventional devices that have one (intel-hda and i6300esb have none)."""
+        return self.io_on_pcie or (self.endpoint == "pci" and self.facts.io_units > 0)
+
+    @property
     def io_units(self) -> int:
         """Its I/O BAR (as a conventional or integrated device) and its companions', in 32-byte units."""
         return self.facts.io_units + sum(m.facts.io_units for m in self.companions)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from planner.domain import Device, PciAddress
 from planner.prepare import Prepared
-from planner.solver.solve import SolveResult
-from planner.solver.variables import PORTS, PortPool, group_allowed_on
+from planner.solver.pool import split
+from planner.solver.solve import SolveResult, pool_content
+from planner.solver.variables import PORTS, PortPool, group_allowed_on, needs_port_window
 
 FUNCTIONS = 8
 
@@ -108,7 +109,7 @@ class _Unfolder:
         for gi, x in sorted(pool.alone.items()):
             for _ in range(val(x)):
                 self.want(gi, make_port(), 0, 0)
-        io_groups = {gi for gi in pool.packed if self.prep.groups[gi].key.io}
+        io_groups = {gi for gi in pool.packed if needs_port_window(self.prep.groups[gi])}
         packed = [gi for gi in sorted(pool.packed, key=lambda g: (g not in io_groups, g))
                   for _ in range(val(pool.packed[gi]))]
         ports = val(pool.pack_io) + val(pool.pack_noio)
@@ -207,9 +208,9 @@ class _Unfolder:
             self.fill_ports(v.downstream[e], downstream_port)
 
     def _pool(self) -> None:
-        """Fill the new bridges: nested pci-bridges first, then one slot at a time, the slot with the
-        most I/O first, into the bridge with the least I/O so far (the solver's I/O bound relies on
-        this balance)."""
+        """Fill the new bridges: nested pci-bridges first (each in the first bridge with a free slot),
+        then each bridge with the devices the solver's split gives it (planner.solver.pool: the split
+        with the fewest I/O windows)."""
         v, val = self.v, self.r.value
         assert v is not None
         free = {id(b): list(range(1, 32)) for b in self.bridges}
@@ -219,20 +220,15 @@ class _Unfolder:
             nested = self.add_controller("pci-bridge", parent, free[id(parent)].pop(0), 0)
             bridges.append(nested)
             free[id(nested)] = list(range(1, 32))
-        io_of = {gi: g.key.io_units for gi, g in enumerate(self.prep.groups)}
-        items: list[list[int]] = [[gi] for gi, x in sorted(v.pool_alone.items()) for _ in range(val(x))]
-        packed = [gi for gi, x in sorted(v.pool_packed.items()) for _ in range(val(x))]
-        items += [packed[k:k + FUNCTIONS] for k in range(0, len(packed), FUNCTIONS)]
-        load = {id(b): 0 for b in bridges}
-        room = {id(b): len(free[id(b)]) for b in bridges}
-        chosen: dict[int, list[list[int]]] = {id(b): [] for b in bridges}
-        for item in sorted(items, key=lambda it: -sum(io_of[gi] for gi in it)):
-            bridge = min((b for b in bridges if room[id(b)]), key=lambda b: load[id(b)])
-            room[id(bridge)] -= 1
-            load[id(bridge)] += sum(io_of[gi] for gi in item)
-            chosen[id(bridge)].append(item)
-        for bridge in bridges:  # inside a bridge, slots follow the order of the devices in the XML
-            for item in sorted(chosen[id(bridge)], key=lambda it: it[0]):
+        pool = self.r.pool
+        if pool is None or len(pool.alone) != len(bridges):
+            pool = split(pool_content(self.prep, v, self.r.solver), io_matters=v.io_used is not None)
+        for k, bridge in enumerate(bridges):
+            items: list[list[int]] = [[gi] for gi, n in sorted(pool.alone[k].items()) for _ in range(n)]
+            packed = [gi for gi, n in sorted(pool.packed[k].items()) for _ in range(n)]
+            items += [packed[i:i + FUNCTIONS] for i in range(0, len(packed), FUNCTIONS)]
+            # inside a bridge, slots follow the order of the devices in the XML
+            for item in sorted(items, key=lambda it: it[0]):
                 slot = free[id(bridge)].pop(0)
                 for fn, gi in enumerate(item):
                     self.want(gi, bridge, slot, fn)

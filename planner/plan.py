@@ -9,8 +9,10 @@ from dataclasses import dataclass, field, replace
 from lxml import etree
 
 from planner import convert, rules
+from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible
+from planner.facts import IO_UNIT
 from planner.layout import unfold
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import CHIPSET, prepare
@@ -40,6 +42,9 @@ class PlanSummary:
     # pinned (the solver never breaks a rule on its own); the CLI exits 4 when there are any.
     check_errors: list[str] = field(default_factory=list)
     check_warnings: list[str] = field(default_factory=list)
+    io_bytes: int | None = None  # the firmware I/O space the plan needs, as the solver counts it
+    io_budget_bytes: int | None = None
+    io_cuts: int = 0
 
     def as_json(self) -> dict:
         return {
@@ -55,6 +60,8 @@ class PlanSummary:
             "objective_levels": self.levels,
             "addresses_moved": self.moved,
             "controllers_removed": self.controllers_removed,
+            "io_space": None if self.io_bytes is None else {
+                "needed": self.io_bytes, "budget": self.io_budget_bytes, "refinements": self.io_cuts},
             "notes": self.notes,
             "check_errors": self.check_errors,
             "check_warnings": self.check_warnings,
@@ -152,6 +159,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
     try:
+        check_bounds(prep)  # an impossible guest is refused before any model is built
         result = solve(prep, options)
     except Infeasible as exc:
         if any(d.hotplug_rule == "yes" for d in problem.devices):
@@ -167,6 +175,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     added.update(b.model.name for b in problem.buses.values() if b.new_expander or b.added)
     total = sum(1 + len(d.companions) for d in problem.devices)
     notes = converted + problem.notes + [f"warning: {w}" for w in warnings]
+    tied_to_libvirt = False
     if not options.replan and not converted:
         machine = problem.machine
         spare_pci = options.spare_pci if options.spare_pci is not None else (
@@ -174,10 +183,19 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
         if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
             notes.append("ties with libvirt's own layout: libvirt's addresses written")
+            tied_to_libvirt = True
             added = Counter(c.get("model") for c in tree.getroot().iterfind("devices/controller[@type='pci']")
                             if int(c.get("index"), 0) not in problem.buses)
             added.update(b.model.name for b in problem.buses.values() if b.added)
     errors, warns = _self_check(tree, problem, original, options)
+    io_units = result.io_units
+    if tied_to_libvirt and io_units is not None:
+        # libvirt's layout is no worse for the objective and within the budget, but its I/O windows
+        # are not the model's: report what the written layout needs
+        from planner.check import io_space_needed
+
+        written = io_space_needed(tree)
+        io_units = None if written is None else -(-written[0] // IO_UNIT)
     return PlanSummary(
         machine=problem.machine.family,
         status=result.status,
@@ -194,6 +212,9 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
         check_errors=errors,
         check_warnings=warns,
+        io_bytes=None if io_units is None else io_units * IO_UNIT,
+        io_budget_bytes=None if io_units is None else result.io_budget * IO_UNIT,
+        io_cuts=result.io_cuts,
     )
 
 

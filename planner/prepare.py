@@ -42,6 +42,7 @@ class BusState:
     io_units: int = 0  # I/O space of the devices that stay on this bus (32-byte units)
     pinned_slots: set[int] = field(default_factory=set)  # slots with an occupant that must stay
     optional: dict[int, list[int]] = field(default_factory=dict)  # slot -> droppables in it (replan)
+    window_child: bool = False  # a bridge with an I/O window of its own sits below (and stays)
 
     def optional_slots(self) -> dict[int, list[int]]:
         """Slots whose occupants may all go (--replan), with those occupants."""
@@ -213,7 +214,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
         drop = None
         if d.droppable and d.address is not None:
             drop = len(drops)
-            io = any(not (m.endpoint == "pcie" and not m.io_on_pcie) for m in [d, *d.companions])
+            io = any(m.io_on_port for m in [d, *d.companions])
             drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io, io_units=d.io_units))
         for member in [d, *d.companions]:
             a = member.address
@@ -235,7 +236,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
                 raise InputError(f"{member.label}: PCI address {a} belongs to the chipset (PIIX3 IDE)")
             st.occupy(a.slot, a.function, member.label, drop)
             st.root_port_slots.discard(a.slot)
-            if drop is None and not (member.endpoint == "pcie" and not member.io_on_pcie):
+            if drop is None and member.io_on_port:
                 st.io_device = True
             if drop is None:
                 st.io_units += member.facts.io_units
@@ -295,6 +296,7 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
             for member in [d, *d.companions]:
                 a = PciAddress(0, slot, member.function)
                 root.occupy(slot, member.function, member.label)
+                root.io_units += member.facts.io_units  # its I/O BAR is paid on the root bus
                 places[id(member)] = a
             break
     return places
@@ -303,7 +305,7 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
 def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
     """A device pinned to a port by bus only still costs that port an I/O window: the user chose it."""
     for d in problem.devices:
-        uses_io = not (d.endpoint == "pcie" and not d.io_on_pcie)
+        uses_io = d.io_on_port
         if d.address is None and d.bus_pin is not None and d.bus_pin in states and uses_io:
             states[d.bus_pin].io_device = True
 
@@ -339,9 +341,21 @@ def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> Group
     )
 
 
+def _mark_window_children(problem: Problem, states: dict[int, BusState],
+                          places: dict[int, PciAddress]) -> None:
+    """SeaBIOS sizes a bridge's window as the sum of everything below it, child bridges' windows
+    included, rounded up to 4 KiB; only an empty bridge gets its minimal 4 KiB. So a bridge with a
+    child bridge pays just its own BARs on top of the child's window."""
+    for b in problem.buses.values():
+        a = b.address or places.get(b.index)
+        if a is not None and b.model.io_window and not b.droppable and a.bus in states:
+            states[a.bus].window_child = True
+
+
 def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
     """I/O space the given layout already needs from SeaBIOS (32-byte units): root-bus BARs, one 4 KiB
-    window per port with an I/O device, and each bridge's window rounded up to 4 KiB."""
+    window per port with an I/O device, and each bridge's window rounded up to 4 KiB (the windows of
+    bridges below it count in their own right, so the nesting adds up)."""
     units = states[0].io_units
     for b in problem.buses.values():
         st = states[b.index]
@@ -349,7 +363,8 @@ def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
             continue  # a droppable controller's window is counted in the model, if it is kept
         port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
         if b.model.io_window:
-            units += IO_WINDOW_UNITS * max(1, -(-st.io_units // IO_WINDOW_UNITS))
+            least = 0 if st.window_child else 1
+            units += IO_WINDOW_UNITS * max(least, -(-st.io_units // IO_WINDOW_UNITS))
         elif port and st.io_device:
             units += IO_WINDOW_UNITS
     return units
@@ -426,6 +441,7 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     device_places = _place_conventions(problem, states)
     controller_places = _place_user_controllers(problem, states)
     _mark_pinned_io(problem, states)
+    _mark_window_children(problem, states, controller_places)
     groups: dict[GroupKey, Group] = {}
     # pc without ACPI has no hot-plug on its root bus: the guest was made without it, so nothing asks
     # for it (as with libvirt, which then adds no bridge for hot-plug either)

@@ -10,7 +10,7 @@ from ortools.sat.python import cp_model
 
 from planner.facts import IO_WINDOW_UNITS
 from planner.prepare import Prepared
-from planner.solver.variables import PORTS, Variables, new_bridges, new_controllers
+from planner.solver.variables import PORTS, Variables, needs_port_window, new_bridges, new_controllers
 
 SLOTS_PER_BRIDGE = 31
 FUNCTIONS = 8
@@ -110,7 +110,7 @@ def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions)
 def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """New root/downstream ports: one lone device, or up to 8 packed functions; the packs that hold
     an I/O-BAR device are counted apart (they cost a firmware I/O window)."""
-    io_groups = {gi for gi, g in enumerate(prep.groups) if g.key.io}
+    io_groups = {gi for gi, g in enumerate(prep.groups) if needs_port_window(g)}
     for p in v.root_ports:
         for pool in (v.root_ports[p], v.downstream[p]):
             packed = list(pool.packed.values())
@@ -144,7 +144,7 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
         return
     win = IO_WINDOW_UNITS
     io_of = {gi: g.key.io_units for gi, g in enumerate(prep.groups)}
-    port_io = {gi for gi, g in enumerate(prep.groups) if g.key.io or g.key.endpoint == "pci"}
+    port_io = {gi for gi, g in enumerate(prep.groups) if needs_port_window(g)}
     placed = [*v.alone.items(), *v.packed.items()]
 
     def placed_io(e: int):
@@ -163,7 +163,10 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
         elif model_e.io_window:
             windows = model.NewIntVar(0, 64, f"io_windows_b{e}")
             model.Add(win * windows >= st.io_units + placed_io(e) + kept_io(e))
-            model.Add(windows >= v.bus_keep.get(e, 1))
+            # an empty bridge still gets 4 KiB; one with a child bridge holds that child's window
+            if not st.window_child:
+                child = v.new_pci_bridges.get(e, 0)
+                model.Add(windows + child >= v.bus_keep.get(e, 1))
             terms.append(win * windows)
         elif model_e.name in PORTS and st.io_device:
             fixed += win
@@ -186,22 +189,37 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
     lit = why.new(f"the firmware's I/O space ({capacity * 32} bytes for bridge windows and I/O BARs, "
                   f"SeaBIOS on {machine.family}{'' if prep.problem.acpi else ' without ACPI'}; "
                   f"{prep.fixed_io_units * 32} used by the given layout)")
-    model.Add(fixed + _sum(terms) <= budget).OnlyEnforceIf(lit)
+    v.io_used = fixed + _sum(terms)
+    v.io_budget = budget
+    model.Add(v.io_used <= budget).OnlyEnforceIf(lit)
 
 
 def _pool_io_units(model, v: Variables, io_of: dict[int, int]):
-    """I/O space of the new bridges. The unfolding spreads their devices evenly (largest slot first to
-    the emptiest bridge), so no bridge exceeds the mean by more than one slot (8 BARs of ≤ 8 units):
-    while the total T stays within 64 units a bridge, each needs one window; beyond, T + 191 a bridge
-    bounds the sum of windows rounded up to 4 KiB."""
-    bridges = _sum(new_bridges(v))
+    """I/O space of the new bridges: one 4 KiB window each at least, and room for every I/O BAR in
+    them. This is a relaxation of how the devices can really be split over the bridges (slots are
+    per bridge); the solver checks the real split after solving and cuts off a plan whose split
+    needs more than the budget (planner.solver.pool)."""
+    assert v.pool_bridges is not None and v.pool_windows is not None
     total = _sum(io_of[gi] * x for gi, x in [*v.pool_alone.items(), *v.pool_packed.items()])
-    units = model.NewIntVar(0, 1 << 20, "pool_io_units")
+    # Each bridge has a window of its own. (A parent of nested bridges that holds no device of its
+    # own needs none beyond theirs; the split knows that, the model keeps the simpler count.)
+    model.Add(v.pool_windows >= v.pool_bridges)
+    model.Add(IO_WINDOW_UNITS * v.pool_windows >= total)
+    return IO_WINDOW_UNITS * v.pool_windows
+
+
+def loose_pool_windows(model, prep: Prepared, v: Variables) -> None:
+    """The fallback when cuts do not settle the split: a bound every split of the new bridges meets
+    (the largest slot first to the emptiest bridge leaves no bridge more than one slot of 8 BARs of
+    at most 8 units above the mean, so T + 191 units a bridge cover the windows rounded up)."""
+    assert v.pool_windows is not None and v.pool_bridges is not None
+    io_of = {gi: g.key.io_units for gi, g in enumerate(prep.groups)}
+    total = _sum(io_of[gi] * x for gi, x in [*v.pool_alone.items(), *v.pool_packed.items()])
     heavy = model.NewBoolVar("pool_io_heavy")
-    model.Add(units >= IO_WINDOW_UNITS * bridges)
-    model.Add(units >= total + (IO_WINDOW_UNITS + 63) * bridges).OnlyEnforceIf(heavy)
-    model.Add(total <= 64 * bridges).OnlyEnforceIf(heavy.Not())
-    return units
+    model.Add(v.pool_windows >= v.pool_bridges)
+    model.Add(IO_WINDOW_UNITS * v.pool_windows >= total + (IO_WINDOW_UNITS + 63) * v.pool_bridges
+              ).OnlyEnforceIf(heavy)
+    model.Add(total <= 64 * v.pool_bridges).OnlyEnforceIf(heavy.Not())
 
 
 def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from planner.errors import Infeasible
+from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
@@ -18,7 +19,10 @@ from planner.solver.objective import (
     objective_expr,
     set_objective,
 )
+from planner.solver.pool import PoolContent, PoolSplit, split
 from planner.solver.variables import Variables, create_variables, hotpluggable_placements
+
+MAX_CUTS = 8
 
 
 @dataclass
@@ -31,6 +35,10 @@ class SolveResult:
     values: dict[str, int] = field(default_factory=dict)  # per objective level
     vars: Variables | None = None
     solver: cp_model.CpSolver | None = None
+    pool: PoolSplit | None = None  # how the new bridges share the pooled devices
+    io_units: int | None = None  # firmware I/O space the layout needs (32-byte units; None: no budget)
+    io_budget: int = 0
+    io_cuts: int = 0  # plans cut off because their new bridges' real I/O windows did not fit
 
     def value(self, x) -> int:
         assert self.solver is not None
@@ -101,14 +109,38 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
+    for x in v.keep.values():  # --replan: start the search from the layout as given
+        model.AddHint(x, 1)
 
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = options.time_limit
     solver.parameters.num_workers = options.workers
     solver.parameters.random_seed = 0
     start = time.perf_counter()
-    status = solver.Solve(model)
-    seconds = time.perf_counter() - start
+    cuts = 0
+    exact = True  # every cut came from a proven-minimal split of the new bridges
+    while True:
+        solver.parameters.max_time_in_seconds = max(0.5, options.time_limit - (time.perf_counter() - start))
+        status = solver.Solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            break
+        content = pool_content(prep, v, solver)
+        pool = split(content, io_matters=v.io_used is not None)
+        if _exact_io_fits(v, solver, pool):
+            break
+        # The relaxed pool windows let through a plan whose bridges really need more I/O space than
+        # the firmware has: cut this pool content off at its real window count and solve again.
+        _cut(model, v, content, pool.total_windows)
+        cuts += 1
+        exact = exact and pool.optimal
+        if cuts == MAX_CUTS:
+            # Cuts one content at a time do not converge here: fall back to a bound every split meets.
+            # It may exclude better plans, so the result is no longer called optimal.
+            c.loose_pool_windows(model, prep, v)
+            exact = False
+        elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
+            raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} refinements "
+                              f"of the new bridges' I/O windows in {options.time_limit:g} s; "
+                              "raise --time-limit"])
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
         reasons = [why.literals[i] for i in core] or ["the constraints admit no layout"]
@@ -118,10 +150,14 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
                           f"{solver.StatusName(status)}); raise --time-limit"])
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
-    if status == cp_model.OPTIMAL:
-        solver = _canonical(model, lv, obj, solver, options, start, libvirt_order(prep, v))
-        seconds = time.perf_counter() - start
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
+    if status == cp_model.OPTIMAL:
+        chosen = _canonical(model, lv, obj, solver, options, start, libvirt_order(prep, v))
+        if chosen is not solver:  # the tie-break's pick must fit the firmware's I/O space too
+            chosen_pool = split(pool_content(prep, v, chosen), io_matters=v.io_used is not None)
+            if _exact_io_fits(v, chosen, chosen_pool):
+                solver, pool = chosen, chosen_pool
+    seconds = time.perf_counter() - start
     values = {
         "addresses_moved": int(solver.Value(lv.moved)),
         "hotplug_wanted": lv.hotplug_wanted,
@@ -133,7 +169,51 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         "unlike_libvirt": int(solver.Value(lv.unlike_libvirt)),
         "spare_shortfall": int(solver.Value(v.spare_shortfall)),
     }
-    return SolveResult(solver.StatusName(status), obj, bound, gap, seconds, values, v, solver)
+    # A cut from a split that was not proven minimal may have cut off a better plan: then say feasible.
+    name = solver.StatusName(status) if exact or status != cp_model.OPTIMAL else "FEASIBLE"
+    io = None
+    if v.io_used is not None:
+        io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
+    return SolveResult(name, obj, bound, gap, seconds, values, v, solver, pool, io, v.io_budget, cuts)
+
+
+def pool_content(prep: Prepared, v: Variables, solver: cp_model.CpSolver) -> PoolContent:
+    """The counts the solution puts into the new bridges."""
+    val = solver.Value
+    io_of = {gi: g.key.io_units for gi, g in enumerate(prep.groups)}
+    return PoolContent(
+        bridges=val(v.pool_bridges),
+        nested=val(v.pool_pci_bridges),
+        alone=tuple((gi, val(x), io_of[gi]) for gi, x in sorted(v.pool_alone.items())),
+        packed=tuple((gi, val(x), io_of[gi]) for gi, x in sorted(v.pool_packed.items())),
+        packslots=val(v.pool_packslots),
+    )
+
+
+def _exact_io_fits(v: Variables, solver: cp_model.CpSolver, pool: PoolSplit) -> bool:
+    """The model's I/O total with the new bridges' windows as the split really needs them."""
+    if v.io_used is None:
+        return True
+    relaxed = solver.Value(v.pool_windows)
+    if pool.total_windows <= relaxed:
+        return True
+    used = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - relaxed)
+    return used <= v.io_budget
+
+
+def _cut(model: cp_model.CpModel, v: Variables, content: PoolContent, windows: int) -> None:
+    """With exactly this content in the new bridges, they need this many I/O windows."""
+    pairs = [(v.pool_bridges, content.bridges), (v.pool_pci_bridges, content.nested),
+             (v.pool_packslots, content.packslots)]
+    pairs += [(v.pool_alone[g], n) for g, n, _ in content.alone]
+    pairs += [(v.pool_packed[g], n) for g, n, _ in content.packed]
+    same = []
+    for x, n in pairs:
+        b = model.NewBoolVar("")
+        model.Add(x == n).OnlyEnforceIf(b)
+        model.Add(x != n).OnlyEnforceIf(b.Not())
+        same.append(b)
+    model.Add(v.pool_windows >= windows).OnlyEnforceIf(same)
 
 
 def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,

@@ -64,6 +64,11 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     return "pci-device" in acc and conventional_ok(prep, g)
 
 
+def needs_port_window(g: Group) -> bool:
+    """On a root or downstream port, do devices of this group cost the port a 4 KiB I/O window?"""
+    return g.key.io or (g.key.endpoint == "pci" and g.key.io_units > 0)
+
+
 def on_conventional(prep: Prepared, g: Group, e: int) -> bool:
     return g.key.endpoint == "pcie" and prep.problem.buses[e].model.conventional
 
@@ -104,6 +109,10 @@ class Variables:
     pool_packslots: IntVar | None = None
     pool_pci_bridges: IntVar | None = None  # pci-bridges nested in slots of the new bridges
     spare_shortfall: IntVar | None = None
+    pool_bridges: IntVar | None = None  # every new bridge (the pool's size)
+    pool_windows: IntVar | None = None  # I/O windows of the new bridges (4 KiB each)
+    io_used: cp_model.LinearExpr | None = None  # the firmware I/O space the plan uses (32-byte units)
+    io_budget: int = 0
     # --replan: what keeps its place (devices, controllers), and which old slots stay occupied
     keep: dict[int, IntVar] = field(default_factory=dict)  # droppable -> 1 if kept in place
     bus_keep: dict[int, IntVar] = field(default_factory=dict)  # droppable bus index -> its keep
@@ -186,6 +195,9 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
     v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
     v.pool_pci_bridges = model.NewIntVar(0, 255, "pool_pci_bridges")
     v.spare_shortfall = model.NewIntVar(0, 256, "spare_shortfall")
+    v.pool_bridges = model.NewIntVar(0, 512, "pool_bridges")
+    model.Add(v.pool_bridges == cp_model.LinearExpr.Sum(new_bridges(v)))
+    v.pool_windows = model.NewIntVar(0, 1 << 14, "pool_windows")
     return v
 
 
