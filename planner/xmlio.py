@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from planner.xmltext import Source, decode, source_map, write_tree
+from planner.xmltext import Source, copy_source, decode, source_map, write_tree
 
 
 class InputError(Exception):
@@ -49,6 +49,13 @@ class DomainTree(etree._ElementTree):
     bytes wherever pciplan changed nothing."""
 
     source: Source | None = None
+
+    def __deepcopy__(self, memo: dict) -> DomainTree:
+        plain = etree._ElementTree.__deepcopy__(self, memo)
+        tree = DomainTree()
+        tree._setroot(plain.getroot())
+        tree.source = copy_source(self.source, self.getroot(), tree.getroot())
+        return tree
 
 
 def parse_domain_bytes(data: bytes, source: str = "<input>") -> DomainTree:

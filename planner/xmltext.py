@@ -15,6 +15,7 @@ Only lxml's tree API is used (tags, attributes, text, tails, children), which is
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -354,7 +355,12 @@ class Writer:
             return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
         name = _qname(node.tag, node)
         q = self._quote_near(node)
-        attrs = "".join(f" {_qname(k, node)}={q}{escape_attr(v, q)}{q}" for k, v in node.attrib.items())
+        parent = node.getparent()
+        inherited = parent.nsmap if parent is not None else {}
+        declared = [(f"xmlns:{p}" if p else "xmlns", uri) for p, uri in node.nsmap.items()
+                    if inherited.get(p) != uri]
+        attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
+        attrs += "".join(f" {_qname(k, node)}={q}{escape_attr(v, q)}{q}" for k, v in node.attrib.items())
         kids = list(node)
         text = None if _blank(node.text) else node.text
         if not kids:
@@ -365,6 +371,22 @@ class Writer:
             parts += [self.nl + inner, self.node(k, inner)]
         parts += [self.nl + indent, f"</{name}>"]
         return "".join(parts)
+
+
+def copy_source(source: Source | None, old: etree._Element, new: etree._Element) -> Source | None:
+    """The source map for a deep copy (new) of the tree under old: the same spans, keyed by the copy's
+    nodes (the copy has the same shape, so nodes pair up in document order)."""
+    if source is None:
+        return None
+    pairs = dict(zip(old.iter(), new.iter(), strict=True))
+    spans = {}
+    for o, c in pairs.items():
+        span = source.spans.get(o)
+        if span is not None:
+            spans[c] = dataclasses.replace(
+                span, parent=pairs.get(span.parent), next=pairs.get(span.next),
+                children=tuple(pairs.get(k) for k in span.children))
+    return dataclasses.replace(source, spans=spans)
 
 
 def write_tree(tree: etree._ElementTree, source: Source | None) -> bytes:
