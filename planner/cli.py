@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, write_atomic
+from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
 EXIT_PINNED_BREAKS = 4  # planned and written, but the input's pinned addresses break a rule check reports
@@ -205,7 +205,7 @@ def check(
         from planner import libvirt_stack
 
         try:
-            result = libvirt_stack.verify(serialize(tree).decode(), boot=boot, firmware=boot)
+            result = libvirt_stack.verify(serialize_text(tree), boot=boot, firmware=boot)
         except libvirt_stack.StackUnavailable as exc:
             _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
         stack_ok = result.ok

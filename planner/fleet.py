@@ -14,7 +14,7 @@ from pathlib import Path
 
 from planner.errors import Infeasible
 from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, write_atomic
+from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
 
 BACKUP_SUFFIX = ".orig"
 
@@ -203,7 +203,7 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
             reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
             results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))
             continue
-        after = serialize(tree).decode()
+        after = serialize_text(tree)
         changed = after.strip() != before.strip()
         diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
                                             f"{dom.name()} (libvirt)", f"{dom.name()} (planned)"))

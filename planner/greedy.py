@@ -50,7 +50,7 @@ from planner.domain import (
     read_pci_address,
     read_problem,
 )
-from planner.xmlio import InputError, parse_domain_bytes, remove_element, serialize
+from planner.xmlio import InputError, parse_domain_bytes, remove_element, serialize_text
 
 # ------------------------------------------------------------------ connect flags (src/conf/domain_addr.h)
 
@@ -989,6 +989,6 @@ def greedy_plan(xml: str) -> GreedyResult:
         planner.run()
     except (InputError, GreedyError) as exc:
         return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
-    return GreedyResult(True, None, serialize(tree).decode(), planner.controllers_added(),
+    return GreedyResult(True, None, serialize_text(tree), planner.controllers_added(),
                         time.perf_counter() - start)
 

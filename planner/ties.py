@@ -17,7 +17,7 @@ from lxml import etree
 from planner.domain import PciAddress, Problem
 from planner.greedy import greedy_plan
 from planner.render import set_pci_address
-from planner.xmlio import parse_domain_bytes, remove_element, serialize
+from planner.xmlio import parse_domain_bytes, remove_element, serialize_text
 
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
@@ -92,7 +92,7 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
         return False
     if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
         return False  # libvirt's greedy costs more than the plan itself there, and ties are rare
-    greedy = greedy_plan(serialize(original).decode())
+    greedy = greedy_plan(serialize_text(original))
     if not greedy.ok or greedy.xml is None:
         return False
     libvirt_tree = parse_domain_bytes(greedy.xml.encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -104,6 +105,18 @@ def serialize(tree: etree._ElementTree) -> bytes:
     own bytes (quoting, attribute order, whitespace, comments, declaration, encoding); what it added or
     changed is laid out by pciplan (planner/xmltext.py), never by the XML library's serializer."""
     return write_tree(tree, getattr(tree, "source", None))
+
+
+_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>\s*")
+
+
+def serialize_text(tree: etree._ElementTree) -> str:
+    """The document as a string for APIs that take one (libvirt's defineXML, the greedy): decoded
+    from the input's encoding, without the XML declaration that named it."""
+    source = getattr(tree, "source", None)
+    encoding = source.encoding if source is not None else "utf-8"
+    text = serialize(tree)[len(source.bom) if source is not None else 0:].decode(encoding)
+    return _DECLARATION.sub("", text, count=1)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
