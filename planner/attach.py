@@ -94,6 +94,33 @@ def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces
     return LivePlaces(f"{dev.kind} ({dev.model})", pcie, places)
 
 
+@dataclass(frozen=True)
+class Headroom:
+    """What a planned guest can still take live: empty PCIe hot-plug ports (each one PCIe device) and
+    free slots of hot-pluggable conventional buses (each one conventional device)."""
+
+    pcie_ports: int
+    pci_slots: int
+
+    def __str__(self) -> str:
+        return f"{self.pcie_ports} PCIe device(s), {self.pci_slots} conventional PCI device(s)"
+
+    def as_json(self) -> dict[str, int]:
+        return {"pcie_ports": self.pcie_ports, "pci_slots": self.pci_slots}
+
+
+def headroom(tree: etree._ElementTree) -> Headroom:
+    """The live hot-plug places of an addressed guest, by kind of place."""
+    problem = read_problem(copy.deepcopy(tree))
+    used = _occupied(problem.tree)
+    reserved = problem.machine.reserved_slots
+    ports = slots = 0
+    for b in problem.buses.values():
+        ports += len(_free_slots(reserved, b, used, pcie=True))
+        slots += len(_free_slots(reserved, b, used, pcie=False))
+    return Headroom(ports, slots)
+
+
 def _free_slots(reserved: frozenset[int], b: Bus, used: set[tuple[int, int]], pcie: bool) -> list[Place]:
     if not b.hotplug:
         return []

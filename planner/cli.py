@@ -162,7 +162,8 @@ def plan(
         typer.echo(
             f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
             f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "
-            f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s",
+            f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s"
+            + (f"; can still hot-plug: {summary.headroom}" if summary.headroom else ""),
             err=True,
         )
     if summary.check_errors:

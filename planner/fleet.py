@@ -33,6 +33,8 @@ class FileResult:
     controllers_removed: int = 0
     moved: list[str] = field(default_factory=list)
     check_errors: list[str] = field(default_factory=list)  # what `pciplan check` says (pinned layouts)
+    headroom_pcie: int | None = None  # empty PCIe hot-plug ports left (pciplan attach --count)
+    headroom_pci: int | None = None  # free hot-pluggable conventional slots left
 
 
 def collect(paths: Iterable[str]) -> list[Path]:
@@ -75,7 +77,7 @@ def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool,
         addresses_kept=max(0, given - len(summary.moved)),
         controllers_added=sum(summary.controllers_added.values()),
         controllers_removed=summary.controllers_removed, moved=summary.moved,
-        check_errors=summary.check_errors,
+        check_errors=summary.check_errors, **_headroom(summary),
     )
     if not dry_run and target is not None and (changed or target != path):
         if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
@@ -163,6 +165,12 @@ def totals(results: list[FileResult], wall: float) -> dict:
     }
 
 
+def _headroom(summary) -> dict[str, int | None]:
+    room = summary.headroom
+    return {"headroom_pcie": room.pcie_ports if room else None,
+            "headroom_pci": room.pci_slots if room else None}
+
+
 def report_rows(results: list[FileResult]) -> list[dict]:
     rows = []
     for r in results:
@@ -220,5 +228,5 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
             addresses_moved=len(summary.moved), addresses_kept=max(0, given - len(summary.moved)),
             controllers_added=sum(summary.controllers_added.values()),
             controllers_removed=summary.controllers_removed, moved=summary.moved,
-            check_errors=summary.check_errors))
+            check_errors=summary.check_errors, **_headroom(summary)))
     return results

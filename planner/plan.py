@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from lxml import etree
 
 from planner import convert, rules
+from planner.attach import Headroom, headroom
 from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible
@@ -42,6 +43,7 @@ class PlanSummary:
     # pinned (the solver never breaks a rule on its own); the CLI exits 4 when there are any.
     check_errors: list[str] = field(default_factory=list)
     check_warnings: list[str] = field(default_factory=list)
+    headroom: Headroom | None = None  # what the planned guest can still take live (pciplan attach)
     io_bytes: int | None = None  # the firmware I/O space the plan needs, as the solver counts it
     io_budget_bytes: int | None = None
     io_cuts: int = 0
@@ -62,6 +64,7 @@ class PlanSummary:
             "controllers_removed": self.controllers_removed,
             "io_space": None if self.io_bytes is None else {
                 "needed": self.io_bytes, "budget": self.io_budget_bytes, "refinements": self.io_cuts},
+            "headroom": None if self.headroom is None else self.headroom.as_json(),
             "notes": self.notes,
             "check_errors": self.check_errors,
             "check_warnings": self.check_warnings,
@@ -212,6 +215,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
         check_errors=errors,
         check_warnings=warns,
+        headroom=headroom(tree),
         io_bytes=None if io_units is None else io_units * IO_UNIT,
         io_budget_bytes=None if io_units is None else result.io_budget * IO_UNIT,
         io_cuts=result.io_cuts,

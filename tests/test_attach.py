@@ -101,3 +101,23 @@ def test_cli_attach_count_and_no_place(guest_xml, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert b"pcie-root-port" in r.stderr
     assert run("check", str(nxt)).returncode == 0
+
+
+def test_plan_reports_the_headroom_attach_counts(guest_xml, tmp_path: Path) -> None:
+    """plan's summary (and --json, and fleet's report) says what attach --count would: the empty PCIe
+    ports and the free hot-pluggable conventional slots of the written layout."""
+    tree, summary = plan_bytes(guest_xml("q35", devices=nics(3) + "\n" + nics(1, "e1000", start=3)),
+                               spare_pcie=2)
+    planned = text(tree)
+    assert summary.headroom is not None
+    assert summary.headroom.pcie_ports == len(places(planned, VIRTIO_NIC).places) == 2
+    assert summary.headroom.pci_slots == len(places(planned, E1000).places) == 30
+    src = tmp_path / "g.xml"
+    src.write_bytes(guest_xml("q35", devices=nics(3)))
+    report = tmp_path / "report.json"
+    r = run("fleet", str(src), "--out", str(tmp_path / "out"), "--report", str(report))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    row = json.loads(report.read_text())["files"][0]
+    assert row["headroom_pcie"] == 1 and row["headroom_pci"] == 0
