@@ -70,6 +70,13 @@ def plan(
         str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
                                  "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
     ] = None,
+    reserve: Annotated[
+        list[str] | None, typer.Option("--reserve", metavar="KIND[:MODEL]=N", help="Keep N free "
+                                       "hot-pluggable places for devices of this kind, e.g. interface=4, "
+                                       "disk:virtio=8, interface:e1000=2, hostdev=2 (a PCIe device gets an "
+                                       "empty PCIe port, a conventional one a free bridge slot). Repeatable; "
+                                       "hard: exit 3 if they cannot all be kept.")
+    ] = None,
     objective: Annotated[
         str | None, typer.Option("--objective-order", metavar="LEVELS", help="The order of the objective's "
                                  "levels, most important first: hotplug, pcie, controllers and buses, "
@@ -96,7 +103,7 @@ def plan(
     """
     from planner.errors import Infeasible
     from planner.plan import plan_tree
-    from planner.rules import objective_order
+    from planner.rules import objective_order, parse_reserve
 
     if in_place and output is not None:
         _fail(EXIT_BAD_INPUT, "give either -o/--output or --in-place, not both")
@@ -122,7 +129,8 @@ def plan(
                               no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
                               policy=str(policy) if policy else None, host_numa=host_numa == "auto",
                               objective_order=objective_order(objective, "--objective-order")
-                              if objective else None)
+                              if objective else None,
+                              reserve=tuple(parse_reserve(r) for r in reserve or []))
         summary = plan_tree(tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))

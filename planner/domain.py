@@ -587,6 +587,11 @@ def _stale_pci_address(el: etree._Element, label: str, facts: DeviceClass, notes
                      "remove the address, or describe the kind in models/devices.toml")
 
 
+def endpoint_of(machine: Machine, facts: DeviceClass) -> str:
+    """"pcie" where libvirt puts the device on PCIe (virtio and PCIe devices on PCIe machines)."""
+    return "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
+
+
 def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
                   notes: list[str]) -> list[Device]:
     devices_el = _devices_element(tree)
@@ -628,7 +633,7 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
             continue  # a partial address on a kind libvirt never places: nothing to reserve
         if facts.note:
             notes.append(f"warning: {label}: {facts.note}")
-        endpoint = "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
+        endpoint = endpoint_of(machine, facts)
         dev = Device(el, kind, model, label, order, endpoint, facts, addr, bus_pin)
         if kind == "serial":
             serials.append(dev)

@@ -20,6 +20,7 @@ class PlanOptions:
     host_numa: bool = False  # --host-numa auto: place host devices on their host node's guest cell
     to_machine: str | None = None  # "q35": convert a pc guest first (planner.convert)
     relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
+    reserve: tuple[tuple[str, int], ...] = ()  # --reserve KIND[:MODEL]=N: free hot-plug places (hard)
     objective_order: tuple[str, ...] | None = None  # the order of the middle levels (None: metadata,
     # policy, else OBJECTIVE_DEFAULT)
 
@@ -36,3 +37,6 @@ DEVICE_KINDS = frozenset({
     "vsock", "input", "filesystem", "memory", "shmem", "serial", "iommu",
 })
 BUS_CHOICES = ("default", "pcie", "pci", "any", "mmio")  # mmio: virtio-mmio (aarch64/riscv64 virt)
+
+# What a reservation without a model reserves for: the model management tools hot-plug by default.
+RESERVE_DEFAULT_MODEL = {"interface": "virtio", "disk": "virtio", "hostdev": "pci"}

@@ -100,12 +100,45 @@ def _read(tree: etree._ElementTree, options: PlanOptions):
     spare_pcie = options.spare_pcie
     spare_pci = options.spare_pci
     order = options.objective_order
+    reserve = {**policy.reserve, **metadata.reserve, **dict(options.reserve)}
     for src in (metadata, policy):
         spare_pcie = src.spare_pcie if spare_pcie is None else spare_pcie
         spare_pci = src.spare_pci if spare_pci is None else spare_pci
         order = src.objective if order is None else order
     return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci,
-                            objective_order=order or OBJECTIVE_DEFAULT), warnings
+                            objective_order=order or OBJECTIVE_DEFAULT,
+                            reserve=tuple(sorted(reserve.items()))), warnings
+
+
+def _reserve_limits(prep, options: PlanOptions) -> list[str]:
+    """For reservations that cannot all be kept: the largest number of each kind of place that can
+    (a binary search over short solves, the other reservation held)."""
+    out = []
+    for attr, what in (("reserve_pcie", "empty PCIe ports"), ("reserve_pci", "free conventional slots")):
+        want = getattr(prep, attr)
+        if not want:
+            continue
+        lo, hi = 0, want - 1  # lo: the largest known to fit (0 unless even that fails)
+        if not _fits(replace(prep, **{attr: 0}), options):
+            continue
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _fits(replace(prep, **{attr: mid}), options):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < want:
+            out.append(f"at most {lo} of the {want} reserved {what} fit; lower --reserve (or the "
+                       "reservation in the metadata or the policy)")
+    return out
+
+
+def _fits(prep, options: PlanOptions) -> bool:
+    try:
+        solve(prep, options)
+    except Infeasible:
+        return False
+    return True
 
 
 def _number_new_expanders(prep, layout) -> None:
@@ -167,6 +200,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     except Infeasible as exc:
         if any(d.hotplug_rule == "yes" for d in problem.devices):
             exc.reasons.append(_hotplug_limit(original, options))
+        if any(r.startswith("reserve (") for r in exc.reasons):
+            exc.reasons += _reserve_limits(prep, options)
         raise
     layout = unfold(prep, result)
     _number_new_expanders(prep, layout)
@@ -184,6 +219,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         spare_pci = options.spare_pci if options.spare_pci is not None else (
             machine.spare_pci_slots if problem.root.hotplug else 0)
         spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
+        # the reservations are places the tie must keep too
+        spare_pci, spare_pcie = max(spare_pci, prep.reserve_pci), max(spare_pcie, prep.reserve_pcie)
         if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
             notes.append("ties with libvirt's own layout: libvirt's addresses written")
             tied_to_libvirt = True

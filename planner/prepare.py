@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from planner.domain import Bus, Device, PciAddress, Problem
+from planner.domain import Bus, Device, PciAddress, Problem, endpoint_of
 from planner.errors import Infeasible
-from planner.facts import IO_WINDOW_UNITS, controller_models
-from planner.options import PlanOptions
+from planner.facts import IO_WINDOW_UNITS, controller_models, device_class
+from planner.options import RESERVE_DEFAULT_MODEL, PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
 
@@ -127,6 +127,9 @@ class Prepared:
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
+    reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
+    reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
+    reserve_what: str = ""  # the reservations in words, for messages
 
     def hierarchy_of(self, index: int) -> int:
         """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
@@ -455,5 +458,27 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
         key = _group_key(d, options, hotplug_possible)
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
+    reserve_pcie, reserve_pci = reserved_places(problem, options.reserve)
+    what = ", ".join(f"{k}={n}" for k, n in options.reserve)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_units(problem, states), drops, mmio, lost, removed)
+                    _fixed_io_units(problem, states), drops, mmio, lost, removed, reserve_pcie, reserve_pci,
+                    what)
+
+
+def reserved_places(problem: Problem, reserve: tuple[tuple[str, int], ...]) -> tuple[int, int]:
+    """(empty PCIe ports, free conventional slots) that the reservations need: each reserved device
+    takes the kind of place libvirt would hot-plug it into."""
+    pcie = pci = 0
+    for key, n in reserve:
+        kind, _, model = key.partition(":")
+        model = model or RESERVE_DEFAULT_MODEL.get(kind, "")
+        facts = device_class(kind, model)
+        if facts.cls == "none":
+            raise InputError(f"reserve {key}: a {kind} ({model or 'default model'}) takes no PCI address")
+        if not facts.hotplug:
+            raise InputError(f"reserve {key}: libvirt cannot hot-plug a {kind} ({model or 'default model'})")
+        if endpoint_of(problem.machine, facts) == "pcie":
+            pcie += n
+        else:
+            pci += n
+    return pcie, pci

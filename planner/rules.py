@@ -57,6 +57,23 @@ class RuleSet:
     spare_pcie: int | None = None
     spare_pci: int | None = None
     objective: tuple[str, ...] | None = None
+    reserve: dict[str, int] = field(default_factory=dict)  # "kind[:model]" -> free places to keep
+
+
+def reservation(where: str, key: str, count: object) -> tuple[str, int]:
+    """A checked reservation: ('interface:virtio', 4)."""
+    kind, _, model = key.partition(":")
+    if kind not in DEVICE_KINDS:
+        raise InputError(f"{where}: unknown device kind '{kind}' (one of {', '.join(sorted(DEVICE_KINDS))})")
+    return (f"{kind}:{model}" if model else kind), _spare(where, count)
+
+
+def parse_reserve(text: str) -> tuple[str, int]:
+    """--reserve KIND[:MODEL]=N"""
+    key, sep, count = text.partition("=")
+    if not sep:
+        raise InputError(f"--reserve {text}: expected KIND[:MODEL]=N, e.g. interface=4 or disk:virtio=8")
+    return reservation(f"--reserve {text}", key.strip(), count.strip())
 
 
 def _value(d: Device, key: str) -> str | None:
@@ -159,8 +176,12 @@ def from_policy(path: str | Path) -> RuleSet:
             out.spare_pci = _spare(f"{path} spare-pci", value)
         elif key == "objective":
             out.objective = objective_order(str(value), f"{path} objective")
+        elif key == "reserve":
+            if not isinstance(value, dict):
+                raise InputError(f"{path}: 'reserve' must be a table ([reserve] interface = 4)")
+            out.reserve.update(reservation(f"{path} reserve.{k}", k, n) for k, n in value.items())
         else:
-            raise InputError(f"{path}: unknown key '{key}' (rule, spare-pcie, spare-pci, objective)")
+            raise InputError(f"{path}: unknown key '{key}' (rule, spare-pcie, spare-pci, objective, reserve)")
     return out
 
 
@@ -182,12 +203,19 @@ def from_metadata(tree: etree._ElementTree) -> RuleSet:
                         out.spare_pci = _spare(f"{where} (spare pci)", v)
                     else:
                         raise InputError(f"{where}: unknown attribute '{k}' of <spare> (pcie, pci)")
+            elif local == "reserve":
+                extra = set(el.attrib) - {"kind", "model", "count"}
+                if extra or "kind" not in el.attrib or "count" not in el.attrib:
+                    raise InputError(f"{where}: <reserve> takes kind, count and optionally model")
+                key = el.get("kind") + (f":{el.get('model')}" if el.get("model") else "")
+                k, n = reservation(f"{where} (reserve)", key, el.get("count"))
+                out.reserve[k] = n
             elif local == "objective":
                 if set(el.attrib) != {"order"}:
                     raise InputError(f"{where}: <objective> takes one attribute, order")
                 out.objective = objective_order(el.get("order", ""), f"{where} (objective order)")
             else:
-                raise InputError(f"{where}: unknown element <{local}> (rule, spare, objective)")
+                raise InputError(f"{where}: unknown element <{local}> (rule, spare, reserve, objective)")
     return out
 
 

@@ -286,10 +286,10 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
 
 
 def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci: int,
-                only_if_adding: bool = False) -> None:
+                why: Assumptions | None = None) -> None:
     """Keep empty hot-pluggable ports (PCIe) or slots (conventional) for later hot-plug; a shortfall is
-    allowed but costs as much as a device that could not stay hot-pluggable. only_if_adding: the spare
-    PCIe port is wanted only when the plan adds some other controller (libvirt's rule)."""
+    allowed but costs as much as a device that could not stay hot-pluggable. Reservations (--reserve)
+    are hard: that many empty PCIe ports and free conventional slots, or no layout."""
     empty_ports = []
     free_pci_slots = []
     for e, st in prep.states.items():
@@ -316,17 +316,15 @@ def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci:
     free_pci_slots.append(SLOTS_PER_BRIDGE * _sum(nb) - _sum(v.pool_alone.values()) - v.pool_packslots
                           - v.pool_pci_bridges)
     shortfalls = []
-    adding = 1
-    if only_if_adding and spare_pcie:
-        spares = {id(x) for p in v.root_ports for x in (v.root_ports[p].spare, v.downstream[p].spare)}
-        others = [x for x in new_controllers(v) if id(x) not in spares]
-        adding = model.NewBoolVar("adds_controllers")
-        model.Add(_sum(others) <= 512 * adding)
     for want, have, name in ((spare_pcie, empty_ports, "pcie"), (spare_pci, free_pci_slots, "pci")):
         if want:
             short = model.NewIntVar(0, want, f"spare_{name}_shortfall")
-            need = want * adding if name == "pcie" else want
-            model.Add(_sum(have) + short >= need)
+            model.Add(_sum(have) + short >= want)
             shortfalls.append(short)
+    for need, have, what in ((prep.reserve_pcie, empty_ports, "empty hot-pluggable PCIe ports"),
+                             (prep.reserve_pci, free_pci_slots, "free hot-pluggable conventional PCI slots")):
+        if need and why is not None:
+            lit = why.new(f"reserve ({prep.reserve_what}): {need} {what}")
+            model.Add(_sum(have) >= need).OnlyEnforceIf(lit)
     assert v.spare_shortfall is not None
     model.Add(v.spare_shortfall == _sum(shortfalls))

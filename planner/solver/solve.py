@@ -105,7 +105,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
-    c.spare_ports(model, prep, v, spare_pcie, spare_pci)
+    c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
