@@ -29,6 +29,13 @@ def _fail(code: int, message: str) -> None:
     raise typer.Exit(code)
 
 
+def _check_firmware_flag(firmware: str | None) -> None:
+    from planner.facts import FIRMWARE_NAMES
+
+    if firmware is not None and firmware not in FIRMWARE_NAMES:
+        _fail(EXIT_BAD_INPUT, f"--firmware: '{firmware}' is not one of {', '.join(FIRMWARE_NAMES)}")
+
+
 @app.command()
 def plan(
     source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
@@ -69,6 +76,10 @@ def plan(
         str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
                                  "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
     ] = None,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none "
+                                 "(default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -106,12 +117,14 @@ def plan(
         _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any, mmio")
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
+    _check_firmware_flag(firmware)
     try:
         doc = load_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
                               replan=replan, hotplug_kinds=frozenset(hotplug or []),
                               no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
-                              policy=str(policy) if policy else None, host_numa=host_numa == "auto")
+                              policy=str(policy) if policy else None, host_numa=host_numa == "auto",
+                              firmware=firmware)
         summary = plan_tree(doc.tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
@@ -185,7 +198,7 @@ def check(
     report: dict = {"violations": [v.__dict__ for v in found]}
     stack_ok = True
     if with_libvirt or boot:
-        from planner import libvirt_stack
+        from planner import stack as libvirt_stack
 
         try:
             result = libvirt_stack.verify(serialize(tree, doc.quote).decode(), boot=boot, firmware=boot)

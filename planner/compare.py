@@ -87,7 +87,7 @@ def measure(before: etree._ElementTree, after: etree._ElementTree) -> LayoutMetr
 
 def _greedy(kind: str):
     if kind == "libvirt":
-        from planner.libvirt_stack import shared_stack
+        from planner.stack import shared_stack
 
         stack = shared_stack()
 

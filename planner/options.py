@@ -20,6 +20,7 @@ class PlanOptions:
     host_numa: bool = False  # --host-numa auto: place host devices on their host node's guest cell
     to_machine: str | None = None  # "q35": convert a pc guest first (planner.convert)
     relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
+    firmware: str | None = None  # seabios | ovmf | aavmf | none: plan for it (None: the guest's own)
 
 
 # Kinds of <devices> children that can take a PCI address (the vocabulary of --hotplug and friends).

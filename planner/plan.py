@@ -73,7 +73,7 @@ def _hotplug_limit(tree: etree._ElementTree, options: PlanOptions) -> str:
 def _read(tree: etree._ElementTree, options: PlanOptions):
     """The problem with the user's rules applied (policy < metadata < command line) and the spare
     counts they set."""
-    problem = read_problem(tree)
+    problem = read_problem(tree, options.firmware)
     policy = rules.from_policy(options.policy) if options.policy else rules.RuleSet()
     metadata = rules.from_metadata(tree) if options.use_metadata else rules.RuleSet()
     flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus, options.host_numa)

@@ -122,6 +122,7 @@ class Prepared:
     device_places: dict[int, PciAddress]  # id(device) -> address chosen before solving (conventions)
     controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
     fixed_io_units: int  # I/O space the given layout needs (32-byte units)
+    fixed_io_windows: int  # bridge/port I/O windows the given layout needs
     droppables: list[Droppable] = field(default_factory=list)
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
@@ -339,10 +340,13 @@ def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> Group
     )
 
 
-def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
-    """I/O space the given layout already needs from SeaBIOS (32-byte units): root-bus BARs, one 4 KiB
-    window per port with an I/O device, and each bridge's window rounded up to 4 KiB."""
+def _fixed_io(problem: Problem, states: dict[int, BusState]) -> tuple[int, int]:
+    """I/O space (32-byte units) and bridge/port windows the given layout already needs from the
+    firmware: root-bus BARs, one 4 KiB window per port with an I/O device (and, where the firmware
+    pads hot-plug ports, per empty port), and each bridge's window rounded up to 4 KiB."""
     units = states[0].io_units
+    windows = 0
+    pads = problem.firmware is not None and problem.firmware.pads_spares
     for b in problem.buses.values():
         st = states[b.index]
         if b.droppable or b.index == 0:
@@ -350,9 +354,11 @@ def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
         port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
         if b.model.io_window:
             units += IO_WINDOW_UNITS * max(1, -(-st.io_units // IO_WINDOW_UNITS))
-        elif port and st.io_device:
+            windows += 1
+        elif port and (st.io_device or (pads and b.hotplug and not st.used)):
             units += IO_WINDOW_UNITS
-    return units
+            windows += 1
+    return units, windows
 
 
 def _add_expander_buses(problem: Problem) -> None:
@@ -440,4 +446,4 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
         groups.setdefault(key, Group(key, [])).devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_units(problem, states), drops, mmio, lost, removed)
+                    *_fixed_io(problem, states), drops, mmio, lost, removed)

@@ -1,4 +1,4 @@
-"""planner.libvirt_stack against the real libvirt 9 embedded driver, QEMU 7.2 and SeaBIOS.
+"""planner.stack against the real libvirt 9 embedded driver, QEMU 7.2 and SeaBIOS.
 
 The hand-made guests below are small so the whole file runs in well under a minute; the parsing
 and diffing helpers are also tested on fixed text without the stack.
@@ -15,7 +15,7 @@ import pytest
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
-from planner.libvirt_stack import (
+from planner.stack import (
     Change,
     EmbeddedLibvirt,
     StackUnavailable,
@@ -270,7 +270,7 @@ def test_host_bound_guest_is_made_bootable(real_stack: EmbeddedLibvirt) -> None:
 
 @realstack
 def test_second_process_falls_back_to_a_temporary_root(real_stack: EmbeddedLibvirt) -> None:
-    code = "from planner.libvirt_stack import EmbeddedLibvirt as E; s = E(); print(s.temporary_root, s.root)"
+    code = "from planner.stack import EmbeddedLibvirt as E; s = E(); print(s.temporary_root, s.root)"
     env = {**os.environ, "PCIPLAN_LIBVIRT_ROOT": str(real_stack.root)}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,

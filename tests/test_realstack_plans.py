@@ -11,7 +11,7 @@ from conftest import controllers, libvirt_manifest, nics, shared_cases, test_gue
 from planning import plan_bytes, plan_file, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.libvirt_stack import diff_layouts
+from planner.stack import diff_layouts
 from planner.xmlio import parse_domain_bytes
 
 pytestmark = pytest.mark.realstack
@@ -68,7 +68,7 @@ BOOTED = EXAMPLES + shared_cases("virt-install") + test_guests()
 
 
 def _boot(xml: str, firmware: bool = True, seconds: float = 20.0):
-    from planner.libvirt_stack import verify
+    from planner.stack import verify
 
     report = verify(xml, boot=True, firmware=firmware, hotplug=True, seconds=seconds)
     assert report.define.ok, report.define.error
