@@ -177,8 +177,13 @@ def check(
     ] = False,
     boot: Annotated[
         bool, typer.Option("--boot", help="With --libvirt: start it in QEMU, compare QEMU's PCI tree with "
-                           "the XML and, on x86, watch SeaBIOS finish PCI setup.")
+                           "the XML and run the guest's firmware (SeaBIOS, OVMF, AAVMF; under TCG): did it "
+                           "set up every bus, window and BAR?")
     ] = False,
+    firmware: Annotated[
+        str | None, typer.Option(help="Judge (and boot) with this firmware: seabios, ovmf, aavmf or none "
+                                 "(default: the one the XML boots).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
@@ -193,7 +198,8 @@ def check(
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     tree = doc.tree
-    found = check_domain(tree, require_complete=not partial)
+    _check_firmware_flag(firmware)
+    found = check_domain(tree, require_complete=not partial, firmware=firmware)
     errors = [v for v in found if v.rule not in WARNING_RULES]
     report: dict = {"violations": [v.__dict__ for v in found]}
     stack_ok = True
@@ -201,7 +207,8 @@ def check(
         from planner import stack as libvirt_stack
 
         try:
-            result = libvirt_stack.verify(serialize(tree, doc.quote).decode(), boot=boot, firmware=boot)
+            result = libvirt_stack.verify(serialize(tree, doc.quote).decode(), boot=boot, firmware=boot,
+                                          firmware_name=firmware)
         except libvirt_stack.StackUnavailable as exc:
             _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
         stack_ok = result.ok

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 from lxml import etree
 
+from planner.check import guest_firmware, machine_family
 from planner.stack.boot import (
     _prepare,
     _probe_nic_xml,
@@ -30,8 +32,18 @@ from planner.stack.diff import (
     diff_layouts,
 )
 from planner.stack.firmware import (
+    UEFI_FILES,
+    UEFI_LABEL,
+    UEFI_SECONDS,
     _add_debugcon,
     _read_firmware_log,
+    check_assignment,
+    ecam_config_reader,
+    flatten_query_pci,
+    log_serial_console,
+    set_uefi_loader,
+    wait_for_console,
+    x86_config_reader,
 )
 from planner.stack.model import (
     BINDING_MISSING,
@@ -44,8 +56,11 @@ from planner.stack.model import (
     DefineResult,
     FirmwareResult,
     StackUnavailable,
+    _alias,
     _arch,
+    _devices,
     _parse,
+    _pci_address,
     _set_child_text,
     _tostring,
     emulator_for,
@@ -273,11 +288,15 @@ class EmbeddedLibvirt:
     # -- boot -----------------------------------------------------------------------------------------
 
     def boot(
-        self, xml: str, *, firmware: bool = False, hotplug_probe: bool = False, seconds: float = 8.0
+        self, xml: str, *, firmware: bool = False, hotplug_probe: bool = False, seconds: float = 8.0,
+        firmware_name: str | None = None, uefi_seconds: float = UEFI_SECONDS,
     ) -> tuple[BootResult, FirmwareResult | None, list[str]]:
         """Start a bootable copy of xml (paused) and compare QEMU's device tree with the XML.
 
-        firmware (x86 only): then run it with SeaBIOS' debug port logged, for up to `seconds`.
+        firmware: then run the guest's own firmware (or firmware_name: seabios, ovmf, aavmf, none) and
+        check that it set up PCI: SeaBIOS through its debug port, for up to `seconds`; OVMF/AAVMF
+        until their boot manager speaks on the serial console (up to `uefi_seconds`, under TCG), then
+        what they assigned (QMP query-pci and raw config space). riscv64 virt has no PCI firmware.
         hotplug_probe: attach a virtio NIC live to each of up to 16 empty hot-pluggable places.
         Returns (boot result, firmware result, hot-plug failure messages); the firmware result is
         None when firmware was not asked for or QEMU did not start. Nothing stays running or defined.
@@ -285,11 +304,24 @@ class EmbeddedLibvirt:
         workdir = Path(tempfile.mkdtemp(prefix="pciplan-boot-"))
         dom = None
         try:
+            original = _parse(xml)
+            family = machine_family(original)[0]
+            which = firmware_name or guest_firmware(original, family)
             root, notes = _prepare(xml, workdir)
-            run_firmware = firmware and _arch(root) in X86_ARCHES
-            firmware_log = workdir / "seabios.log"
-            if run_firmware:
+            firmware_log = workdir / "firmware.log"
+            firmware_result = None
+            if firmware and which == "seabios" and _arch(root) in X86_ARCHES:
                 _add_debugcon(root, firmware_log)
+            elif firmware and which in UEFI_FILES:
+                missing = [f for f in UEFI_FILES[which] if not os.path.exists(f)]
+                if missing:
+                    firmware_result = FirmwareResult(False, False, [f"{', '.join(missing)} not installed"],
+                                                     "", which, UEFI_LABEL[which])
+                else:
+                    self._boot_uefi_setup(root, original, which, workdir, firmware_log, notes)
+            elif firmware:
+                why = "this machine boots no firmware that sets up PCI; QEMU's device tree is the check"
+                firmware_result = FirmwareResult(False, False, [why], "", which, which)
             try:
                 dom = self._conn.defineXML(_tostring(root))
                 dom.createWithFlags(self._libvirt.VIR_DOMAIN_START_PAUSED)
@@ -298,9 +330,6 @@ class EmbeddedLibvirt:
                 return BootResult(False, error, {}, [], notes), None, []
 
             result = BootResult(True, None, {}, [], notes)
-            firmware_result = None
-            if firmware and not run_firmware:
-                firmware_result = FirmwareResult(False, False, ["firmware check is x86 (SeaBIOS) only"], "")
             failures: list[str] = []
             try:
                 live_root = _parse(dom.XMLDesc(0))
@@ -308,10 +337,14 @@ class EmbeddedLibvirt:
                     dom, "info qtree", self._libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
                 )
                 result.placements, result.mismatches = compare_placements(live_root, parse_qtree(qtree))
-                if run_firmware:
+                if firmware and firmware_result is None:
                     dom.resume()
-                    firmware_result = _read_firmware_log(firmware_log, seconds)
-                # After the firmware, so that probe devices do not change what SeaBIOS had to set up.
+                    if which == "seabios":
+                        firmware_result = _read_firmware_log(firmware_log, seconds)
+                    else:
+                        firmware_result = self._uefi_result(dom, live_root, which, firmware_log, uefi_seconds,
+                                                            set(result.placements))
+                # After the firmware, so that probe devices do not change what it had to set up.
                 if hotplug_probe:
                     failures = self._probe_hotplug(dom, live_root, result.hotplug_probes)
             except self._libvirt.libvirtError as exc:
@@ -319,6 +352,51 @@ class EmbeddedLibvirt:
             return result, firmware_result, failures
         finally:
             self._discard(dom, workdir)
+
+    def _boot_uefi_setup(self, root: etree._Element, original: etree._Element, which: str,
+                         workdir: Path, log: Path, notes: list[str]) -> None:
+        set_uefi_loader(root, which, workdir)
+        log_serial_console(root, log)
+        features = root.find("features")
+        if root.find("features/acpi") is None and (original.find("features/acpi") is not None
+                                                   or _arch(root) in X86_ARCHES):
+            # libvirt wants ACPI with UEFI on x86; off x86, _prepare dropped it for lack of UEFI
+            if features is None:
+                features = etree.SubElement(root, "features")
+            etree.SubElement(features, "acpi")
+            if original.find("features/acpi") is None:
+                notes.append("added <features><acpi/>: libvirt requires it for UEFI on x86")
+        notes.append(f"booted with {UEFI_FILES[which][0]} under TCG")
+
+    def _uefi_result(self, dom: Any, live_root: etree._Element, which: str, log: Path,
+                     seconds: float, qemu_ids: set[str]) -> FirmwareResult:
+        label = UEFI_LABEL[which]
+
+        def stopped() -> str | None:
+            state, reason = dom.state()
+            if state != self._libvirt.VIR_DOMAIN_RUNNING:
+                return f"the guest stopped (libvirt state {state}, reason {reason}); "
+            return None
+
+        reached, tail = wait_for_console(log, seconds, stopped)
+        if not reached:
+            last = tail.splitlines()[-1] if tail else "no output"
+            error = f"{label} hangs: no console output within {seconds:g} s ({last})"
+            return FirmwareResult(True, False, [error], tail, which, label)
+        dom.suspend()
+        qm = self._libvirt_qemu
+
+        def hmp(command: str) -> str:
+            return qm.qemuMonitorCommand(dom, command, qm.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+        reply = json.loads(qm.qemuMonitorCommand(dom, '{"execute": "query-pci"}', 0))
+        functions = flatten_query_pci(reply["return"])
+        reader = x86_config_reader(hmp) if _arch(live_root) in X86_ARCHES else ecam_config_reader(hmp)
+        # every PCI device QEMU knows by an id must be in the tree the firmware numbered
+        aliases = {a for a in (_alias(el) for el in _devices(live_root) if _pci_address(el)) if a}
+        expected = qemu_ids & aliases
+        errors = check_assignment(functions, reader, expected, label)
+        return FirmwareResult(True, not errors, errors, tail, which, label)
 
     def _probe_hotplug(self, dom: Any, live_root: etree._Element, probed: list[str]) -> list[str]:
         """Attach a NIC to each empty hot-pluggable place (appended to probed); the failures."""
@@ -406,9 +484,9 @@ class StackReport:
             if not self.firmware.ran:
                 lines.append(f"firmware: not run ({'; '.join(self.firmware.errors)})")
             elif self.firmware.pci_setup_done:
-                lines.append("firmware: SeaBIOS allocated every PCI resource")
+                lines.append(f"firmware: {self.firmware.label} allocated every PCI resource")
             else:
-                lines.append(f"firmware: SeaBIOS failed: {'; '.join(self.firmware.errors)}")
+                lines.append(f"firmware: {self.firmware.label} failed: {'; '.join(self.firmware.errors)}")
         if self.hotplug_failures:
             lines.append(f"hot-plug: {len(self.hotplug_failures)} probes failed:")
             lines += [f"  {f}" for f in self.hotplug_failures]
@@ -431,14 +509,17 @@ def shared_stack() -> EmbeddedLibvirt:
 
 
 def verify(
-    xml: str, *, boot: bool, firmware: bool, hotplug: bool = False, seconds: float = 8.0
+    xml: str, *, boot: bool, firmware: bool, hotplug: bool = False, seconds: float = 8.0,
+    firmware_name: str | None = None, uefi_seconds: float = UEFI_SECONDS,
 ) -> StackReport:
-    """Define xml on the real libvirt; with boot, also start it in QEMU (and SeaBIOS with firmware)."""
+    """Define xml on the real libvirt; with boot, also start it in QEMU (and, with firmware, its
+    firmware: the guest's own, or firmware_name)."""
     stack = shared_stack()
     defined = stack.define(xml)
     report = StackReport(defined, diff_layouts(xml, defined.xml) if defined.ok and defined.xml else [])
     if defined.ok and (boot or firmware or hotplug):
         report.boot, report.firmware, report.hotplug_failures = stack.boot(
-            xml, firmware=firmware, hotplug_probe=hotplug, seconds=seconds
+            xml, firmware=firmware, hotplug_probe=hotplug, seconds=seconds, firmware_name=firmware_name,
+            uefi_seconds=uefi_seconds,
         )
     return report

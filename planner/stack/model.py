@@ -84,6 +84,8 @@ class FirmwareResult:
     pci_setup_done: bool  # SeaBIOS placed every BAR and bridge window (its device init may still run)
     errors: list[str]
     log_tail: str
+    name: str = "seabios"  # the firmware that ran: seabios | ovmf | aavmf | none
+    label: str = "SeaBIOS"
 
 
 # ---------------------------------------------------------------------------------------------------
