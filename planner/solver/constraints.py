@@ -204,7 +204,7 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
     counts += new_bridges(v)
     budget = max(capacity, prep.fixed_io_units)  # never make a given layout worse than it is
     acpi = "" if prep.problem.acpi or fw.uefi else " without ACPI"
-    lit = why.new(f"the firmware's I/O space ({capacity * 32} bytes for bridge windows and I/O BARs, "
+    lit = why.new(f"the firmware's I/O space ({fw.io_max} bytes for bridge windows and I/O BARs, "
                   f"{fw.label} on {prep.problem.machine.family}{acpi}; "
                   f"{prep.fixed_io_units * 32} used by the given layout)")
     model.Add(fixed + _sum(terms) <= budget).OnlyEnforceIf(lit)
@@ -219,13 +219,20 @@ def _pool_io_units(model, v: Variables, io_of: dict[int, int]):
     """I/O space of the new bridges. The unfolding spreads their devices evenly (largest slot first to
     the emptiest bridge), so no bridge exceeds the mean by more than one slot (8 BARs of ≤ 8 units):
     while the total T stays within 64 units a bridge, each needs one window; beyond, T + 191 a bridge
-    bounds the sum of windows rounded up to 4 KiB."""
+    bounds the sum of windows rounded up to 4 KiB. A single new bridge holds all of T: its window is
+    exactly T rounded up to 4 KiB (what SeaBIOS's exact pc budget needs)."""
     bridges = _sum(new_bridges(v))
     total = _sum(io_of[gi] * x for gi, x in [*v.pool_alone.items(), *v.pool_packed.items()])
     units = model.NewIntVar(0, 1 << 20, "pool_io_units")
     heavy = model.NewBoolVar("pool_io_heavy")
+    several = model.NewBoolVar("pool_several_bridges")
+    model.Add(bridges >= 2).OnlyEnforceIf(several)
+    model.Add(bridges <= 1).OnlyEnforceIf(several.Not())
+    windows = model.NewIntVar(0, 1 << 13, "pool_io_windows")
+    model.Add(IO_WINDOW_UNITS * windows >= total)
+    model.Add(units >= IO_WINDOW_UNITS * windows)
     model.Add(units >= IO_WINDOW_UNITS * bridges)
-    model.Add(units >= total + (IO_WINDOW_UNITS + 63) * bridges).OnlyEnforceIf(heavy)
+    model.Add(units >= total + (IO_WINDOW_UNITS + 63) * bridges).OnlyEnforceIf([heavy, several])
     model.Add(total <= 64 * bridges).OnlyEnforceIf(heavy.Not())
     return units
 

@@ -356,6 +356,9 @@ class EmbeddedLibvirt:
     def _boot_uefi_setup(self, root: etree._Element, original: etree._Element, which: str,
                          workdir: Path, log: Path, notes: list[str]) -> None:
         set_uefi_loader(root, which, workdir)
+        # the guest's own loader/nvram and ACPI give way to this machine's firmware files, not to none
+        notes[:] = [n for n in notes if not n.startswith(("dropped <os><loader>", "dropped <os><nvram>",
+                                                          "dropped <features><acpi/>"))]
         log_serial_console(root, log)
         features = root.find("features")
         if root.find("features/acpi") is None and (original.find("features/acpi") is not None

@@ -22,8 +22,11 @@ ROOT_ENV = "PCIPLAN_LIBVIRT_ROOT"
 # QEMU's monitor socket is ROOT/lib/qemu/domain-<id>-<name, 20 chars>/monitor.sock and a UNIX socket
 # path holds at most 107 bytes: keep ~60 for the part below the root.
 MAX_ROOT_LENGTH = 48
+# namespaces = []: QEMU runs in the host's mount namespace. libvirt otherwise rebuilds /dev for each
+# guest and moves mounts around, and here /dev/null was twice found replaced by a regular file.
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n'
+    'namespaces = []\n'
 )
 MAX_HOTPLUG_PROBES = 16
 X86_ARCHES = ("x86_64", "i686")  # SeaBIOS machines: the only ones with a firmware check
