@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from lxml import etree
 from conftest import disks, nics
 from planning import plan_bytes, text
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
@@ -227,10 +228,10 @@ def test_seabios_pc_wall(real_stack: EmbeddedLibvirt) -> None:
     slot = next(s for s in range(31, 1, -1) if ("0x00", s) not in used)
     for fn, extra in enumerate(parse_domain_bytes(domain("pc", disks(287), acpi=False)).getroot()
                                .findall("devices/disk")[280:]):
-        mf = " multifunction='on'" if fn == 0 else ""
-        extra.append(parse_domain_bytes(
-            f"<address type='pci' domain='0x0000' bus='0x00' slot='{slot:#04x}' function='{fn:#x}'{mf}/>"
-            .encode()).getroot())
+        address = etree.SubElement(extra, "address", type="pci", domain="0x0000", bus="0x00",
+                                   slot=f"{slot:#04x}", function=f"{fn:#x}")
+        if fn == 0:
+            address.set("multifunction", "on")
         devices.append(extra)
     assert io_errors(tree)
     fw = _boot(real_stack, tree)

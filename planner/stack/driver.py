@@ -369,6 +369,11 @@ class EmbeddedLibvirt:
             etree.SubElement(features, "acpi")
             if original.find("features/acpi") is None:
                 notes.append("added <features><acpi/>: libvirt requires it for UEFI on x86")
+        if _arch(root) == "aarch64" and root.find("cpu") is None:
+            # QEMU's virt defaults to a 32-bit cortex-a15, which cannot run the 64-bit AAVMF
+            cpu = etree.SubElement(root, "cpu", mode="custom", match="exact")
+            etree.SubElement(cpu, "model", fallback="forbid").text = "cortex-a57"
+            notes.append("added <cpu><model>cortex-a57</model></cpu>: AAVMF is 64-bit")
         notes.append(f"booted with {UEFI_FILES[which][0]} under TCG")
 
     def _uefi_result(self, dom: Any, live_root: etree._Element, which: str, log: Path,

@@ -79,10 +79,11 @@ UEFI_FILES = {
 UEFI_LABEL = {"ovmf": "OVMF", "aavmf": "AAVMF"}
 # OVMF's platform boot manager connects the PCI root bridges (PciBusDxe numbers every bus and assigns
 # every window and BAR in one pass) before it connects the consoles; the serial terminal's first
-# output (a clear-screen escape sequence) therefore comes after resource assignment. Release builds
-# print no DEBUG lines, so that first byte is the marker; the boot manager proper (iPXE, the shell)
-# follows seconds to minutes later, after every NIC's option ROM ran.
-UEFI_CONSOLE = re.compile(r"\x1b\[|\S")
+# output (a terminal escape sequence) therefore comes after resource assignment. Release builds print
+# no DEBUG lines, so that first escape is the marker (AAVMF's "UEFI firmware (version ...)" banner
+# comes from its first phase, before PCI); the boot manager proper (iPXE, the shell) follows seconds to
+# minutes later, after every NIC's option ROM ran.
+UEFI_CONSOLE = re.compile(r"\x1b\[")
 UEFI_SETTLE_SECONDS = 2.0  # let the console's first burst finish
 UEFI_SECONDS = 120.0  # TCG: 5-60 s measured; a busy 2-core machine needs more
 PCI_BAR_UNMAPPED = (-1, (1 << 64) - 1)
