@@ -382,6 +382,10 @@ def fleet(
                                  "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
                                  "the same files.")
     ] = None,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan every guest for this firmware: seabios, ovmf, aavmf or none "
+                                 "(default: each guest's own).")
+    ] = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
@@ -404,8 +408,9 @@ def fleet(
               "so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
         _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
+    _check_firmware_flag(firmware)
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit, to_machine=to_machine)
+                          time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
         _fleet_connect(connect, domain, options, define)
     if not sources:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from lxml import etree
 from conftest import disks, nics
+from lxml import etree
 from planning import plan_bytes, text
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 from typer.testing import CliRunner
