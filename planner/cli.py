@@ -143,7 +143,12 @@ def plan(
     elif not as_json:
         sys.stdout.buffer.write(data)
     if as_json:
-        typer.echo(json.dumps(summary.as_json(), indent=2))
+        from planner.show import build_tree
+        from planner.show import summary as tree_summary
+
+        shown = tree_summary(build_tree(doc.tree, firmware))
+        typer.echo(json.dumps({**summary.as_json(), "firmware": shown["firmware"],
+                               "spare_ports": shown["spare_ports"]}, indent=2))
     else:
         added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
         status = summary.status.lower()

@@ -257,8 +257,9 @@ class _Built:
     address: tuple[int, int, int] | None
 
 
-def build_tree(tree: etree._ElementTree) -> Node:
-    """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed."""
+def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
+    """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
+    firmware: judge spare ports by this firmware instead of the one the XML boots."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
     devices = domain.find("devices")
@@ -295,7 +296,7 @@ def build_tree(tree: etree._ElementTree) -> Node:
 
     root_model = root_el.get("model") if root_el is not None else ROOT_MODEL.get(family, "pcie-root")
     root = Node(BUS, f"{root_model} ({family})", model=root_model or "", index=0, machine=family,
-                firmware=guest_firmware(domain, family))
+                firmware=firmware or guest_firmware(domain, family))
     if root_el is not None and root_el.get("model") == "pci-root":
         root.hotplug = acpi and _attr(root_el, "target", "hotplug") != "off"
     buses[0] = root

@@ -7,6 +7,7 @@ and AAVMF take 5-30 s each here), always a plan of pciplan's own, booted with it
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -135,6 +136,13 @@ def test_spares_the_firmware_cannot_pad_are_not_planned(tmp_path) -> None:
     assert shown.output.count("no I/O window, so it is no spare") == 4
     as_json = CliRunner().invoke(app, ["show", str(path), "--json"])
     assert as_json.output.count('"firmware_pads_it": false') == 4
+    # plan --json says the same of its own plan: 8 spares, all padded by OVMF
+    path.write_bytes(data)
+    planned = CliRunner().invoke(app, ["plan", str(path), "--spare-pcie", "12", "--json", "-o",
+                                       str(tmp_path / "out.xml")])
+    report = json.loads(planned.stdout)
+    assert report["firmware"] == "ovmf" and len(report["spare_ports"]) == 8
+    assert all(p["firmware_pads_it"] for p in report["spare_ports"])
 
 
 def test_seabios_pc_budget_is_exact(tmp_path) -> None:
