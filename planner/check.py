@@ -270,6 +270,8 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
         path = (loader.text or "").strip().lower()
         if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")) or loader.get("type") == "pflash":
             return uefi
+    if family == AARCH64_VIRT and root.find("os/kernel") is not None:
+        return "none"  # direct kernel boot: no firmware runs before the kernel
     return uefi if family == AARCH64_VIRT else "seabios"
 
 

@@ -214,7 +214,8 @@ def _machine(tree: etree._ElementTree) -> tuple[Machine, str]:
 
 def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> str:
     """The firmware the guest boots: <os firmware='efi|bios'>, else the <loader> file's name (or a
-    pflash loader: UEFI), else the machine's default. riscv64 virt enumerates no PCI in firmware."""
+    pflash loader: UEFI), else the machine's default. riscv64 virt enumerates no PCI in firmware, and
+    neither does aarch64 virt booting a <kernel> directly (on x86 SeaBIOS still runs first)."""
     if machine.default_firmware == "none":
         return "none"
     uefi = "aavmf" if arch == "aarch64" else "ovmf"
@@ -238,6 +239,8 @@ def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> st
         if named is not None:
             raise InputError(f"os/loader: '{(loader.text or '').strip()}' is {named} firmware, "
                              f"not for {arch}")
+    if arch == "aarch64" and root.find("os/kernel") is not None:
+        return "none"  # direct kernel boot: QEMU starts the kernel itself, which numbers the buses
     return machine.default_firmware
 
 

@@ -74,6 +74,8 @@ def io_errors(tree, firmware: str | None = None) -> list[str]:
     ("aarch64", "virt", None, "", "aavmf"),
     ("aarch64", "virt", None, "<loader readonly='yes' type='pflash'>/usr/share/AAVMF/AAVMF_CODE.fd</loader>",
      "aavmf"),
+    ("aarch64", "virt", None, "<kernel>/boot/vmlinuz</kernel>", "none"),
+    ("x86_64", "q35", None, "<kernel>/boot/vmlinuz</kernel>", "seabios"),
     ("riscv64", "virt", None, "", "none"),
 ])
 def test_firmware_is_read_from_the_xml(arch, machine, firmware, os_extra, expected) -> None:

@@ -24,6 +24,7 @@ from planner.check import guest_firmware, machine_family
 from planner.stack.boot import (
     _prepare,
     _probe_nic_xml,
+    _size_bytes,
     compare_placements,
     hotplug_targets,
     parse_qtree,
@@ -193,6 +194,9 @@ atexit.register(_cleanup_temporary_root)
 # ---------------------------------------------------------------------------------------------------
 
 # The adapter
+
+
+UEFI_MIN_MEMORY = 512 << 20
 
 
 class EmbeddedLibvirt:
@@ -369,11 +373,29 @@ class EmbeddedLibvirt:
             etree.SubElement(features, "acpi")
             if original.find("features/acpi") is None:
                 notes.append("added <features><acpi/>: libvirt requires it for UEFI on x86")
-        if _arch(root) == "aarch64" and root.find("cpu") is None:
-            # QEMU's virt defaults to a 32-bit cortex-a15, which cannot run the 64-bit AAVMF
-            cpu = etree.SubElement(root, "cpu", mode="custom", match="exact")
-            etree.SubElement(cpu, "model", fallback="forbid").text = "cortex-a57"
-            notes.append("added <cpu><model>cortex-a57</model></cpu>: AAVMF is 64-bit")
+        cpu = root.find("cpu")
+        custom = cpu is not None and cpu.get("mode", "custom") == "custom" and cpu.find("model") is not None
+        if _arch(root) == "aarch64" and not custom:
+            # QEMU's virt defaults to a 32-bit cortex-a15, and AAVMF 2022.11 takes a synchronous
+            # exception on -cpu max: boot a cortex-a57 (topology and NUMA cells stay)
+            if cpu is None:
+                cpu = etree.SubElement(root, "cpu")
+            cpu.set("mode", "custom")
+            cpu.set("match", "exact")
+            for child in cpu.findall("model"):
+                cpu.remove(child)
+            model = etree.Element("model", fallback="forbid")
+            model.text = "cortex-a57"
+            cpu.insert(0, model)
+            notes.append("the CPU became a cortex-a57: AAVMF is 64-bit and fails on -cpu max")
+        memory = root.find("memory")
+        if memory is not None and root.find("cpu/numa") is None and _size_bytes(memory) < UEFI_MIN_MEMORY:
+            # edk2 takes a synchronous exception in 64 MiB; RAM size does not change PCI I/O
+            for el in (memory, root.find("currentMemory")):
+                if el is not None:
+                    el.set("unit", "KiB")
+                    el.text = str(UEFI_MIN_MEMORY // 1024)
+            notes.append(f"memory raised to {UEFI_MIN_MEMORY >> 20} MiB for {UEFI_LABEL[which]}")
         notes.append(f"booted with {UEFI_FILES[which][0]} under TCG")
 
     def _uefi_result(self, dom: Any, live_root: etree._Element, which: str, log: Path,
@@ -390,6 +412,8 @@ class EmbeddedLibvirt:
         if not reached:
             last = tail.splitlines()[-1] if tail else "no output"
             error = f"{label} hangs: no console output within {seconds:g} s ({last})"
+            if tail.startswith("the firmware crashed"):
+                error = f"{label} crashed before its console ({last})"
             return FirmwareResult(True, False, [error], tail, which, label)
         dom.suspend()
         qm = self._libvirt_qemu

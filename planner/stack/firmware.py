@@ -84,6 +84,7 @@ UEFI_LABEL = {"ovmf": "OVMF", "aavmf": "AAVMF"}
 # comes from its first phase, before PCI); the boot manager proper (iPXE, the shell) follows seconds to
 # minutes later, after every NIC's option ROM ran.
 UEFI_CONSOLE = re.compile(r"\x1b\[")
+UEFI_CRASH = re.compile(r"Synchronous Exception|ASSERT_EFI_ERROR|ASSERT \[")  # edk2's fatal messages
 UEFI_SETTLE_SECONDS = 2.0  # let the console's first burst finish
 UEFI_SECONDS = 120.0  # TCG: 5-60 s measured; a busy 2-core machine needs more
 PCI_BAR_UNMAPPED = (-1, (1 << 64) - 1)
@@ -136,7 +137,7 @@ def log_serial_console(root: etree._Element, log_path: Path) -> None:
 
 
 def wait_for_console(log_path: Path, seconds: float, state: Any = None) -> tuple[bool, str]:
-    """Poll the serial log until the firmware's console speaks; (reached, tail of the log).
+    """Poll the serial log until the firmware's console speaks or it crashes; (reached, tail of the log).
     state: a callable returning a reason string when the guest stopped (QEMU internal error)."""
     deadline = time.monotonic() + seconds
     text = ""
@@ -149,6 +150,8 @@ def wait_for_console(log_path: Path, seconds: float, state: Any = None) -> tuple
                 text = log_path.read_text(errors="replace")
             return True, _tail(text)
         stopped = state() if state is not None else None
+        if UEFI_CRASH.search(text):
+            stopped = "the firmware crashed; "
         if stopped or time.monotonic() >= deadline:
             return False, (stopped or "") + _tail(text)
         time.sleep(0.5)
