@@ -98,9 +98,6 @@ class Firmware:
         """io_max in 32-byte units, rounded down (every BAR is counted rounded up to a unit)."""
         return self.io_max // IO_UNIT
 
-    def describe(self) -> str:
-        return f"{self.label} ({self.source})" if self.source else self.label
-
 
 def _load(name: str) -> dict:
     return tomllib.loads(resources.files("models").joinpath(name).read_text())

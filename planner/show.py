@@ -87,7 +87,7 @@ class Node:
     numa_node: int | None = None  # pxb/pxb-pcie: <target><node>
     bus_nr: int | None = None  # pxb/pxb-pcie: <target busNr>
     io_bar: bool = False  # endpoint: has an I/O BAR when directly on a PCIe port
-    io_window: bool = False  # bus: takes one of SeaBIOS's few I/O windows (x86 only)
+    io_window: bool = False  # bus: takes one of the firmware's few I/O windows
     free_slots: int = 0  # multi-slot hot-pluggable bus: slots nothing uses (spare capacity)
     note: str = ""  # unaddressed nodes: why ("virtio-mmio address", "bus 0x12 missing")
     machine: str = ""  # root only: machine family (q35, pc, aarch64-virt, ...)
@@ -374,7 +374,7 @@ def _mark_hotplug(root: Node, family: str, elements: dict[int, etree._Element]) 
 
 def _mark_io_windows(root: Node) -> None:
     # Same count as planner.check: conventional bridges always, PCIe ports only with an I/O-BAR device
-    # directly on them (nested port windows add no space).
+    # directly on them (nested port windows add no space); under UEFI, anywhere below them.
     for node in root.walk():
         if node.kind != BUS or node is root:
             continue

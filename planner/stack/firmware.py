@@ -92,11 +92,6 @@ PCI_BAR_UNMAPPED = (-1, (1 << 64) - 1)
 VIRT_ECAM_BASES = (0x4010000000, 0x3F000000)
 
 
-def uefi_files(firmware: str) -> tuple[str, str]:
-    """(code, vars template) for firmware on this machine; StackUnavailable-free: caller checks paths."""
-    return UEFI_FILES[firmware]
-
-
 def set_uefi_loader(root: etree._Element, firmware: str, workdir: Path) -> None:
     """Boot root with this machine's OVMF/AAVMF (pflash code + a fresh copy of the vars template)."""
     code, template = UEFI_FILES[firmware]

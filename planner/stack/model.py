@@ -29,7 +29,7 @@ QEMU_CONF = (
     'namespaces = []\n'
 )
 MAX_HOTPLUG_PROBES = 16
-X86_ARCHES = ("x86_64", "i686")  # SeaBIOS machines: the only ones with a firmware check
+X86_ARCHES = ("x86_64", "i686")  # SeaBIOS or OVMF; configuration ports 0xcf8/0xcfc
 BINDING_MISSING = "libvirt Python binding not installed (Debian: python3-libvirt; PyPI: libvirt-python)"
 
 # SeaBIOS 1.16.2 (measured here). pci_setup() logs "=== PCI new allocation pass #2 ===", places every
