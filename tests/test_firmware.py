@@ -271,3 +271,39 @@ def test_riscv64_boots_with_the_planned_tree(real_stack: EmbeddedLibvirt) -> Non
     boot, fw, _ = real_stack.boot(text(tree).decode(), firmware=True)
     assert boot.started and boot.mismatches == [] and len(boot.placements) >= 5, boot
     assert fw is not None and not fw.ran and fw.name == "none"
+
+
+def test_assignment_check_on_fixed_query_pci_output() -> None:
+    """The UEFI verdict from QMP query-pci: a BAR QEMU shows unmapped is read raw and fails at 0 or at
+    its sizing pattern, passes when programmed (UEFI leaves driverless devices off); a mapped BAR
+    outside its bridge's windows fails; a device QEMU has but the firmware never reached fails."""
+    from planner.stack.firmware import check_assignment, flatten_query_pci
+
+    def bar(n: int, kind: str, address: int, size: int, prefetch: bool = False) -> dict:
+        return {"bar": n, "type": kind, "address": address, "size": size, "prefetch": prefetch,
+                "mem_type_64": False}
+
+    window = {"number": 1, "secondary": 1, "subordinate": 1,
+              "io_range": {"base": 0xE000, "limit": 0xEFFF},
+              "memory_range": {"base": 0xC1000000, "limit": 0xC10FFFFF},
+              "prefetchable_range": {"base": 0xFFF00000, "limit": 0xFFFFF}}  # closed
+    reply = [{"bus": 0, "devices": [
+        {"bus": 0, "slot": 1, "function": 0, "qdev_id": "pci.1", "regions": [],
+         "pci_bridge": {"bus": window, "devices": [
+             {"bus": 1, "slot": 0, "function": 0, "qdev_id": "ua-ok", "regions": [
+                 bar(0, "memory", 0xC1000000, 0x20000), bar(2, "io", 0xE000, 32)]},
+             {"bus": 1, "slot": 1, "function": 0, "qdev_id": "ua-off", "regions": [bar(2, "io", -1, 32)]},
+             {"bus": 1, "slot": 2, "function": 0, "qdev_id": "ua-sizing", "regions": [
+                 bar(0, "memory", -1, 0x20000)]},
+             {"bus": 1, "slot": 3, "function": 0, "qdev_id": "ua-outside", "regions": [
+                 bar(0, "memory", 0xC2000000, 0x1000)]},
+         ]}},
+    ]}]
+    raw = {("ua-off", 2): (0xE021, 0), ("ua-sizing", 0): (0xFFFE0000, 0)}
+    functions = flatten_query_pci(reply)
+    errors = check_assignment(functions, lambda f, n: raw[f.qdev_id, n],
+                              {"pci.1", "ua-ok", "ua-off", "ua-sizing", "ua-outside", "ua-lost"}, "OVMF")
+    assert len(errors) == 3, errors
+    assert "did not enumerate ua-lost" in errors[0]
+    assert "(ua-sizing): BAR 0 (memory, 131072 bytes) never assigned by OVMF (raw 0xfffe0000)" in errors[1]
+    assert "(ua-outside): BAR 0 (memory) at 0xc2000000-0xc2000fff is outside the windows" in errors[2]
