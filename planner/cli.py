@@ -276,6 +276,10 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG.")] = None,
     time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds, per guest.")] = 10.0,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
+                                 "or none (default: each guest's own).")
+    ] = None,
 ) -> None:
     """Plan each guest optimally and with libvirt's greedy assignment, and compare the two layouts metric
     by metric: controllers added, bus numbers, devices in hot-pluggable slots, PCIe-capable devices left
@@ -288,6 +292,7 @@ def compare(
 
     if greedy not in ("builtin", "libvirt"):
         _fail(EXIT_BAD_INPUT, f"--greedy: '{greedy}' is not builtin or libvirt")
+    _check_firmware_flag(firmware)
     files: list[str] = []
     for src in sources:
         p = Path(src)
@@ -301,7 +306,7 @@ def compare(
     failed = []
     for f in files:
         try:
-            results.append(load_and_compare(f, greedy, time_limit))
+            results.append(load_and_compare(f, greedy, time_limit, firmware))
         except InputError as exc:
             failed.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. the real stack is missing: say so, go on
