@@ -137,7 +137,10 @@ def plan(
     target = Path(source) if in_place else output
     if target is not None:
         try:
-            write_atomic(target, data)
+            if target.exists() and not target.is_file():
+                target.write_bytes(data)  # /dev/null, a FIFO: renaming over it would replace the device
+            else:
+                write_atomic(target, data)
         except OSError as exc:
             _fail(EXIT_BAD_INPUT, f"{target}: cannot write: {exc.strerror}")
     elif not as_json:

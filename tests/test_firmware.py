@@ -307,3 +307,4 @@ def test_assignment_check_on_fixed_query_pci_output() -> None:
     assert "did not enumerate ua-lost" in errors[0]
     assert "(ua-sizing): BAR 0 (memory, 131072 bytes) never assigned by OVMF (raw 0xfffe0000)" in errors[1]
     assert "(ua-outside): BAR 0 (memory) at 0xc2000000-0xc2000fff is outside the windows" in errors[2]
+
