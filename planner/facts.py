@@ -38,6 +38,7 @@ class Machine:
     root: str
     reserved_slots: frozenset[int]
     default_firmware: str  # the firmware a guest of this machine boots when its XML names none
+    chipset_io_bytes: int  # I/O BARs of built-in chipset functions on the root bus (not in the XML)
     pxb: str
     spare_pcie_ports: int
     spare_pci_slots: int
@@ -136,6 +137,7 @@ def machines() -> dict[str, Machine]:
             root=d["root"],
             reserved_slots=frozenset(d["reserved_slots"]),
             default_firmware=d["default_firmware"],
+            chipset_io_bytes=d.get("chipset_io_bytes", 0),
             pxb=d["pxb"],
             spare_pcie_ports=d["spare_pcie_ports"],
             spare_pci_slots=d["spare_pci_slots"],

@@ -10,7 +10,7 @@ from lxml import etree
 
 from planner.domain import Bus, Device, PciAddress, Problem
 from planner.errors import Infeasible
-from planner.facts import IO_WINDOW_UNITS, controller_models
+from planner.facts import IO_UNIT, IO_WINDOW_UNITS, controller_models
 from planner.options import PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
@@ -425,6 +425,8 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
     _occupy_given(problem, states, drops)
+    # the chipset's own functions (not in the XML) take root-bus I/O too
+    states[0].io_units += -(-problem.machine.chipset_io_bytes // IO_UNIT)
     hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
     for d in problem.devices:  # an impossible hot-plug wish fails before any place is taken
         _hotplug_mode(d, options, hotplug_possible)
