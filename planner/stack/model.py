@@ -22,8 +22,8 @@ ROOT_ENV = "PCIPLAN_LIBVIRT_ROOT"
 # QEMU's monitor socket is ROOT/lib/qemu/domain-<id>-<name, 20 chars>/monitor.sock and a UNIX socket
 # path holds at most 107 bytes: keep ~60 for the part below the root.
 MAX_ROOT_LENGTH = 48
-# namespaces = []: QEMU runs in the host's mount namespace. libvirt otherwise rebuilds /dev for each
-# guest and moves mounts around, and here /dev/null was twice found replaced by a regular file.
+# namespaces = []: QEMU runs in the host's mount namespace. Nothing here needs libvirt's private /dev,
+# and building it fails outright when the host's /dev/null is not a device node.
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n'
     'namespaces = []\n'
