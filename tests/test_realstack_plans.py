@@ -93,7 +93,8 @@ def test_planned_guest_boots_with_the_planned_tree(real_stack, path) -> None:
 @pytest.mark.parametrize("machine", ["q35", "pc", "virt"])
 def test_thousand_device_guest_on_the_real_stack(real_stack, guest_xml, machine) -> None:
     """1000 virtio devices: planned, defined unchanged, started with the planned tree, and on x86 set
-    up completely by SeaBIOS (within its exact I/O limit) (libvirt's own greedy gives up or breaks the I/O budget here). On pc every
+    up completely by SeaBIOS within its exact I/O limit (libvirt's own greedy gives up or breaks the
+    I/O budget here). On pc every
     virtio device is transitional with a legacy I/O BAR, and 1000 of those cannot fit SeaBIOS's I/O
     space (see test_root_bus_io_counts_too): there the guest uses modern-only virtio NICs."""
     from conftest import disks
