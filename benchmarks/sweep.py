@@ -70,7 +70,7 @@ def pci_controllers(xml: str) -> int:
 def greedy_backend():
     """Real libvirt through the embedded driver, else the built-in greedy."""
     try:
-        from planner.libvirt_stack import shared_stack
+        from planner.stack import shared_stack
 
         stack = shared_stack()
 

@@ -76,8 +76,9 @@ def io_lower_bound(prep: Prepared) -> tuple[int, Counter, dict[str, int]]:
 
 def io_bound(prep: Prepared) -> None:
     machine = prep.problem.machine
-    capacity = machine.io_capacity_units(prep.problem.acpi)
-    if capacity <= 0:
+    fw = prep.problem.firmware
+    capacity = fw.io_capacity_units() if fw is not None else 0
+    if fw is None or capacity <= 0:
         return
     budget = max(capacity, prep.fixed_io_units)  # as in the model: a given layout is never made worse
     need, counts, sizes = io_lower_bound(prep)
@@ -85,7 +86,8 @@ def io_bound(prep: Prepared) -> None:
         return
     big, n_big = max(counts.items(), key=lambda kv: (sizes[kv[0]] * kv[1], kv[0]))
     fit = max(0, n_big - -(-(need - budget) // sizes[big]))
-    firmware = f"SeaBIOS on {machine.family}{'' if prep.problem.acpi else ' without ACPI'}"
+    acpi = "" if prep.problem.acpi or fw.uefi else " without ACPI"
+    firmware = f"{fw.label} on {machine.family}{acpi}"
     reasons = [
         f"I/O bound: the legacy I/O BARs these devices have wherever they go need at least "
         f"{need * IO_UNIT} bytes of I/O space ({_describe(counts, sizes)}; "
@@ -120,7 +122,8 @@ def function_bound(prep: Prepared) -> None:
     bus_numbers = MAX_BUS_NUMBERS - _used_bus_numbers(prep)
     new_buses = max(0, bus_numbers)
     limit = f"{bus_numbers} bus numbers left of the {MAX_BUS_NUMBERS} of a PCI domain"
-    capacity = machine.io_capacity_units(prep.problem.acpi)
+    fw = prep.problem.firmware
+    capacity = fw.io_capacity_units() if fw is not None else 0
     if not machine.pcie and capacity > 0:
         bridges = max(0, capacity - prep.fixed_io_units) // IO_WINDOW_UNITS
         if bridges < new_buses:

@@ -87,12 +87,24 @@ Q35, PC, AARCH64_VIRT, RISCV64_VIRT = "q35", "pc", "aarch64-virt", "riscv64-virt
 X86_FAMILIES = frozenset({Q35, PC})
 ROOT_MODEL = {PC: "pci-root", Q35: "pcie-root", AARCH64_VIRT: "pcie-root", RISCV64_VIRT: "pcie-root"}
 
-# SeaBIOS I/O windows (4 KiB each) that fit, measured with QEMU 7.2 + SeaBIOS 1.16.2.
-# SeaBIOS 1.16.2's I/O space for PCI on this stack, in bytes, by (machine, <acpi/> present); measured:
-# q35 with ACPI fits 14 bridge windows of 4 KiB plus 3 KiB of root-bus BARs, without ACPI 9 windows;
-# pc fits 8 windows plus 3840 (ACPI) or 3072 bytes.
-IO_SPACE = {(Q35, True): 14 * 4096 + 3072, (Q35, False): 9 * 4096 + 3072,
-            (PC, True): 8 * 4096 + 3840, (PC, False): 8 * 4096 + 3072}
+# The guest firmware's I/O space for PCI (root-bus BARs plus 4 KiB-aligned bridge windows), by
+# (firmware, machine family, <acpi/> present): (largest total in bytes, most top-level windows or 0).
+# SeaBIOS 1.16.2 src/fw/pciinit.c: the total must stay below pci_io_low_end - 0x1000, where
+# pci_io_low_end is 0xa000 on i440fx and, on q35, the ACPI PM base: 0x600 with ACPI (so 0x10000) and
+# 0xb000 without. OVMF/AAVMF (edk2 2022.11), measured: q35 0x6000-0xffff and 9 windows set up
+# reliably only to 8; pc 0xc000-0xffff, 3 windows; aarch64 virt 64 KiB, 16 windows.
+FIRMWARE_IO = {
+    ("seabios", PC, True): (0x9000 - 1, 0), ("seabios", PC, False): (0x9000 - 1, 0),
+    ("seabios", Q35, True): (0xF000 - 1, 0), ("seabios", Q35, False): (0xA000 - 1, 0),
+    ("ovmf", Q35, True): (0x9000, 8), ("ovmf", Q35, False): (0x9000, 8),
+    ("ovmf", PC, True): (0x4000, 3), ("ovmf", PC, False): (0x4000, 3),
+    ("aavmf", AARCH64_VIRT, True): (0x10000, 16), ("aavmf", AARCH64_VIRT, False): (0x10000, 16),
+}
+UEFI = frozenset({"ovmf", "aavmf"})
+# I/O BARs of chipset functions QEMU builds in and the XML never lists: q35's ICH9 SMBus at 00:1f.3 has
+# 64 bytes (the ICH9 SATA at 00:1f.2 is the XML's sata controller 0, counted with the devices).
+CHIPSET_IO_BYTES = {Q35: 64}
+FIRMWARE_LABEL = {"seabios": "SeaBIOS", "ovmf": "OVMF", "aavmf": "AAVMF", "none": "no PCI firmware"}
 IO_WINDOW = 4096
 # I/O BAR sizes as QEMU 7.2's `info pci` shows them (a virtio device's is its legacy BAR, present when
 # it is transitional: on a conventional bus or the root bus, or model virtio-transitional).
@@ -251,6 +263,26 @@ def _lower(value: str | None) -> str | None:
 def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
     found = elem.find(child)
     return found.get(attr) if found is not None else None
+
+
+def guest_firmware(root: etree._Element, family: str | None) -> str:
+    """seabios | ovmf | aavmf | none: what the guest boots, by <os firmware>, its <loader>, or the
+    machine's default (x86 SeaBIOS, aarch64 virt UEFI, riscv64 virt no PCI firmware)."""
+    if family == RISCV64_VIRT or family is None:
+        return "none"
+    uefi = "aavmf" if family == AARCH64_VIRT else "ovmf"
+    os_el = root.find("os")
+    wanted = os_el.get("firmware") if os_el is not None else None
+    if wanted in ("efi", "bios"):
+        return uefi if wanted == "efi" else "seabios"
+    loader = root.find("os/loader")
+    if loader is not None:
+        path = (loader.text or "").strip().lower()
+        if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")) or loader.get("type") == "pflash":
+            return uefi
+    if family == AARCH64_VIRT and root.find("os/kernel") is not None:
+        return "none"  # direct kernel boot: no firmware runs before the kernel
+    return uefi if family == AARCH64_VIRT else "seabios"
 
 
 def machine_family(root: etree._Element) -> tuple[str | None, str, str]:
@@ -435,8 +467,9 @@ def _describe(elem: etree._Element, position: int) -> str:
 
 
 class _Checker:
-    def __init__(self, root: etree._Element, require_complete: bool) -> None:
+    def __init__(self, root: etree._Element, require_complete: bool, firmware: str | None = None) -> None:
         self.root = root
+        self.firmware = firmware
         self.require_complete = require_complete
         self.violations: list[Violation] = []
         self.family: str | None = None
@@ -456,6 +489,7 @@ class _Checker:
             self.flag("os", "machine", f"machine '{machine}' on arch '{arch}' is not q35, pc, or virt")
             return self.violations
         self.family = family
+        self.firmware = self.firmware or guest_firmware(self.root, family)
         devices = self.root.find("devices")
         children = [] if devices is None else [c for c in devices if isinstance(c.tag, str)]
         self._collect(children)
@@ -976,22 +1010,36 @@ class _Checker:
         found = self.io_space()
         if found is None:
             return
-        total, space = found
+        total, space, windows, max_windows = found
+        pads = self.firmware in UEFI
+        label = FIRMWARE_LABEL.get(self.firmware or "", self.firmware)
         if total > space:
             self.flag(
                 "domain",
                 "io-windows",
-                f"needs {total} bytes of I/O space (bridge and port windows of 4 KiB, root-bus I/O BARs); "
-                f"SeaBIOS has {space} on this machine",
+                f"needs {total} bytes of I/O space (bridge and port windows of 4 KiB, root-bus I/O BARs"
+                f"{', empty hot-plug ports padded' if pads else ''}); {label} has {space} on this machine",
+            )
+        if max_windows and windows > max_windows:
+            self.flag(
+                "domain",
+                "io-windows",
+                f"needs {windows} bridge/port I/O windows{' (empty hot-plug ports padded)' if pads else ''}; "
+                f"{label} sets up at most {max_windows} on this machine",
             )
 
-    def io_space(self) -> tuple[int, int] | None:
-        """Sum the I/O space SeaBIOS must find: root-bus BARs, and for every bridge (always) and port
-        (when something below needs I/O) a window rounded up to 4 KiB around what sits below it.
-        Returns (bytes needed, bytes SeaBIOS has), or None where no budget is known."""
-        space = IO_SPACE.get((self.family or "", self.root.find("features/acpi") is not None))
-        if space is None:
+    def io_space(self) -> tuple[int, int, int, int] | None:
+        """Sum the I/O space the firmware must find: root-bus BARs, and for every bridge (always) and
+        port (when something below needs I/O; under UEFI also when it is an empty hot-plug port, which
+        edk2 pads) a window rounded up to 4 KiB around what sits below it. Returns (bytes needed,
+        bytes the firmware has, top-level windows, most windows it sets up or 0), or None where no
+        budget is known."""
+        acpi = self.root.find("features/acpi") is not None
+        budget = FIRMWARE_IO.get((self.firmware or "", self.family or "", acpi))
+        if budget is None:
             return None
+        space, max_windows = budget
+        pads = self.firmware in UEFI
         on_bus: dict[int, list[PciUser]] = defaultdict(list)
         for user in self.users:
             if user.address is not None and user.connect == ENDPOINT:
@@ -1008,28 +1056,49 @@ class _Checker:
             seen.add(index)
             model = self.controllers[index].model if index in self.controllers else ""
             port = model in PORT_MODELS
-            total = sum(_io_bar_bytes(u, on_pcie_port=port) for u in on_bus.get(index, []))
+            total = sum(_io_bar_bytes(u, on_pcie_port=port, family=self.family or "")
+                        for u in on_bus.get(index, []))
             for c in children.get(index, []):
-                below = need(c.index)
-                if c.model in CONVENTIONAL_BRIDGES:
-                    total += max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
-                elif c.model == "pcie-expander-bus":
-                    total += below  # a host bridge of its own: no window around it
-                else:
-                    total += -(-below // IO_WINDOW) * IO_WINDOW
+                total += window(c)
             return total
 
-        total = need(0)
+        def window(c: PciController) -> int:
+            below = need(c.index)
+            if c.model in CONVENTIONAL_BRIDGES:
+                return max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
+            if c.model == "pcie-expander-bus":
+                return below  # a host bridge of its own: no window around it
+            empty = not below and self._empty_hotplug_port(c, on_bus, children)
+            if pads and c.model in PORT_MODELS and empty:
+                return IO_WINDOW  # edk2's padding
+            return -(-below // IO_WINDOW) * IO_WINDOW
+
+        top: list[int] = []  # windows directly on a host bridge (the root bus or an expander bus)
+
+        def top_windows(index: int) -> None:
+            for c in children.get(index, []):
+                if c.model == "pcie-expander-bus":
+                    top_windows(c.index)
+                else:
+                    top.append(window(c))
+
+        total = need(0) + CHIPSET_IO_BYTES.get(self.family or "", 0)
+        seen.clear()
+        top_windows(0)
         # Controllers without an address are not in the tree above; their windows count all the same.
         for c in sorted(self.controllers.values(), key=lambda c: c.index):
             if c.index in seen or c.index == 0:
                 continue
-            below = need(c.index)
-            if c.model in CONVENTIONAL_BRIDGES:
-                total += max(1, -(-below // IO_WINDOW)) * IO_WINDOW
-            elif c.model in PORT_MODELS:
-                total += -(-below // IO_WINDOW) * IO_WINDOW
-        return total, space
+            extra = window(c)
+            total += extra
+            top.append(extra)
+        return total, space, sum(1 for w in top if w), max_windows
+
+    def _empty_hotplug_port(self, c: PciController, on_bus: dict, children: dict) -> bool:
+        """A root/downstream port with nothing below and hot-plug on: UEFI pads it with I/O."""
+        if on_bus.get(c.index) or children.get(c.index):
+            return False
+        return _child_attr(c.element, "target", "hotplug") != "off"
 
     def _check_mmio(self) -> None:
         limit = MMIO_TRANSPORTS.get(self.family or "")
@@ -1047,7 +1116,7 @@ class _Checker:
             )
 
 
-def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool) -> int:
+def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int:
     """The I/O BAR of an endpoint where it sits (none for modern virtio on a PCIe port)."""
     if on_pcie_port and not user.kind.io_bar_on_port:
         return 0
@@ -1065,6 +1134,8 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool) -> int:
         return IO_BAR_BYTES.get((tag, model), 256)
     if tag == "controller":
         ctype, model = el.get("type", ""), el.get("model", "")
+        if ctype == "usb" and not model:
+            model = DEFAULT_USB_MODEL.get(family, "")  # what libvirt fills in
         if ctype == "scsi" and model.startswith("virtio"):
             return IO_BAR_BYTES[(tag, "virtio-scsi")]
         if ctype == "usb" and "xhci" in model:
@@ -1086,21 +1157,26 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool) -> int:
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 
-def io_space_needed(tree_or_root: etree._ElementTree | etree._Element) -> tuple[int, int] | None:
-    """(bytes of I/O space the layout needs, bytes SeaBIOS has), or None where no budget is known."""
+def io_space_needed(tree_or_root: etree._ElementTree | etree._Element,
+                    firmware: str | None = None) -> tuple[int, int] | None:
+    """(bytes of I/O space the layout needs, bytes the guest's firmware has), or None where no budget
+    is known."""
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
     checker = _Checker(root, False)
     family = machine_family(root)[0]
     if family is None:
         return None
     checker.family = family
+    checker.firmware = firmware or guest_firmware(root, family)
     devices = root.find("devices")
     checker._collect([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
-    return checker.io_space()
+    found = checker.io_space()
+    return None if found is None else found[:2]
 
 
 def check_domain(
-    tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True
+    tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True,
+    firmware: str | None = None,
 ) -> list[Violation]:
     """Every violation of the PCI rules in a domain XML (an lxml tree or its <domain> root element).
 
@@ -1109,4 +1185,4 @@ def check_domain(
     final. Without it only what the XML states is judged.
     """
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
-    return _Checker(root, require_complete).run()
+    return _Checker(root, require_complete, firmware).run()

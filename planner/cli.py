@@ -30,6 +30,13 @@ def _fail(code: int, message: str) -> None:
     raise typer.Exit(code)
 
 
+def _check_firmware_flag(firmware: str | None) -> None:
+    from planner.facts import FIRMWARE_NAMES
+
+    if firmware is not None and firmware not in FIRMWARE_NAMES:
+        _fail(EXIT_BAD_INPUT, f"--firmware: '{firmware}' is not one of {', '.join(FIRMWARE_NAMES)}")
+
+
 @app.command()
 def plan(
     source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
@@ -83,6 +90,10 @@ def plan(
                                  "comma-separated (default hotplug,pcie,controllers,buses). Example: "
                                  "controllers,hotplug,pcie,buses trades PCIe for fewer controllers.")
     ] = None,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none "
+                                 "(default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -122,6 +133,7 @@ def plan(
         _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any, mmio")
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
+    _check_firmware_flag(firmware)
     try:
         tree = parse_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
@@ -130,7 +142,7 @@ def plan(
                               policy=str(policy) if policy else None, host_numa=host_numa == "auto",
                               objective_order=objective_order(objective, "--objective-order")
                               if objective else None,
-                              reserve=tuple(parse_reserve(r) for r in reserve or []))
+                              reserve=tuple(parse_reserve(r) for r in reserve or []), firmware=firmware)
         summary = plan_tree(tree, options)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
@@ -149,7 +161,12 @@ def plan(
     elif not as_json:
         sys.stdout.buffer.write(data)
     if as_json:
-        typer.echo(json.dumps(summary.as_json(), indent=2))
+        from planner.show import build_tree
+        from planner.show import summary as tree_summary
+
+        shown = tree_summary(build_tree(tree, firmware))
+        typer.echo(json.dumps({**summary.as_json(), "firmware": shown["firmware"],
+                               "spare_ports": shown["spare_ports"]}, indent=2))
     else:
         added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
         status = summary.status.lower()
@@ -191,8 +208,13 @@ def check(
     ] = False,
     boot: Annotated[
         bool, typer.Option("--boot", help="With --libvirt: start it in QEMU, compare QEMU's PCI tree with "
-                           "the XML and, on x86, watch SeaBIOS finish PCI setup.")
+                           "the XML and run the guest's firmware (SeaBIOS, OVMF, AAVMF; under TCG): did it "
+                           "set up every bus, window and BAR?")
     ] = False,
+    firmware: Annotated[
+        str | None, typer.Option(help="Judge (and boot) with this firmware: seabios, ovmf, aavmf or none "
+                                 "(default: the one the XML boots).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
@@ -206,15 +228,17 @@ def check(
         tree = parse_domain(source)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
-    found = check_domain(tree, require_complete=not partial)
+    _check_firmware_flag(firmware)
+    found = check_domain(tree, require_complete=not partial, firmware=firmware)
     errors = [v for v in found if v.rule not in WARNING_RULES]
     report: dict = {"violations": [v.__dict__ for v in found]}
     stack_ok = True
     if with_libvirt or boot:
-        from planner import libvirt_stack
+        from planner import stack as libvirt_stack
 
         try:
-            result = libvirt_stack.verify(serialize_text(tree), boot=boot, firmware=boot)
+            result = libvirt_stack.verify(serialize_text(tree), boot=boot, firmware=boot,
+                                          firmware_name=firmware)
         except libvirt_stack.StackUnavailable as exc:
             _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
         stack_ok = result.ok
@@ -277,6 +301,10 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG.")] = None,
     time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds, per guest.")] = 10.0,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
+                                 "or none (default: each guest's own).")
+    ] = None,
 ) -> None:
     """Plan each guest optimally and with libvirt's greedy assignment, and compare the two layouts metric
     by metric: controllers added, bus numbers, devices in hot-pluggable slots, PCIe-capable devices left
@@ -289,6 +317,7 @@ def compare(
 
     if greedy not in ("builtin", "libvirt"):
         _fail(EXIT_BAD_INPUT, f"--greedy: '{greedy}' is not builtin or libvirt")
+    _check_firmware_flag(firmware)
     files: list[str] = []
     for src in sources:
         p = Path(src)
@@ -302,7 +331,7 @@ def compare(
     failed = []
     for f in files:
         try:
-            results.append(load_and_compare(f, greedy, time_limit))
+            results.append(load_and_compare(f, greedy, time_limit, firmware))
         except InputError as exc:
             failed.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. the real stack is missing: say so, go on
@@ -388,6 +417,10 @@ def fleet(
                                  "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
                                  "the same files.")
     ] = None,
+    firmware: Annotated[
+        str | None, typer.Option(help="Plan every guest for this firmware: seabios, ovmf, aavmf or none "
+                                 "(default: each guest's own).")
+    ] = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
@@ -410,8 +443,9 @@ def fleet(
               "so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
         _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
+    _check_firmware_flag(firmware)
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit, to_machine=to_machine)
+                          time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
         _fleet_connect(connect, domain, options, define)
     if not sources:

@@ -60,10 +60,12 @@ def _pci_controllers(tree: etree._ElementTree) -> Counter:
                    if c.get("type") == "pci" and c.get("model") not in ("pci-root", "pcie-root"))
 
 
-def measure(before: etree._ElementTree, after: etree._ElementTree) -> LayoutMetrics:
-    """The same metrics for any completed layout, whoever made it."""
+def measure(before: etree._ElementTree, after: etree._ElementTree,
+            firmware: str | None = None) -> LayoutMetrics:
+    """The same metrics for any completed layout, whoever made it (judged for firmware, or the
+    guest's own)."""
     added = _pci_controllers(after) - _pci_controllers(before)
-    root = build_tree(after)
+    root = build_tree(after, firmware)
     counts = summary(root)
     on_pci = 0
     problem = read_problem(parse_domain_bytes(serialize(after)))
@@ -71,7 +73,8 @@ def measure(before: etree._ElementTree, after: etree._ElementTree) -> LayoutMetr
         a = d.address
         if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
             on_pci += 1
-    violations = [f"{v.rule}: {v.message}" for v in check_domain(after) if v.rule not in WARNING_RULES]
+    violations = [f"{v.rule}: {v.message}" for v in check_domain(after, firmware=firmware)
+                  if v.rule not in WARNING_RULES]
     return LayoutMetrics(
         ok=True,
         controllers_added=dict(sorted(added.items())),
@@ -87,7 +90,7 @@ def measure(before: etree._ElementTree, after: etree._ElementTree) -> LayoutMetr
 
 def _greedy(kind: str):
     if kind == "libvirt":
-        from planner.libvirt_stack import shared_stack
+        from planner.stack import shared_stack
 
         stack = shared_stack()
 
@@ -105,7 +108,8 @@ def _greedy(kind: str):
     return run_builtin
 
 
-def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float = 10.0) -> Comparison:
+def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float = 10.0,
+            firmware: str | None = None) -> Comparison:
     """Plan data both ways. InputError propagates (bad input is bad for both)."""
     from planner.options import PlanOptions
 
@@ -115,8 +119,8 @@ def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float
     tree = parse_domain_bytes(data, source)
     start = time.perf_counter()
     try:
-        s = plan_tree(tree, PlanOptions(time_limit=time_limit))
-        ours = measure(before, tree)
+        s = plan_tree(tree, PlanOptions(time_limit=time_limit, firmware=firmware))
+        ours = measure(before, tree, firmware)
         ours.status = s.status.lower()
     except Infeasible as exc:
         ours = LayoutMetrics(ok=False, error="; ".join(exc.reasons))
@@ -125,7 +129,7 @@ def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float
     ok, error, xml = _greedy(greedy)(data.decode())
     seconds = time.perf_counter() - start
     if ok and xml is not None:
-        theirs = measure(before, parse_domain_bytes(xml.encode(), source))
+        theirs = measure(before, parse_domain_bytes(xml.encode(), source), firmware)
     else:
         theirs = LayoutMetrics(ok=False, error=error)
     theirs.seconds = seconds
@@ -179,14 +183,14 @@ def table_rows(c: Comparison) -> list[tuple[str, str, str]]:
     return rows
 
 
-def load_and_compare(path: str, greedy: str, time_limit: float) -> Comparison:
+def load_and_compare(path: str, greedy: str, time_limit: float, firmware: str | None = None) -> Comparison:
     from pathlib import Path
 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    return compare(data, path, greedy, time_limit)
+    return compare(data, path, greedy, time_limit, firmware)
 
 
 def plot(comparisons: list[Comparison], path: str) -> None:

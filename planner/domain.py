@@ -10,7 +10,18 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from planner.facts import ControllerModel, DeviceClass, Machine, controller_models, device_class, machine_for
+from planner.facts import (
+    ControllerModel,
+    DeviceClass,
+    Firmware,
+    Machine,
+    controller_models,
+    device_class,
+    firmware,
+    firmware_arches,
+    firmware_for_loader,
+    machine_for,
+)
 from planner.xmlio import InputError, remove_element
 
 MAX_INDEX = 255
@@ -106,6 +117,7 @@ class Problem:
     notes: list[str] = field(default_factory=list)
     user_pci_controllers: bool = False  # the input had PCI controllers besides the root
     mmio_devices: list[str] = field(default_factory=list)  # devices on virtio-mmio transports
+    firmware: Firmware | None = None  # the guest's firmware and its budget on this machine
 
     @property
     def root(self) -> Bus:
@@ -204,6 +216,45 @@ def _machine(tree: etree._ElementTree) -> tuple[Machine, str]:
             "(q35, pc/i440fx on x86_64; virt on aarch64 and riscv64)"
         )
     return machine, arch
+
+
+def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> str:
+    """The firmware the guest boots: <os firmware='efi|bios'>, else the <loader> file's name (or a
+    pflash loader: UEFI), else the machine's default. riscv64 virt enumerates no PCI in firmware, and
+    neither does aarch64 virt booting a <kernel> directly (on x86 SeaBIOS still runs first)."""
+    if machine.default_firmware == "none":
+        return "none"
+    uefi = "aavmf" if arch == "aarch64" else "ovmf"
+    os_el = root.find("os")
+    wanted = os_el.get("firmware") if os_el is not None else None
+    if wanted == "efi":
+        return uefi
+    if wanted == "bios":
+        if not machine.x86:
+            raise InputError(f"os: firmware 'bios' is x86 only, not {arch}")
+        return "seabios"
+    if wanted is not None:
+        raise InputError(f"os: firmware '{wanted}' is not 'efi' or 'bios'")
+    loader = root.find("os/loader")
+    if loader is not None:
+        named = firmware_for_loader((loader.text or "").strip())
+        if named is None and loader.get("type") == "pflash":
+            named = uefi
+        if named is not None and arch in firmware_arches(named):
+            return named
+        if named is not None:
+            raise InputError(f"os/loader: '{(loader.text or '').strip()}' is {named} firmware, "
+                             f"not for {arch}")
+    if arch == "aarch64" and root.find("os/kernel") is not None:
+        return "none"  # direct kernel boot: QEMU starts the kernel itself, which numbers the buses
+    return machine.default_firmware
+
+
+def firmware_by_name(name: str, machine: Machine, arch: str, acpi: bool) -> Firmware:
+    """The budget of a firmware for this guest; InputError when it cannot boot this architecture."""
+    if arch not in firmware_arches(name):
+        raise InputError(f"firmware: {name} does not boot {arch} guests")
+    return firmware(name, machine.family, acpi)
 
 
 # ---------------------------------------------------------------- implicit devices
@@ -695,8 +746,9 @@ def _apply_fixed_and_conventions(machine: Machine, devices: list[Device]) -> Non
             d.convention = machine.conventions.get("ich9_usb_set", ())
 
 
-def read_problem(tree: etree._ElementTree) -> Problem:
-    """Build the planning problem; adds libvirt's implicit devices to the tree (the tree is the output)."""
+def read_problem(tree: etree._ElementTree, firmware_override: str | None = None) -> Problem:
+    """Build the planning problem; adds libvirt's implicit devices to the tree (the tree is the output).
+    firmware_override (--firmware) replaces the firmware the XML names."""
     machine, arch = _machine(tree)
     root = tree.getroot()
     if root.get("type") not in (None, "qemu", "kvm"):
@@ -722,4 +774,5 @@ def read_problem(tree: etree._ElementTree) -> Problem:
     )
     _fill_index_gaps(tree, machine, buses, referenced, notes)
     _apply_fixed_and_conventions(machine, devices)
-    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci, mmio)
+    fw = firmware_by_name(firmware_override or guest_firmware_name(root, machine, arch), machine, arch, acpi)
+    return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci, mmio, fw)

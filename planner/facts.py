@@ -37,10 +37,8 @@ class Machine:
     machine_patterns: tuple[str, ...]
     root: str
     reserved_slots: frozenset[int]
-    io_window_budget: int
-    io_root_allowance: int
-    io_window_budget_noacpi: int
-    io_root_allowance_noacpi: int
+    default_firmware: str  # the firmware a guest of this machine boots when its XML names none
+    chipset_io_bytes: int  # I/O BARs of built-in chipset functions on the root bus (not in the XML)
     pxb: str
     spare_pcie_ports: int
     spare_pci_slots: int
@@ -62,12 +60,6 @@ class Machine:
     @property
     def x86(self) -> bool:
         return self.family in ("q35", "pc")
-
-    def io_capacity_units(self, acpi: bool) -> int:
-        """SeaBIOS's I/O space for PCI, in 32-byte units (0: no budget on this machine)."""
-        if acpi:
-            return self.io_window_budget * IO_WINDOW_UNITS + self.io_root_allowance // IO_UNIT
-        return self.io_window_budget_noacpi * IO_WINDOW_UNITS + self.io_root_allowance_noacpi // IO_UNIT
 
 
 @dataclass(frozen=True)
@@ -95,6 +87,24 @@ class DeviceClass:
 
 IO_UNIT = 32
 IO_WINDOW_UNITS = 4096 // IO_UNIT
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """A guest firmware's PCI resource budget on one machine family (models/firmware.toml)."""
+
+    name: str  # seabios | ovmf | aavmf | none
+    label: str
+    uefi: bool
+    pads_spares: bool  # every empty hot-plug port costs a 4 KiB I/O window of padding
+    io_max: int = 0  # bytes of root-bus I/O it sets up (0: no budget)
+    max_windows: int = 0  # bridge/port I/O windows planned (0: only io_max binds)
+    source: str = ""
+    measured: str = ""
+
+    def io_capacity_units(self) -> int:
+        """io_max in 32-byte units, rounded down (every BAR is counted rounded up to a unit)."""
+        return self.io_max // IO_UNIT
 
 
 def _load(name: str) -> dict:
@@ -133,10 +143,8 @@ def machines() -> dict[str, Machine]:
             machine_patterns=tuple(d["machine_patterns"]),
             root=d["root"],
             reserved_slots=frozenset(d["reserved_slots"]),
-            io_window_budget=d["io_window_budget"],
-            io_root_allowance=d["io_root_allowance"],
-            io_window_budget_noacpi=d.get("io_window_budget_noacpi", d["io_window_budget"]),
-            io_root_allowance_noacpi=d.get("io_root_allowance_noacpi", d["io_root_allowance"]),
+            default_firmware=d["default_firmware"],
+            chipset_io_bytes=d.get("chipset_io_bytes", 0),
             pxb=d["pxb"],
             spare_pcie_ports=d["spare_pcie_ports"],
             spare_pci_slots=d["spare_pci_slots"],
@@ -152,6 +160,44 @@ def machines() -> dict[str, Machine]:
             conventions={k: tuple(v) for k, v in d.get("conventions", {}).items()},
         )
     return out
+
+
+FIRMWARE_NAMES = ("seabios", "ovmf", "aavmf", "none")
+
+
+@cache
+def _firmware_table() -> dict[str, dict]:
+    return _load("firmware.toml")
+
+
+def firmware_arches(name: str) -> tuple[str, ...]:
+    return tuple(_firmware_table()[name]["arches"])
+
+
+def firmware_for_loader(path: str) -> str | None:
+    """The firmware a <loader> path names (by the file names distributions use), or None."""
+    for name, d in _firmware_table().items():
+        # SeaBIOS's names ("bios") are too short to search for: its file name is tested below
+        if name != "seabios" and any(part.lower() in path.lower() for part in d["loader_names"]):
+            return name
+    base = path.rsplit("/", 1)[-1].lower()
+    return "seabios" if "bios" in base and "efi" not in base else None
+
+
+def firmware(name: str, family: str, acpi: bool) -> Firmware:
+    """The budget of firmware `name` on a machine family; a family the table lacks gets no budget."""
+    d = _firmware_table()[name]
+    budget = d.get(family, {})
+    return Firmware(
+        name=name,
+        label=d["label"],
+        uefi=d["uefi"],
+        pads_spares=d["pads_spares"],
+        io_max=budget.get("io_max" if acpi else "io_max_noacpi", 0),
+        max_windows=budget.get("max_windows", 0),
+        source=budget.get("source", ""),
+        measured=budget.get("measured", ""),
+    )
 
 
 def machine_for(arch: str, machine: str) -> Machine | None:

@@ -20,6 +20,7 @@ class PlanOptions:
     host_numa: bool = False  # --host-numa auto: place host devices on their host node's guest cell
     to_machine: str | None = None  # "q35": convert a pc guest first (planner.convert)
     relax_hotplug: bool = False  # treat hotplug=yes as a wish (to find how many can be)
+    firmware: str | None = None  # seabios | ovmf | aavmf | none: plan for it (None: the guest's own)
     reserve: tuple[tuple[str, int], ...] = ()  # --reserve KIND[:MODEL]=N: free hot-plug places (hard)
     objective_order: tuple[str, ...] | None = None  # the order of the middle levels (None: metadata,
     # policy, else OBJECTIVE_DEFAULT)
@@ -28,7 +29,6 @@ class PlanOptions:
 # The objective's levels the user may order (planner/solver/objective.py); keeping the input's
 # addresses always comes first, the tie-breaks always last.
 OBJECTIVE_DEFAULT = ("hotplug", "pcie", "controllers", "buses")
-
 
 
 # Kinds of <devices> children that can take a PCI address (the vocabulary of --hotplug and friends).

@@ -88,10 +88,44 @@ def _hotplug_limit(tree: etree._ElementTree, options: PlanOptions) -> str:
             f"(or drop the hotplug=yes rule) for {total - best} of them")
 
 
+FIRMWARE_LIMIT = "the firmware's I/O space"  # the text of that limit in an infeasible core
+
+
+def _firmware_limit(tree: etree._ElementTree, problem, options: PlanOptions) -> str:
+    """For a guest whose I/O-BAR devices do not fit the firmware: the largest number of them (the
+    last ones in document order go first) with which the guest plans, found by bisection."""
+    wanted = [i for i, d in enumerate(problem.devices) if d.address is None and d.io_units]
+    fw = problem.firmware
+
+    def fits(keep: int) -> bool:
+        trial = copy.deepcopy(tree)
+        try:
+            first = _read(trial, options)[0]  # the same devices, in the same order, in the copy
+            for d in [d for d in first.devices if d.address is None and d.io_units][keep:]:
+                d.element.getparent().remove(d.element)
+            p, o, _w = _read(trial, options)
+            solve(prepare(p, o), replace(o, time_limit=min(o.time_limit, 2.0)))
+        except (Infeasible, InputError):
+            return False
+        return True
+
+    low, high = 0, len(wanted)  # fits(low) is assumed; fits(high) failed
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return (f"at most {low} of the {len(wanted)} devices with an I/O BAR fit {fw.label}'s I/O space "
+            f"({fw.io_max} bytes{f', {fw.max_windows} windows' if fw.max_windows else ''}); use modern-only "
+            f"models (virtio-non-transitional: no I/O BAR) for the rest, or --firmware if the guest "
+            f"boots another one")
+
+
 def _read(tree: etree._ElementTree, options: PlanOptions):
     """The problem with the user's rules applied (policy < metadata < command line) and the spare
     counts they set."""
-    problem = read_problem(tree)
+    problem = read_problem(tree, options.firmware)
     policy = rules.from_policy(options.policy) if options.policy else rules.RuleSet()
     metadata = rules.from_metadata(tree) if options.use_metadata else rules.RuleSet()
     flags = rules.from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus, options.host_numa)
@@ -200,6 +234,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     except Infeasible as exc:
         if any(d.hotplug_rule == "yes" for d in problem.devices):
             exc.reasons.append(_hotplug_limit(original, options))
+        elif problem.firmware is not None and any(FIRMWARE_LIMIT in r for r in exc.reasons):
+            exc.reasons.append(_firmware_limit(original, problem, options))
         if any(r.startswith("reserve (") for r in exc.reasons):
             exc.reasons += _reserve_limits(prep, options)
         raise

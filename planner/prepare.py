@@ -10,7 +10,7 @@ from lxml import etree
 
 from planner.domain import Bus, Device, PciAddress, Problem, endpoint_of
 from planner.errors import Infeasible
-from planner.facts import IO_WINDOW_UNITS, controller_models, device_class
+from planner.facts import IO_UNIT, IO_WINDOW_UNITS, controller_models, device_class
 from planner.options import RESERVE_DEFAULT_MODEL, PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
@@ -123,6 +123,7 @@ class Prepared:
     device_places: dict[int, PciAddress]  # id(device) -> address chosen before solving (conventions)
     controller_places: dict[int, PciAddress]  # bus index -> address chosen for unplaced user controllers
     fixed_io_units: int  # I/O space the given layout needs (32-byte units)
+    fixed_io_windows: int  # bridge/port I/O windows the given layout needs
     droppables: list[Droppable] = field(default_factory=list)
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
@@ -355,11 +356,14 @@ def _mark_window_children(problem: Problem, states: dict[int, BusState],
             states[a.bus].window_child = True
 
 
-def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
-    """I/O space the given layout already needs from SeaBIOS (32-byte units): root-bus BARs, one 4 KiB
-    window per port with an I/O device, and each bridge's window rounded up to 4 KiB (the windows of
+def _fixed_io(problem: Problem, states: dict[int, BusState]) -> tuple[int, int]:
+    """I/O space (32-byte units) and bridge/port windows the given layout already needs from the
+    firmware: root-bus BARs, one 4 KiB window per port with an I/O device (and, where the firmware
+    pads hot-plug ports, per empty port), and each bridge's window rounded up to 4 KiB (the windows of
     bridges below it count in their own right, so the nesting adds up)."""
     units = states[0].io_units
+    windows = 0
+    pads = problem.firmware is not None and problem.firmware.pads_spares
     for b in problem.buses.values():
         st = states[b.index]
         if b.droppable or b.index == 0:
@@ -368,9 +372,11 @@ def _fixed_io_units(problem: Problem, states: dict[int, BusState]) -> int:
         if b.model.io_window:
             least = 0 if st.window_child else 1
             units += IO_WINDOW_UNITS * max(least, -(-st.io_units // IO_WINDOW_UNITS))
-        elif port and st.io_device:
+            windows += 1
+        elif port and (st.io_device or (pads and b.hotplug and not st.used)):
             units += IO_WINDOW_UNITS
-    return units
+            windows += 1
+    return units, windows
 
 
 def _add_expander_buses(problem: Problem) -> None:
@@ -437,6 +443,8 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
     _occupy_given(problem, states, drops)
+    # the chipset's own functions (not in the XML) take root-bus I/O too
+    states[0].io_units += -(-problem.machine.chipset_io_bytes // IO_UNIT)
     hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
     for d in problem.devices:  # an impossible hot-plug wish fails before any place is taken
         _hotplug_mode(d, options, hotplug_possible)
@@ -461,8 +469,8 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     reserve_pcie, reserve_pci = reserved_places(problem, options.reserve)
     what = ", ".join(f"{k}={n}" for k, n in options.reserve)
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    _fixed_io_units(problem, states), drops, mmio, lost, removed, reserve_pcie, reserve_pci,
-                    what)
+                    *_fixed_io(problem, states), drops, mmio, lost, removed, reserve_pcie,
+                    reserve_pci, what)
 
 
 def reserved_places(problem: Problem, reserve: tuple[tuple[str, int], ...]) -> tuple[int, int]:

@@ -28,14 +28,17 @@ from planner.check import (
     CONVENTIONAL_BRIDGES,
     DEFAULT_NET_MODEL,
     DEFAULT_VIDEO_MODEL,
-    IO_SPACE,
+    FIRMWARE_IO,
+    FIRMWARE_LABEL,
     PC,
     PORT_MODELS,
     Q35,
     ROOT_MODEL,
     SLOT_RANGE,
+    UEFI,
     X86_FAMILIES,
     classify,
+    guest_firmware,
     machine_family,
 )
 from planner.xmlio import write_atomic
@@ -84,10 +87,12 @@ class Node:
     numa_node: int | None = None  # pxb/pxb-pcie: <target><node>
     bus_nr: int | None = None  # pxb/pxb-pcie: <target busNr>
     io_bar: bool = False  # endpoint: has an I/O BAR when directly on a PCIe port
-    io_window: bool = False  # bus: takes one of SeaBIOS's few I/O windows (x86 only)
+    io_window: bool = False  # bus: takes one of the firmware's few I/O windows
     free_slots: int = 0  # multi-slot hot-pluggable bus: slots nothing uses (spare capacity)
     note: str = ""  # unaddressed nodes: why ("virtio-mmio address", "bus 0x12 missing")
     machine: str = ""  # root only: machine family (q35, pc, aarch64-virt, ...)
+    firmware: str = ""  # root only: the guest's firmware (seabios, ovmf, aavmf, none)
+    padded: bool | None = None  # spare port: the firmware gives it I/O (None: no spare or no firmware)
     unaddressed: list[Node] = field(default_factory=list)  # root only: devices with no usable PCI address
 
     @property
@@ -106,7 +111,9 @@ class Node:
 
     def markers(self) -> list[str]:
         out: list[str] = []
-        if self.spare:
+        if self.spare and self.padded is False:
+            out.append("empty: the firmware leaves it no I/O window, so it is no spare")
+        elif self.spare:
             out.append("empty: spare hot-plug port")
         elif self.kind == BUS and not self.children and self.model in PORT_MODELS:
             out.append("empty")
@@ -250,8 +257,9 @@ class _Built:
     address: tuple[int, int, int] | None
 
 
-def build_tree(tree: etree._ElementTree) -> Node:
-    """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed."""
+def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
+    """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
+    firmware: judge spare ports by this firmware instead of the one the XML boots."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
     devices = domain.find("devices")
@@ -287,7 +295,8 @@ def build_tree(tree: etree._ElementTree) -> Node:
         built.append(_Built(node, el, address))
 
     root_model = root_el.get("model") if root_el is not None else ROOT_MODEL.get(family, "pcie-root")
-    root = Node(BUS, f"{root_model} ({family})", model=root_model or "", index=0, machine=family)
+    root = Node(BUS, f"{root_model} ({family})", model=root_model or "", index=0, machine=family,
+                firmware=firmware or guest_firmware(domain, family))
     if root_el is not None and root_el.get("model") == "pci-root":
         root.hotplug = acpi and _attr(root_el, "target", "hotplug") != "off"
     buses[0] = root
@@ -301,8 +310,9 @@ def build_tree(tree: etree._ElementTree) -> Node:
         for below in node.walk():
             below.children.sort(key=lambda n: (n.slot or 0, n.function or 0))
     _mark_hotplug(root, family, {id(b.node): b.element for b in built})
-    if family in X86_FAMILIES:
+    if family in X86_FAMILIES or root.firmware in UEFI:
         _mark_io_windows(root)
+    _mark_padding(root, acpi)
     return root
 
 
@@ -364,7 +374,7 @@ def _mark_hotplug(root: Node, family: str, elements: dict[int, etree._Element]) 
 
 def _mark_io_windows(root: Node) -> None:
     # Same count as planner.check: conventional bridges always, PCIe ports only with an I/O-BAR device
-    # directly on them (nested port windows add no space).
+    # directly on them (nested port windows add no space); under UEFI, anywhere below them.
     for node in root.walk():
         if node.kind != BUS or node is root:
             continue
@@ -372,6 +382,38 @@ def _mark_io_windows(root: Node) -> None:
             node.io_window = True
         elif node.model in PORT_MODELS:
             node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
+            if root.firmware in UEFI and not node.io_window:
+                # edk2 gives a port a window for the I/O-BAR devices anywhere below it
+                node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
+
+
+EXPANDERS = ("pcie-expander-bus", "pci-expander-bus")
+
+
+def _mark_padding(root: Node, acpi: bool) -> None:
+    """Which spare ports the firmware gives I/O. UEFI (edk2) pads every empty hot-plug port with a
+    4 KiB window while windows last and drops the whole padding of the rest; SeaBIOS gives an empty
+    PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
+    edk2 pads is its choice: the first ones in slot order are marked."""
+    spares = [n for n in root.walk() if n.spare]
+    if root.firmware not in UEFI:
+        for n in spares:
+            n.padded = True if root.firmware == "seabios" else None
+        return
+    budget = FIRMWARE_IO.get((root.firmware, root.machine, acpi))
+    if budget is None or not budget[1]:
+        return
+    used = sum(1 for n in root.walk() if n.io_window and not n.spare and _on_host_bridge(root, n))
+    left = max(0, budget[1] - used)
+    for i, n in enumerate(spares):
+        n.padded = i < left
+
+
+def _on_host_bridge(root: Node, node: Node) -> bool:
+    """node sits directly on the root bus or on an expander bus (its window is a top-level one)."""
+    parents = {id(c): p for p in root.walk() for c in p.children}
+    parent = parents.get(id(node))
+    return parent is not None and (parent is root or parent.model in EXPANDERS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -384,6 +426,7 @@ def summary(root: Node) -> dict:
     buses = [n for n in nodes if n.kind == BUS]
     endpoints = [n for n in nodes if n.kind == ENDPOINT]
     x86 = root.machine in X86_FAMILIES
+    budget = FIRMWARE_IO.get((root.firmware, root.machine, True))
     # a pci-expander-bus owns two bus numbers (its root bus and an internal bridge)
     bus_numbers = sum(2 if b.model == "pci-expander-bus" else 1 for b in buses)
     return {
@@ -395,8 +438,13 @@ def summary(root: Node) -> dict:
         "spare_hotplug_slots": sum(b.free_slots for b in buses),
         "bus_numbers_used": bus_numbers,
         "bus_indexes": sorted(b.index for b in buses if b.index is not None),
-        "io_window_users": sum(1 for b in buses if b.io_window) if x86 else None,
-        "io_space_bytes": IO_SPACE.get((root.machine, True)) if x86 else None,  # with <acpi/>
+        "io_window_users": sum(1 for b in buses if b.io_window) if x86 or budget else None,
+        "io_space_bytes": budget[0] if budget else None,  # with <acpi/>
+        "firmware": root.firmware,
+        "firmware_label": FIRMWARE_LABEL.get(root.firmware, root.firmware),
+        "firmware_max_io_windows": budget[1] if budget and budget[1] else None,
+        "spare_ports": [{"port": b.label, "address": b.address, "firmware_pads_it": b.padded}
+                        for b in buses if b.spare],
         "numa_nodes": sorted({b.numa_node for b in buses if b.numa_node is not None}),
         "unaddressed": sum(1 for top in root.unaddressed for _ in top.walk()),
     }

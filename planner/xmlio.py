@@ -120,8 +120,14 @@ def serialize_text(tree: etree._ElementTree) -> str:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write data to path atomically: a temporary file in the same folder, fsync, rename."""
+    """Write data to path atomically: a temporary file in the same folder, fsync, rename. A target that
+    exists but is no regular file (/dev/null, a FIFO) is written through: renaming over it would
+    replace the device node."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        with open(p, "wb") as fh:
+            fh.write(data)
+        return
     directory = p.parent if str(p.parent) else Path(".")
     tmp = None
     # Ctrl-C or a terminate() in the middle would leave the temporary file behind: hold them until the

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import pytest
 
-from planner.libvirt_stack import EmbeddedLibvirt, StackUnavailable, emulator_for, shared_stack
+from planner.stack import EmbeddedLibvirt, StackUnavailable, emulator_for, shared_stack
 
 REQUIRE_ENV = "PCIPLAN_REQUIRE_REALSTACK"
 

@@ -153,3 +153,21 @@ def test_works_without_the_libvirt_binding(tmp_path: Path) -> None:
     r = cli("check", "--libvirt", str(out))
     assert r.returncode == 2
     assert b"libvirt Python binding not installed (Debian: python3-libvirt; PyPI: libvirt-python)" in r.stderr
+
+
+def test_plan_to_a_device_writes_through_it(tmp_path, guest_xml) -> None:
+    """`plan -o /dev/null` (or a FIFO) writes into the device; an atomic rename would replace it with a
+    regular file (seen on the shared CI machine: /dev/null became a file, and libvirt failed)."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    result = run("plan", "-", "-o", str(fifo), stdin=guest_xml("q35"))
+    reader.join(10)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and got and got[0].startswith(b"<domain")

@@ -19,7 +19,7 @@ from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
 from planner.greedy import GreedyResult, greedy_plan
-from planner.libvirt_stack import EmbeddedLibvirt
+from planner.stack import EmbeddedLibvirt
 
 realstack = pytest.mark.realstack
 

@@ -74,16 +74,17 @@ def test_pc_storage_guest_needs_no_more_bridges_than_libvirt(shape: Shape) -> No
 
 
 def test_a_plan_whose_bridges_do_not_fit_is_cut_off() -> None:
-    """86 virtio disks, 20 virtio-scsi and 92 rtl8139 on pc: the first solution's new bridges, split as
-    well as they can be, need more I/O than SeaBIOS has; the cut makes the solver find one that fits,
+    """70 virtio disks, 10 virtio-scsi and 95 rtl8139 on pc: the first solution's new bridges, split as
+    well as they can be, need more I/O than SeaBIOS has; the cuts make the solver find one that fits,
     to the byte the checker counts."""
-    data = fresh_xml(Shape("pc", disks=86, scsi=20, nics=92, nic_model="rtl8139")).encode()
+    data = fresh_xml(Shape("pc", disks=70, scsi=10, nics=95, nic_model="rtl8139")).encode()
     tree, s = plan_bytes(data)
     assert s.io_cuts >= 1 and s.status == "OPTIMAL"
     assert text(plan_bytes(data)[0]) == text(tree)  # cuts and split are deterministic
     assert errors(tree) == []
     assert s.io_bytes is not None and s.io_budget_bytes is not None
-    assert io_space_needed(tree) == (s.io_bytes, s.io_budget_bytes)
+    need, space = io_space_needed(tree)
+    assert need == s.io_bytes and s.io_budget_bytes <= space  # the solver's budget in whole 32-byte units
 
 
 MANIFEST = libvirt_manifest()
@@ -114,7 +115,7 @@ def test_solver_and_checker_count_the_same_io(path) -> None:
 @pytest.mark.realstack
 @pytest.mark.parametrize("shape", [
     Shape("pc", disks=92, scsi=28, nics=4, nic_model="rtl8139"),  # the report's storage shape
-    Shape("pc", disks=86, scsi=20, nics=92, nic_model="rtl8139"),  # the cut case: 96 bytes to spare
+    Shape("pc", disks=70, scsi=10, nics=95, nic_model="rtl8139"),  # the cut case
 ], ids=lambda s: s.label)
 def test_pc_storage_guest_boots_with_no_more_bridges_than_real_libvirt(real_stack, shape: Shape) -> None:
     """Storage-heavy pc guests (ACPI): real libvirt's own layout and ours; ours has no more pci-bridges,

@@ -249,7 +249,7 @@ def test_catalogue_knows_the_pci_kinds_libvirt_9_and_10_place() -> None:
 
 # ---------------------------------------------------------------- 4. plan and check agree
 
-def test_hostdev_pinned_at_bus_0x99_is_counted_and_named(real_stack) -> None:
+def test_hostdev_pinned_at_bus_0x99_is_counted_and_named(real_stack, tmp_path) -> None:
     data = guest("pc", "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
                        "<address domain='0x0000' bus='0x06' slot='0x12' function='0x5'/></source>"
                        f"{pci(0x99, 1)}</hostdev>")
@@ -259,7 +259,7 @@ def test_hostdev_pinned_at_bus_0x99_is_counted_and_named(real_stack) -> None:
     assert any("pins: hostdev[0]" in e for e in s.check_errors)
     assert any("--replan" in e and "moving 1 address(es)" in e for e in s.check_errors)
     _fixpoint(real_stack, text(tree).decode())  # libvirt fills the same indices
-    result = CliRunner().invoke(app, ["plan", "-", "-o", "/dev/null"], input=data.decode())
+    result = CliRunner().invoke(app, ["plan", "-", "-o", str(tmp_path / "out.xml")], input=data.decode())
     assert result.exit_code == 4, result.output
     replanned, r = plan_bytes(data, replan=True)
     assert errors(replanned) == [] and r.check_errors == []

@@ -183,7 +183,7 @@ def test_summary_counts(q35_root: Node) -> None:
     assert counts["bus_numbers_used"] == 9
     assert counts["bus_indexes"] == list(range(9))
     # the pcie-to-pci-bridge, and the hotplug='off' root port holding an e1000e (an I/O BAR)
-    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 14 * 4096 + 3072
+    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 0xF000 - 1  # SeaBIOS, q35, ACPI
     assert counts["numa_nodes"] == [1]
     assert counts["unaddressed"] == 2
 
@@ -211,7 +211,7 @@ def test_pci_root_hotplug_needs_acpi_and_not_hotplug_off() -> None:
     assert nodes["00:03.0"].label == "pci-bridge #1 (chassisNr 1)"
     counts = summary(with_acpi)
     assert counts["bus_numbers_used"] == 4  # the pxb owns two
-    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 8 * 4096 + 3840
+    assert counts["io_window_users"] == 2 and counts["io_space_bytes"] == 0x9000 - 1  # SeaBIOS, pc
 
     no_acpi = build_tree(parse_domain_bytes(_domain("pc", devices.format(target=""), acpi=False)))
     assert not no_acpi.hotplug and not _by_address(no_acpi)["00:02.0"].hotplug
@@ -221,11 +221,15 @@ def test_pci_root_hotplug_needs_acpi_and_not_hotplug_off() -> None:
     assert not hotplug_off.hotplug and hotplug_off.free_slots == 0
 
 
-def test_aarch64_has_no_io_windows() -> None:
+def test_aarch64_io_space_is_aavmfs_and_riscv64_has_none() -> None:
     devices = """<controller type='pci' index='0' model='pcie-root'/>
     <interface type='user'><model type='virtio'/><address type='virtio-mmio'/></interface>"""
+    riscv = summary(build_tree(parse_domain_bytes(_domain("virt", devices, arch="riscv64"))))
+    assert riscv["io_window_users"] is None and riscv["firmware"] == "none"
     root = build_tree(parse_domain_bytes(_domain("virt", devices, arch="aarch64")))
-    assert summary(root)["io_window_users"] is None
+    counts = summary(root)
+    assert counts["firmware"] == "aavmf" and counts["io_window_users"] == 0
+    assert counts["io_space_bytes"] == 0x10000 and counts["firmware_max_io_windows"] == 16
     assert [(n.label, n.note) for n in root.unaddressed] == [("interface virtio", "virtio-mmio address")]
 
 

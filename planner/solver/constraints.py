@@ -134,13 +134,14 @@ def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> 
 
 
 def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
-    """x86 SeaBIOS places every I/O BAR in a small I/O space, measured here (models/machines.toml): each
+    """The guest firmware places every I/O BAR in a small I/O space (models/firmware.toml): each
     bridge gets a 4 KiB-aligned window holding its devices' BARs, each root/downstream port with an
     I/O-BAR device a 4 KiB window, and root-bus devices their BARs directly (integrated virtio is
-    transitional and has one). Counted in 32-byte units; a 4 KiB window is 128."""
-    machine = prep.problem.machine
-    capacity = machine.io_capacity_units(prep.problem.acpi)
-    if capacity <= 0:
+    transitional and has one). Counted in 32-byte units; a 4 KiB window is 128. UEFI firmware also
+    pads every empty hot-plug port with a window, and plans to at most max_windows windows."""
+    fw = prep.problem.firmware
+    capacity = fw.io_capacity_units() if fw is not None else 0
+    if fw is None or capacity <= 0:
         return
     win = IO_WINDOW_UNITS
     io_of = {gi: g.key.io_units for gi, g in enumerate(prep.groups)}
@@ -155,6 +156,7 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
 
     fixed = 0
     terms = []
+    counts = []  # the windows, one each (a bridge's window may span several 4 KiB)
     for e, st in prep.states.items():
         model_e = st.bus.model
         if e == 0:
@@ -168,8 +170,20 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
                 child = v.new_pci_bridges.get(e, 0)
                 model.Add(windows + child >= v.bus_keep.get(e, 1))
             terms.append(win * windows)
+            counts.append(v.bus_keep.get(e, 1))
         elif model_e.name in PORTS and st.io_device:
             fixed += win
+            counts.append(1)
+        elif model_e.name in PORTS and fw.pads_spares and st.bus.hotplug and not st.used:
+            # an empty port keeps its padding unless the plan puts something there
+            pad = model.NewBoolVar(f"io_pad_b{e}")
+            below = [x for (b, _), x in placed if b == e]
+            below += [x for b, x in v.new_pcie_pci_bridge.items() if b == e]
+            model.Add(pad + _sum(below) >= 1)
+            if e in v.io_new:
+                model.Add(pad + v.io_new[e] <= 1)  # the device's window replaces the padding
+            terms.append(win * pad)
+            counts.append(pad)
     for e, flag in v.io_new.items():
         on_port = [x for (b, gi), x in placed if b == e and gi in port_io]
         kept = [v.keep[i] for i, d in enumerate(prep.droppables) if d.bus == e and d.io]
@@ -179,19 +193,31 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
             model.Add(_sum(on_port) <= FUNCTIONS * flag)
         if on_port or kept:
             terms.append(win * flag)
+            counts.append(flag)
         else:
             model.Add(flag == 0)
     for p in v.root_ports:
         for pool in (v.root_ports[p], v.downstream[p]):
-            terms += [win * x for gi, x in pool.alone.items() if gi in port_io] + [win * pool.pack_io]
+            with_io = [x for gi, x in pool.alone.items() if gi in port_io] + [pool.pack_io]
+            if fw.pads_spares:
+                with_io.append(pool.spare)
+            terms += [win * x for x in with_io]
+            counts += with_io
     terms.append(_pool_io_units(model, v, io_of))
+    counts += new_bridges(v)
     budget = max(capacity, prep.fixed_io_units)  # never make a given layout worse than it is
-    lit = why.new(f"the firmware's I/O space ({capacity * 32} bytes for bridge windows and I/O BARs, "
-                  f"SeaBIOS on {machine.family}{'' if prep.problem.acpi else ' without ACPI'}; "
+    acpi = "" if prep.problem.acpi or fw.uefi else " without ACPI"
+    lit = why.new(f"the firmware's I/O space ({fw.io_max} bytes for bridge windows and I/O BARs, "
+                  f"{fw.label} on {prep.problem.machine.family}{acpi}; "
                   f"{prep.fixed_io_units * 32} used by the given layout)")
     v.io_used = fixed + _sum(terms)
     v.io_budget = budget
     model.Add(v.io_used <= budget).OnlyEnforceIf(lit)
+    if fw.max_windows:
+        pads = ", empty hot-plug ports included: each gets one as padding" if fw.pads_spares else ""
+        lit = why.new(f"{fw.label} on {prep.problem.machine.family} sets up at most {fw.max_windows} "
+                      f"bridge/port I/O windows{pads} ({prep.fixed_io_windows} used by the given layout)")
+        model.Add(_sum(counts) <= max(fw.max_windows, prep.fixed_io_windows)).OnlyEnforceIf(lit)
 
 
 def _pool_io_units(model, v: Variables, io_of: dict[int, int]):
