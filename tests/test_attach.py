@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, nics
 from planning import plan_bytes, text
+from realstack import real_stack_fixture  # noqa: F401
 
 from planner.attach import NotHotpluggable, live_places
 from planner.xmlio import InputError, parse_xml_bytes
@@ -121,3 +122,52 @@ def test_plan_reports_the_headroom_attach_counts(guest_xml, tmp_path: Path) -> N
 
     row = json.loads(report.read_text())["files"][0]
     assert row["headroom_pcie"] == 1 and row["headroom_pci"] == 0
+
+
+# ---------------------------------------------------------------- live, on the real stack
+
+
+def _nic(i: int) -> bytes:
+    return (f"<interface type='user'><mac address='52:54:00:ff:00:{i:02x}'/><model type='virtio'/>"
+            "</interface>").encode()
+
+
+@pytest.mark.realstack
+@pytest.mark.parametrize(("machine", "devices", "reserve"), [
+    ("q35", nics(2), (("interface", 3),)),
+    ("virt", nics(2), (("interface", 2),)),
+    ("pc", nics(22), ()),  # pc with ACPI: the root bus's own free slots
+], ids=["q35", "aarch64-virt", "pc"])
+def test_attach_live_until_none_is_left(real_stack, guest_xml, machine, devices, reserve) -> None:
+    """A running guest takes NICs at the places attach picks, one after another, until attach says
+    none is left: libvirt accepts each, QEMU shows each where the XML says, attach --count was right,
+    and then libvirt's own automatic addressing finds no place either."""
+    from realstack import require_emulator
+
+    from planner.domain import read_pci_address
+    from planner.render import set_pci_address
+    from planner.xmlio import serialize_text
+
+    if machine == "virt":
+        require_emulator("aarch64")
+    tree, _ = plan_bytes(guest_xml(machine, devices=devices), reserve=reserve)
+    with real_stack.running(text(tree).decode()) as live:
+        count = len(places(live.xml().encode(), _nic(0)).places)
+        assert count >= 2
+        for i in range(count):
+            found = places(live.xml().encode(), _nic(i))
+            assert len(found.places) == count - i
+            device = parse_xml_bytes(_nic(i))
+            set_pci_address(device.getroot(), found.places[0].address)
+            assert live.attach(serialize_text(device)) is None
+            placements, mismatches = live.placements()
+            assert mismatches == []
+            live_nics = parse_xml_bytes(live.xml().encode()).getroot().iterfind("devices/interface")
+            mine = next(el for el in live_nics if el.find("mac").get("address") == f"52:54:00:ff:00:{i:02x}")
+            where = read_pci_address(mine, "nic")[0]
+            assert where == found.places[0].address
+            alias = mine.find("alias").get("name")
+            assert placements[alias] == (where.bus, where.slot, where.function)
+        assert places(live.xml().encode(), _nic(99)).places == []
+        error = live.attach(_nic(99).decode())  # libvirt's own address assignment
+        assert error is not None and "PCI" in error, error

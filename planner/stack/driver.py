@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -357,6 +358,20 @@ class EmbeddedLibvirt:
         finally:
             self._discard(dom, workdir)
 
+    @contextlib.contextmanager
+    def running(self, xml: str) -> Iterator[LiveGuest]:
+        """A bootable copy of xml, started paused for live hot-plug (no firmware run); stopped and
+        undefined on exit."""
+        workdir = Path(tempfile.mkdtemp(prefix="pciplan-live-"))
+        dom = None
+        try:
+            root, _notes = _prepare(xml, workdir)
+            dom = self._conn.defineXML(_tostring(root))
+            dom.createWithFlags(self._libvirt.VIR_DOMAIN_START_PAUSED)
+            yield LiveGuest(self, dom)
+        finally:
+            self._discard(dom, workdir)
+
     def _boot_uefi_setup(self, root: etree._Element, original: etree._Element, which: str,
                          workdir: Path, log: Path, notes: list[str]) -> None:
         set_uefi_loader(root, which, workdir)
@@ -460,6 +475,30 @@ class EmbeddedLibvirt:
         # uuid, and libvirt 9.0 logs a spurious error for KEEP_TPM, so that flag is left out.)
         with contextlib.suppress(self._libvirt.libvirtError):
             dom.undefineFlags(self._libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+
+
+class LiveGuest:
+    """A running guest of the embedded driver: its live XML, live hot-plug, QEMU's device tree."""
+
+    def __init__(self, stack: EmbeddedLibvirt, dom: Any) -> None:
+        self._stack, self._dom = stack, dom
+
+    def xml(self) -> str:
+        return self._dom.XMLDesc(0)
+
+    def attach(self, device_xml: str) -> str | None:
+        """Hot-plug a device (libvirt's attach-device --live); None, or libvirt's error message."""
+        try:
+            self._dom.attachDeviceFlags(device_xml, self._stack._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except self._stack._libvirt.libvirtError as exc:
+            return _message(exc)
+        return None
+
+    def placements(self) -> tuple[dict[str, tuple[int, int, int]], list[str]]:
+        """QEMU's own placement of every device (HMP info qtree) and its disagreements with the live XML."""
+        lq = self._stack._libvirt_qemu
+        qtree = lq.qemuMonitorCommand(self._dom, "info qtree", lq.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        return compare_placements(_parse(self.xml()), parse_qtree(qtree))
 
 
 def _message(exc: Exception) -> str:
