@@ -80,3 +80,16 @@ def test_reserved_ports_take_hot_plugged_devices(real_stack, guest_xml) -> None:
     assert sum("empty pcie-root-port" in p for p in probes) >= 3, probes
     assert any("pci-bridge" in p for p in probes), probes
     assert report.hotplug_failures == [], report.summary_lines()
+
+
+def test_under_ovmf_a_reserved_port_costs_its_padding_window(guest_xml) -> None:
+    """OVMF pads every empty hot-plug port with an I/O window and sets up 8 on q35: a reserved port it
+    would not pad is no place, so 12 reserved ports are refused with the firmware named."""
+    efi = guest_xml("q35", devices=nics(1)).replace(b"<os>", b"<os firmware='efi'>")
+    _, ok = plan_bytes(efi, reserve=(("interface", 4),))
+    assert ok.headroom is not None and ok.headroom.pcie_ports == 4
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(efi, reserve=(("interface", 12),))
+    reasons = "\n".join(exc.value.reasons)
+    assert "OVMF on q35 sets up at most 8 bridge/port I/O windows" in reasons
+    assert "at most 8 of the 12 reserved empty PCIe ports fit" in reasons
