@@ -127,6 +127,7 @@ class Prepared:
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
     lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
+    pcie_before_controllers: bool = True  # the objective order ranks "pcie" above "controllers"
 
     def hierarchy_of(self, index: int) -> int:
         """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
