@@ -63,9 +63,10 @@ KINDS = {
     "watchdog": "<watchdog model='i6300esb' action='reset'/>",
     "balloon": "<memballoon model='virtio'/>",
     "ich6": "<sound model='ich6'/>",  # conventional, never hot-plugged
+    "pci-serial": "<serial type='pty'><target type='pci-serial'/></serial>",  # the same, on every machine
 }
 X86_ONLY = {"watchdog", "ich6"}
-ONCE = {"watchdog", "balloon", "ich6"}
+ONCE = {"watchdog", "balloon", "ich6", "pci-serial"}
 # Where a device is hot-pluggable (README, objective level 2): alone in a slot of these buses, or of
 # pc's pci-root with ACPI. Needed here only to honour the hot-plug rule, which check does not know.
 HOTPLUG_BUSES = {"pcie-root-port", "pcie-switch-downstream-port", "pci-bridge", "pcie-to-pci-bridge"}
@@ -194,7 +195,7 @@ def oracle(g: Guest, most_controllers: int = 3) -> Verdict:
 
     _, _, root, first_root_slot, reserved, models = MACHINES[g.machine]
     elems = [e for e in before.getroot().find("devices") if e.get("model") != "none"
-             and e.tag in ("interface", "disk", "watchdog", "memballoon", "sound")]
+             and e.tag in ("interface", "disk", "watchdog", "memballoon", "sound", "serial")]
     pinned = elems[0] if g.pinned else None
     free_devices = [e for e in elems if e is not pinned]
     better = []
