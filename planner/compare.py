@@ -62,6 +62,8 @@ class Comparison:
         ours, theirs = self.levels(self.pciplan), self.levels(self.greedy)
         if ours is None or theirs is None:
             return "–"
+        if self.greedy.rule_violations and not self.pciplan.rule_violations:
+            return "pciplan (the greedy's layout breaks a rule)"
         for name in self.order:
             if ours[name] != theirs[name]:
                 return f"{'pciplan' if ours[name] < theirs[name] else 'greedy'} ({LEVEL_NAMES[name]})"
