@@ -96,6 +96,7 @@ for _x in _space_exclusions():
     RULES[_x["rule"]] = "warning: " + _x["reason"]
     for _bus in _x["buses"]:
         SPACE_EXCLUDED[_bus, _x["connect"]] = _x["rule"]
+del _x, _bus
 # Warnings for placements outside the valid space: libvirt and QEMU accept them, pciplan never plans them.
 SPACE_RULES = frozenset(SPACE_EXCLUDED.values())
 WARNING_RULES = WARNING_RULES | SPACE_RULES
