@@ -80,6 +80,27 @@ RULES: dict[str, str] = {
 # Rules that describe XML libvirt accepts and silently completes; callers may treat them as warnings.
 WARNING_RULES = frozenset({"multifunction-flag", "stale-address", "function0"})
 
+
+def _space_exclusions() -> list[dict]:
+    """Placements outside pciplan's valid space (models/space.toml), each with its reason. Read here
+    on its own, not through the planner, so that the checker stays independent of the model."""
+    import tomllib
+    from importlib import resources
+
+    return tomllib.loads(resources.files("models").joinpath("space.toml").read_text())["exclude"]
+
+
+# (bus model, connect type) -> rule id, for the placements libvirt accepts but the space excludes.
+SPACE_EXCLUDED: dict[tuple[str, str], str] = {}
+for _x in _space_exclusions():
+    RULES[_x["rule"]] = "warning: " + _x["reason"]
+    for _bus in _x["buses"]:
+        SPACE_EXCLUDED[_bus, _x["connect"]] = _x["rule"]
+del _x, _bus
+# Warnings for placements outside the valid space: libvirt and QEMU accept them, pciplan never plans them.
+SPACE_RULES = frozenset(SPACE_EXCLUDED.values())
+WARNING_RULES = WARNING_RULES | SPACE_RULES
+
 # ---------------------------------------------------------------------------------------------------
 # Facts
 
@@ -217,6 +238,7 @@ class DeviceKind:
     io_bar_on_port: bool  # has an I/O BAR when plugged into a root/downstream port
     virtio: bool = False  # libvirt would give it virtio-mmio on virt machines (address priming)
     integrated: bool = False  # must sit on bus 0
+    conventional: bool = False  # libvirt's PCI_DEVICE: a conventional PCI endpoint
 
 
 @dataclass
@@ -306,8 +328,10 @@ def machine_family(root: etree._Element) -> tuple[str | None, str, str]:
 # ---------------------------------------------------------------------------------------------------
 # Device classification (libvirt qemuDomainDeviceCalculatePCIConnectFlags, plus I/O BAR facts)
 
-_CONVENTIONAL = DeviceKind(io_bar_on_port=True)  # conventional PCI: assume an I/O BAR (conservative)
-_CONVENTIONAL_VIRTIO = DeviceKind(io_bar_on_port=True, virtio=True)  # *-transitional: legacy I/O BAR
+# conventional PCI: assume an I/O BAR (conservative)
+_CONVENTIONAL = DeviceKind(io_bar_on_port=True, conventional=True)
+# *-transitional: legacy I/O BAR
+_CONVENTIONAL_VIRTIO = DeviceKind(io_bar_on_port=True, virtio=True, conventional=True)
 _MODERN_VIRTIO = DeviceKind(io_bar_on_port=False, virtio=True)  # modern-only on a PCIe port
 _PCIE_NO_IO = DeviceKind(io_bar_on_port=False)
 _PCIE_WITH_IO = DeviceKind(io_bar_on_port=True)
@@ -754,6 +778,13 @@ class _Checker:
                 "connect-type",
                 f"PCI address {addr}: bus {addr.bus} ({parent_model}) does not accept {wanted}",
             )
+        else:
+            connect = user.connect if user.connect != ENDPOINT else (
+                "pci-device" if user.kind.conventional else "pcie-device")
+            excluded = SPACE_EXCLUDED.get((parent_model, connect))
+            if excluded is not None:
+                self.flag(user.name, excluded, f"PCI address {addr}: bus {addr.bus} ({parent_model}): "
+                          + RULES[excluded].removeprefix("warning: "))
         if user.index is not None and addr.bus >= user.index:
             if user.connect == "pci-bridge":  # libvirt itself refuses this for pci-bridge only
                 self.flag(user.name, "parent-index-bridge",

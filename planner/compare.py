@@ -12,7 +12,8 @@ from lxml import etree
 from planner.check import WARNING_RULES, check_domain
 from planner.domain import read_problem
 from planner.errors import Infeasible
-from planner.plan import plan_tree
+from planner.options import OBJECTIVE_DEFAULT
+from planner.plan import objective_order_of, plan_tree
 from planner.show import build_tree, summary
 from planner.xmlio import InputError, parse_domain_bytes, serialize
 
@@ -41,6 +42,7 @@ class Comparison:
     pciplan: LayoutMetrics
     greedy: LayoutMetrics
     greedy_kind: str
+    order: tuple[str, ...] = OBJECTIVE_DEFAULT  # the objective's levels 2-5 as the plan used them
 
     @property
     def controllers_saved(self) -> int | None:
@@ -48,9 +50,30 @@ class Comparison:
             return None
         return sum(self.greedy.controllers_added.values()) - sum(self.pciplan.controllers_added.values())
 
+    def levels(self, m: LayoutMetrics) -> dict[str, int] | None:
+        """m's objective levels, by name, in the order used; None when m failed."""
+        if not m.ok:
+            return None
+        vector = dict(zip(OBJECTIVE_DEFAULT, objective_vector(m, self.machine), strict=True))
+        return {name: vector[name] for name in self.order}
+
+    def verdict(self) -> str:
+        """Which layout the objective prefers, and at which level."""
+        ours, theirs = self.levels(self.pciplan), self.levels(self.greedy)
+        if ours is None or theirs is None:
+            return "–"
+        if self.greedy.rule_violations and not self.pciplan.rule_violations:
+            return "pciplan (the greedy's layout breaks a rule)"
+        for name in self.order:
+            if ours[name] != theirs[name]:
+                return f"{'pciplan' if ours[name] < theirs[name] else 'greedy'} ({LEVEL_NAMES[name]})"
+        return "equal"
+
     def as_json(self) -> dict:
         out = asdict(self)
         out["controllers_saved"] = self.controllers_saved
+        out["objective"] = {"order": list(self.order), "pciplan": self.levels(self.pciplan),
+                            "greedy": self.levels(self.greedy), "better": self.verdict()}
         return out
 
 
@@ -134,7 +157,8 @@ def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float
         theirs = LayoutMetrics(ok=False, error=error)
     theirs.seconds = seconds
     kind = "libvirt 9.0 (embedded driver)" if greedy == "libvirt" else "built-in greedy (libvirt's algorithm)"
-    return Comparison(source, machine.machine.family, devices, ours, theirs, kind)
+    order = objective_order_of(parse_domain_bytes(data, source), PlanOptions())
+    return Comparison(source, machine.machine.family, devices, ours, theirs, kind, order)
 
 
 def objective_vector(m: LayoutMetrics, machine: str) -> tuple[int, int, int, int]:
@@ -173,10 +197,25 @@ ROWS = [
 ]
 
 
+# What each objective level counts (objective_vector; smaller is better).
+LEVEL_NAMES = {
+    "hotplug": "hot-plug: minus devices in hot-pluggable slots, plus 1 without a spare port/slot",
+    "pcie": "PCIe-capable devices on conventional PCI",
+    "controllers": "controllers added",
+    "buses": "bus numbers used",
+}
+
+
 def table_rows(c: Comparison) -> list[tuple[str, str, str]]:
-    rows = [(name, str(get(c.pciplan)), str(get(c.greedy))) for name, get in ROWS]
+    ours, theirs = c.levels(c.pciplan), c.levels(c.greedy)
+    rows = [("objective, level by level in the order used (smaller wins)", "", "")]
+    for i, name in enumerate(c.order, start=2):
+        rows.append((f"  L{i} {LEVEL_NAMES[name]}", str(ours[name]) if ours else "–",
+                     str(theirs[name]) if theirs else "–"))
+    rows.append(("  better by the objective", c.verdict(), ""))
+    rows += [(name, str(get(c.pciplan)), str(get(c.greedy))) for name, get in ROWS]
     if c.pciplan.status:
-        rows.insert(1, ("solver status", c.pciplan.status, "–"))
+        rows.insert(len(c.order) + 3, ("solver status", c.pciplan.status, "–"))
     for who, m in (("pciplan", c.pciplan), ("greedy", c.greedy)):
         if not m.ok:
             rows.append((f"{who} error", (m.error or "")[:200], ""))

@@ -112,9 +112,21 @@ def _load(name: str) -> dict:
 
 
 @cache
+def space_exclusions() -> dict[tuple[str, str], str]:
+    """(bus model, connect type) -> why the model never plans that placement (models/space.toml),
+    although libvirt accepts it at a given address."""
+    return {(bus, x["connect"]): x["reason"] for x in _load("space.toml")["exclude"] for bus in x["buses"]}
+
+
+@cache
 def controller_models() -> dict[str, ControllerModel]:
     out = {}
+    excluded = space_exclusions()
     for name, d in _load("controllers.toml").items():
+        # The candidate space follows these accepts: it must not contain what the space excludes.
+        clash = [c for c in d["accepts"] if (name, c) in excluded]
+        if clash:
+            raise ValueError(f"models/controllers.toml: {name} accepts {clash}, excluded by space.toml")
         out[name] = ControllerModel(
             name=name,
             plugs_into=d["plugs_into"],

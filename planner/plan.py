@@ -122,6 +122,12 @@ def _firmware_limit(tree: etree._ElementTree, problem, options: PlanOptions) -> 
             f"boots another one")
 
 
+def objective_order_of(tree: etree._ElementTree, options: PlanOptions) -> tuple[str, ...]:
+    """The order of levels 2-5 a plan of tree uses: command line, else metadata, else policy, else
+    the default."""
+    return _read(copy.deepcopy(tree), options)[1].objective_order or OBJECTIVE_DEFAULT
+
+
 def _read(tree: etree._ElementTree, options: PlanOptions):
     """The problem with the user's rules applied (policy < metadata < command line) and the spare
     counts they set."""

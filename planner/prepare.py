@@ -131,6 +131,7 @@ class Prepared:
     reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
     reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
     reserve_what: str = ""  # the reservations in words, for messages
+    pcie_before_controllers: bool = True  # the objective order ranks "pcie" above "controllers"
 
     def hierarchy_of(self, index: int) -> int:
         """The expander bus (or 0 for the root) whose bus-number range holds this bus."""

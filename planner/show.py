@@ -50,7 +50,8 @@ ENDPOINT = "endpoint"
 HOTPLUG_BRIDGES = frozenset({"pci-bridge", "pcie-to-pci-bridge"})
 # Device classes libvirt 9.0 never live-attaches (libvirt-pci-spec.md §3.2): they get no [hot-plug] marker
 # even in a hot-pluggable slot. Controllers other than SCSI are in this set too (see _pluggable_class).
-NEVER_HOTPLUG_TAGS = frozenset({"video", "sound", "memballoon", "iommu", "panic"})
+# serial: a pci-serial (the only serial with a PCI address), like the solver (devices.toml hotplug=false)
+NEVER_HOTPLUG_TAGS = frozenset({"video", "sound", "memballoon", "iommu", "panic", "serial"})
 # Slots of a hot-pluggable root bus the chipset owns: pc's PIIX3 sits at 00:01.
 RESERVED_ROOT_SLOTS = {PC: frozenset({1})}
 # QEMU device names libvirt uses by default; any other <model name> is worth showing.

@@ -54,3 +54,30 @@ def test_compare_command_json_and_plot(tmp_path) -> None:
         g["controllers_saved"] == -1 and g["greedy"]["spare_hotplug_ports"] == 0
         and g["pciplan"]["spare_hotplug_ports"] >= 1) for g in data["guests"])
     assert out.stat().st_size > 10_000
+
+
+def test_compare_shows_each_objective_level_in_the_order_used() -> None:
+    """Per level, pciplan versus greedy, in the guest's own order, so "fewer controllers" is never read
+    without the levels above it."""
+    from planner.compare import LEVEL_NAMES, table_rows
+
+    ns = "xmlns:pciplan='urn:pciplan:constraints:1'"
+    meta = (f"<metadata><pciplan:constraints {ns}><pciplan:objective order='controllers,hotplug,pcie,buses'/>"
+            "</pciplan:constraints></metadata>")
+    devices = nics(12, "virtio") + nics(4, "e1000e", start=12)
+    data = _guest("q35", devices).replace(b"<memory>", meta.encode() + b"<memory>")
+    c = compare(data, "ordered.xml", greedy="builtin")
+    assert c.order == ("controllers", "hotplug", "pcie", "buses")
+    rows = table_rows(c)
+    levels = [r for r in rows if r[0].startswith("  L")]
+    assert [r[0] for r in levels] == [f"  L{i} {LEVEL_NAMES[n]}" for i, n in enumerate(c.order, start=2)]
+    ours, theirs = c.levels(c.pciplan), c.levels(c.greedy)
+    assert [r[1:] for r in levels] == [(str(ours[n]), str(theirs[n])) for n in c.order]
+    assert ours["controllers"] == sum(c.pciplan.controllers_added.values())
+    # controllers first: pciplan puts the e1000e behind a shared bridge, the greedy gives each a port
+    assert ours["controllers"] < theirs["controllers"] and c.verdict().startswith("pciplan")
+    assert c.as_json()["objective"]["order"] == list(c.order)
+    # the default order on the same guest puts hot-plug and PCIe above the controllers again
+    plain = compare(_guest("q35", devices), "plain.xml", greedy="builtin")
+    assert plain.order == ("hotplug", "pcie", "controllers", "buses")
+    assert plain.levels(plain.pciplan)["pcie"] == 0

@@ -31,7 +31,10 @@ def conventional_ok(prep: Prepared, g: Group) -> bool:
         return False
     if k.bus in ("pci", "any"):
         return not k.pcie_only
-    return k.endpoint == "pci" or (not k.pcie_only and machine.pcie and not machine.pcie_always)
+    # aarch64 virt keeps PCIe-capable devices on PCIe, unless the user ranks fewer controllers above
+    # that: then the objective decides, over the whole space check accepts.
+    pcie_always = machine.pcie_always and prep.pcie_before_controllers
+    return k.endpoint == "pci" or (not k.pcie_only and machine.pcie and not pcie_always)
 
 
 def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
@@ -57,9 +60,10 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     if k.whole_slot:
         return "pci-device" in acc and bus.model.conventional
     if "pcie-device" in acc and not bus.model.conventional:
-        # A conventional device that must not be ejectable may be integrated on pcie-root, as libvirt
-        # itself integrates the chipset's conventional devices (VGA, ich9 sound and USB).
-        integrated_pci = e == 0 and k.hotplug == "no" and k.endpoint == "pci" and k.bus != "pci"
+        # A conventional device may be an integrated endpoint on pcie-root, as libvirt itself
+        # integrates the chipset's conventional devices (VGA, ich9 sound and USB) and QEMU's
+        # docs/pcie.txt recommends for legacy PCI devices; it is not hot-pluggable there.
+        integrated_pci = e == 0 and k.hotplug != "yes" and k.endpoint == "pci" and k.bus != "pci"
         return pcie_ok(prep, g) or integrated_pci
     return "pci-device" in acc and conventional_ok(prep, g)
 
