@@ -268,20 +268,25 @@ def show(
 
     Example: pciplan plan guest.xml | pciplan show - --png tree.png
     """
+    from planner.attach import headroom
     from planner.show import PictureError, build_tree, render_rich, render_text, summary, write_picture
 
     try:
-        root = build_tree(parse_domain(source))
+        tree = parse_domain(source)
+        root = build_tree(tree)
+        room = headroom(tree)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     if as_json:
-        typer.echo(json.dumps(summary(root), indent=2, default=str))
+        typer.echo(json.dumps({**summary(root), "headroom": room.as_json()}, indent=2, default=str))
     elif sys.stdout.isatty():
         from rich.console import Console
 
         Console(soft_wrap=True).print(render_rich(root))
+        typer.echo(f"can still hot-plug: {room}")
     else:
         typer.echo(render_text(root, width=200).rstrip("\n"))
+        typer.echo(f"can still hot-plug: {room}")
     for picture in (svg, png):
         if picture is not None:
             try:
