@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
+from test_realstack_plans import _fixpoint
 from typer.testing import CliRunner
 
 from planner.cli import app
 from planner.facts import device_class
-from planner.libvirt_stack import diff_layouts
 from planner.xmlio import InputError, parse_domain_bytes
 
 pytestmark = pytest.mark.realstack
@@ -40,14 +40,6 @@ def guest(machine: str, devices: str, acpi: bool = True) -> bytes:
 def pci(bus: int, slot: int, function: int = 0) -> str:
     return (f"<address type='pci' domain='0x0000' bus='{bus:#04x}' slot='{slot:#04x}' "
             f"function='{function:#x}'/>")
-
-
-def _fixpoint(stack, xml: str) -> str:
-    result = stack.define(xml)
-    assert result.ok, result.error
-    changes = diff_layouts(xml, result.xml)
-    assert changes == [], "\n".join(f"{c.kind}: {c.element}: {c.detail}" for c in changes)
-    return result.xml
 
 
 def _implicit(xml: str) -> Counter:
