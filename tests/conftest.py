@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/realstack.py
 REQUIRE_SHARED = os.environ.get("PCIPLAN_REQUIRE_SHARED") == "1"
 SHARED_MISSING = "../shared/cases is not beside the repository"
 _missing: set[str] = set()
+# For tests about the shared cases as a whole (counts, all of them at once): skipped without them.
+needs_shared = pytest.mark.skipif(not (SHARED / "cases").is_dir() and not REQUIRE_SHARED,
+                                  reason=SHARED_MISSING)
 
 
 def _shared_folder(folder: str) -> Path | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import REPO, libvirt_manifest, shared_cases, test_guests
+from conftest import REPO, libvirt_manifest, needs_shared, shared_cases, test_guests
 from planning import new_errors, plan_bytes, plan_file, text
 
 from planner.xmlio import InputError, parse_domain
@@ -29,6 +29,7 @@ def _plan_and_check(path) -> None:
     assert second.controllers_added == {}
 
 
+@needs_shared
 def test_case_counts() -> None:
     assert len(VIRT_INSTALL) == 22
     assert len(LIBVIRT) == 65
@@ -70,6 +71,7 @@ REJECTION_WORDS = {
 }
 
 
+@needs_shared
 def test_every_rejected_case_has_an_expected_reason() -> None:
     assert {p.name for p in REJECTED} == set(REJECTION_WORDS)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import needs_shared
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 from test_realstack_plans import _fixpoint
@@ -372,6 +373,7 @@ def _ties(stack) -> tuple[list[str], list[str], list[str]]:
     return ties, plain, with_controllers
 
 
+@needs_shared
 def test_where_libvirts_layout_is_optimal_pciplan_writes_it(real_stack) -> None:
     """Wherever libvirt's layout ties with pciplan's, with or without controllers added, pciplan's
     addresses (and new controllers) are libvirt's."""
