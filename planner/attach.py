@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from planner.domain import Bus, Device, PciAddress, read_problem
+from planner.domain import Bus, PciAddress, read_problem
 from planner.xmlio import InputError
 
 PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
@@ -65,10 +65,6 @@ def _occupied(tree: etree._ElementTree) -> set[tuple[int, int]]:
     return used
 
 
-def _goes_to_pcie(d: Device, pcie_machine: bool) -> bool:
-    return pcie_machine and d.endpoint == "pcie"
-
-
 def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces:
     """The free hot-pluggable places of a running guest that fit the device, in libvirt's order (lowest
     controller index first, then lowest slot)."""
@@ -87,7 +83,7 @@ def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces
         raise NotHotpluggable(f"{dev.kind} ({dev.model}): libvirt cannot hot-plug a device of this kind; "
                               "add it to the persistent definition (--config) and restart the guest")
     used = _occupied(tree)
-    pcie = _goes_to_pcie(dev, problem.machine.pcie)
+    pcie = dev.endpoint == "pcie"  # domain.endpoint_of: PCIe devices on PCIe machines only
     places: list[Place] = []
     for b in sorted(problem.buses.values(), key=lambda b: b.index):
         places += _free_slots(problem.machine.reserved_slots, b, used, pcie)

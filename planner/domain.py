@@ -261,25 +261,14 @@ def firmware_by_name(name: str, machine: Machine, arch: str, acpi: bool) -> Firm
 
 
 def _insert_device(devices: etree._Element, new: etree._Element, after_tags: tuple[str, ...]) -> None:
-    """Insert new after the last child whose tag is in after_tags (else at the end), keeping indentation."""
+    """Insert new after the last child whose tag is in after_tags (else at the end). Its line and
+    indentation are the serializer's business (planner/xmltext.py), not the tree's whitespace."""
     children = [c for c in devices if isinstance(c.tag, str)]
-    anchor = None
-    for c in children:
-        if c.tag in after_tags:
-            anchor = c
-    indent = "\n    "
-    if children and children[0].getprevious() is None and devices.text and devices.text.strip() == "":
-        indent = devices.text
-    if anchor is None and children:
-        anchor = children[-1]
+    anchor = next((c for c in reversed(children) if c.tag in after_tags), children[-1] if children else None)
     if anchor is None:
-        devices.text = indent
-        new.tail = indent[:-2] if len(indent) >= 2 else "\n"
         devices.append(new)
-        return
-    new.tail = anchor.tail
-    anchor.tail = indent
-    anchor.addnext(new)
+    else:
+        anchor.addnext(new)
 
 
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
