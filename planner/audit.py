@@ -23,6 +23,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from lxml import etree
+
 from planner.xmlio import InputError, parse_xml_bytes
 from planner.xmltext import decode
 
@@ -156,12 +158,28 @@ def audit(original: bytes, planned: bytes, original_name: str = "ORIGINAL",
           planned_name: str = "PLANNED") -> Audit:
     """Every difference between the two documents that is not one of pciplan's own kinds of change."""
     o_top, o_bom = read_tree(original, original_name)
-    p_top, p_bom = read_tree(planned, planned_name)
+    broken = _not_well_formed(planned)
+    if broken is not None:  # pciplan never writes that: a change, not bad input
+        return Audit(changes=[Change(None, broken[0], f"not well-formed XML any more: {broken[1]}")])
+    try:
+        p_top, p_bom = read_tree(planned, planned_name)
+    except InputError as exc:  # an entity declaration, an encoding that does not decode
+        return Audit(changes=[Change(None, 1, f"no longer XML that pciplan reads: {exc}")])
     result = Audit(functions=_functions_per_slot(p_top))
     if o_bom != p_bom:
         result.changes.append(Change(1, 1, f"byte-order mark {o_bom!r} became {p_bom!r}"))
     _children(o_top, p_top, result)
     return result
+
+
+def _not_well_formed(data: bytes) -> tuple[int, str] | None:
+    """The line and reason why data is not well-formed XML (parsed safely: no entities, no network)."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    try:
+        etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        return exc.lineno or 1, str(exc.msg)
+    return None
 
 
 def _functions_per_slot(top: Node) -> Counter:
