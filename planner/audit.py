@@ -80,6 +80,12 @@ class Node:
     def elements(self, name: str | None = None) -> list[Node]:
         return [c for c in self.children if c.kind == "element" and (name is None or c.name == name)]
 
+    def last_line(self) -> int:
+        """The line this node ends on."""
+        if self.kind == "element" and not self.empty:
+            return self.end_line
+        return self.line + self.raw.count("\n")
+
     def blank(self) -> bool:
         return self.kind == "text" and self.raw.strip() == ""
 
@@ -246,12 +252,16 @@ def _children(o: Node, p: Node, result: Audit) -> None:
     for (i0, j0), (i1, j1) in zip(anchors, anchors[1:], strict=False):
         removed = o_items[i0 + 1:i1]
         inserted = p_items[j0 + 1:j1]
+        # where the stretch between the two paired items begins, in either file
+        lines = (o_items[i0].last_line() if i0 >= 0 else o.line,
+                 p_items[j0].last_line() if j0 >= 0 else p.line)
         for node in removed:
-            _removed(o, p, node, result)
+            _removed(o, p, node, lines[1], result)
         for node in inserted:
             _inserted(o, p, node, result)
-        _gap(o, p, o_gaps[i0 + 1:i1 + 1], p_gaps[j0 + 1:j1 + 1], bool(removed), bool(inserted), p_items, j1,
-             result)
+        p_lines = [lines[1]] + [n.last_line() for n in inserted]  # where each planned gap begins
+        _gap(o, p, o_gaps[i0 + 1:i1 + 1], p_gaps[j0 + 1:j1 + 1], bool(removed), bool(inserted),
+             (lines[0], p_lines), result)
         if i1 < len(o_items):
             _pair(o_items[i1], p_items[j1], result)
 
@@ -268,25 +278,25 @@ def _gaps(node: Node) -> list[str]:
 
 
 def _gap(o: Node, p: Node, o_gaps: list[str], p_gaps: list[str], removed: bool, inserted: bool,
-         p_items: list[Node], j: int, result: Audit) -> None:
+         lines: tuple[int, list[int]], result: Audit) -> None:
     """The whitespace between two paired items: as written, unless pciplan inserted or dropped
     something there; then the inserted lines' own whitespace is new, and the rest is kept."""
     if not removed and not inserted:
         if o_gaps[0] != p_gaps[0]:
-            line = p_items[j].line if j < len(p_items) else (p.end_line or p.line)
-            result.changes.append(Change(None, line, f"whitespace changed: {o_gaps[0]!r} became {p_gaps[0]!r}"
-                                         + (f" inside {_label(p)}" if p.kind == "element" else "")))
+            inside = f" inside {_label(p)}" if p.kind == "element" else ""
+            result.changes.append(Change(lines[0], lines[1][0],
+                                         f"whitespace changed: {o_gaps[0]!r} became {p_gaps[0]!r}{inside}"))
         return
-    if o.empty or p.empty or o_gaps == [""]:
-        # the element gained its first child or lost its last, or the new lines went where nothing
-        # separated two tags (a closing tag then moves to a line of its own): all this layout is new
-        if all(_NEW_LINE.fullmatch(g) for g in p_gaps):
-            return
-    elif p_gaps[-1] in o_gaps and all(_NEW_LINE.fullmatch(g) for g in p_gaps[:-1]):
+    # the element gained its first child or lost its last, or the new lines went where nothing
+    # separated two tags (a closing tag then moves to a line of its own): all this layout is new
+    new_layout = o.empty or p.empty or o_gaps == [""]
+    bad = [k for k, g in enumerate(p_gaps[:len(p_gaps) if new_layout else -1]) if not _NEW_LINE.fullmatch(g)]
+    if not new_layout and p_gaps[-1] not in o_gaps:
+        bad.append(len(p_gaps) - 1)
+    if not bad:
         return
-    line = p_items[j].line if j < len(p_items) else (p.end_line or p.line)
-    result.changes.append(Change(None, line, f"whitespace around inserted or removed lines changed: "
-                                 f"{''.join(o_gaps)!r} became {p_gaps!r}"))
+    result.changes.append(Change(lines[0], lines[1][bad[0]], "whitespace around inserted or removed lines "
+                                 f"changed: {''.join(o_gaps)!r} became {p_gaps!r}"))
 
 
 def _pair(o: Node, p: Node, result: Audit) -> None:
@@ -367,12 +377,12 @@ def _tag_difference(o: Node, p: Node) -> str:
     return f"<{o.name}>: " + "; ".join(what) + f": {_short(o.raw)!r} became {_short(p.raw)!r}"
 
 
-def _removed(o_parent: Node, p_parent: Node, node: Node, result: Audit) -> None:
+def _removed(o_parent: Node, p_parent: Node, node: Node, p_line: int, result: Audit) -> None:
     if node.kind == "element" and node.name == "address" and node.attrs().get("type") == "pci" \
             and _drops_stale_address(o_parent):
         result.allowed["stale PCI address dropped"] += 1
         return
-    result.changes.append(Change(node.line, p_parent.line, f"removed {_label(node)} from {_label(o_parent)}: "
+    result.changes.append(Change(node.line, p_line, f"removed {_label(node)} from {_label(o_parent)}: "
                                  f"{_short(node.raw)!r}"))
 
 
@@ -394,6 +404,11 @@ def _inserted(o_parent: Node, p_parent: Node, node: Node, result: Audit) -> None
     why = _why_inserted(o_parent, node)
     if why:
         result.allowed[why] += 1
+        return
+    foreign = _foreign_inside(node) if node.name in _INSIDE and o_parent.name == "devices" else None
+    if foreign is not None:  # a device pciplan adds, but with something libvirt does not write in it
+        result.changes.append(Change(None, foreign.line, f"added {_label(node)} inside {_label(p_parent)} "
+                                     f"holds {_short(foreign.raw)!r}, which libvirt does not write there"))
         return
     result.changes.append(Change(o_parent.line if o_parent.kind == "element" else None, node.line,
                                  f"added {_label(node)} inside {_label(p_parent)}: {_short(node.raw)!r}"))
@@ -438,20 +453,25 @@ def _pci_address(node: Node) -> bool:
 
 
 def _libvirt_inside(node: Node) -> bool:
-    """A new device holds only what libvirt writes inside it: blank text, and the children of _INSIDE."""
+    return _foreign_inside(node) is None
+
+
+def _foreign_inside(node: Node) -> Node | None:
+    """What a new device holds that libvirt does not write inside it (only blank text and the children
+    of _INSIDE are written), or None."""
     allowed = _INSIDE.get(node.name, {})
     for c in node.children:
         if c.blank():
             continue
         if c.kind != "element" or c.name not in allowed:
-            return False
+            return c
         if c.name == "address" and not (c.attrs().get("type") == "pci" and _pci_address(c)):
-            return False
+            return c
         for g in c.children:
             if g.blank():
                 continue
             if g.kind != "element" or g.name not in allowed[c.name]:
-                return False
+                return g
             if any(not t.blank() and not (t.kind == "text" and t.raw.strip().isdigit()) for t in g.children):
-                return False
-    return True
+                return g
+    return None
