@@ -430,6 +430,8 @@ def _why_inserted(o_parent: Node, node: Node) -> str | None:
     if o_parent.name == "devices":
         if node.name == "controller":
             ctype, model = attrs.get("type"), attrs.get("model")
+            if ctype == "pci" and model in ("pci-root", "pcie-root") and node.empty:
+                return "implicit device added"  # libvirt writes the root it always has
             if ctype == "pci" and model in PCI_CONTROLLER_MODELS and _libvirt_inside(node):
                 return "PCI controller added"
             if ctype in IMPLICIT_CONTROLLER_TYPES and _libvirt_inside(node):
