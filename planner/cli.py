@@ -686,7 +686,8 @@ def _domain_xml(uri: str, name: str, live: bool) -> str:
 def diff_command(
     original: Annotated[str, typer.Argument(metavar="ORIGINAL", help="The domain XML as given.")],
     planned: Annotated[str, typer.Argument(metavar="PLANNED", help="The planned domain XML.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON on standard output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON on standard output.")
+                       ] = False,
 ) -> None:
     """Audit that PLANNED differs from ORIGINAL only by pciplan's own kinds of change (addresses added,
     controllers and implicit devices added, stale addresses dropped); every other change is listed with
