@@ -343,3 +343,17 @@ def test_sweep_table_is_the_recorded_run() -> None:
     assert f"{max(p['solve_seconds'] for p in slow):.2f}" == m[3]
     m = passage(r"On pc with (\d+) devices, libvirt adds (\d+) pci-bridges")
     assert points[("pc", m[1], "all")]["greedy_controllers"] == int(m[2])
+
+
+def test_fleet_throughput_is_the_recorded_run() -> None:
+    """README's fleet throughput is benchmarks/results/fleet.json, which
+    `python -m benchmarks.fleet --json benchmarks/results/fleet.json` writes."""
+    fleet = json.loads((RESULTS / "fleet.json").read_text())
+    m = passage(r"- (\d+) typical guests \(≤ 32 devices\) planned at ([\d.]+) guests/s;\n"
+                r"- a second, no-change pass at ([\d.]+) guests/s \((\d+) changed\)")
+    first, second = fleet["runs"]
+    assert int(m[1]) == fleet["guests"] == first["changed"]
+    assert float(m[2]) == first["guests_per_second"]
+    assert float(m[3]) == second["guests_per_second"]
+    assert int(m[4]) == second["changed"] == 0
+    assert passage(r"whole command included \((\d+) jobs")[1] == str(fleet["jobs"])
