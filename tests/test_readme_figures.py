@@ -357,3 +357,97 @@ def test_fleet_throughput_is_the_recorded_run() -> None:
     assert float(m[3]) == second["guests_per_second"]
     assert int(m[4]) == second["changed"] == 0
     assert passage(r"whole command included \((\d+) jobs")[1] == str(fleet["jobs"])
+
+
+# ---------------------------------------------------------------- firmware
+
+FIRMWARE_ROWS = {"SeaBIOS, pc": ("seabios", "pc"), "SeaBIOS, q35": ("seabios", "q35"),
+                 "OVMF, q35": ("ovmf", "q35"), "OVMF, pc": ("ovmf", "pc"),
+                 "AAVMF, aarch64 virt": ("aavmf", "virt-aarch64")}
+
+
+def _table(header: str) -> list[list[str]]:
+    body = passage(re.escape(header) + r"[^\n]*\n\|[-|]+\|\n((?:\|[^\n]*\n)+)").group(1)
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in body.strip().splitlines()]
+
+
+def test_firmware_budget_table_is_models_firmware_toml() -> None:
+    raw = (REPO / "models" / "firmware.toml").read_text()
+    data = tomllib.loads(raw)
+    rows = {row[0]: row for row in _table("| firmware, machine | root-bus I/O (BARs + 4 KiB windows) |")}
+    for label, (name, family) in FIRMWARE_ROWS.items():
+        _, budget, windows, source = rows[label]
+        entry = data[name][family]
+        hexes = [int(h, 16) for h in re.findall(r"0x[0-9a-f]+", budget)]
+        if budget.startswith("below"):  # "below X": the most it accepts is X - 1
+            assert hexes[0] == entry["io_max"] + 1, label
+            if "with or without" in budget:
+                assert entry["io_max_noacpi"] == entry["io_max"], label
+            elif "without" in budget:
+                assert hexes[1] == entry["io_max_noacpi"] + 1, label
+        else:
+            assert hexes[0] == entry["io_max"], label
+        decimal = re.search(r"\((\d+) bytes\)", budget)
+        if decimal:
+            assert int(decimal[1]) == hexes[0], label
+        limit = "no limit of its own" if entry["max_windows"] == 0 else str(entry["max_windows"])
+        assert windows == limit, label
+        # the measured walls quoted are the ones models/firmware.toml records for this firmware and machine
+        section = raw[raw.index(f"[{name}.{family}]"):]
+        section = section[:section.find("\n[", 1)] if "\n[" in section[1:] else section
+        measured = source[source.index("easured"):] if "easured" in source else ""
+        for number in re.findall(r"\b\d+\b", measured.split("The chipset")[0].split("pciplan plans")[0]):
+            if label == "OVMF, pc" and number in ("127", "16"):
+                continue  # the 127-disk fill is tests/test_firmware.py's, checked below
+            assert re.search(rf"\b{number}\b", section), (label, number)
+    firmware_tests = (REPO / "tests" / "test_firmware.py").read_text()
+    assert re.search(r"127 transitional virtio disks planned for it fill", firmware_tests)
+
+
+def test_spare_port_table() -> None:
+    data = tomllib.loads((REPO / "models" / "firmware.toml").read_text())
+    rows = {row[0]: row[1] for row in _table("| firmware, machine | empty ports it really pads |")}
+    assert rows["SeaBIOS, pc and q35"].startswith("all of them") and not data["seabios"]["pads_spares"]
+    for label, (name, family) in FIRMWARE_ROWS.items():
+        if label.startswith("SeaBIOS"):
+            continue
+        assert data[name]["pads_spares"]
+        assert re.match(rf"{data[name][family]['max_windows']}\b", rows[label]), label
+
+
+def test_mmio_transports() -> None:
+    m = passage(r"The transport count is enforced: (\d+) on aarch64, (\d+) on riscv64\.")
+    machines = (REPO / "models" / "machines.toml").read_text()
+    counts = [int(n) for n in re.findall(r"mmio_transports = (\d+)", machines) if n != "0"]
+    assert sorted(counts) == sorted([int(m[1]), int(m[2])])
+
+
+def test_ovmf_reserve_example(guest_xml) -> None:
+    m = passage(r"on a q35 guest booting OVMF, (\d+) reserved ports are refused with \"([^\"]+)\" and "
+                r"\"([^\"]+)\"")
+    efi = guest_xml("q35", devices=nics(1)).replace(b"<os>", b"<os firmware='efi'>")
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(efi, reserve=(("interface", int(m[1])),))
+    reasons = "\n".join(exc.value.reasons)
+    assert m[2] in reasons and m[3] in reasons
+
+
+def test_uefi_issue_guest_example() -> None:
+    m = passage(r"the q35 UEFI guest with (\d+) e1000e and (\d+) virtio NICs plans to (\d+) e1000e on root "
+                r"ports, (\d+) on one pcie-to-pci-bridge \(still hot-pluggable\), the virtio NICs on root "
+                r"ports without I/O, and one padded spare port")
+    from test_firmware import domain
+
+    data = domain("q35", nics(int(m[1]), "e1000e") + "\n" + nics(int(m[2]), "virtio", start=100))
+    tree, summary = plan_bytes(data)
+    model_of = {int(c.get("index")): c.get("model") for c in tree.iter("controller")
+                if c.get("type") == "pci"}
+    where: dict[str, list[str]] = {"e1000e": [], "virtio": []}
+    for nic in tree.iter("interface"):
+        bus = int(nic.find("address").get("bus"), 16)
+        where[nic.find("model").get("type")].append(model_of[bus])
+    assert where["e1000e"].count("pcie-root-port") == int(m[3])
+    assert where["e1000e"].count("pcie-to-pci-bridge") == int(m[4])
+    assert where["virtio"] == ["pcie-root-port"] * int(m[2])
+    assert [c.get("model") for c in tree.iter("controller")].count("pcie-to-pci-bridge") == 1
+    assert summary.headroom is not None and summary.headroom.pcie_ports == 1
