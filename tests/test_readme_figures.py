@@ -451,3 +451,99 @@ def test_uefi_issue_guest_example() -> None:
     assert where["virtio"] == ["pcie-root-port"] * int(m[2])
     assert [c.get("model") for c in tree.iter("controller")].count("pcie-to-pci-bridge") == 1
     assert summary.headroom is not None and summary.headroom.pcie_ports == 1
+
+
+# ---------------------------------------------------------------- the generated corpora and the sweep's shape
+
+def test_vs_greedy_corpus_shape() -> None:
+    """The corpus the README describes is the one benchmarks.vs_greedy generates (same seed, same shapes)."""
+    import random
+
+    from guestgen import random_shape
+
+    result = json.loads((RESULTS / "vs_greedy.json").read_text())
+    rng = random.Random(result["seed"])
+    shapes = [random_shape(rng) for _ in range(result["guests"])]
+    m = passage(r"storage-heavy \(up to (\d+) virtio disks and (\d+) virtio-scsi controllers\) or NIC-heavy "
+                r"\(up to (\d+) NICs of mixed models\), on q35, pc and aarch64 virt, half of them with 2 "
+                r"or 4 guest NUMA cells \((\d+)\), half partial \((\d+):")
+    assert max(s.disks for s in shapes) == int(m[1]) and max(s.scsi for s in shapes) == int(m[2])
+    assert max(s.nics for s in shapes) == int(m[3])
+    assert sorted({s.machine for s in shapes}) == ["pc", "q35", "virt"]
+    assert sum(1 for s in shapes if s.numa) == int(m[4]) and {s.numa for s in shapes} == {0, 2, 4}
+    assert sum(1 for s in shapes if s.partial) == int(m[5])
+
+
+def test_property_and_oracle_sizes() -> None:
+    """The example counts quoted for the property tests are their hypothesis settings."""
+    vs = (REPO / "tests" / "test_vs_greedy.py").read_text()
+    m = passage(r"a property test \(hypothesis, (\d+) fixed examples\)")
+    assert re.search(rf"@settings\(max_examples={m[1]}, deadline=None, derandomize=True", vs)
+    import test_oracle
+
+    m = passage(r"For tiny guests \(1 to (\d+) devices of (\d+) kinds on q35, pc and aarch64 virt")
+    assert len(test_oracle.KINDS) == int(m[2])
+    oracle_src = (REPO / "tests" / "test_oracle.py").read_text()
+    assert f"min_size=1, max_size={m[1]})" in oracle_src
+    m = passage(r"up to (\d+) new controllers of every catalogue model")
+    assert re.search(rf"def oracle\(g: Guest, most_controllers: int = {m[1]}\)", oracle_src)
+    m = passage(r"Hypothesis draws (\d+) guests per machine")
+    assert re.search(rf"@settings\(max_examples={m[1]},", oracle_src)
+
+
+def test_sweep_shape_and_observations() -> None:
+    sweep = json.loads((RESULTS / "sweep.json").read_text())
+    points = sweep["points"]
+    m = passage(r"\*\*sizes:\*\* ([\d, and]+) devices")
+    assert sorted({p["size"] for p in points}) == [int(n) for n in re.findall(r"\d+", m[1])]
+    assert len({p["mix"] for p in points}) == 3
+    # libvirt gives up on q35 and aarch64 virt between 200 and 500 devices, and on pc at 1000
+    passage(r"on q35 and aarch64 virt beyond about 240 devices, and on pc at 1000")
+    for p in points:
+        if p["mix"] != "all":
+            continue
+        fails = not p["greedy_ok"]
+        if p["machine"] == "pc":
+            assert fails == (p["size"] >= 1000), p
+        else:
+            assert fails == (p["size"] >= 500), p
+    m = passage(r"On pc with `hotplug=no`, points beyond (\d+) devices are infeasible")
+    for p in points:
+        if p["machine"] == "pc" and p["mix"] == "none":
+            assert (p["status"] == "infeasible") == (p["size"] > int(m[1])), p
+
+
+def test_transitional_virtio_on_pc_does_not_fit(guest_xml) -> None:
+    """1000 (and 500) transitional virtio devices, half NICs and half disks as in the sweep, on pc."""
+    m = passage(r"A pc guest cannot have (\d+) transitional virtio devices that boot with SeaBIOS\. "
+                r"Every one of them has a legacy I/O BAR, (\d+) KiB in all \(half NICs, half disks[^)]*\), "
+                r"and SeaBIOS has about (\d+) KiB")
+    n = int(m[1])
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(guest_xml("pc", devices=nics(n // 2) + "\n" + disks(n // 2)))
+    need = re.search(r"need at least (\d+) bytes", exc.value.reasons[0])
+    have = re.search(r"SeaBIOS on pc has (\d+) bytes", exc.value.reasons[0])
+    assert need and have, exc.value.reasons
+    assert round(int(need[1]) / 1024) == int(m[2]) and round(int(have[1]) / 1024) == int(m[3])
+    passage(r"with it, 500 devices would not fit SeaBIOS's I/O space at all")
+    with pytest.raises(Infeasible, match="I/O bound"):
+        plan_bytes(guest_xml("pc", devices=nics(250) + "\n" + disks(250)))
+
+
+def test_option_defaults() -> None:
+    import inspect
+
+    from planner.cli import plan
+
+    defaults = {k: v.default for k, v in inspect.signature(plan).parameters.items()}
+    assert float(passage(r"`--time-limit S`: solver time limit in seconds \(default (\d+)\)")[1]) == \
+        defaults["time_limit"]
+    machines = tomllib.loads((REPO / "models" / "machines.toml").read_text())
+    m = passage(r"`--spare-pcie N`: number of empty hot-pluggable PCIe ports to keep \(default (\d+) on q35 "
+                r"and virt\)")
+    assert {machines[k]["spare_pcie_ports"] for k in ("q35", "virt-aarch64", "virt-riscv64")} == {int(m[1])}
+    m = passage(r"`--spare-pci N`: number of free hot-pluggable conventional slots to keep \(default (\d+) "
+                r"on pc")
+    assert machines["pc"]["spare_pci_slots"] == int(m[1])
+    m = passage(r"`pip install \.` into any Python ([\d.]+)\+ venv")
+    assert f'requires-python = ">={m[1]}"' in (REPO / "pyproject.toml").read_text()
