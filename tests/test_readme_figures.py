@@ -547,3 +547,68 @@ def test_option_defaults() -> None:
     assert machines["pc"]["spare_pci_slots"] == int(m[1])
     m = passage(r"`pip install \.` into any Python ([\d.]+)\+ venv")
     assert f'requires-python = ">={m[1]}"' in (REPO / "pyproject.toml").read_text()
+
+
+# ---------------------------------------------------------------- constants and smaller examples
+
+def test_constants_the_readme_quotes() -> None:
+    from planner.solver.constraints import FUNCTIONS, MAX_BUS_NUMBERS, MAX_INDEX
+    from planner.solver.solve import MAX_CUTS
+    from planner.stack.firmware import UEFI_SECONDS
+    from planner.stack.model import MAX_HOTPLUG_PROBES
+
+    assert int(passage(r"a NIC is attached live to up to (\d+) of the empty hot-pluggable ports")[1]) == \
+        MAX_HOTPLUG_PROBES
+    assert float(passage(r"no console output within (\d+) s is a hang")[1]) == UEFI_SECONDS
+    assert int(passage(r"the cuts do not settle within (\d+) rounds")[1]) == MAX_CUTS
+    m = passage(r"\| bus numbers per PCI domain \| (\d+) \(every port or bridge takes one; pxb takes (\d+)\)")
+    assert int(m[1]) == MAX_BUS_NUMBERS
+    assert int(passage(r"\| controller index \| ≤ (\d+) \|")[1]) == MAX_INDEX
+    m = passage(r"\| functions per slot / slots per bridge \| (\d+) / (\d+) ")
+    assert int(m[1]) == FUNCTIONS
+    first, last = tomllib.loads((REPO / "models" / "controllers.toml").read_text())["pci-bridge"]["slots"]
+    assert int(m[2]) == last - first + 1  # slots 1-31: slot 0 is the SHPC
+
+
+def test_bridge_window_example() -> None:
+    m = passage(r"\((\d+) transitional virtio disks behind one bridge need (\d+) KiB of BARs, a (\d+) KiB "
+                r"window\)")
+    devices = tomllib.loads((REPO / "models" / "devices.toml").read_text())
+    need = int(m[1]) * devices["disk:virtio"]["io_bytes"]
+    assert need / 1024 == int(m[2])
+    assert -(-need // 4096) * 4 == int(m[3])
+
+
+def test_ovmf_io_example() -> None:
+    from test_firmware import domain
+
+    m = passage(r"for example, (\d+) transitional virtio disks on pc under OVMF: \"([^\"]+)\", \"([^\"]+)\"")
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(domain("pc", disks(int(m[1]))))
+    reasons = "\n".join(exc.value.reasons)
+    assert m[2] in reasons and m[3] in reasons
+
+
+def test_compare_240_nics(guest_xml) -> None:
+    m = passage(r"On a q35 guest with (\d+) NICs, libvirt's greedy fails and pciplan plans it\.")
+    c = compare(guest_xml("q35", devices=nics(int(m[1]))), "nics")
+    assert c.pciplan.ok and not c.greedy.ok
+
+
+def test_aarch64_notes() -> None:
+    m = passage(r"with a 1000-device aarch64 plan of (\d+) root ports; our aarch64 guests of up to (\d+) "
+                r"devices and the (\d+)-e1000e wall test boot")
+    sweep = json.loads((RESULTS / "sweep.json").read_text())
+    virt_1000 = next(p for p in sweep["points"] if p["machine"].startswith("virt") and p["size"] == 1000
+                     and p["mix"] == "all")
+    assert virt_1000["controllers"] == int(m[1])
+    aarch64 = [p for p in test_guests() if "<type arch='aarch64'" in p.read_text()]
+    assert aarch64 and max(len(re.findall(r"<(?:disk|interface|hostdev) ", p.read_text()))
+                           for p in aarch64) <= int(m[2])
+    assert f'nics({m[3]}, "e1000e"), arch="aarch64"' in (REPO / "tests" / "test_firmware.py").read_text()
+
+
+def test_mmio_budget_note() -> None:
+    m = passage(r"32- and 64-bit MMIO never did, up to (\d+) root ports")
+    assert f"(32- and 64-bit MMIO never did, up to {m[1]} root ports)" in \
+        (REPO / "models" / "firmware.toml").read_text()
