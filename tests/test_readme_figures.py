@@ -612,3 +612,37 @@ def test_mmio_budget_note() -> None:
     m = passage(r"32- and 64-bit MMIO never did, up to (\d+) root ports")
     assert f"(32- and 64-bit MMIO never did, up to {m[1]} root ports)" in \
         (REPO / "models" / "firmware.toml").read_text()
+
+
+def test_fixed_places_and_conventions() -> None:
+    """The slots the README says libvirt uses are the ones models/machines.toml gives the planner."""
+    machines = tomllib.loads((REPO / "models" / "machines.toml").read_text())
+    q35, pc = machines["q35"], machines["pc"]
+    q35_conventions, pc_conventions = q35["conventions"], pc["conventions"]
+
+    def where(slot: int, function: int | None = None) -> str:
+        return f"00:{slot:02x}" + ("" if function is None else f".{function}")
+
+    m = passage(r"the primary video at (00:\w\w)\.0 \(q35\) or (00:\w\w)\.0 \(pc\)")
+    assert m[1] == where(q35_conventions["primary_video"][0])
+    assert m[2] == where(pc_conventions["primary_video"][0])
+    m = passage(r"the first ich9 sound at (00:\w\w)\.0")
+    assert m[1] == where(q35_conventions["first_ich9_sound"][0])
+    m = passage(r"ich9 USB companion sets at (00:\w\w)/(00:\w\w)")
+    assert [m[1], m[2]] == [where(s) for s in q35_conventions["ich9_usb_set"]]
+    m = passage(r"a dmi-to-pci-bridge at (00:\w\w)\.0")
+    assert m[1] == where(q35_conventions["dmi_to_pci_bridge"][0])
+    assert passage(r"q35: SATA 0 at (00:\w\w\.\d)")[1] == where(*q35["fixed"]["controller:sata:0"])
+    m = passage(r"pc: `piix3-uhci` at (00:\w\w\.\d)")
+    assert m[1] == where(*pc["fixed"]["controller:usb:0:piix3-uhci"])
+
+
+def test_guests_in_the_style_of_other_tools() -> None:
+    m = passage(r"(\w+) are written in the style of the tools that produce guests in the wild: oVirt/vdsm, "
+                r"the KubeVirt converter, virt-manager \((\w+):")
+    words = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    names = [p.name for p in test_guests()]
+    tools = ("ovirt", "kubevirt", "virt-manager", "qemuxml2xmloutdata")
+    styled = [n for n in names if any(k in n for k in tools)]
+    assert len(styled) == words[m[1].lower()], styled
+    assert len([n for n in names if "virt-manager" in n]) == words[m[2]]
