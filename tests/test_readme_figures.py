@@ -646,3 +646,22 @@ def test_guests_in_the_style_of_other_tools() -> None:
     styled = [n for n in names if any(k in n for k in tools)]
     assert len(styled) == words[m[1].lower()], styled
     assert len([n for n in names if "virt-manager" in n]) == words[m[2]]
+
+
+def test_the_test_tiers_sizes() -> None:
+    """The sizes the README's test list quotes are the ones the tests use."""
+    import test_realstack_plans
+
+    m = passage(r"fresh guests of (\d+)–(\d+) NICs on q35, pc and aarch64 virt never use more controllers")
+    sweep = test_realstack_plans.GREEDY_SWEEP
+    for machine in ("q35", "pc", "virt"):
+        sizes = [n for mach, n in sweep if mach == machine]
+        assert (min(sizes), max(sizes)) == (int(m[1]), int(m[2])), machine
+    passage(r"and twelve bridges without ACPI \(SeaBIOS cannot set them up\)")
+    assert "q35_bridges(12)" in (REPO / "tests" / "test_libvirt_stack.py").read_text()
+    m = passage(r"one of them within (\d+) bytes of the budget: (\d+) of (\d+)\)")
+    io_exact = (REPO / "tests" / "test_io_exact.py").read_text()
+    assert 'Shape("pc", disks=70, scsi=10, nics=95, nic_model="rtl8139"),  # the cut case' in io_exact
+    _, summary = plan_bytes(fresh_xml(Shape("pc", disks=70, scsi=10, nics=95, nic_model="rtl8139")).encode())
+    assert (summary.io_bytes, summary.io_budget_bytes) == (int(m[2]), int(m[3]))
+    assert int(m[3]) - int(m[2]) == int(m[1])
