@@ -665,3 +665,27 @@ def test_the_test_tiers_sizes() -> None:
     _, summary = plan_bytes(fresh_xml(Shape("pc", disks=70, scsi=10, nics=95, nic_model="rtl8139")).encode())
     assert (summary.io_bytes, summary.io_budget_bytes) == (int(m[2]), int(m[3]))
     assert int(m[3]) - int(m[2]) == int(m[1])
+
+
+def test_reserved_slots_and_chipset_io() -> None:
+    machines = tomllib.loads((REPO / "models" / "machines.toml").read_text())
+    m = passage(r"\| reserved slots \| q35 00:(\w\w) \(ICH9\), pc 00:(\w\w) \(PIIX3\) \|")
+    assert machines["q35"]["reserved_slots"] == [int(m[1], 16)]
+    assert machines["pc"]["reserved_slots"] == [int(m[2], 16)]
+    m = passage(r"The chipset's SMBus \(00:1f\.3\) takes (\d+) bytes of it")
+    assert machines["q35"]["chipset_io_bytes"] == int(m[1])
+
+
+def test_stack_versions() -> None:
+    """The libvirt and QEMU versions the README names are the ones installed (where they are)."""
+    import shutil
+
+    m = passage(r"- by real libvirt (\d+)\.(\d+), which must define it unchanged;\n"
+                r"- by real QEMU (\d+)\.(\d+), which must start it\.")
+    libvirt = pytest.importorskip("libvirt")
+    version = libvirt.getVersion()
+    assert (version // 1_000_000, version // 1000 % 1000) == (int(m[1]), int(m[2]))
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("QEMU is not installed")
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
+    assert re.search(rf"version {m[3]}\.{m[4]}\b", qemu.stdout), qemu.stdout
