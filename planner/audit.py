@@ -70,6 +70,7 @@ class Node:
     line: int
     name: str = ""
     empty: bool = False  # a self-closing element
+    parent: str = ""  # the name of the element it sits in ("" at the top)
     end_raw: str = ""
     end_line: int = 0
     children: list[Node] = field(default_factory=list)
@@ -142,7 +143,7 @@ def read_tree(data: bytes, source: str) -> tuple[Node, bytes]:
         kind = next(k for k in ("comment", "cdata", "pi", "doctype", "end", "start") if m.group(k))
         if kind == "start":
             node = Node("element", m.group(0), line(m.start()), name=m.group("name"),
-                        empty=bool(m.group("empty")))
+                        empty=bool(m.group("empty")), parent=stack[-1].name)
             stack[-1].children.append(node)
             if not node.empty:
                 stack.append(node)
@@ -420,7 +421,8 @@ def _why_inserted(o_parent: Node, node: Node) -> str | None:
         return None
     attrs = node.attrs()
     if node.name == "address":
-        if o_parent.elements("address") or o_parent.name in ("devices", "domain", "source"):
+        # only a device (a child of <devices>, not the emulator's path) takes an address, and only one
+        if o_parent.parent != "devices" or o_parent.name == "emulator" or o_parent.elements("address"):
             return None
         if attrs.get("type") == "pci" and _pci_address(node):
             return "PCI address added"

@@ -159,6 +159,13 @@ MUTATIONS: list[tuple[str, Path, Callable[[str], str]]] = [
     ("PCI address in <source>", SERVER, sub(r"<source network='default'/>",
                                            "<source network='default'><address type='pci' domain='0x0000' "
                                            "bus='0x00' slot='0x09' function='0x0'/></source>")),
+    ("PCI address in <emulator>", SERVER, sub(r"(<emulator>[^<]*)", r"\1<address type='pci' domain='0x0000' "
+                                              r"bus='0x00' slot='0x09' function='0x0'/>")),
+    ("PCI address in <os>", SERVER, sub(r"(\n  </os>)", r"\n    <address type='pci' domain='0x0000' "
+                                       r"bus='0x00' slot='0x09' function='0x0'/>\1")),
+    ("PCI address in a device's <driver>", SERVER,
+     sub(r"<driver name='qemu' type='qcow2'/>", "<driver name='qemu' type='qcow2'><address type='pci' "
+         "domain='0x0000' bus='0x00' slot='0x09' function='0x0'/></driver>")),
     ("closing tag added", SERVER, sub(r"</disk>", "</disk></bogus>")),
     ("closing tag removed", SERVER, drop_line("</disk>")),
     ("closing tag moved", SERVER,
