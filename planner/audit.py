@@ -55,6 +55,16 @@ _INSIDE = {
     "memballoon": {"address": set()},
     "video": {"model": set(), "address": set()},
 }
+# The attributes libvirt writes on them (the address: _ADDRESS_ATTRIBUTES), by path from the device.
+_ATTRIBUTES = {
+    ("controller",): {"type", "index", "model"},
+    ("controller", "model"): {"name"},
+    ("controller", "target"): {"chassis", "port", "chassisNr", "busNr", "hotplug", "index"},
+    ("controller", "target", "node"): set(),
+    ("memballoon",): {"model"},
+    ("video",): set(),
+    ("video", "model"): {"type", "heads", "primary", "vram", "ram", "vgamem"},
+}
 _ADDRESS_ATTRIBUTES = {"type", "domain", "bus", "slot", "function", "multifunction"}
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
 # Kinds on which libvirt 9.0 drops a stale PCI address (and pciplan does the same).
@@ -409,7 +419,7 @@ def _inserted(o_parent: Node, p_parent: Node, node: Node, result: Audit) -> None
     foreign = _foreign_inside(node) if node.name in _INSIDE and o_parent.name == "devices" else None
     if foreign is not None:  # a device pciplan adds, but with something libvirt does not write in it
         result.changes.append(Change(None, foreign.line, f"added {_label(node)} inside {_label(p_parent)} "
-                                     f"holds {_short(foreign.raw)!r}, which libvirt does not write there"))
+                                     f"has {_short(foreign.raw)!r}, which libvirt does not write so"))
         return
     result.changes.append(Change(o_parent.line if o_parent.kind == "element" else None, node.line,
                                  f"added {_label(node)} inside {_label(p_parent)}: {_short(node.raw)!r}"))
@@ -432,7 +442,7 @@ def _why_inserted(o_parent: Node, node: Node) -> str | None:
     if o_parent.name == "devices":
         if node.name == "controller":
             ctype, model = attrs.get("type"), attrs.get("model")
-            if ctype == "pci" and model in ("pci-root", "pcie-root") and node.empty:
+            if ctype == "pci" and model in ("pci-root", "pcie-root") and node.empty and _libvirt_inside(node):
                 return "implicit device added"  # libvirt writes the root it always has
             if ctype == "pci" and model in PCI_CONTROLLER_MODELS and _libvirt_inside(node):
                 return "PCI controller added"
@@ -464,17 +474,24 @@ def _foreign_inside(node: Node) -> Node | None:
     """What a new device holds that libvirt does not write inside it (only blank text and the children
     of _INSIDE are written), or None."""
     allowed = _INSIDE.get(node.name, {})
+    if not set(node.attrs()) <= _ATTRIBUTES.get((node.name,), set()):
+        return node
     for c in node.children:
         if c.blank():
             continue
         if c.kind != "element" or c.name not in allowed:
             return c
-        if c.name == "address" and not (c.attrs().get("type") == "pci" and _pci_address(c)):
+        if c.name == "address":
+            if not (c.attrs().get("type") == "pci" and _pci_address(c)):
+                return c
+            continue
+        if not set(c.attrs()) <= _ATTRIBUTES.get((node.name, c.name), set()):
             return c
         for g in c.children:
             if g.blank():
                 continue
-            if g.kind != "element" or g.name not in allowed[c.name]:
+            if g.kind != "element" or g.name not in allowed[c.name] \
+                    or not set(g.attrs()) <= _ATTRIBUTES.get((node.name, c.name, g.name), set()):
                 return g
             if any(not t.blank() and not (t.kind == "text" and t.raw.strip().isdigit()) for t in g.children):
                 return g

@@ -292,6 +292,28 @@ def test_random_changes_to_the_inputs_own_content_are_reported(guest: Path, pick
     assert changes(data, mutated.encode()), (kind, tag.group(0), a.group(0))
 
 
+ANY_TAG = re.compile(r"<[\w:-]+(\s+[\w:-]+\s*=\s*(\"[^\"]*\"|'[^']*'))+\s*/?>")
+
+
+@settings(max_examples=150, deadline=None)
+@given(guest=st.sampled_from(AUDITED), pick=st.integers(min_value=0),
+       kind=st.sampled_from(["attribute", "text", "comment", "child"]),
+       new=st.text(alphabet="abcxyz019", min_size=1, max_size=4))
+def test_random_additions_anywhere_are_reported(guest: Path, pick: int, kind: str, new: str) -> None:
+    """Hypothesis picks any start tag of the planned file, the input's own or one pciplan wrote, and adds
+    to it what pciplan never writes: a foreign attribute, text, a comment or an element after it."""
+    data, out = planned(guest)
+    after = out.decode()
+    tags = list(ANY_TAG.finditer(after))
+    tag = tags[pick % len(tags)]
+    end = tag.end() - (2 if tag.group(0).endswith("/>") else 1)
+    addition = {"attribute": f" x-{new}='{new}'", "text": f"t{new}", "comment": f"<!--{new}-->",
+                "child": f"<x-{new}/>"}[kind]
+    at = end if kind == "attribute" else tag.end()
+    mutated = after[:at] + addition + after[at:]
+    assert changes(data, mutated.encode()), (kind, tag.group(0))
+
+
 # ---------------------------------------------------------------- given addresses are kept
 
 def _stale(device: etree._Element) -> bool:
