@@ -689,3 +689,20 @@ def test_stack_versions() -> None:
         pytest.skip("QEMU is not installed")
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
     assert re.search(rf"version {m[3]}\.{m[4]}\b", qemu.stdout), qemu.stdout
+
+
+def test_storage_shapes_and_large_guests() -> None:
+    import test_io_exact
+
+    m = passage(r"storage-heavy pc guests \((\d+) to (\d+) virtio disks, (\d+) to (\d+) virtio-scsi, "
+                r"a few NICs")
+    shapes = test_io_exact.PC_STORAGE
+    assert (min(s.disks for s in shapes), max(s.disks for s in shapes)) == (int(m[1]), int(m[2]))
+    assert (min(s.scsi for s in shapes), max(s.scsi for s in shapes)) == (int(m[3]), int(m[4]))
+    m = passage(r"- (\d+)-device guests on q35, pc \(modern-only virtio, see below\) and aarch64 virt are "
+                r"defined")
+    realstack_plans = (REPO / "tests" / "test_realstack_plans.py").read_text()
+    assert f'nics({m[1]}, "virtio-non-transitional")' in realstack_plans
+    m = passage(r"the (\d+)-disk pc guest is refused in under a second")
+    bounds = (REPO / "tests" / "test_bounds.py").read_text()
+    assert f'Shape("pc", disks={m[1]},' in bounds and "time.perf_counter() - start < 1.0" in bounds
