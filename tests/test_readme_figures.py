@@ -147,6 +147,17 @@ def test_attach_example() -> None:
                 r"and a pcie-to-pci-bridge holding two conventional NICs\)")
     planned = GOLDEN.read_text()
     assert planned.count("model='pcie-root-port'") == int(m[1])
+    from lxml import etree
+
+    tree = etree.fromstring(GOLDEN.read_bytes())
+    used = {int(a.get("bus"), 16) for a in tree.iter("address") if a.get("type") == "pci"}
+    ports = [int(c.get("index")) for c in tree.iter("controller") if c.get("model") == "pcie-root-port"]
+    assert len([i for i in ports if i not in used]) == 1  # "one of them empty"
+    [bridge] = [int(c.get("index")) for c in tree.iter("controller")
+                if c.get("model") == "pcie-to-pci-bridge"]
+    behind = [n.find("model").get("type") for n in tree.iter("interface")
+              if int(n.find("address").get("bus"), 16) == bridge]
+    assert sorted(behind) == ["e1000", "rtl8139"]  # "holding two conventional NICs"
     shown = block_after("Worked example, on the planned")
     commands = re.findall(r"^\$ (.*)$", shown, re.M)
     assert len(commands) == 2
@@ -706,3 +717,36 @@ def test_storage_shapes_and_large_guests() -> None:
     m = passage(r"the (\d+)-disk pc guest is refused in under a second")
     bounds = (REPO / "tests" / "test_bounds.py").read_text()
     assert f'Shape("pc", disks={m[1]},' in bounds and "time.perf_counter() - start < 1.0" in bounds
+
+
+def test_small_bars_padding_and_solver_notes() -> None:
+    devices = tomllib.loads((REPO / "models" / "devices.toml").read_text())
+    m = passage(r"The solver rounds BARs below (\d+) bytes up \(PIIX IDE (\d+), pci-serial (\d+)\)")
+    assert devices["controller:ide:*"]["io_bytes"] == int(m[2]) < int(m[1])
+    assert devices["serial:pci-serial"]["io_bytes"] == int(m[3]) < int(m[1])
+    m = passage(r"pads every hot-plug-capable bridge with (\d+) KiB of I/O, (\d+) MiB of memory")
+    assert f"edk2 PciBusDxe: {m[1]} KiB I/O + {m[2]} MiB" in (REPO / "models" / "firmware.toml").read_text()
+    m = passage(r"`\.\./shared/solver-notes\.md` shows the naive model cannot prove (\d+) devices optimal in "
+                r"(\d+) s\. This model proves (\d+)-device guests optimal in well under a second")
+    sweep = json.loads((RESULTS / "sweep.json").read_text())
+    big = [p for p in sweep["points"] if p["size"] == int(m[3]) and p["status"] == "optimal"]
+    assert big and max(p["solve_seconds"] for p in big) < 0.5
+    notes = REPO.parent / "shared" / "solver-notes.md"
+    if notes.is_file():
+        row = rf"\| {m[1]} × \d+ \| feasible {m[1]}, bound stuck, {m[2]} s timeout"
+        assert re.search(row, notes.read_text())
+
+
+def test_seabios_bridge_count_on_pc(guest_xml) -> None:
+    """"libvirt adds 16 pci-bridges. SeaBIOS cannot set up more than 8": 8 windows of 4 KiB fill its
+    I/O space on pc (the number the bound and the solver use)."""
+    m = passage(r"SeaBIOS cannot set up more than (\d+), so that guest never boots")
+    with pytest.raises(Infeasible) as exc:
+        plan_bytes(guest_xml("pc", devices=disks(1000)))
+    budget = int(re.search(r"SeaBIOS on pc has (\d+) bytes", exc.value.reasons[0])[1])
+    assert budget // 4096 == int(m[1])
+
+
+def test_ties_floor() -> None:
+    m = passage(r"every tie among the shared cases and our guests \(the test requires at least (\d+),")
+    assert f"assert len(ties) >= {m[1]}, ties" in (REPO / "tests" / "test_realworld.py").read_text()
