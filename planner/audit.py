@@ -4,7 +4,8 @@ A checker, so it knows nothing of the planner pipeline: it reads both documents 
 source tokens (start tag, end tag, text, comment, ... each with its raw text and line), pairs the nodes of
 the two trees in document order and accepts only these differences:
 - an <address type='pci' .../> (or, for pciplan's mmio rule, <address type='virtio-mmio'/>) added to a
-  device that had no <address>;
+  device that had no <address>; a given PCI address stays byte for byte, except that a partial one is
+  completed (every given number kept) and function 0 of a slot the plan shares gains multifunction='on';
 - PCI controllers added under <devices>, with what libvirt writes inside them (<model name>, <target>,
   <node>, a PCI <address>);
 - the implicit devices libvirt adds (controllers of the storage, USB, virtio-serial and smartcard buses, a
