@@ -750,3 +750,19 @@ def test_seabios_bridge_count_on_pc(guest_xml) -> None:
 def test_ties_floor() -> None:
     m = passage(r"every tie among the shared cases and our guests \(the test requires at least (\d+),")
     assert f"assert len(ties) >= {m[1]}, ties" in (REPO / "tests" / "test_realworld.py").read_text()
+
+
+def test_firmware_apertures_and_measured_spares() -> None:
+    data = tomllib.loads((REPO / "models" / "firmware.toml").read_text())
+    raw = (REPO / "models" / "firmware.toml").read_text()
+    m = passage(r"on q35 the PCI I/O aperture is (0x[0-9a-f]+)–(0x[0-9a-f]+) \((\w+) windows\)")
+    assert (int(m[2], 16) + 1 - int(m[1], 16)) // 4096 == {"ten": 10, "nine": 9, "eight": 8}[m[3]]
+    assert f"PciIoBase = {int(m[1], 16):#06X}".replace("0X", "0x") in raw
+    m = passage(r"\| OVMF, pc \| (0x[0-9a-f]+) \((0x[0-9a-f]+)–(0x[0-9a-f]+),")
+    assert int(m[3], 16) + 1 - int(m[2], 16) == int(m[1], 16) == data["ovmf"]["pc"]["io_max"]
+    m = passage(r"\| OVMF, q35 \| (\d+) planned \(about (\d+) measured\)")
+    assert int(m[1]) == data["ovmf"]["q35"]["max_windows"]
+    assert f"{m[2]} hang" in data["ovmf"]["q35"]["measured"]
+    m = passage(r"\| OVMF, pc \| (\d+) planned \((\d+) measured\)")
+    assert int(m[1]) == data["ovmf"]["pc"]["max_windows"]
+    assert f"{m[1]} bridges with I/O devices set up, {m[2]} do not" == data["ovmf"]["pc"]["measured"]
