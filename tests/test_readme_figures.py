@@ -140,7 +140,7 @@ def test_worked_example_output_is_the_golden_file() -> None:
                         element), start
 
 
-def test_attach_example() -> None:
+def test_attach_example(tmp_path: Path) -> None:
     """The attach worked example, as the command prints it today."""
     m = passage(r"Worked example, on the planned `examples/q35-server.xml` \((\d+) root ports, one "
                 r"of them empty, "
@@ -163,8 +163,7 @@ def test_attach_example() -> None:
     assert len(commands) == 2
     device = "\n".join(shown.splitlines()[1:4]) + "\n</interface>\n"
     assert device.startswith("<interface type='network'>")
-    tmp = Path(REPO / ".pytest_cache" / "readme-attach")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path
     (tmp / "planned.xml").write_text(planned)
     (tmp / "virtio-nic.xml").write_text(device)
     (tmp / "e1000-nic.xml").write_text(device.replace("virtio", "e1000"))
