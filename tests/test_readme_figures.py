@@ -571,8 +571,8 @@ def test_constants_the_readme_quotes() -> None:
         MAX_HOTPLUG_PROBES
     assert float(passage(r"no console output within (\d+) s is a hang")[1]) == UEFI_SECONDS
     assert int(passage(r"the cuts do not settle within (\d+) rounds")[1]) == MAX_CUTS
-    m = passage(r"\| bus numbers per PCI domain \| (\d+) \(every port or bridge takes one; a pci-expander-bus "
-                r"takes (\d+), for its internal pci-bridge\)")
+    m = passage(r"\| bus numbers per PCI domain \| (\d+) \(every port or bridge takes one; a "
+                r"pci-expander-bus takes (\d+), for its internal pci-bridge\)")
     assert int(m[1]) == MAX_BUS_NUMBERS
     # the checker counts the bus numbers on its own (planner/check.py)
     assert f'own = {m[2]} if controller.model == "pci-expander-bus" else 1' in \
