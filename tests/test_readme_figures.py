@@ -769,3 +769,13 @@ def test_firmware_apertures_and_measured_spares() -> None:
     m = passage(r"\| OVMF, pc \| (\d+) planned \((\d+) measured\)")
     assert int(m[1]) == data["ovmf"]["pc"]["max_windows"]
     assert f"{m[1]} bridges with I/O devices set up, {m[2]} do not" == data["ovmf"]["pc"]["measured"]
+
+
+def test_function_bound_and_ehci_function() -> None:
+    from planner.bounds import FUNCTIONS, SLOTS_PER_BUS
+
+    m = passage(r"the functions to place, against (\d+) per free slot plus (\d+) per bus number left")
+    assert (int(m[1]), int(m[2])) == (FUNCTIONS, FUNCTIONS * SLOTS_PER_BUS)
+    m = passage(r"libvirt itself writes a pc guest's only USB2 controller, `ich9-ehci1`, at function (\d+)")
+    realworld = (REPO / "tests" / "test_realworld.py").read_text()
+    assert f"ich9-ehci1, at function {m[1]}" in realworld and f'function=\\"0x{m[1]}\\"' in realworld
