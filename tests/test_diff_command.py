@@ -90,3 +90,13 @@ def test_a_broken_planned_file_is_a_change_not_bad_input(tmp_path: Path) -> None
     r = run(EXAMPLE, tmp_path / "p.xml")
     assert r.returncode == ExitCode.FAILED
     assert re.fullmatch(r"PLANNED:\d+: not well-formed XML any more: .*\n", r.stdout.decode())
+
+
+def test_the_audit_shares_nothing_with_the_planner() -> None:
+    """A checker: importing it loads no stage of the planning pipeline (only the XML reading helpers)."""
+    probe = ("import json, sys, planner.audit; "
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('planner.'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
+                            check=True)
+    modules = set(json.loads(loaded.stdout))
+    assert modules <= {"planner.audit", "planner.xmlio", "planner.xmltext"}, modules
