@@ -1,14 +1,16 @@
 """Fleet throughput: typical guests (≤ 32 devices) planned per second by `pciplan fleet`.
 
-    python -m benchmarks.fleet [--guests 600] [--jobs 2]
+    python -m benchmarks.fleet [--guests 600] [--jobs 2] [--json benchmarks/results/fleet.json]
 
 Runs the real command on generated guests (tests/fleetgen.py) in a temporary folder, twice: the first
-run plans them, the second checks that nothing changes. Prints files per second for each run.
+run plans them, the second checks that nothing changes. Prints files per second for each run, and with
+--json records them (README's throughput figures are that file; tests/test_readme_figures.py checks).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -27,7 +29,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guests", type=int, default=600)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path, default=None, help="record the results in this file")
     args = ap.parse_args()
+    record: dict = {"guests": args.guests, "jobs": args.jobs, "cpus": os.cpu_count(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
         write_fleet(src, args.guests)
@@ -42,6 +46,10 @@ def main() -> None:
             changed = re.search(r"(\d+) changed", line).group(1)
             print(f"{label}: {args.guests} guests in {wall:.2f} s (whole command, {args.jobs} jobs): "
                   f"{args.guests / wall:.0f} guests/s; {changed} changed")
+            record["runs"].append({"run": label, "seconds": round(wall, 3), "changed": int(changed),
+                                   "guests_per_second": round(args.guests / wall, 1)})
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -682,6 +682,39 @@ def _domain_xml(uri: str, name: str, live: bool) -> str:
     raise AssertionError("unreachable")
 
 
+@app.command("diff")
+def diff_command(
+    original: Annotated[str, typer.Argument(metavar="ORIGINAL", help="The domain XML as given.")],
+    planned: Annotated[str, typer.Argument(metavar="PLANNED", help="The planned domain XML.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit as JSON on standard output.")
+                       ] = False,
+) -> None:
+    """Audit that PLANNED differs from ORIGINAL only by pciplan's own kinds of change (addresses added,
+    controllers and implicit devices added, stale addresses dropped); every other change is listed with
+    its line numbers. Exit 0: none; 1: changes found; 2: bad input."""
+    from planner.audit import audit
+    from planner.errors import ExitCode
+    from planner.xmlio import read_input
+
+    try:
+        if original == "-" and planned == "-":
+            raise InputError("ORIGINAL and PLANNED cannot both be standard input")
+        (o_data, o_name), (p_data, p_name) = read_input(original), read_input(planned)
+        result = audit(o_data, p_data, o_name, p_name)
+    except InputError as exc:
+        _fail(ExitCode.BAD_INPUT, str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for change in result.changes:
+            typer.echo(str(change))
+        allowed = ", ".join(f"{n} × {what}" for what, n in sorted(result.allowed.items())) or "none"
+        verdict = f"{len(result.changes)} change(s) pciplan does not make" if result.changes else \
+            "only pciplan's own kinds of change"
+        typer.echo(f"pciplan: {verdict}; pciplan's own: {allowed}", err=True)
+    raise typer.Exit(ExitCode.FAILED if result.changes else ExitCode.OK)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
