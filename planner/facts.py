@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -368,3 +370,19 @@ def target_libvirt_source() -> tuple[LibvirtVersion, str]:
 
 def target_libvirt() -> LibvirtVersion:
     return target_libvirt_source()[0]
+
+
+@contextlib.contextmanager
+def targeting_libvirt(version: LibvirtVersion) -> Iterator[None]:
+    """Plan for `version` inside the block (the API's --libvirt-version), then as before."""
+    global _target
+    saved, saved_env = _target, os.environ.get(LIBVIRT_VERSION_ENV)
+    set_target_libvirt(version, "targeting_libvirt")
+    try:
+        yield
+    finally:
+        _target = saved
+        if saved_env is None:
+            os.environ.pop(LIBVIRT_VERSION_ENV, None)
+        else:
+            os.environ[LIBVIRT_VERSION_ENV] = saved_env
