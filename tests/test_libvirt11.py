@@ -123,6 +123,17 @@ def test_check_agrees_with_the_libvirt_targeted() -> None:
                                         require_complete=True) == [], version
 
 
+def test_checker_classifies_crypto_and_virtio_sound_by_version() -> None:
+    """(tests/test_check.py's test_classify, for the kinds whose answer depends on the libvirt)"""
+    for xml in (CRYPTO, "<sound model='virtio'/>"):
+        elem = parse_domain_bytes(guest(xml)).getroot().find("devices")[1]
+        with targeting_libvirt(V90):
+            assert checker.classify(elem, "q35") is None, xml
+        with targeting_libvirt(V113):
+            kind = checker.classify(elem, "q35")
+            assert kind is not None and kind.virtio and not kind.io_bar_on_port, xml
+
+
 def test_checker_keeps_its_own_table_in_step_with_the_catalogue() -> None:
     """The checker shares no tables with the planner, so its copy of the versions must agree."""
     changes = facts.libvirt_changes()
