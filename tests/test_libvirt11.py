@@ -370,3 +370,18 @@ def test_plan_for_113_boots_in_qemu_10_as_planned(chroot_stack, source) -> None:
     booted = chroot_stack.boot_qtree(xml)
     assert booted.started, booted.error
     assert booted.placements and booted.mismatches == []  # each addressed device found where planned
+
+
+@pytest.mark.libvirt11
+@pytest.mark.parametrize("devices", [
+    CRYPTO, "<sound model='virtio'/>", CRYPTO + "<sound model='virtio'/><sound model='ich9'/>",
+    KIND_GUESTS["interface:e1000"][0] + CRYPTO + KIND_GUESTS["interface:virtio"][0],
+], ids=["crypto", "virtio-sound", "both-and-ich9", "crypto-among-nics"])
+def test_builtin_greedy_for_113_matches_libvirt_113(chroot_stack, devices) -> None:
+    """compare's greedy side (libvirt's algorithm, planner/greedy.py) places what 11.3 places, as 11.3."""
+    from test_greedy import compare
+
+    with targeting_libvirt(V113):
+        verdict = compare(chroot_stack, guest(devices).decode())
+    assert verdict.greedy.ok and verdict.libvirt_ok, verdict
+    assert verdict.differences == [], "\n".join(verdict.differences)
