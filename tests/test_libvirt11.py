@@ -385,3 +385,20 @@ def test_builtin_greedy_for_113_matches_libvirt_113(chroot_stack, devices) -> No
         verdict = compare(chroot_stack, guest(devices).decode())
     assert verdict.greedy.ok and verdict.libvirt_ok, verdict
     assert verdict.differences == [], "\n".join(verdict.differences)
+
+
+@pytest.mark.libvirt11
+def test_implicit_non_pci_devices_of_113_are_as_recorded(chroot_stack) -> None:
+    """models/libvirt.toml's [implicit] devices: 11.3 adds each to a planned guest of its machines."""
+    implicit = tomllib.loads((REPO / "models" / "libvirt.toml").read_text())["implicit"]
+    assert implicit
+    for key, entry in implicit.items():
+        tag, model = key.split(":")
+        assert parse_libvirt_version(entry["since"]) <= V113
+        for machine in entry["machines"]:
+            xml = plan_for(V113, guest(KIND_GUESTS["interface:virtio"][0], machine))
+            result = chroot_stack.define(xml)
+            assert result.ok, result.error
+            assert parse_domain_bytes(xml.encode()).find(f"devices/{tag}[@model='{model}']") is None
+            added = parse_domain_bytes(result.xml.encode()).find(f"devices/{tag}[@model='{model}']")
+            assert added is not None and added.find("address") is None, key
