@@ -361,7 +361,8 @@ def test_plan_for_90_is_not_enough_for_113(chroot_stack) -> None:
 
 
 @pytest.mark.libvirt11
-@pytest.mark.parametrize("source", ["examples/q35-server.xml", "kind/crypto+sound"])
+@pytest.mark.parametrize("source", ["examples/q35-server.xml", "examples/pc-40-nics.xml",
+                                    "examples/aarch64-virt.xml", "kind/crypto+sound"])
 def test_plan_for_113_boots_in_qemu_10_as_planned(chroot_stack, source) -> None:
     """Started paused in the chroot's QEMU 10: 'info qtree' has every device where the plan put it."""
     data = ((REPO / source).read_bytes() if source.endswith(".xml")
