@@ -337,6 +337,18 @@ _PCIE_NO_IO = DeviceKind(io_bar_on_port=False)
 _PCIE_WITH_IO = DeviceKind(io_bar_on_port=True)
 
 
+# Devices libvirt addresses only from some version on (libvirt's NEWS.rst, and the real stacks: 9.0
+# refuses or drops them, 11.3 places them). Judged for the libvirt pciplan targets (--libvirt-version).
+LIBVIRT_SINCE = {"crypto": (9, 1), "sound:virtio": (10, 4)}
+
+
+def _libvirt_places(what: str) -> bool:
+    from planner.facts import target_libvirt  # the version targeted is a setting, not a shared fact
+
+    target = target_libvirt()
+    return (target.major, target.minor) >= LIBVIRT_SINCE[what]
+
+
 def _virtio_kind(model: str | None) -> DeviceKind:
     return _CONVENTIONAL_VIRTIO if _lower(model) == TRANSITIONAL else _MODERN_VIRTIO
 
@@ -384,6 +396,8 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
             return _MODERN_VIRTIO
         return _PCIE_NO_IO if model == "bochs" else _CONVENTIONAL
     if tag == "sound":
+        if elem.get("model") == "virtio" and _libvirt_places("sound:virtio"):
+            return _MODERN_VIRTIO
         return _CONVENTIONAL if elem.get("model") in SOUND_PCI else None
     if tag == "watchdog":
         return _CONVENTIONAL if elem.get("model") == "i6300esb" else None
@@ -408,6 +422,8 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     if tag == "serial":
         return _CONVENTIONAL if _child_attr(elem, "target", "type") == "pci-serial" else None
     if tag == "crypto":
+        if not _libvirt_places("crypto"):
+            return None  # libvirt 9.0 has no <crypto>: it drops the element
         # libvirt calls it a conventional PCI device, but it is virtio-crypto-pci: modern on a PCIe port
         return _MODERN_VIRTIO if elem.get("model", "virtio") == "virtio" else None
     if tag == "iommu":

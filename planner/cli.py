@@ -37,6 +37,29 @@ def _check_firmware_flag(firmware: str | None) -> None:
         _fail(EXIT_BAD_INPUT, f"--firmware: '{firmware}' is not one of {', '.join(FIRMWARE_NAMES)}")
 
 
+def _use_libvirt_version(version: str | None) -> None:
+    """--libvirt-version: plan (and judge) for this libvirt instead of the installed one."""
+    from planner.facts import parse_libvirt_version, set_target_libvirt
+
+    if version is not None:
+        try:
+            set_target_libvirt(parse_libvirt_version(version))
+        except ValueError as exc:
+            _fail(EXIT_BAD_INPUT, f"--libvirt-version: {exc}")
+
+
+def _stack_version_line() -> str:
+    """Which libvirt check --libvirt asked, and which one its rules judged for."""
+    from planner.facts import installed_libvirt, target_libvirt_source
+
+    installed = installed_libvirt()
+    target, source = target_libvirt_source()
+    line = f"libvirt: checked against libvirt {installed} (installed, embedded driver)"
+    if installed != target:
+        line += f"; the rules judged for libvirt {target} ({source})"
+    return line
+
+
 @app.command()
 def plan(
     source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
@@ -94,6 +117,11 @@ def plan(
         str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none "
                                  "(default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
     ] = None,
+    libvirt_version: Annotated[
+        str | None, typer.Option(metavar="X.Y", help="Plan for this libvirt version, MAJOR.MINOR "
+                                 "(default: the installed libvirt, else 9.0): which devices it "
+                                 "addresses (models/libvirt.toml).")
+    ] = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -134,6 +162,7 @@ def plan(
     if in_place and source == "-":
         _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
     _check_firmware_flag(firmware)
+    _use_libvirt_version(libvirt_version)
     try:
         tree = parse_domain(source)
         options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
@@ -215,6 +244,10 @@ def check(
         str | None, typer.Option(help="Judge (and boot) with this firmware: seabios, ovmf, aavmf or none "
                                  "(default: the one the XML boots).")
     ] = None,
+    libvirt_version: Annotated[
+        str | None, typer.Option(metavar="X.Y", help="Judge for this libvirt version, MAJOR.MINOR "
+                                 "(default: the installed libvirt, else 9.0).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
@@ -229,6 +262,7 @@ def check(
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     _check_firmware_flag(firmware)
+    _use_libvirt_version(libvirt_version)
     found = check_domain(tree, require_complete=not partial, firmware=firmware)
     errors = [v for v in found if v.rule not in WARNING_RULES]
     report: dict = {"violations": [v.__dict__ for v in found]}
@@ -242,7 +276,7 @@ def check(
         except libvirt_stack.StackUnavailable as exc:
             _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
         stack_ok = result.ok
-        report["libvirt"] = result.summary_lines()
+        report["libvirt"] = [_stack_version_line()] + result.summary_lines()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -310,6 +344,10 @@ def compare(
         str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
                                  "or none (default: each guest's own).")
     ] = None,
+    libvirt_version: Annotated[
+        str | None, typer.Option(metavar="X.Y", help="Plan and judge for this libvirt version, MAJOR.MINOR "
+                                 "(default: the installed libvirt, else 9.0).")
+    ] = None,
 ) -> None:
     """Plan each guest optimally and with libvirt's greedy assignment, and compare the two layouts metric
     by metric: controllers added, bus numbers, devices in hot-pluggable slots, PCIe-capable devices left
@@ -323,6 +361,7 @@ def compare(
     if greedy not in ("builtin", "libvirt"):
         _fail(EXIT_BAD_INPUT, f"--greedy: '{greedy}' is not builtin or libvirt")
     _check_firmware_flag(firmware)
+    _use_libvirt_version(libvirt_version)
     files: list[str] = []
     for src in sources:
         p = Path(src)
@@ -426,6 +465,10 @@ def fleet(
         str | None, typer.Option(help="Plan every guest for this firmware: seabios, ovmf, aavmf or none "
                                  "(default: each guest's own).")
     ] = None,
+    libvirt_version: Annotated[
+        str | None, typer.Option(metavar="X.Y", help="Plan every guest for this libvirt version, MAJOR.MINOR "
+                                 "(default: the installed libvirt, else 9.0).")
+    ] = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
@@ -449,6 +492,7 @@ def fleet(
     if to_machine not in (None, "q35"):
         _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
     _check_firmware_flag(firmware)
+    _use_libvirt_version(libvirt_version)
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:

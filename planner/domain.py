@@ -659,6 +659,8 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
         facts = device_class(lookup, model)
         label = describe(el, kind, position)
         if facts.cls == "none":
+            if facts.note:  # say why a device this libvirt does not place stays unaddressed
+                notes.append(f"warning: {label}: {facts.note}")
             stale = _stale_pci_address(el, label, facts, notes)
             if stale is None:
                 continue

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 
@@ -220,29 +224,165 @@ def machine_for(arch: str, machine: str) -> Machine | None:
     return None
 
 
+def _device_entry(key: str, d: dict) -> DeviceClass:
+    return DeviceClass(
+        key=key,
+        cls=d["class"],
+        hotplug=d.get("hotplug", False),
+        io=d.get("io", False),
+        pcie_only=d.get("pcie_only", False),
+        integrated=d.get("integrated", False),
+        io_bytes=d.get("io_bytes", 0),
+        pci_address=d.get("pci_address", ""),
+        reason=d.get("reason", ""),
+        note=d.get("note", ""),
+    )
+
+
 @cache
-def _device_table() -> dict[str, DeviceClass]:
-    out = {}
-    for key, d in _load("devices.toml").items():
-        out[key] = DeviceClass(
-            key=key,
-            cls=d["class"],
-            hotplug=d.get("hotplug", False),
-            io=d.get("io", False),
-            pcie_only=d.get("pcie_only", False),
-            integrated=d.get("integrated", False),
-            io_bytes=d.get("io_bytes", 0),
-            pci_address=d.get("pci_address", ""),
-            reason=d.get("reason", ""),
-            note=d.get("note", ""),
-        )
-    return out
+def _device_table(libvirt: LibvirtVersion) -> dict[str, DeviceClass]:
+    """devices.toml (libvirt's baseline), with models/libvirt.toml's changes up to `libvirt` applied."""
+    out = {key: _device_entry(key, d) for key, d in _load("devices.toml").items()}
+    for key, d in _libvirt_table()["device"].items():
+        if parse_libvirt_version(d["since"]) <= libvirt:
+            out[key] = _device_entry(key, d)
+    # a note may name the version planned for
+    return {key: replace(e, note=e.note.replace("{libvirt}", str(libvirt))) for key, e in out.items()}
 
 
 def device_class(kind: str, model: str) -> DeviceClass:
-    """Look up 'kind:model', then the 'kind:*' fallback (kind may itself contain ':')."""
-    table = _device_table()
+    """Look up 'kind:model', then the 'kind:*' fallback (kind may itself contain ':'), in the catalogue
+    of the libvirt pciplan plans for (target_libvirt())."""
+    table = _device_table(target_libvirt())
     for key in (f"{kind}:{model}", f"{kind}:*"):
         if key in table:
             return table[key]
     return DeviceClass(key=f"{kind}:{model}", cls="none", known=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The libvirt version pciplan plans for (models/libvirt.toml)
+
+LIBVIRT_VERSION_ENV = "PCIPLAN_LIBVIRT_VERSION"
+
+
+@dataclass(frozen=True, order=True)
+class LibvirtVersion:
+    major: int
+    minor: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+def parse_libvirt_version(text: str) -> LibvirtVersion:
+    """'11.3' or '11.3.0' (a micro number is ignored: libvirt changes nothing PCI in one); ValueError else."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)?\s*", text)
+    if not m:
+        raise ValueError(f"'{text}' is not a libvirt version (MAJOR.MINOR, say 11.3)")
+    return LibvirtVersion(int(m.group(1)), int(m.group(2)))
+
+
+@cache
+def _libvirt_table() -> dict:
+    return _load("libvirt.toml")
+
+
+def baseline_libvirt() -> LibvirtVersion:
+    """The libvirt devices.toml describes; the catalogue knows nothing older."""
+    return parse_libvirt_version(_libvirt_table()["baseline"])
+
+
+def default_libvirt() -> LibvirtVersion:
+    return parse_libvirt_version(_libvirt_table()["default"])
+
+
+def verified_libvirts() -> tuple[LibvirtVersion, ...]:
+    return tuple(parse_libvirt_version(v) for v in _libvirt_table()["verified"])
+
+
+def libvirt_changes() -> dict[str, dict]:
+    """models/libvirt.toml's device changes: 'kind:model' -> its table (since, class, ...)."""
+    return dict(_libvirt_table()["device"])
+
+
+def installed_libvirt() -> LibvirtVersion | None:
+    """The installed libvirt's version from the Python binding's getVersion() (the library's own
+    version: no connection, no daemon), or None without the binding."""
+    import importlib.util
+    import sys
+
+    if "libvirt" not in sys.modules:
+        if importlib.util.find_spec("libvirt") is None:
+            return None
+        # Load it the way the real-stack driver does, so its log chatter goes to the driver's log file.
+        from planner.stack.driver import _import_libvirt, default_root
+
+        log = default_root() / "log"
+        try:
+            log.mkdir(parents=True, exist_ok=True)
+            _import_libvirt(log / "libvirt.log")
+        except Exception:  # noqa: BLE001 - a broken binding only means: not detected
+            return None
+    try:
+        number = int(sys.modules["libvirt"].getVersion())
+    except Exception:  # noqa: BLE001 - same
+        return None
+    return LibvirtVersion(number // 1_000_000, number // 1000 % 1000)
+
+
+_target: tuple[LibvirtVersion, str] | None = None
+
+
+def set_target_libvirt(version: LibvirtVersion | None, source: str = "--libvirt-version") -> None:
+    """Plan for `version` from now on (None: detect again). Also exported in the environment, so
+    worker processes (fleet --jobs) plan for the same libvirt."""
+    global _target
+    if version is None:
+        _target = None
+        os.environ.pop(LIBVIRT_VERSION_ENV, None)
+        return
+    if version < baseline_libvirt():
+        raise ValueError(f"libvirt {version} is older than the catalogue (models/libvirt.toml starts at "
+                         f"{baseline_libvirt()})")
+    _target = (version, source)
+    os.environ[LIBVIRT_VERSION_ENV] = str(version)
+
+
+def target_libvirt_source() -> tuple[LibvirtVersion, str]:
+    """(the libvirt pciplan plans for, where that came from: --libvirt-version, $PCIPLAN_LIBVIRT_VERSION,
+    'installed' or 'default')."""
+    global _target
+    if _target is None:
+        env = os.environ.get(LIBVIRT_VERSION_ENV)
+        if env:
+            try:
+                _target = (parse_libvirt_version(env), f"${LIBVIRT_VERSION_ENV}")
+            except ValueError as exc:
+                from planner.errors import InputError
+
+                raise InputError(f"${LIBVIRT_VERSION_ENV}: {exc}") from None
+        else:
+            installed = installed_libvirt()
+            _target = (installed, "installed") if installed else (default_libvirt(), "default")
+    return _target
+
+
+def target_libvirt() -> LibvirtVersion:
+    return target_libvirt_source()[0]
+
+
+@contextlib.contextmanager
+def targeting_libvirt(version: LibvirtVersion) -> Iterator[None]:
+    """Plan for `version` inside the block (the API's --libvirt-version), then as before."""
+    global _target
+    saved, saved_env = _target, os.environ.get(LIBVIRT_VERSION_ENV)
+    set_target_libvirt(version, "targeting_libvirt")
+    try:
+        yield
+    finally:
+        _target = saved
+        if saved_env is None:
+            os.environ.pop(LIBVIRT_VERSION_ENV, None)
+        else:
+            os.environ[LIBVIRT_VERSION_ENV] = saved_env

@@ -50,6 +50,7 @@ from planner.domain import (
     read_pci_address,
     read_problem,
 )
+from planner.facts import device_class
 from planner.xmlio import InputError, parse_domain_bytes, remove_element, serialize_text
 
 # ------------------------------------------------------------------ connect flags (src/conf/domain_addr.h)
@@ -132,11 +133,11 @@ _CONNECT_TO_MODEL = (
 
 # The order of qemuDomainAssignDevicePCISlots (PCI controllers come first, handled apart).
 ASSIGN_ORDER = ("filesystem", "interface", "sound", "controller", "disk", "hostdev", "memballoon", "rng",
-                "watchdog", "video", "shmem", "input", "serial", "iommu", "vsock", "memory")
+                "watchdog", "video", "shmem", "input", "serial", "iommu", "vsock", "memory", "crypto")
 # The order of virDomainDeviceInfoIterate, in which user addresses are collected (decides which error
 # a broken input reports first, and the growth order of the dry run).
 COLLECT_ORDER = ("disk", "interface", "sound", "hostdev", "video", "controller", "serial", "input",
-                 "filesystem", "watchdog", "memballoon", "rng", "shmem", "memory", "vsock", "iommu")
+                 "filesystem", "watchdog", "memballoon", "rng", "shmem", "memory", "vsock", "iommu", "crypto")
 IMPLICIT_ORDER = ("usb", "sata0", "pci", "scsi", "fdc", "ide", "sata", "virtio-serial")
 USB2_FUNCTION = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
 # Kinds qemuDomainPrimeVirtioDeviceAddresses turns into virtio-mmio on a virt guest that already has one.
@@ -507,8 +508,8 @@ class _Greedy:
         self.added: dict[int, str] = {}  # controllers libvirt added: index -> model
         self.devs: list[_Dev] = []
         for d in problem.devices:
-            if d.kind == "crypto":
-                continue  # libvirt 9.0 has no <crypto> device yet: it drops the element on define
+            if d.kind == "crypto" and device_class("crypto", d.model).cls == "none":
+                continue  # libvirt before 9.1 has no <crypto> device: it drops the element on define
             for member in [d, *d.companions]:
                 if member.address is None and member.bus_pin is None and mmio and _mmio_primed(member):
                     continue
