@@ -83,7 +83,7 @@ def test_infeasible_exits_3_and_explains(tmp_path: Path) -> None:
     r = run("plan", str(f), "--in-place")
     assert r.returncode == 3
     err = r.stderr.decode()
-    assert "infeasible" in err and "interface[0]" in err and "index=1" in err
+    assert "infeasible" in err and "interface[1]" in err and "index=1" in err
     assert f.read_bytes() == before
 
 

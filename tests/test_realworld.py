@@ -223,7 +223,7 @@ def test_unknown_element_with_a_pci_address_is_refused() -> None:
     data = guest("q35", f"<frobnicator>{pci(0, 5)}</frobnicator>")
     result = CliRunner().invoke(app, ["plan", "-"], input=data.decode())
     assert result.exit_code == 2
-    assert "frobnicator[0]: has a PCI address, but pciplan does not know 'frobnicator'" in result.output
+    assert "frobnicator[1]: has a PCI address, but pciplan does not know 'frobnicator'" in result.output
 
 
 def test_catalogue_knows_the_pci_kinds_libvirt_9_and_10_place() -> None:
@@ -249,7 +249,7 @@ def test_hostdev_pinned_at_bus_0x99_is_counted_and_named(real_stack, tmp_path) -
     tree, s = plan_bytes(data)
     assert s.controllers_added == {"pci-bridge": 153}  # the index fills libvirt would add too
     assert any("[io-windows]" in e for e in s.check_errors)
-    assert any("pins: hostdev[0]" in e for e in s.check_errors)
+    assert any("pins: hostdev[1]" in e for e in s.check_errors)
     assert any("--replan" in e and "moving 1 address(es)" in e for e in s.check_errors)
     _fixpoint(real_stack, text(tree).decode())  # libvirt fills the same indices
     result = CliRunner().invoke(app, ["plan", "-", "-o", str(tmp_path / "out.xml")], input=data.decode())
