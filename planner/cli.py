@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 
 from planner.cli_options import OptionError, exclusive, firmware_name, plan_options, positive
@@ -40,31 +39,43 @@ def guarded(run: Callable[[], Any]) -> NoReturn:
     try:
         code = run()
         sys.stdout.flush()
-    except click.exceptions.Exit as exc:  # raised outside a command's invocation
-        code = exc.exit_code
-    except click.ClickException as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # `pciplan` alone: the help, as before
-            exc.show()
-            sys.exit(ExitCode.BAD_INPUT)
-        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "pciplan"
-        message = " ".join(exc.format_message().split())
-        typer.echo(f"pciplan: error: {message} (see {where} --help)", err=True)
-        code = ExitCode.BAD_INPUT
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        typer.echo("pciplan: interrupted", err=True)
-        code = ExitCode.INTERRUPTED
-    except BrokenPipeError:  # the reader went away (pciplan show | head): nothing left to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = ExitCode.FAILED
-    except Exception as exc:  # noqa: BLE001 - pciplan's own defect: one line, exit 5, never a traceback
-        if os.environ.get(DEBUG_ENV) == "1":
-            traceback.print_exc()
-        what = str(exc).splitlines()[0] if str(exc).strip() else ""
-        kind = "" if isinstance(exc, InternalError) else f"{type(exc).__name__}: "
-        typer.echo(f"pciplan: internal error: {kind}{what}; please report it (run with {DEBUG_ENV}=1 for "
-                   "the traceback)", err=True)
-        code = ExitCode.INTERNAL
+    except (KeyboardInterrupt, BrokenPipeError, Exception) as exc:  # noqa: BLE001 - sorted out below
+        code = _exit_status(exc)
     sys.exit(int(code or 0))
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Whether exc is click's (or typer's copy of click's) exception of this name: typer 0.15 raises
+    click's own, later typers their own copies, so the classes are told apart by name."""
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The exit status for an exception that escaped the command, after its one line on stderr."""
+    if _is(exc, "Exit"):  # raised outside a command's invocation
+        return int(getattr(exc, "exit_code", 0) or 0)
+    if _is(exc, "NoArgsIsHelpError"):  # `pciplan` alone: the help, as always
+        exc.show()  # type: ignore[attr-defined]
+        return ExitCode.BAD_INPUT
+    if _is(exc, "ClickException"):  # usage: a missing argument, an unknown option or command
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "pciplan"
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"pciplan: error: {message} (see {where} --help)", err=True)
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt) or _is(exc, "Abort"):
+        typer.echo("pciplan: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, BrokenPipeError):  # the reader went away (pciplan show | head): nothing to add
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILED
+    # pciplan's own defect: one line, exit 5, never a traceback (unless asked for)
+    if os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exception(exc)
+    what = str(exc).splitlines()[0] if str(exc).strip() else ""
+    kind = "" if isinstance(exc, InternalError) else f"{type(exc).__name__}: "
+    typer.echo(f"pciplan: internal error: {kind}{what}; please report it (run with {DEBUG_ENV}=1 for "
+               "the traceback)", err=True)
+    return ExitCode.INTERNAL
 
 
 app = _Guarded(
