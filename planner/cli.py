@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -36,11 +37,22 @@ class _Guarded(typer.Typer):
 def guarded(run: Callable[[], Any]) -> NoReturn:
     """Run the command line and exit with its status; turn what escapes into one line and a status:
     a usage error 2, Ctrl-C 130, anything unexpected (a defect of pciplan) 5."""
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)  # later typers turn the KeyboardInterrupt into a silent Exit(130)
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         code = run()
         sys.stdout.flush()
     except (KeyboardInterrupt, BrokenPipeError, Exception) as exc:  # noqa: BLE001 - sorted out below
         code = _exit_status(exc)
+    else:
+        if code == ExitCode.INTERRUPTED and interrupted:
+            typer.echo("pciplan: interrupted", err=True)
     sys.exit(int(code or 0))
 
 
