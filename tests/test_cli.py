@@ -250,3 +250,74 @@ def test_attach_connect_live_on_a_running_guest(real_stack, guest_xml, tmp_path:
         assert live.attach(addressed) is None
         placements, mismatches = live.placements()
         assert mismatches == []
+
+
+# ---------------------------------------------------------------- JSON that carries everything
+
+GOLDEN = REPO / "tests" / "golden" / "q35-server.xml"
+
+
+def test_check_json_gives_each_finding_its_severity(tmp_path: Path) -> None:
+    """Before, a warning looked like an error in check --json: no severity."""
+    loose = tmp_path / "loose.xml"
+    loose.write_bytes(GOLDEN.read_bytes().replace(b" multifunction='on'", b"", 1))
+    r = run("check", str(loose), "--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)
+    assert data["errors"] == 0 and data["warnings"] == 1
+    assert [(v["severity"], v["rule"]) for v in data["violations"]] == [("warning", "multifunction-flag")]
+    assert data["violations"][0]["element"] == "controller virtio-serial index=0"  # function 0 of 00:04
+    r = run("check", str(GUEST), "--json")
+    assert r.returncode == 1
+    data = json.loads(r.stdout)
+    assert data["errors"] == len(data["violations"])
+    assert {v["severity"] for v in data["violations"]} == {"error"}
+
+
+@pytest.mark.realstack
+def test_check_libvirt_json_is_structured(real_stack, tmp_path: Path) -> None:
+    """Before, --libvirt's results were sentences in a list; now fields a program can read."""
+    r = run("check", str(GOLDEN), "--libvirt", "--json")
+    assert r.returncode == 0, r.stderr
+    stack = json.loads(r.stdout)["libvirt"]
+    assert stack["ok"] is True and stack["defined"] is True and stack["changes"] == []
+    assert stack["boot"] is None and stack["summary"] == ["libvirt: defined unchanged"]
+    loose = tmp_path / "loose.xml"  # libvirt adds the multifunction flag itself
+    loose.write_bytes(GOLDEN.read_bytes().replace(b" multifunction='on'", b"", 1))
+    r = run("check", str(loose), "--libvirt", "--json")
+    stack = json.loads(r.stdout)["libvirt"]
+    assert r.returncode == 1 and stack["ok"] is False and stack["defined"] is True
+    assert stack["changes"] and set(stack["changes"][0]) == {"kind", "element", "detail"}
+
+
+def test_firmware_names_in_any_case(tmp_path: Path) -> None:
+    """--firmware OVMF was refused; the name is case-insensitive for every command that takes it."""
+    upper, lower = tmp_path / "upper.xml", tmp_path / "lower.xml"
+    assert run("plan", str(GUEST), "--firmware", "OVMF", "-o", str(upper)).returncode == 0
+    assert run("plan", str(GUEST), "--firmware", "ovmf", "-o", str(lower)).returncode == 0
+    assert upper.read_bytes() == lower.read_bytes()
+    assert run("check", str(GOLDEN), "--firmware", "SeaBIOS").returncode == 0
+    assert run("compare", str(GUEST), "--firmware", "Ovmf", "--json").returncode == 0
+
+
+def test_plan_and_check_name_a_device_alike(tmp_path: Path) -> None:
+    """plan counted devices from 0 (interface[0]), check from 1: now both from 1, like XPath."""
+    f = tmp_path / "g.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='x86_64' machine='q35'>"
+                 "hvm</type></os><devices><interface type='user'><model type='virtio'/></interface>"
+                 "<interface type='user'><model type='virtio'/><address type='pci' domain='0' bus='0' "
+                 "slot='0x1f' function='0'/></interface></devices></domain>")
+    planned = run("plan", str(f))
+    checked = run("check", str(f), "--partial")
+    assert planned.returncode == 2 and "interface[2]" in planned.stderr.decode()
+    assert checked.returncode == 1 and "interface[2]" in checked.stdout.decode()
+    assert "interface[1]" not in planned.stderr.decode() + checked.stdout.decode()
+
+
+def test_attach_count_with_config_is_refused(tmp_path: Path) -> None:
+    """--count was ignored with --config (the next boot was planned and written instead)."""
+    nic = tmp_path / "nic.xml"
+    nic.write_bytes(NIC)
+    out = tmp_path / "next.xml"
+    r = run("attach", str(GOLDEN), str(nic), "--config", "--count", "-o", str(out))
+    assert r.returncode == 2 and not out.exists() and r.stdout == b""
