@@ -71,7 +71,7 @@ class NotHotpluggableError(PciplanError):
     exit_code = ExitCode.INFEASIBLE
 
 
-class InternalPciplanError(PciplanError):
+class InternalPciplanError(PciplanError, InternalError):
     """A defect of pciplan itself, e.g. the solver rejected its own model (exit 5): please report it."""
 
     exit_code = ExitCode.INTERNAL

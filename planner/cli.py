@@ -119,8 +119,9 @@ def _checked(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def _refuse(exc: Exception, as_json: bool, one_line: bool = False) -> NoReturn:
-    """Exit with the status and the reasons of a refused request: bad input 2, infeasible 3. With --json
-    stdout gets {"error": {"code", "reasons"}} too, so a caller never parses stderr."""
+    """Exit with the status and the reasons of a refused request: bad input 2, infeasible 3, pciplan's
+    own defect 5. With --json stdout gets {"error": {"code", "reasons"}} too, so a caller never parses
+    stderr."""
     if isinstance(exc, Infeasible):
         code, reasons = EXIT_INFEASIBLE, list(exc.reasons)
         if one_line:
@@ -129,6 +130,12 @@ def _refuse(exc: Exception, as_json: bool, one_line: bool = False) -> NoReturn:
             typer.echo("pciplan: infeasible: the request cannot be met:", err=True)
             for reason in reasons:
                 typer.echo(f"  - {reason}", err=True)
+    elif isinstance(exc, InternalError):
+        code, reasons = ExitCode.INTERNAL, list(getattr(exc, "reasons", [str(exc)]))
+        typer.echo(f"pciplan: internal error: {'; '.join(reasons)}; please report it (run with {DEBUG_ENV}=1 "
+                   "for the traceback)", err=True)
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exception(exc)
     else:
         code = int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
         reasons = list(getattr(exc, "reasons", [str(exc)]))
@@ -230,7 +237,7 @@ def plan(
             policy=str(policy) if policy else None, host_numa=host_numa, reserve=reserve or [],
             objective=objective, firmware=firmware)
         result = api.plan(parse_domain(source), options)
-    except (InputError, Infeasible) as exc:
+    except (InputError, Infeasible, InternalError) as exc:
         _refuse(exc, as_json)
     target = Path(source) if in_place else output
     if target is not None:

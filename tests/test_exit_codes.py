@@ -274,3 +274,17 @@ def test_many_nics_still_plan(tmp_path: Path) -> None:
                  f"hvm</type></os><devices>{nics(20)}</devices></domain>")
     r = run("plan", str(f), "-o", str(tmp_path / "o.xml"))
     assert r.returncode == 0 and r.stdout == b"" and b"optimal" in r.stderr
+
+
+def test_internal_error_of_the_planner_is_exit_5_and_json(tmp_path: Path) -> None:
+    """planner.errors.InternalError (say CP-SAT called the model invalid) is pciplan's defect: one line
+    that says so, exit 5, and with --json an error object with code 5."""
+    prelude = ("import planner.plan\nfrom planner.errors import InternalError\ndef _invalid(*a, **k):\n"
+               "    raise InternalError('CP-SAT says MODEL_INVALID')\nplanner.plan.plan_tree = _invalid\n")
+    out = tmp_path / "out.xml"
+    r = run("plan", str(GUEST), "-o", str(out), prelude=prelude)
+    assert r.returncode == ExitCode.INTERNAL and not out.exists()
+    assert one_line(r).startswith("pciplan: internal error: CP-SAT says MODEL_INVALID; please report it")
+    r = run("plan", str(GUEST), "-o", str(out), "--json", prelude=prelude)
+    assert r.returncode == ExitCode.INTERNAL
+    assert json.loads(r.stdout) == {"error": {"code": 5, "reasons": ["CP-SAT says MODEL_INVALID"]}}
