@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
@@ -31,10 +32,13 @@ from planner.errors import ExitCode, Infeasible, InternalError
 from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain_bytes, parse_xml_bytes, serialize, serialize_text
 
+if TYPE_CHECKING:
+    from planner.plan import PlanSummary
+
 __all__ = [
-    "BadInputError", "CheckResult", "Finding", "InfeasibleError", "Move", "NotHotpluggableError",
-    "PciplanError", "PlanResult", "StackResult", "attach_next_boot", "attach_places", "check", "options",
-    "plan",
+    "BadInputError", "CheckResult", "Finding", "InfeasibleError", "InternalPciplanError", "Move",
+    "NotHotpluggableError", "PciplanError", "PlanOptions", "PlanResult", "Place", "StackResult", "XmlInput",
+    "attach_next_boot", "attach_places", "check", "options", "plan",
 ]
 
 # What the functions read: XML text (str), XML bytes, a file (a Path), or a parsed lxml tree (not
@@ -129,7 +133,7 @@ class PlanResult:
     moves: list[Move]
     headroom: Headroom | None  # what the planned guest can still take live
     findings: list[Finding]
-    summary: object = field(repr=False)  # the planner's own PlanSummary, for everything else it counts
+    summary: PlanSummary = field(repr=False)  # the planner's own summary, for everything else it counts
 
     @property
     def exit_code(self) -> ExitCode:
@@ -146,7 +150,7 @@ class PlanResult:
 
     def as_json(self) -> dict:
         """The dict `pciplan plan --json` prints (README "Exit status" and "Python API")."""
-        out = self.summary.as_json()  # type: ignore[attr-defined]
+        out = self.summary.as_json()
         out["status"] = self.status
         out["addresses_moved"] = [str(m) for m in self.moves]
         out["moves"] = [m.as_json() for m in self.moves]
@@ -238,10 +242,26 @@ def _read(xml: XmlInput, what: str = "<input>", domain: bool = True) -> etree._E
             data, what = Path(xml).read_bytes(), str(xml)
         except OSError as exc:
             raise BadInputError([f"{xml}: cannot read: {exc.strerror}"]) from None
+    elif isinstance(xml, str):
+        data = _encode(xml)
     else:
-        data = xml.encode() if isinstance(xml, str) else xml
+        data = xml
     parse = parse_domain_bytes if domain else parse_xml_bytes
     return _guarded(parse, data, what)
+
+
+_DECLARED = re.compile(r"""\s*<\?xml[^>]*\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _encode(text: str) -> bytes:
+    """XML text as bytes in the encoding its declaration names (UTF-8 without one), so that the parser
+    reads back the same characters."""
+    declared = _DECLARED.match(text)
+    encoding = declared.group(1) if declared else "utf-8"
+    try:
+        return text.encode(encoding)
+    except (LookupError, UnicodeEncodeError) as exc:
+        raise BadInputError([f"<input>: cannot encode as the declared {encoding}: {exc}"]) from None
 
 
 def _check_options(opts: PlanOptions) -> PlanOptions:

@@ -172,3 +172,14 @@ def test_attach_next_boot_is_the_command_config(tmp_path: Path) -> None:
     assert command.returncode == 0, command.stderr
     assert out.read_bytes() == result.xml
     assert f"the device at {where}" in command.stderr.decode() and where != "no PCI address"
+
+
+def test_text_input_keeps_its_declared_encoding(tmp_path: Path) -> None:
+    """XML text (a str) that declares ISO-8859-1 plans to the bytes the command writes for that file."""
+    text = GUEST.read_text().replace("<name>", "<description>café</description><name>", 1)
+    text = "<?xml version='1.0' encoding='ISO-8859-1'?>\n" + text
+    f = tmp_path / "latin1.xml"
+    f.write_bytes(text.encode("latin-1"))
+    command = cli("plan", str(f))
+    assert command.returncode == 0, command.stderr
+    assert api.plan(text).xml == command.stdout and "café".encode("latin-1") in command.stdout
