@@ -768,18 +768,26 @@ def _next_boot_hint(tree, device, guest: str, device_file: str) -> str:
 
 def _domain_xml(uri: str, name: str, live: bool) -> str:
     """The live (or persistent) XML of domain name in the libvirt at uri."""
-    try:
-        import libvirt
-    except ImportError:
-        from planner.libvirt_stack import BINDING_MISSING
+    from urllib.parse import parse_qs, urlsplit
 
+    from planner.stack.driver import BINDING_MISSING, StackUnavailable, _import_libvirt, _start_event_loop
+
+    embedded = uri.startswith("qemu:///embed")
+    root = Path(parse_qs(urlsplit(uri).query).get("root", ["."])[0]) if embedded else None
+    try:
+        if root is not None:  # the embedded driver logs its warnings into its root, not onto stderr
+            (root / "log").mkdir(parents=True, exist_ok=True)
+            libvirt = _import_libvirt(root / "log" / "libvirt.log")[0]
+        else:
+            import libvirt
+    except (ImportError, StackUnavailable):
         _fail(EXIT_BAD_INPUT, BINDING_MISSING)
+    except OSError as exc:
+        _fail(EXIT_BAD_INPUT, f"--connect {uri}: {root}: {exc.strerror}")
     libvirt.registerErrorHandler(lambda *_: None, None)
-    if uri.startswith("qemu:///embed"):
+    if embedded:
         # the embedded driver runs in this process and needs an event loop; one per process, shared
         # with planner.stack's own embedded driver when both are in use
-        from planner.stack.driver import _start_event_loop
-
         _start_event_loop(libvirt)
     try:
         conn = libvirt.open(uri)

@@ -4,8 +4,10 @@ libvirt binding.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,16 +31,20 @@ def test_attach_connect_domain_device_on_an_embedded_libvirt(guest_xml, tmp_path
     GUEST: "--connect needs --domain NAME and the DEVICE file"), and an embedded URI gets its event loop
     (it failed with "An event loop implementation must be registered"). The --config result defines in
     that libvirt with the device where pciplan put it; the live path says the guest is not running."""
-    import shutil
-
     from realstack import require_emulator, stack_unavailable
 
     from planner import api
+    from planner.stack.driver import _prepare_root, default_root
 
     if shutil.which("virsh") is None:
         stack_unavailable("virsh is not installed")
     require_emulator("x86_64")
-    uri = f"qemu:///embed?root={tmp_path / 'libvirt'}"
+    root = tmp_path / "libvirt"
+    _prepare_root(root)
+    with contextlib.suppress(OSError):  # QEMU's capabilities from the shared root: no 4 s probe each time
+        capabilities = Path("cache") / "qemu" / "capabilities"
+        shutil.copytree(default_root() / capabilities, root / capabilities)
+    uri = f"qemu:///embed?root={root}"
     guest = tmp_path / "vm.xml"
     named = guest_xml("q35", devices=nics(2)).replace(b"<name>t</name>", b"<name>vm</name>")
     guest.write_bytes(api.plan(named, api.options(spare_pcie=0)).xml)
