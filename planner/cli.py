@@ -675,7 +675,8 @@ def attach(
     Example: pciplan attach guest.xml nic.xml -o nic-addressed.xml
 
     Exit status: 0 placed (or counted), 2 bad input, 3 no free place (the message says where the next cold
-    boot would put it and how to get there) or a device libvirt cannot hot-plug, 5 internal error.
+    boot would put it and how to get there) or a device libvirt cannot hot-plug, 4 --config written but
+    the guest's pinned addresses break a rule, 5 internal error.
     """
     from planner import api
     from planner.render import set_pci_address
