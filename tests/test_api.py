@@ -183,3 +183,26 @@ def test_text_input_keeps_its_declared_encoding(tmp_path: Path) -> None:
     command = cli("plan", str(f))
     assert command.returncode == 0, command.stderr
     assert api.plan(text).xml == command.stdout and "café".encode("latin-1") in command.stdout
+
+
+def test_stack_results_are_fields() -> None:
+    """check --libvirt --boot's results as fields: what libvirt changed, whether QEMU started and placed
+    everything, whether the firmware set up PCI (here from a report built by hand: no QEMU needed)."""
+    from planner.stack.driver import StackReport
+    from planner.stack.model import BootResult, Change, DefineResult, FirmwareResult
+
+    nic = "interface[1] (mac 52:54:00:00:00:01)"
+    mismatch = "net1: XML 02:00.0, QEMU 03:00.0"
+    report = StackReport(DefineResult(True, None, "<domain/>"),
+                         [Change("moved-address", nic, "01:00.0 -> 02:00.0")],
+                         boot=BootResult(True, None, {"net0": (1, 0, 0)}, [mismatch]),
+                         firmware=FirmwareResult(True, False, ["out of I/O address space"], "", "seabios",
+                                                 "SeaBIOS"))
+    result = api._stack_result(report).as_json()
+    assert result["ok"] is False and result["defined"] is True and result["define_error"] is None
+    assert result["changes"] == [{"kind": "moved-address", "element": nic, "detail": "01:00.0 -> 02:00.0"}]
+    assert result["boot"] == {"started": True, "error": None, "mismatches": [mismatch], "devices_placed": 1,
+                              "notes": [], "hotplug_probes": []}
+    assert result["firmware"] == {"name": "seabios", "label": "SeaBIOS", "ran": True,
+                                  "pci_setup_done": False, "errors": ["out of I/O address space"]}
+    assert result["summary"] == report.summary_lines()
