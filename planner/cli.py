@@ -4,37 +4,145 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from planner.cli_options import OptionError, exclusive, firmware_name, plan_options, positive
+from planner.errors import ExitCode, Infeasible, InternalError
 from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
+from planner.xmlio import InputError, parse_domain, serialize, write_atomic
 
-EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
-EXIT_PINNED_BREAKS = 4  # planned and written, but the input's pinned addresses break a rule check reports
+# The old names of the exit statuses, kept for the code that still uses them (README "Exit status").
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT,
+                                                             ExitCode.INFEASIBLE)
+EXIT_PINNED_BREAKS = ExitCode.PINNED_BREAKS
+DEBUG_ENV = "PCIPLAN_DEBUG"  # =1: an internal error shows its traceback too
 
-app = typer.Typer(
+
+class _Guarded(typer.Typer):
+    """The pciplan app: every way out is an exit status of the contract and at most one line of error
+    (no traceback), whoever runs it: the console script, `python -m planner.cli`, or app() in code."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs.setdefault("prog_name", "pciplan")
+        guarded(lambda: super(_Guarded, self).__call__(*args, standalone_mode=False, **kwargs))
+
+
+def guarded(run: Callable[[], Any]) -> NoReturn:
+    """Run the command line and exit with its status; turn what escapes into one line and a status:
+    a usage error 2, Ctrl-C 130, anything unexpected (a defect of pciplan) 5."""
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)  # later typers turn the KeyboardInterrupt into a silent Exit(130)
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        code = run()
+        sys.stdout.flush()
+    except (KeyboardInterrupt, BrokenPipeError, Exception) as exc:  # noqa: BLE001 - sorted out below
+        code = _exit_status(exc)
+    else:
+        if code == ExitCode.INTERRUPTED and interrupted:
+            typer.echo("pciplan: interrupted", err=True)
+    sys.exit(int(code or 0))
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Whether exc is click's (or typer's copy of click's) exception of this name: typer 0.15 raises
+    click's own, later typers their own copies, so the classes are told apart by name."""
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The exit status for an exception that escaped the command, after its one line on stderr."""
+    if _is(exc, "Exit"):  # raised outside a command's invocation
+        return int(getattr(exc, "exit_code", 0) or 0)
+    if _is(exc, "NoArgsIsHelpError"):  # `pciplan` alone: the help, as always
+        exc.show()  # type: ignore[attr-defined]
+        return ExitCode.BAD_INPUT
+    if _is(exc, "ClickException"):  # usage: a missing argument, an unknown option or command
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "pciplan"
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"pciplan: error: {message} (see {where} --help)", err=True)
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt) or _is(exc, "Abort"):
+        typer.echo("pciplan: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, BrokenPipeError):  # the reader went away (pciplan show | head): nothing to add
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILED
+    # pciplan's own defect: one line, exit 5, never a traceback (unless asked for)
+    if os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exception(exc)
+    what = str(exc).splitlines()[0] if str(exc).strip() else ""
+    kind = "" if isinstance(exc, InternalError) else f"{type(exc).__name__}: "
+    typer.echo(f"pciplan: internal error: {kind}{what}; please report it (run with {DEBUG_ENV}=1 for "
+               "the traceback)", err=True)
+    return ExitCode.INTERNAL
+
+
+app = _Guarded(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
+    pretty_exceptions_enable=False,
     help="Plan the PCI/PCIe topology of a libvirt domain (controllers and <address> elements) with a "
     "constraint solver, and check layouts against libvirt's and QEMU's rules.",
 )
 
 
-def _fail(code: int, message: str) -> None:
+def _fail(code: int, message: str) -> NoReturn:
     typer.echo(f"pciplan: error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _check_firmware_flag(firmware: str | None) -> None:
-    from planner.facts import FIRMWARE_NAMES
+def _check_firmware_flag(firmware: str | None) -> str | None:
+    """The firmware name in canonical case, or exit 2 with the reason."""
+    return _checked(firmware_name, firmware)
 
-    if firmware is not None and firmware not in FIRMWARE_NAMES:
-        _fail(EXIT_BAD_INPUT, f"--firmware: '{firmware}' is not one of {', '.join(FIRMWARE_NAMES)}")
+
+def _checked(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one of planner.cli_options' checks; a refused option exits 2 with its one-line reason."""
+    try:
+        return check(*args, **kwargs)
+    except InputError as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+
+
+def _refuse(exc: Exception, as_json: bool, one_line: bool = False) -> NoReturn:
+    """Exit with the status and the reasons of a refused request: bad input 2, infeasible 3, pciplan's
+    own defect 5. With --json stdout gets {"error": {"code", "reasons"}} too, so a caller never parses
+    stderr."""
+    if isinstance(exc, Infeasible):
+        code, reasons = EXIT_INFEASIBLE, list(exc.reasons)
+        if one_line:
+            typer.echo("pciplan: infeasible: " + "; ".join(reasons), err=True)
+        else:
+            typer.echo("pciplan: infeasible: the request cannot be met:", err=True)
+            for reason in reasons:
+                typer.echo(f"  - {reason}", err=True)
+    elif isinstance(exc, InternalError):
+        code, reasons = ExitCode.INTERNAL, list(getattr(exc, "reasons", [str(exc)]))
+        typer.echo(f"pciplan: internal error: {'; '.join(reasons)}; please report it (run with {DEBUG_ENV}=1 "
+                   "for the traceback)", err=True)
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exception(exc)
+    else:
+        code = int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+        reasons = list(getattr(exc, "reasons", [str(exc)]))
+        typer.echo(f"pciplan: error: {'; '.join(reasons)}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"error": {"code": int(code), "reasons": reasons}}, indent=2))
+    raise typer.Exit(code)
 
 
 def _use_libvirt_version(version: str | None) -> None:
@@ -46,18 +154,6 @@ def _use_libvirt_version(version: str | None) -> None:
             set_target_libvirt(parse_libvirt_version(version))
         except ValueError as exc:
             _fail(EXIT_BAD_INPUT, f"--libvirt-version: {exc}")
-
-
-def _stack_version_line() -> str:
-    """Which libvirt check --libvirt asked, and which one its rules judged for."""
-    from planner.facts import installed_libvirt, target_libvirt_source
-
-    installed = installed_libvirt()
-    target, source = target_libvirt_source()
-    line = f"libvirt: checked against libvirt {installed} (installed, embedded driver)"
-    if installed != target:
-        line += f"; the rules judged for libvirt {target} ({source})"
-    return line
 
 
 @app.command()
@@ -79,7 +175,8 @@ def plan(
     spare_pci: Annotated[
         int | None, typer.Option(help="Free hot-pluggable conventional PCI slots to keep (default: 1 on pc).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on standard output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on standard output (needs -o "
+                                          "or --in-place for the planned XML).")] = False,
     hotplug: Annotated[
         list[str] | None, typer.Option("--hotplug", metavar="KIND", help="Devices of this kind (interface, "
                                        "disk, hostdev, ...) must be hot-pluggable. Repeatable.")
@@ -114,8 +211,8 @@ def plan(
                                  "controllers,hotplug,pcie,buses trades PCIe for fewer controllers.")
     ] = None,
     firmware: Annotated[
-        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none "
-                                 "(default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
+        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none, "
+                                 "any case (default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
     ] = None,
     libvirt_version: Annotated[
         str | None, typer.Option(metavar="X.Y", help="Plan for this libvirt version, MAJOR.MINOR "
@@ -132,7 +229,8 @@ def plan(
 
     Exit status: 0 planned, 2 bad input, 3 the request cannot be met (the reason names the devices and
     limits in conflict), 4 planned and written, but addresses the input pins break a rule `check`
-    reports (say SeaBIOS's I/O space): the pinned devices are named, with the `--replan` way out.
+    reports (say SeaBIOS's I/O space): the pinned devices are named, with the `--replan` way out;
+    5 internal error. With --json, exit 2, 3 and 4 print {"error": {"code", "reasons"}} on stdout.
 
     Examples:
 
@@ -140,88 +238,69 @@ def plan(
 
       virsh dumpxml --inactive vm | pciplan plan - --json -o vm.xml
     """
-    from planner.errors import Infeasible
-    from planner.plan import plan_tree
-    from planner.rules import objective_order, parse_reserve
+    from planner import api
 
-    if in_place and output is not None:
-        _fail(EXIT_BAD_INPUT, "give either -o/--output or --in-place, not both")
-    from planner.options import BUS_CHOICES, DEVICE_KINDS
-
-    for kind in [*(hotplug or []), *(no_hotplug or [])]:
-        if kind not in DEVICE_KINDS:
-            _fail(EXIT_BAD_INPUT, f"--hotplug/--no-hotplug: unknown device kind '{kind}' "
-                  f"(one of: {', '.join(sorted(DEVICE_KINDS))})")
-    both = set(hotplug or []) & set(no_hotplug or [])
-    if both:
-        _fail(EXIT_BAD_INPUT, f"--hotplug and --no-hotplug both name {', '.join(sorted(both))}")
-    if host_numa not in (None, "auto"):
-        _fail(EXIT_BAD_INPUT, f"--host-numa: '{host_numa}' is not 'auto'")
-    if bus not in BUS_CHOICES:
-        _fail(EXIT_BAD_INPUT, f"--bus: '{bus}' is not one of pcie, pci, any, mmio")
-    if in_place and source == "-":
-        _fail(EXIT_BAD_INPUT, "--in-place needs a file, not standard input")
-    _check_firmware_flag(firmware)
     _use_libvirt_version(libvirt_version)
     try:
-        tree = parse_domain(source)
-        options = PlanOptions(spare_pcie=spare_pcie, spare_pci=spare_pci, time_limit=time_limit,
-                              replan=replan, hotplug_kinds=frozenset(hotplug or []),
-                              no_hotplug_kinds=frozenset(no_hotplug or []), bus=bus,
-                              policy=str(policy) if policy else None, host_numa=host_numa == "auto",
-                              objective_order=objective_order(objective, "--objective-order")
-                              if objective else None,
-                              reserve=tuple(parse_reserve(r) for r in reserve or []), firmware=firmware)
-        summary = plan_tree(tree, options)
-    except InputError as exc:
-        _fail(EXIT_BAD_INPUT, str(exc))
-    except Infeasible as exc:
-        typer.echo("pciplan: infeasible: the request cannot be met:", err=True)
-        for reason in exc.reasons:
-            typer.echo(f"  - {reason}", err=True)
-        raise typer.Exit(EXIT_INFEASIBLE) from None
-    data = serialize(tree)
+        exclusive({"-o/--output": output is not None, "--in-place": in_place})
+        if in_place and source == "-":
+            raise OptionError("--in-place needs a file, not standard input")
+        if as_json and output is None and not in_place:
+            raise OptionError("--json prints the summary on standard output: add -o FILE or --in-place for "
+                              "the planned XML")
+        options = plan_options(
+            time_limit=time_limit, spare_pcie=spare_pcie, spare_pci=spare_pci, replan=replan,
+            hotplug=hotplug or [], no_hotplug=no_hotplug or [], bus=bus,
+            policy=str(policy) if policy else None, host_numa=host_numa, reserve=reserve or [],
+            objective=objective, firmware=firmware)
+        result = api.plan(parse_domain(source), options)
+    except (InputError, Infeasible, InternalError) as exc:
+        _refuse(exc, as_json)
     target = Path(source) if in_place else output
     if target is not None:
         try:
-            write_atomic(target, data)
+            write_atomic(target, result.xml)
         except OSError as exc:
-            _fail(EXIT_BAD_INPUT, f"{target}: cannot write: {exc.strerror}")
-    elif not as_json:
-        sys.stdout.buffer.write(data)
+            _refuse(InputError(f"{target}: cannot write: {exc.strerror}"), as_json)
+    else:
+        sys.stdout.buffer.write(result.xml)
     if as_json:
         from planner.show import build_tree
         from planner.show import summary as tree_summary
+        from planner.xmlio import parse_domain_bytes
 
-        shown = tree_summary(build_tree(tree, firmware))
-        typer.echo(json.dumps({**summary.as_json(), "firmware": shown["firmware"],
+        shown = tree_summary(build_tree(parse_domain_bytes(result.xml), options.firmware))
+        typer.echo(json.dumps({**result.as_json(), "firmware": shown["firmware"],
                                "spare_ports": shown["spare_ports"]}, indent=2))
     else:
-        added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
-        status = summary.status.lower()
-        if status != "optimal":
-            status += f" (bound {summary.bound}, gap {summary.gap:.2%})"
-        for line in summary.moved:
-            typer.echo(f"pciplan: moved {line}", err=True)
-        for note in summary.notes:
-            if note.startswith("warning: "):
-                typer.echo(f"pciplan: {note}", err=True)
-        for line in summary.check_warnings:
-            typer.echo(f"pciplan: warning: {line}", err=True)
-        for line in summary.check_errors:
-            level = "" if line.startswith("suggestion: ") else "error: "
-            typer.echo(f"pciplan: {level}{line}", err=True)
-        lv = summary.levels
-        hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
-        typer.echo(
-            f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
-            f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "
-            f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s"
-            + (f"; can still hot-plug: {summary.headroom}" if summary.headroom else ""),
-            err=True,
-        )
-    if summary.check_errors:
-        raise typer.Exit(EXIT_PINNED_BREAKS)
+        _print_plan_summary(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_plan_summary(result) -> None:
+    """plan's human summary, on stderr: moves, warnings, check's errors, one closing line."""
+    summary = result.summary
+    added = ", ".join(f"{n} × {m}" for m, n in result.controllers_added.items()) or "none"
+    status = result.status
+    if status != "optimal":
+        status += f" (bound {result.bound}, gap {result.gap:.2%})"
+    for move in result.moves:
+        typer.echo(f"pciplan: moved {move}", err=True)
+    for finding in result.findings:
+        if finding.severity == "note":
+            continue
+        level = "" if finding.severity == "suggestion" else f"{finding.severity}: "
+        prefix = "suggestion: " if finding.severity == "suggestion" else ""
+        typer.echo(f"pciplan: {level}{prefix}{finding.text}", err=True)
+    lv = result.objective_levels
+    hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
+    typer.echo(
+        f"pciplan: {result.machine}: {summary.devices_placed} address(es) planned for "
+        f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "
+        f"{lv['hotplug_wanted']} that want it; {status} in {summary.solve_seconds:.3f} s"
+        + (f"; can still hot-plug: {result.headroom}" if result.headroom else ""),
+        err=True,
+    )
 
 
 @app.command()
@@ -248,63 +327,60 @@ def check(
         str | None, typer.Option(metavar="X.Y", help="Judge for this libvirt version, MAJOR.MINOR "
                                  "(default: the installed libvirt, else 9.0).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON, each with its "
+                                          "severity; --libvirt's results as fields.")] = False,
 ) -> None:
     """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
 
-    The rule checker shares no code with the planner's model. Exit status: 0 no violation, 1 violations
-    found (or libvirt/QEMU disagreed), 2 bad input or the real stack is not available.
+    The rule checker shares no code with the planner's model. Exit status: 0 no violation (warnings
+    allowed), 1 violations found (or libvirt/QEMU disagreed), 2 bad input or the real stack is not
+    available, 5 internal error.
     """
-    from planner.check import WARNING_RULES, check_domain
+    from planner import api
 
-    try:
-        tree = parse_domain(source)
-    except InputError as exc:
-        _fail(EXIT_BAD_INPUT, str(exc))
-    _check_firmware_flag(firmware)
     _use_libvirt_version(libvirt_version)
-    found = check_domain(tree, require_complete=not partial, firmware=firmware)
-    errors = [v for v in found if v.rule not in WARNING_RULES]
-    report: dict = {"violations": [v.__dict__ for v in found]}
-    stack_ok = True
-    if with_libvirt or boot:
-        from planner import stack as libvirt_stack
-
-        try:
-            result = libvirt_stack.verify(serialize_text(tree), boot=boot, firmware=boot,
-                                          firmware_name=firmware)
-        except libvirt_stack.StackUnavailable as exc:
-            _fail(EXIT_BAD_INPUT, f"real stack not available: {exc}")
-        stack_ok = result.ok
-        report["libvirt"] = [_stack_version_line()] + result.summary_lines()
+    try:
+        firmware = firmware_name(firmware)
+        result = api.check(parse_domain(source), partial=partial, firmware=firmware, libvirt=with_libvirt,
+                           boot=boot)
+    except InputError as exc:
+        _refuse(exc, as_json)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(result.as_json(), indent=2))
     else:
-        for v in found:
-            level = "warning" if v.rule in WARNING_RULES else "error"
-            typer.echo(f"{level}: {v.element}: {v.message} [{v.rule}]")
-        for line in report.get("libvirt", []):
+        for f in result.findings:
+            typer.echo(f"{f.severity}: {f.text}")
+        for line in result.stack.lines if result.stack is not None else []:
             typer.echo(line)
-        if not found and stack_ok:
+        if not result.findings and result.exit_code == ExitCode.OK:
             typer.echo("ok: no violation found")
-    raise typer.Exit(EXIT_VIOLATIONS if errors or not stack_ok else EXIT_OK)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
 def show(
     source: Annotated[str, typer.Argument(metavar="IN", help="Domain XML file, or - for standard input.")],
-    svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the tree as an SVG picture.")] = None,
-    png: Annotated[Path | None, typer.Option("--png", help="Also draw the tree as a PNG picture.")] = None,
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also draw the tree as an SVG picture (FILE.svg).")
+                   ] = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the tree as a PNG picture (FILE.png).")
+                   ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary counts as JSON.")] = False,
 ) -> None:
     """Show the PCI tree: root bus, controllers and devices with bus:slot.function, hot-plug capability,
     NUMA nodes and empty spare ports. Pictures use Graphviz's dot (matplotlib when dot is missing).
+
+    Exit status: 0 shown, 2 bad input (or a picture that cannot be drawn or written), 5 internal error.
 
     Example: pciplan plan guest.xml | pciplan show - --png tree.png
     """
     from planner.attach import headroom
     from planner.show import PictureError, build_tree, render_rich, render_text, summary, write_picture
 
+    for flag, picture in (("--svg", svg), ("--png", png)):
+        if picture is not None and picture.suffix.lower() != f".{flag[2:]}":
+            _fail(EXIT_BAD_INPUT, f"{flag} {picture}: the file name must end in .{flag[2:]} (the picture's "
+                  f"format); for a {picture.suffix or 'file without a suffix'} use "
+                  f"{'--png' if flag == '--svg' else '--svg'} or rename it")
     try:
         tree = parse_domain(source)
         root = build_tree(tree)
@@ -338,7 +414,8 @@ def compare(
                           "libvirt (real libvirt through the embedded driver).")
     ] = "builtin",
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
-    plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG.")] = None,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG (needs "
+                                                   "matplotlib).")] = None,
     time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds, per guest.")] = 10.0,
     firmware: Annotated[
         str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
@@ -354,14 +431,25 @@ def compare(
     on conventional PCI, spare ports, rule and firmware violations, success, time.
 
     Given several files or a directory, it also prints the totals and the distribution of controllers
-    saved. Example: pciplan compare tests/guests --plot compare.png
+    saved. Exit status: 0 compared, 1 some of several files failed (each is named with its reason),
+    2 bad usage or the one file given is bad, 5 internal error.
+
+    Example: pciplan compare tests/guests --plot compare.png
     """
     from planner.compare import load_and_compare, plot, table_rows
 
     if greedy not in ("builtin", "libvirt"):
         _fail(EXIT_BAD_INPUT, f"--greedy: '{greedy}' is not builtin or libvirt")
-    _check_firmware_flag(firmware)
+    firmware = _check_firmware_flag(firmware)
     _use_libvirt_version(libvirt_version)
+    _checked(positive, time_limit, "--time-limit")
+    if plot_path is not None:
+        if plot_path.suffix.lower() != ".png":
+            _fail(EXIT_BAD_INPUT, f"--plot {plot_path}: the picture is a PNG: the file name must end in .png")
+        try:
+            import matplotlib  # noqa: F401 - refuse now, not after every guest has been compared
+        except ImportError:
+            _fail(EXIT_BAD_INPUT, "--plot needs matplotlib, which is not installed (pip install matplotlib)")
     files: list[str] = []
     for src in sources:
         p = Path(src)
@@ -372,22 +460,29 @@ def compare(
     if not files:
         _fail(EXIT_BAD_INPUT, "no domain XML files found")
     results = []
-    failed = []
+    failed: list[tuple[str, str]] = []  # (file, reason)
     for f in files:
         try:
             results.append(load_and_compare(f, greedy, time_limit, firmware))
-        except InputError as exc:
-            failed.append(str(exc))
+        except (InputError, Infeasible) as exc:
+            failed.append((f, str(exc).removeprefix(f"{f}: ")))
         except Exception as exc:  # noqa: BLE001 - e.g. the real stack is missing: say so, go on
-            failed.append(f"{f}: {exc}")
+            failed.append((f, f"{type(exc).__name__}: {exc}"))
+    saved = [c.controllers_saved for c in results if c.controllers_saved is not None]
+    totals = {"files": len(files), "compared": len(results), "failed": len(failed),
+              "greedy_failed": sum(not c.greedy.ok for c in results),
+              "pciplan_failed": sum(not c.pciplan.ok for c in results),
+              "controllers_saved": sum(saved), "controllers_saved_min": min(saved, default=0),
+              "controllers_saved_max": max(saved, default=0)}
     if as_json:
-        typer.echo(json.dumps({"guests": [c.as_json() for c in results], "errors": failed}, indent=2))
+        typer.echo(json.dumps({"guests": [c.as_json() for c in results], "totals": totals,
+                               "errors": [{"file": f, "reason": why} for f, why in failed]}, indent=2))
     else:
         from rich.console import Console
         from rich.table import Table
 
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-        if len(results) == 1:
+        if len(files) == 1 and results:
             c = results[0]
             t = Table(title=f"{c.source} ({c.machine}, {c.devices} PCI devices) — greedy: {c.greedy_kind}")
             for col in ("metric", "pciplan", "greedy"):
@@ -395,7 +490,7 @@ def compare(
             for row in table_rows(c):
                 t.add_row(*row)
             console.print(t)
-        else:
+        elif results:
             t = Table(title=f"pciplan versus {results[0].greedy_kind if results else greedy}")
             for col in ("guest", "machine", "devices", "pciplan ctrls", "greedy ctrls", "saved",
                         "hot-plug (ours/greedy)", "violations (ours/greedy)"):
@@ -408,19 +503,20 @@ def compare(
                           f"{c.pciplan.hotplug_devices}/{c.greedy.hotplug_devices}",
                           f"{len(c.pciplan.rule_violations)}/{len(c.greedy.rule_violations)}")
             console.print(t)
-            saved = [c.controllers_saved for c in results if c.controllers_saved is not None]
-            greedy_failed = sum(not c.greedy.ok for c in results)
-            ours_failed = sum(not c.pciplan.ok for c in results)
-            console.print(f"{len(results)} guests: greedy failed on {greedy_failed}, pciplan on "
-                          f"{ours_failed}; "
-                          f"controllers saved in total {sum(saved)}, per guest min {min(saved, default=0)} / "
-                          f"max {max(saved, default=0)}.")
-        for line in failed:
-            typer.echo(f"pciplan: error: {line}", err=True)
+            console.print(f"{len(results)} guests: greedy failed on {totals['greedy_failed']}, pciplan on "
+                          f"{totals['pciplan_failed']}; controllers saved in total "
+                          f"{totals['controllers_saved']}, "
+                          f"per guest min {totals['controllers_saved_min']} / max "
+                          f"{totals['controllers_saved_max']}."
+                          + (f" {len(failed)} of {len(files)} files failed." if failed else ""))
+    for f, why in failed:
+        typer.echo(f"pciplan: error: {f}: {why}", err=True)
     if plot_path is not None and results:
         plot(results, str(plot_path))
         typer.echo(f"pciplan: wrote {plot_path}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT if failed and not results else EXIT_OK)
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT if len(files) == 1 else ExitCode.FAILED)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()
@@ -491,7 +587,7 @@ def fleet(
               "so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
         _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
-    _check_firmware_flag(firmware)
+    firmware = _check_firmware_flag(firmware)
     _use_libvirt_version(libvirt_version)
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
@@ -584,7 +680,7 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
 @app.command()
 def attach(
     guest: Annotated[str, typer.Argument(metavar="GUEST", help="Domain XML of the guest: the running guest's "
-                                          "(virsh dumpxml NAME), or - for standard input. Not needed with "
+                                          "(virsh dumpxml NAME), or - for standard input. Not given with "
                                           "--connect.")] = "",
     device: Annotated[str, typer.Argument(metavar="DEVICE", help="Device XML, as for virsh attach-device.")
                       ] = "",
@@ -597,7 +693,7 @@ def attach(
                                         "(the number is the last line).")] = False,
     connect: Annotated[str | None, typer.Option(
         "--connect", metavar="URI", help="Read the guest from this libvirt (live XML; with --config the "
-        "persistent one).")] = None,
+        "persistent one): attach --connect URI --domain NAME DEVICE.")] = None,
     domain: Annotated[str | None, typer.Option("--domain", metavar="NAME", help="With --connect: the guest.")
                       ] = None,
 ) -> None:
@@ -611,20 +707,29 @@ def attach(
     Example: pciplan attach guest.xml nic.xml -o nic-addressed.xml
 
     Exit status: 0 placed (or counted), 2 bad input, 3 no free place (the message says where the next cold
-    boot would put it and how to get there) or a device libvirt cannot hot-plug.
+    boot would put it and how to get there) or a device libvirt cannot hot-plug, 4 --config written but
+    the guest's pinned addresses break a rule, 5 internal error.
     """
-    from planner.attach import NotHotpluggable, add_device, live_places
-    from planner.errors import Infeasible
-    from planner.plan import plan_tree
+    from planner import api
     from planner.render import set_pci_address
     from planner.xmlio import parse_domain_bytes, parse_xml_bytes, read_input
 
     if connect is not None:
-        if not domain or (guest and not device):
-            _fail(EXIT_BAD_INPUT, "--connect needs --domain NAME and the DEVICE file")
-        device = device or guest
+        if not domain:
+            _fail(EXIT_BAD_INPUT, "--connect needs --domain NAME (attach --connect URI --domain NAME DEVICE)")
+        if device:
+            _fail(EXIT_BAD_INPUT, "with --connect give only DEVICE: the guest is --domain "
+                  f"{domain} (attach --connect URI --domain NAME DEVICE)")
+        device, guest = guest, ""
+        if not device:
+            _fail(EXIT_BAD_INPUT, "attach --connect URI --domain NAME needs the DEVICE file")
+    elif domain is not None:
+        _fail(EXIT_BAD_INPUT, "--domain needs --connect URI")
     elif not guest or not device:
         _fail(EXIT_BAD_INPUT, "attach needs GUEST and DEVICE (or --connect URI --domain NAME DEVICE)")
+    if count and config:
+        _fail(EXIT_BAD_INPUT, "--count counts the free places of the running guest; --config plans the next "
+              "boot: give one of them")
     try:
         if connect is not None:
             tree = parse_domain_bytes(_domain_xml(connect, domain or "", live=not config).encode(),
@@ -633,49 +738,41 @@ def attach(
             tree = parse_domain_bytes(*read_input(guest))
         dev_tree = parse_xml_bytes(*read_input(device))
         if config:
-            new = add_device(tree, dev_tree.getroot())
-            summary = plan_tree(tree)
-            _write(output, serialize(tree))
-            added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "none"
-            typer.echo(f"pciplan: next boot: the device at {_where(new)}; controllers added: {added}; "
+            result, where = api.attach_next_boot(tree, dev_tree)
+            _write(output, result.xml)
+            added = ", ".join(f"{n} × {m}" for m, n in result.controllers_added.items()) or "none"
+            typer.echo(f"pciplan: next boot: the device at {where}; controllers added: {added}; "
                        "every other address kept. Define it with virsh define.", err=True)
-            return
-        found = live_places(tree, dev_tree.getroot())
-    except InputError as exc:
-        _fail(EXIT_BAD_INPUT, str(exc))
-    except NotHotpluggable as exc:
+            raise typer.Exit(result.exit_code)
+        places = api.attach_places(tree, dev_tree)
+    except api.NotHotpluggableError as exc:
         typer.echo(f"pciplan: not hot-pluggable: {exc}", err=True)
         raise typer.Exit(EXIT_INFEASIBLE) from None
-    except Infeasible as exc:
-        typer.echo("pciplan: infeasible: " + "; ".join(exc.reasons), err=True)
-        raise typer.Exit(EXIT_INFEASIBLE) from None
+    except (InputError, Infeasible) as exc:
+        _refuse(exc, False, one_line=True)
+    from planner.attach import live_places
+
+    found = live_places(tree, dev_tree.getroot())  # the device's name and kind of place, for the messages
     kind = "PCIe device (empty pcie-root-port or downstream port)" if found.pcie else \
         "conventional PCI device (free slot of a hot-pluggable bridge or root bus)"
     if count:
-        for place in found.places:
+        for place in places:
             typer.echo(f"pciplan: free: {place}", err=True)
-        typer.echo(f"pciplan: {len(found.places)} more device(s) like this {found.device} fit live, "
+        typer.echo(f"pciplan: {len(places)} more device(s) like this {found.device} fit live, "
                    f"as a {kind}", err=True)
-        typer.echo(str(len(found.places)))
+        typer.echo(str(len(places)))
         return
-    if not found.places:
+    if not places:
         typer.echo(f"pciplan: no free hot-pluggable place for this {found.device}, a {kind}", err=True)
         source = guest if connect is None else f"--connect {connect} --domain {domain}"
-        typer.echo(_next_boot_hint(tree, dev_tree.getroot(), source, device), err=True)
+        typer.echo(_next_boot_hint(tree, dev_tree, source, device), err=True)
         raise typer.Exit(EXIT_INFEASIBLE)
-    place = found.places[0]
+    place = places[0]
     set_pci_address(dev_tree.getroot(), place.address)
     _write(output, serialize(dev_tree))
-    typer.echo(f"pciplan: this {found.device} goes to {place}; {len(found.places) - 1} more free "
+    typer.echo(f"pciplan: this {found.device} goes to {place}; {len(places) - 1} more free "
                "place(s) for such devices; attach it with: virsh attach-device NAME FILE --live --config",
                err=True)
-
-
-def _where(el) -> str:
-    from planner.domain import read_pci_address
-
-    address = read_pci_address(el, el.tag)[0]
-    return str(address) if address is not None else "no PCI address"
 
 
 def _write(output: Path | None, data: bytes) -> None:
@@ -690,40 +787,52 @@ def _write(output: Path | None, data: bytes) -> None:
 
 def _next_boot_hint(tree, device, guest: str, device_file: str) -> str:
     """Where a cold boot would put the device, and the command that plans it."""
-    import copy
+    from planner import api
 
-    from planner.attach import add_device
-    from planner.errors import Infeasible
-    from planner.plan import plan_tree
-
-    trial = copy.deepcopy(tree)
-    new = add_device(trial, device)
     try:
-        summary = plan_tree(trial)
-    except Infeasible as exc:
+        result, where = api.attach_next_boot(tree, device)
+    except api.InfeasibleError as exc:
         return "pciplan: the next cold boot cannot place it either: " + "; ".join(exc.reasons)
-    added = ", ".join(f"{n} × {m}" for m, n in summary.controllers_added.items()) or "no controller"
-    return (f"pciplan: the next cold boot would put it at {_where(new)} ({added} added, every other address "
+    added = ", ".join(f"{n} × {m}" for m, n in result.controllers_added.items()) or "no controller"
+    return (f"pciplan: the next cold boot would put it at {where} ({added} added, every other address "
             "kept): "
             f"pciplan attach {guest} {device_file} --config -o next.xml && virsh define next.xml")
 
 
 def _domain_xml(uri: str, name: str, live: bool) -> str:
-    try:
-        import libvirt
-    except ImportError:
-        from planner.libvirt_stack import BINDING_MISSING
+    """The live (or persistent) XML of domain name in the libvirt at uri."""
+    from urllib.parse import parse_qs, urlsplit
 
+    from planner.stack.driver import BINDING_MISSING, StackUnavailable, _import_libvirt, _start_event_loop
+
+    embedded = uri.startswith("qemu:///embed")
+    root = Path(parse_qs(urlsplit(uri).query).get("root", ["."])[0]) if embedded else None
+    try:
+        if root is not None:  # the embedded driver logs its warnings into its root, not onto stderr
+            (root / "log").mkdir(parents=True, exist_ok=True)
+            libvirt = _import_libvirt(root / "log" / "libvirt.log")[0]
+        else:
+            import libvirt
+    except (ImportError, StackUnavailable):
         _fail(EXIT_BAD_INPUT, BINDING_MISSING)
+    except OSError as exc:
+        _fail(EXIT_BAD_INPUT, f"--connect {uri}: {root}: {exc.strerror}")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    if embedded:
+        # the embedded driver runs in this process and needs an event loop; one per process, shared
+        # with planner.stack's own embedded driver when both are in use
+        _start_event_loop(libvirt)
     try:
         conn = libvirt.open(uri)
-        dom = conn.lookupByName(name)
-        if live and not dom.isActive():
-            _fail(EXIT_BAD_INPUT, f"domain {name} is not running: use --config to plan its next boot")
-        return dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
+        try:
+            dom = conn.lookupByName(name)
+            if live and not dom.isActive():
+                _fail(EXIT_BAD_INPUT, f"domain {name} is not running: use --config to plan its next boot")
+            return dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
+        finally:
+            conn.close()
     except libvirt.libvirtError as exc:
-        _fail(EXIT_BAD_INPUT, f"{uri}: {exc.get_error_message()}")
-    raise AssertionError("unreachable")
+        _fail(EXIT_BAD_INPUT, f"--connect {uri}: {exc.get_error_message()}")
 
 
 @app.command("diff")

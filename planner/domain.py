@@ -657,7 +657,7 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
         if not lookup:
             lookup, model = kind, ""  # no PCI form on this machine: the catalogue's "kind:*" says more
         facts = device_class(lookup, model)
-        label = describe(el, kind, position)
+        label = describe(el, kind, position + 1)  # 1-based, like XPath and check
         if facts.cls == "none":
             if facts.note:  # say why a device this libvirt does not place stays unaddressed
                 notes.append(f"warning: {label}: {facts.note}")

@@ -250,6 +250,12 @@ def _device_table(libvirt: LibvirtVersion) -> dict[str, DeviceClass]:
     return {key: replace(e, note=e.note.replace("{libvirt}", str(libvirt))) for key, e in out.items()}
 
 
+def catalogue_keys() -> list[str]:
+    """Every 'kind:model' the catalogue knows, for any libvirt version (what options may name)."""
+    baseline = _load("devices.toml")
+    return [*baseline, *(k for k in _libvirt_table()["device"] if k not in baseline)]
+
+
 def device_class(kind: str, model: str) -> DeviceClass:
     """Look up 'kind:model', then the 'kind:*' fallback (kind may itself contain ':'), in the catalogue
     of the libvirt pciplan plans for (target_libvirt())."""

@@ -83,7 +83,7 @@ def test_infeasible_exits_3_and_explains(tmp_path: Path) -> None:
     r = run("plan", str(f), "--in-place")
     assert r.returncode == 3
     err = r.stderr.decode()
-    assert "infeasible" in err and "interface[0]" in err and "index=1" in err
+    assert "infeasible" in err and "interface[1]" in err and "index=1" in err
     assert f.read_bytes() == before
 
 
@@ -171,3 +171,59 @@ def test_plan_to_a_device_writes_through_it(tmp_path, guest_xml) -> None:
     reader.join(10)
     assert result.returncode == 0, result.stderr
     assert stat.S_ISFIFO(fifo.stat().st_mode) and got and got[0].startswith(b"<domain")
+
+
+# ---------------------------------------------------------------- JSON that carries everything
+
+GOLDEN = REPO / "tests" / "golden" / "q35-server.xml"
+NIC = b"<interface type='user'><mac address='52:54:00:aa:00:01'/><model type='virtio'/></interface>"
+
+
+def test_check_json_gives_each_finding_its_severity(tmp_path: Path) -> None:
+    """Before, a warning looked like an error in check --json: no severity."""
+    loose = tmp_path / "loose.xml"
+    loose.write_bytes(GOLDEN.read_bytes().replace(b" multifunction='on'", b"", 1))
+    r = run("check", str(loose), "--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)
+    assert data["errors"] == 0 and data["warnings"] == 1
+    assert [(v["severity"], v["rule"]) for v in data["violations"]] == [("warning", "multifunction-flag")]
+    assert data["violations"][0]["element"] == "controller virtio-serial index=0"  # function 0 of 00:04
+    r = run("check", str(GUEST), "--json")
+    assert r.returncode == 1
+    data = json.loads(r.stdout)
+    assert data["errors"] == len(data["violations"])
+    assert {v["severity"] for v in data["violations"]} == {"error"}
+
+
+def test_firmware_names_in_any_case(tmp_path: Path) -> None:
+    """--firmware OVMF was refused; the name is case-insensitive for every command that takes it."""
+    upper, lower = tmp_path / "upper.xml", tmp_path / "lower.xml"
+    assert run("plan", str(GUEST), "--firmware", "OVMF", "-o", str(upper)).returncode == 0
+    assert run("plan", str(GUEST), "--firmware", "ovmf", "-o", str(lower)).returncode == 0
+    assert upper.read_bytes() == lower.read_bytes()
+    assert run("check", str(GOLDEN), "--firmware", "SeaBIOS").returncode == 0
+    assert run("compare", str(GUEST), "--firmware", "Ovmf", "--json").returncode == 0
+
+
+def test_plan_and_check_name_a_device_alike(tmp_path: Path) -> None:
+    """plan counted devices from 0 (interface[0]), check from 1: now both from 1, like XPath."""
+    f = tmp_path / "g.xml"
+    f.write_text("<domain type='qemu'><name>x</name><memory>1</memory><os><type arch='x86_64' machine='q35'>"
+                 "hvm</type></os><devices><interface type='user'><model type='virtio'/></interface>"
+                 "<interface type='user'><model type='virtio'/><address type='pci' domain='0' bus='0' "
+                 "slot='0x1f' function='0'/></interface></devices></domain>")
+    planned = run("plan", str(f))
+    checked = run("check", str(f), "--partial")
+    assert planned.returncode == 2 and "interface[2]" in planned.stderr.decode()
+    assert checked.returncode == 1 and "interface[2]" in checked.stdout.decode()
+    assert "interface[1]" not in planned.stderr.decode() + checked.stdout.decode()
+
+
+def test_attach_count_with_config_is_refused(tmp_path: Path) -> None:
+    """--count was ignored with --config (the next boot was planned and written instead)."""
+    nic = tmp_path / "nic.xml"
+    nic.write_bytes(NIC)
+    out = tmp_path / "next.xml"
+    r = run("attach", str(GOLDEN), str(nic), "--config", "--count", "-o", str(out))
+    assert r.returncode == 2 and not out.exists() and r.stdout == b""

@@ -192,7 +192,7 @@ def test_catalogue_walk_agrees_with_libvirt(real_stack, name) -> None:
     tag = parse_domain_bytes(data).getroot().find("devices")[1].tag
     raw = real_stack.define(data.decode())
     if verdict == "refused":
-        with pytest.raises(InputError, match=rf"^{tag}(\[0\]| sda).*: has a PCI address, but"):
+        with pytest.raises(InputError, match=rf"^{tag}(\[1\]| sda).*: has a PCI address, but"):
             plan_bytes(data)
         assert not raw.ok  # libvirt 9.0 refuses it too
         return
@@ -223,7 +223,7 @@ def test_unknown_element_with_a_pci_address_is_refused() -> None:
     data = guest("q35", f"<frobnicator>{pci(0, 5)}</frobnicator>")
     result = CliRunner().invoke(app, ["plan", "-"], input=data.decode())
     assert result.exit_code == 2
-    assert "frobnicator[0]: has a PCI address, but pciplan does not know 'frobnicator'" in result.output
+    assert "frobnicator[1]: has a PCI address, but pciplan does not know 'frobnicator'" in result.output
 
 
 def test_catalogue_knows_the_pci_kinds_libvirt_9_and_10_place() -> None:
@@ -234,7 +234,7 @@ def test_catalogue_knows_the_pci_kinds_libvirt_9_and_10_place() -> None:
         assert device_class(kind, model).cls == cls, (kind, model)
     data = guest("q35", f"<panic model='pvpanic'>{pci(0, 5)}</panic>\n"
                         f"<interface type='user'><model type='e1000'/>{pci(0, 5)}</interface>")
-    with pytest.raises(InputError, match=r"double use of PCI address 00:05.0 \(already panic\[0\]\)"):
+    with pytest.raises(InputError, match=r"double use of PCI address 00:05.0 \(already panic\[1\]\)"):
         plan_bytes(data)  # the pvpanic is a device whose address is reserved, not ignored
     _, s = plan_bytes(guest("q35", "<panic model='pvpanic'/>"))  # placed, with a word on libvirt 9.0
     assert any("libvirt 9.0 rejects panic model 'pvpanic'" in n for n in s.notes)
@@ -249,7 +249,7 @@ def test_hostdev_pinned_at_bus_0x99_is_counted_and_named(real_stack, tmp_path) -
     tree, s = plan_bytes(data)
     assert s.controllers_added == {"pci-bridge": 153}  # the index fills libvirt would add too
     assert any("[io-windows]" in e for e in s.check_errors)
-    assert any("pins: hostdev[0]" in e for e in s.check_errors)
+    assert any("pins: hostdev[1]" in e for e in s.check_errors)
     assert any("--replan" in e and "moving 1 address(es)" in e for e in s.check_errors)
     _fixpoint(real_stack, text(tree).decode())  # libvirt fills the same indices
     result = CliRunner().invoke(app, ["plan", "-", "-o", str(tmp_path / "out.xml")], input=data.decode())
