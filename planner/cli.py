@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
+# `pciplan fleet` takes Ctrl-C as "stop between files, summarise, report" from its very start: the
+# imports below take a few tenths of a second, and the fleet command picks up what was pressed meanwhile.
+_FLEET_CTRL_C: list[int] = []
+if sys.argv[1:2] == ["fleet"]:
+    signal.signal(signal.SIGINT, lambda signum, _frame: _FLEET_CTRL_C.append(signum))
 
-from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
+import typer  # noqa: E402
+
+from planner.options import PlanOptions  # noqa: E402
+from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic  # noqa: E402
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
 EXIT_PINNED_BREAKS = 4  # planned and written, but the input's pinned addresses break a rule check reports
@@ -386,6 +393,7 @@ def compare(
 
 @app.command()
 def fleet(
+    ctx: typer.Context,
     sources: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Domain XML files, "
                                                         "directories or glob patterns.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write planned files into this folder.")] = None,
@@ -429,50 +437,82 @@ def fleet(
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
-    output changes nothing. Exit status: 0 all planned, 1 some failed, 2 bad usage.
+    output changes nothing.
+
+    Exit status: 0 all planned, 1 some files failed (or the report could not be written), 2 bad usage
+    (checked before anything is planned), 130 interrupted (Ctrl-C: the summary and the report cover the
+    files done; the others are untouched).
 
     Example: pciplan fleet /etc/libvirt/qemu --out planned/ --replan --report report.csv
     """
-    import csv
     import time as _time
 
     from rich.progress import Progress
 
     from planner import fleet as fl
+    from planner.errors import ExitCode
 
-    if in_place and out is not None:
-        _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
+    # Ctrl-C stops the batch between files (planner.fleet.Interrupt); the handler is put back on exit
+    interrupt = fl.Interrupt()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupt.install()
+    ctx.call_on_close(lambda: signal.signal(signal.SIGINT, previous))
+    interrupt.requested = interrupt.requested or bool(_FLEET_CTRL_C)  # pressed while it was starting
+
+    if connect is not None:
+        given = [name for name, on in (("PATH", sources), ("--out", out), ("--in-place", in_place),
+                                       ("--no-backup", no_backup), ("--dry-run", dry_run),
+                                       ("--scheduler", scheduler)) if on]
+        if given:
+            _fail(ExitCode.BAD_INPUT, f"--connect plans libvirt's own domains and changes them only with "
+                  f"--define: {', '.join(given)} cannot go with it")
+    else:
+        if domain or define:
+            _fail(ExitCode.BAD_INPUT, f"{'--domain' if domain else '--define'} needs --connect URI")
+        if not sources:
+            _fail(ExitCode.BAD_INPUT, "name domain XML files, directories or globs (or --connect URI)")
+        if in_place and out is not None:
+            _fail(ExitCode.BAD_INPUT, "give either --out or --in-place, not both")
+        if not (in_place or out or dry_run):
+            _fail(ExitCode.BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
+    if jobs < 1:
+        _fail(ExitCode.BAD_INPUT, f"--jobs: {jobs} is not a number of processes (1 or more)")
     if to_machine == "virt":
-        _fail(EXIT_BAD_INPUT, "--to-machine virt: on aarch64 and riscv64 pciplan plans only the virt "
-              "machine, "
-              "so there is no machine type to convert from (plan the guests as they are)")
+        _fail(ExitCode.BAD_INPUT, "--to-machine virt: on aarch64 and riscv64 pciplan plans only the virt "
+              "machine, so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
-        _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
+        _fail(ExitCode.BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
     _check_firmware_flag(firmware)
+    if report is not None:
+        _check_report_path(report)
+    if out is not None and not dry_run:
+        if out.exists() and not out.is_dir():
+            _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(ExitCode.BAD_INPUT, f"--out {out}: cannot create the directory: {exc.strerror}")
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
-        _fleet_connect(connect, domain, options, define)
-    if not sources:
-        _fail(EXIT_BAD_INPUT, "name domain XML files, directories or globs (or --connect URI)")
-    if not (in_place or out or dry_run):
-        _fail(EXIT_BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
-    if report is not None and report.suffix not in (".json", ".csv"):
-        _fail(EXIT_BAD_INPUT, f"--report: {report} must end in .json or .csv")
+        _fleet_connect(connect, domain, options, define, report)
     files = fl.collect(sources)
     if not files:
-        _fail(EXIT_BAD_INPUT, "no domain XML files found")
+        _fail(ExitCode.BAD_INPUT, "no domain XML files found")
+    fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
     start = _time.perf_counter()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("planning", total=len(files))
         try:
-            results = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
-                             dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
-                             progress=lambda r: bar.advance(task))
+            batch = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
+                           dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
+                           progress=lambda r: bar.advance(task), interrupt=interrupt)
         except ImportError:
-            _fail(EXIT_BAD_INPUT, "--scheduler needs Dask's distributed package (pip install distributed)")
-        except OSError as exc:
-            _fail(EXIT_BAD_INPUT, f"--scheduler {scheduler}: cannot reach the scheduler: {exc}")
+            _fail(ExitCode.BAD_INPUT, "--scheduler needs Dask's distributed package "
+                  "(pip install distributed)")
+        except fl.SchedulerUnreachable as exc:
+            _fail(ExitCode.BAD_INPUT, f"--scheduler {scheduler}: cannot reach the scheduler: {exc}")
+    results = batch.results
     summary = fl.totals(results, _time.perf_counter() - start)
     for r in results:
         if r.status == "failed":
@@ -488,25 +528,64 @@ def fleet(
         f"({summary['files_per_second']} files/s, {summary['seconds_per_file']} s per file)"
         + (" (dry run: nothing written)" if dry_run else "")
     )
-    if report is not None:
+    if batch.interrupted:
+        summary.update(interrupted=True, files_given=len(files))
+        typer.echo(f"pciplan: interrupted: {len(results)} of {len(files)} files done, the other "
+                   f"{len(files) - len(results)} untouched", err=True)
+    code = ExitCode.FAILED if summary["failed"] else ExitCode.OK
+    if batch.interrupted:
+        code = ExitCode.INTERRUPTED
+    if report is not None and not _write_report(report, summary, results):
+        code = max(code, ExitCode.FAILED)
+    raise typer.Exit(code)
+
+
+def _check_report_path(report: Path) -> None:
+    """--report is checked before anything is planned: a run whose report cannot be written is refused."""
+    from planner.errors import ExitCode
+
+    if report.suffix not in (".json", ".csv"):
+        _fail(ExitCode.BAD_INPUT, f"--report: {report} must end in .json or .csv")
+    folder = report.parent
+    if report.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: is a directory")
+    if not folder.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (report.exists() and not os.access(report, os.W_OK)):
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: cannot write in {folder}")
+
+
+def _write_report(report: Path, summary: dict, results: list) -> bool:
+    """Write the report (JSON keeps the lists, CSV joins them); False, said on stderr, if it failed."""
+    import csv
+    import dataclasses
+    import io
+
+    from planner import fleet as fl
+
+    if report.suffix == ".json":
+        data = json.dumps({"summary": summary, "files": fl.report_rows(results, flat=False)},
+                          indent=2).encode()
+    else:
         rows = fl.report_rows(results)
-        if report.suffix == ".json":
-            data = json.dumps({"summary": summary, "files": rows}, indent=2).encode()
-        else:
-            import io
-
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            data = buf.getvalue().encode()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(fl.FileResult)])
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buf.getvalue().encode()
+    try:
         write_atomic(report, data)
-    raise typer.Exit(1 if summary["failed"] else EXIT_OK)
+    except OSError as exc:
+        typer.echo(f"pciplan: error: --report {report}: cannot write: {exc.strerror}", err=True)
+        return False
+    return True
 
 
-def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool) -> None:
+def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool,
+                   report: Path | None) -> None:
     """fleet --connect: plan live libvirt's domains, print diffs, define the changed ones if asked."""
     from planner import fleet as fl
+    from planner.errors import ExitCode
 
     try:
         import libvirt
@@ -534,7 +613,10 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
     defined = "; changed domains defined" if define and t["changed"] else ""
     typer.echo(f"{t['files']} domains: {t['changed']} changed, {t['unchanged']} unchanged, "
                f"{t['failed']} failed{defined}", err=True)
-    raise typer.Exit(1 if t["failed"] else EXIT_OK)
+    code = ExitCode.FAILED if t["failed"] else ExitCode.OK
+    if report is not None and not _write_report(report, t, results):
+        code = ExitCode.FAILED
+    raise typer.Exit(code)
 
 
 @app.command()
