@@ -10,7 +10,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
@@ -187,7 +187,11 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
             for index, (path, to) in enumerate(tasks):
                 if interrupt.requested:
                     break
-                done(index, plan_one(path, to, options, dry_run, backup))
+                with _sigint_held():
+                    result = plan_one(path, to, options, dry_run, backup)
+                    if main is not None:
+                        interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
+                done(index, result)
         else:
             preload()
             _run_local(tasks, options, jobs, dry_run, backup, interrupt, done)
@@ -197,6 +201,17 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
         if not dry_run:
             _sync_folders({Path(to).parent for _, to in tasks if to is not None})
     return Batch([results[i] for i in sorted(results)], interrupted=interrupt.requested)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back (it stays pending) while CP-SAT runs here: its own handler would cut the solve
+    short, and afterwards it leaves SIGINT at the default action (kill), not at the handler it found."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _in_main_thread() -> bool:
@@ -225,7 +240,10 @@ def _sync_folders(folders: set[Path]) -> None:
 
 def _worker(conn: Connection, options: PlanOptions, dry_run: bool, backup: bool) -> None:
     """A worker process: plans the files the parent sends, one at a time, until it sends None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, between files
+    # Ctrl-C is the parent's to handle, between files. The worker was forked with SIGINT blocked and it
+    # stays blocked: CP-SAT puts its own SIGINT handler in place during each solve (a Ctrl-C would cut
+    # the solve short) and resets SIGINT to the default action after it, so ignoring it is not enough.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             task = conn.recv()
@@ -250,7 +268,8 @@ class _Worker:
     def __init__(self, ctx, options: PlanOptions, dry_run: bool, backup: bool) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, args=(child, options, dry_run, backup), daemon=True)
-        self.process.start()
+        with _sigint_held():  # the child starts with SIGINT blocked (see _worker)
+            self.process.start()
         child.close()  # closed before the next fork, so that only this worker holds it: EOF when it dies
         self.task: int | None = None
         self.alive = True
