@@ -499,7 +499,8 @@ def fleet(
     files = fl.collect(sources)
     if not files:
         _fail(ExitCode.BAD_INPUT, "no domain XML files found")
-    fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
+    if jobs > 1 and scheduler is None and not interrupt.requested:
+        fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
     start = _time.perf_counter()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("planning", total=len(files))
