@@ -111,6 +111,7 @@ def test_ctrl_c_at_any_moment_stops_within_seconds_with_summary_and_report(tmp_p
         assert b"Traceback" not in err, err.decode()
         assert not list(src.glob(".*.tmp")), "temporary files left behind"
         data = json.loads(report.read_text())
+        assert all(f["status"] == "changed" for f in data["files"]), data["files"]  # none fails for it
         written = {Path(f["path"]).name for f in data["files"] if f["status"] == "changed"}
         for p in src.iterdir():
             expected = planned[p.name] if p.name in written else originals[p.name]
