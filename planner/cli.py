@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # `pciplan fleet` takes Ctrl-C as "stop between files, summarise, report" from its very start: the
 # imports below take a few tenths of a second, and the fleet command picks up what was pressed meanwhile.
@@ -19,6 +19,9 @@ import typer  # noqa: E402
 
 from planner.options import PlanOptions  # noqa: E402
 from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic  # noqa: E402
+
+if TYPE_CHECKING:
+    from planner.fleet import Interrupt
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
 EXIT_PINNED_BREAKS = 4  # planned and written, but the input's pinned addresses break a rule check reports
@@ -495,7 +498,7 @@ def fleet(
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
-        _fleet_connect(connect, domain, options, define, report)
+        _fleet_connect(connect, domain, options, define, report, interrupt)
     files = fl.collect(sources)
     if not files:
         _fail(ExitCode.BAD_INPUT, "no domain XML files found")
@@ -583,7 +586,7 @@ def _write_report(report: Path, summary: dict, results: list) -> bool:
 
 
 def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool,
-                   report: Path | None) -> None:
+                   report: Path | None, interrupt: Interrupt) -> None:
     """fleet --connect: plan live libvirt's domains, print diffs, define the changed ones if asked."""
     from planner import fleet as fl
     from planner.errors import ExitCode
@@ -600,7 +603,7 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
     except libvirt.libvirtError as exc:
         _fail(EXIT_BAD_INPUT, f"--connect {uri}: {exc.get_error_message()}")
     try:
-        results = fl.plan_domains(conn, names, options, define)
+        results = fl.plan_domains(conn, names, options, define, interrupt)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     finally:
@@ -615,8 +618,12 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
     typer.echo(f"{t['files']} domains: {t['changed']} changed, {t['unchanged']} unchanged, "
                f"{t['failed']} failed{defined}", err=True)
     code = ExitCode.FAILED if t["failed"] else ExitCode.OK
+    if interrupt.requested:
+        typer.echo(f"pciplan: interrupted: {t['files']} domains done, the others untouched", err=True)
+        t["interrupted"] = True
+        code = ExitCode.INTERRUPTED
     if report is not None and not _write_report(report, t, results):
-        code = ExitCode.FAILED
+        code = max(code, ExitCode.FAILED)
     raise typer.Exit(code)
 
 

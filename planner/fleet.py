@@ -5,6 +5,7 @@ what was done is kept and reported, nothing is half-written."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import multiprocessing
 import os
@@ -305,8 +306,10 @@ class _Worker:
 
 def _run_local(tasks: list[tuple[str, str | None]], options: PlanOptions, jobs: int, dry_run: bool,
                backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
-    # fork: the workers share the parent's imported planner (see preload)
+    # fork: the workers share the parent's imported planner (see preload); frozen objects are never
+    # touched by the workers' garbage collector, so their pages stay shared instead of being copied
     ctx = multiprocessing.get_context("fork")
+    gc.freeze()
     todo = list(range(len(tasks)))[::-1]  # popped from the end: the files in the order given
     workers: list[_Worker] = []
     try:
@@ -430,15 +433,16 @@ def report_rows(results: list[FileResult], flat: bool = True) -> list[dict]:
     return rows
 
 
-def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool) -> list[FileResult]:
+def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool,
+                 interrupt: Interrupt | None = None) -> list[FileResult]:
     """Live libvirt: plan the persistent (inactive) XML of each defined domain, or of the named ones;
-    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff."""
+    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff.
+    An interrupt stops between domains: the results are those done."""
     import difflib
 
     import libvirt
 
     from planner.plan import plan_tree
-    from planner.xmlio import parse_domain_bytes
 
     if names:
         try:
@@ -449,13 +453,18 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
         domains = conn.listAllDomains()
     results = []
     for dom in sorted(domains, key=lambda d: d.name()):
+        if interrupt is not None and interrupt.requested:
+            break
         start = time.perf_counter()
         before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         name = f"domain {dom.name()}"
         try:
             tree = parse_domain_bytes(before.encode(), name)
             given = sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
-            summary = plan_tree(tree, options)
+            with _sigint_held():
+                summary = plan_tree(tree, options)
+                if interrupt is not None and _in_main_thread():
+                    interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
         except (InputError, Infeasible) as exc:
             reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
             results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))
