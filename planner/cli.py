@@ -597,7 +597,12 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
         _fail(EXIT_BAD_INPUT, "--connect needs the libvirt Python binding (python3-libvirt, libvirt-python)")
     libvirt.registerErrorHandler(lambda *_: None, None)
     if uri.startswith("qemu:///embed"):
+        # the embedded driver talks to QEMU (capability probes on a define) through this process's loop
+        import threading
+
         libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)],
+                         name="libvirt-events", daemon=True).start()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:

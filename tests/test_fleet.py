@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,15 +88,16 @@ def test_ctrl_c_at_any_moment_stops_within_seconds_with_summary_and_report(tmp_p
     originals = {p.name: p.read_bytes() for p in base.iterdir()}
     planned = {p.name: p.read_bytes() for p in reference.iterdir()}
     interrupted_with_work = 0
-    runs = [(200, whole * f) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)]
-    runs += [(10, small * f) for f in (0.7, 0.85)]
-    for n, (count, delay) in enumerate(runs):
+    runs = [(200, whole * f, 2) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)]
+    runs += [(10, small * f, 2) for f in (0.7, 0.85)]
+    runs += [(200, whole * 0.6, 1)]  # planned in the parent process itself
+    for n, (count, delay, jobs) in enumerate(runs):
         src, report = tmp_path / f"run{n}", tmp_path / f"report{n}.json"
         src.mkdir()
         for name in sorted(originals)[:count]:
             (src / name).write_bytes(originals[name])
         cmd = [sys.executable, "-m", "planner.cli", "fleet", str(src), "--in-place", "--no-backup",
-               "--jobs", "2", "--report", str(report)]
+               "--jobs", str(jobs), "--report", str(report)]
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         time.sleep(delay)
@@ -337,6 +339,50 @@ def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp
     finally:
         for n in names:
             conn.lookupByName(n).undefine()
+
+
+DEFINE_INTO_ROOT = """
+import sys, threading, libvirt
+libvirt.registerErrorHandler(lambda *_: None, None)
+libvirt.virEventRegisterDefaultImpl()
+threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True).start()
+conn = libvirt.open("qemu:///embed?root=" + sys.argv[1])
+for path in sys.argv[2:]:
+    conn.defineXML(open(path).read())
+conn.close()
+"""
+
+
+@pytest.mark.realstack
+def test_connect_reports_and_converts(real_stack, tmp_path: Path) -> None:
+    """fleet --connect with --report and --to-machine q35 on a libvirt of its own (embedded driver,
+    another root): pc guests as libvirt addressed them are converted, defined, reported with their
+    moved addresses; a second pass changes nothing."""
+    from planner.stack.driver import QEMU_CONF
+
+    # a short root: QEMU's monitor socket lives under it, and socket paths are short
+    root, src = Path(tempfile.mkdtemp(prefix="pciplan-", dir="/tmp")), tmp_path / "in"
+    for conf in (root / "etc" / "qemu.conf", root / "etc" / "qemu" / "qemu.conf"):
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(QEMU_CONF)  # as planner.stack sets up its own root: QEMU runs as root here
+    src.mkdir()
+    for n, p in enumerate(PC_GUESTS[:2]):
+        (src / p.name).write_text(p.read_text().replace("<name>", f"<name>conv{n}-", 1))
+    subprocess.run([sys.executable, "-c", DEFINE_INTO_ROOT, str(root), *map(str, sorted(src.iterdir()))],
+                   check=True, cwd=REPO, env=ENV, timeout=120)
+    uri = f"qemu:///embed?root={root}"
+    try:
+        r = fleet("--connect", uri, "--to-machine", "q35", "--define", "--report", str(tmp_path / "r.json"))
+        assert r.returncode == 0, r.stderr.decode()
+        rows = json.loads((tmp_path / "r.json").read_text())["files"]
+        assert [row["status"] for row in rows] == ["changed", "changed"]
+        assert all(isinstance(row["moved"], list) and row["moved"] for row in rows)
+        assert r.stdout.count(b"q35") >= 2  # the diffs show the conversion
+        r = fleet("--connect", uri, "--to-machine", "q35", "--report", str(tmp_path / "r.csv"))
+        assert r.returncode == 0 and b"2 domains: 0 changed, 2 unchanged" in r.stderr, r.stderr.decode()
+        assert (tmp_path / "r.csv").read_text().count("\n") == 3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- --to-machine q35
