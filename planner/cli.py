@@ -410,7 +410,8 @@ def fleet(
     policy: Annotated[Path | None, typer.Option(help="TOML policy file of per-device rules.")] = None,
     spare_pcie: Annotated[int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep.")] = None,
     jobs: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
-    report: Annotated[Path | None, typer.Option(help="Write a per-file report: .json or .csv.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a per-file (or per-domain) report: .json or "
+                                                ".csv.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
     time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
     connect: Annotated[
@@ -512,6 +513,8 @@ def fleet(
                            dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
                            progress=lambda r: bar.advance(task), interrupt=interrupt)
         except ImportError:
+            if scheduler is None:
+                raise
             _fail(ExitCode.BAD_INPUT, "--scheduler needs Dask's distributed package "
                   "(pip install distributed)")
         except fl.SchedulerUnreachable as exc:
