@@ -110,13 +110,15 @@ def main() -> None:
             write_fleet(src, args.guests)
         files = sorted(src.glob("*.xml"))
         where = str(args.dir) if args.dir else "generated guests (tests/fleetgen.py)"
-        print(f"{len(files)} guests: {where}; {args.jobs} jobs; {os.cpu_count()} CPUs")
+        print(f"{len(files)} guests: {where}; {args.jobs} jobs; {os.cpu_count()} CPUs; load average "
+              f"{os.getloadavg()[0]:.1f}")
 
         rates: dict[str, float] = {}
         for label, argv in (("first pass", [str(src), "--out", str(out)]),
                             ("second pass", [str(out), "--in-place", "--no-backup"])):
             wall, batch, count, changed = pciplan_pass(argv, args.jobs)
             rates[f"pciplan {label}"] = count / wall
+            rates[f"pciplan batch {label}"] = count / batch
             print(f"pciplan {label}: {count} guests, {changed} changed: whole command {wall:.2f} s "
                   f"({count / wall:.0f} guests/s), the batch alone {batch:.2f} s "
                   f"({count / batch:.0f} guests/s)")
@@ -141,8 +143,11 @@ def main() -> None:
             print(f"libvirt {label}: {count} guests ({bad} refused), define + dumpxml + undefine "
                   f"{seconds:.2f} s ({count / seconds:.0f} guests/s)")
         for label in ("first pass", "second pass"):
-            ratio = rates[f"pciplan {label}"] / rates[f"libvirt {label}"]
-            print(f"ratio, {label}: pciplan's whole command runs at {ratio:.2f}× libvirt's guests/s")
+            whole = rates[f"pciplan {label}"] / rates[f"libvirt {label}"]
+            batch = rates[f"pciplan batch {label}"] / rates[f"libvirt {label}"]
+            print(f"ratio, {label}: pciplan's guests/s are {whole:.2f}× libvirt's (whole command), "
+                  f"{batch:.2f}× (the batch alone)")
+        print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":
