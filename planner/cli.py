@@ -449,9 +449,8 @@ def fleet(
 
     Example: pciplan fleet /etc/libvirt/qemu --out planned/ --replan --report report.csv
     """
+    import contextlib
     import time as _time
-
-    from rich.progress import Progress
 
     from planner import fleet as fl
     from planner.errors import ExitCode
@@ -506,12 +505,21 @@ def fleet(
     if jobs > 1 and scheduler is None and not interrupt.requested:
         fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
     start = _time.perf_counter()
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("planning", total=len(files))
+    with contextlib.ExitStack() as on_exit:
+        advance = None
+        if sys.stderr.isatty():  # rich's progress bar costs a tenth of a second to import: only for people
+            from rich.progress import Progress
+
+            bar = on_exit.enter_context(Progress(transient=True))
+            task = bar.add_task("planning", total=len(files))
+
+            def advance(_result: fl.FileResult) -> None:
+                bar.advance(task)
+
         try:
             batch = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
                            dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
-                           progress=lambda r: bar.advance(task), interrupt=interrupt)
+                           progress=advance, interrupt=interrupt)
         except ImportError:
             if scheduler is None:
                 raise
