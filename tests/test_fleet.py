@@ -242,6 +242,29 @@ def test_disk_full_in_process(tmp_path: Path, monkeypatch) -> None:
     assert [f["status"] for f in report["files"]] == ["changed"] * 3 + ["failed"] * 5
 
 
+def test_a_report_that_cannot_be_written_at_the_end_is_said_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills after the files are planned: the files stay written, the summary is printed, the
+    report's failure is one line, exit 1 (no traceback)."""
+    from typer.testing import CliRunner
+
+    import planner.cli as cli
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_fleet(src, 2)
+
+    def disk_full(path, data) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(cli, "write_atomic", disk_full)
+    r = CliRunner().invoke(cli.app, ["fleet", str(src), "--out", str(out), "--jobs", "1",
+                                     "--report", str(tmp_path / "r.csv")])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception  # not a crash
+    assert "2 files: 2 changed" in r.output and len(list(out.iterdir())) == 2
+    assert f"pciplan: error: --report {tmp_path / 'r.csv'}: cannot write: No space left on device" in r.output
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_paths_that_make_the_run_pointless_are_refused_before_planning(tmp_path: Path) -> None:
     src = tmp_path / "in"
     write_fleet(src, 3)
