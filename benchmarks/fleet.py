@@ -1,6 +1,6 @@
 """Fleet throughput: `pciplan fleet` against libvirt's own define of the same guests, in one run.
 
-    python -m benchmarks.fleet [--dir FOLDER | --guests 600] [--jobs 2]
+    python -m benchmarks.fleet [--dir FOLDER ... | --guests 600] [--jobs 2]
 
 The guests are FOLDER's *.xml, or generated typical guests (tests/fleetgen.py, ≤ 32 devices). Two
 passes each:
@@ -96,20 +96,22 @@ def libvirt_pass(conn, libvirt, guests: list[str]) -> tuple[float, list[str], in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, help="plan these domain XMLs (default: generated guests)")
+    ap.add_argument("--dir", type=Path, action="append", help="plan the domain XMLs of this folder "
+                    "(repeatable; default: generated guests)")
     ap.add_argument("--guests", type=int, default=600, help="how many generated guests (without --dir)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
-        if args.dir is not None:
+        if args.dir:
             src.mkdir()
-            for p in sorted(args.dir.glob("*.xml")):
-                shutil.copy(p, src / p.name)
+            for folder in args.dir:
+                for p in sorted(folder.glob("*.xml")):
+                    shutil.copy(p, src / p.name)
         else:
             write_fleet(src, args.guests)
         files = sorted(src.glob("*.xml"))
-        where = str(args.dir) if args.dir else "generated guests (tests/fleetgen.py)"
+        where = " ".join(map(str, args.dir)) if args.dir else "generated guests (tests/fleetgen.py)"
         print(f"{len(files)} guests: {where}; {args.jobs} jobs; {os.cpu_count()} CPUs; load average "
               f"{os.getloadavg()[0]:.1f}")
 
