@@ -168,8 +168,9 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
         return str(out_dir / p.name) if out_dir is not None else None
 
     interrupt = interrupt or Interrupt()
-    main = signal.getsignal(signal.SIGINT) if _in_main_thread() else None
-    if main is not None:
+    in_main = _in_main_thread()  # only the main thread may set signal handlers
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if in_main:
         interrupt.install()
     tasks = [(str(p), target(p)) for p in files]
     results: dict[int, FileResult] = {}
@@ -190,15 +191,15 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
                     break
                 with _sigint_held():
                     result = plan_one(path, to, options, dry_run, backup)
-                    if main is not None:
+                    if in_main:
                         interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
                 done(index, result)
         else:
             preload()
             _run_local(tasks, options, jobs, dry_run, backup, interrupt, done)
     finally:
-        if main is not None:
-            signal.signal(signal.SIGINT, main)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if not dry_run:
             _sync_folders({Path(to).parent for _, to in tasks if to is not None})
     return Batch([results[i] for i in sorted(results)], interrupted=interrupt.requested)
