@@ -459,7 +459,8 @@ def fleet(
     interrupt = fl.Interrupt()
     previous = signal.getsignal(signal.SIGINT)
     interrupt.install()
-    ctx.call_on_close(lambda: signal.signal(signal.SIGINT, previous))
+    if previous is not None:
+        ctx.call_on_close(lambda: signal.signal(signal.SIGINT, previous))
     interrupt.requested = interrupt.requested or bool(_FLEET_CTRL_C)  # pressed while it was starting
 
     if connect is not None:
@@ -488,13 +489,8 @@ def fleet(
     _check_firmware_flag(firmware)
     if report is not None:
         _check_report_path(report)
-    if out is not None and not dry_run:
-        if out.exists() and not out.is_dir():
-            _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            _fail(ExitCode.BAD_INPUT, f"--out {out}: cannot create the directory: {exc.strerror}")
+    if out is not None and out.exists() and not out.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
@@ -502,6 +498,11 @@ def fleet(
     files = fl.collect(sources)
     if not files:
         _fail(ExitCode.BAD_INPUT, "no domain XML files found")
+    if out is not None and not dry_run:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(ExitCode.BAD_INPUT, f"--out {out}: cannot create the directory: {exc.strerror}")
     if jobs > 1 and scheduler is None and not interrupt.requested:
         fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
     start = _time.perf_counter()
