@@ -1,23 +1,36 @@
-"""Fleet throughput: typical guests (≤ 32 devices) planned per second by `pciplan fleet`.
+"""Fleet throughput: `pciplan fleet` against libvirt's own define of the same guests, in one run.
 
-    python -m benchmarks.fleet [--guests 600] [--jobs 2] [--json benchmarks/results/fleet.json]
+    python -m benchmarks.fleet [--dir FOLDER ... | --guests 600] [--jobs 2] [--json FILE]
 
-Runs the real command on generated guests (tests/fleetgen.py) in a temporary folder, twice: the first
-run plans them, the second checks that nothing changes. Prints files per second for each run, and with
---json records them (README's throughput figures are that file; tests/test_readme_figures.py checks).
+The guests are FOLDER's *.xml, or generated typical guests (tests/fleetgen.py, ≤ 32 devices). Two
+passes each:
+- pciplan: the real command, `fleet IN --out OUT` (first pass), then `fleet OUT --in-place` (a second
+  pass over its own output, which must change nothing); the time of the whole command, Python's
+  start-up and imports included, and the batch alone (the summary's seconds);
+- libvirt 9.0 through the embedded QEMU driver (qemu:///embed, no daemon), in this process:
+  defineXML + XMLDesc(inactive) + undefine of every guest (first pass), then the same over the XML
+  libvirt itself wrote (second pass); the loop alone (the driver is opened, and each emulator's
+  capabilities probed, before the clock starts).
+Prints guests per second for each, and pciplan's rate divided by libvirt's; --json FILE records them
+(README's fleet table is benchmarks/results/fleet-generated.json and fleet-realworld.json, which
+tests/test_readme_figures.py checks against it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lxml import etree
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -25,30 +38,132 @@ sys.path.insert(0, str(REPO / "tests"))
 from fleetgen import write_fleet  # noqa: E402
 
 
+def pciplan_pass(argv: list[str], jobs: int) -> tuple[float, float, int, int]:
+    """Whole-command seconds, the batch's own seconds, files, files changed."""
+    cmd = [sys.executable, "-m", "planner.cli", "fleet", *argv, "--jobs", str(jobs)]
+    start = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    line = r.stdout.strip().splitlines()[-1]
+    m = re.match(r"(\d+) files: (\d+) changed.*?; ([\d.]+) s \(", line)
+    if m is None:
+        raise SystemExit(f"unexpected fleet output: {r.stdout}{r.stderr}")
+    return wall, float(m.group(3)), int(m.group(1)), int(m.group(2))
+
+
+def for_libvirt(data: bytes) -> str:
+    """The guest as this machine's libvirt can define it: type qemu and an installed emulator (neither
+    changes PCI assignment). Done before the clock starts."""
+    from planner.stack import StackUnavailable, emulator_for
+
+    root = etree.fromstring(data)
+    root.set("type", "qemu")
+    arch = root.find("os/type").get("arch", "x86_64") if root.find("os/type") is not None else "x86_64"
+    devices = root.find("devices")
+    emulator = devices.find("emulator") if devices is not None else None
+    if devices is not None and (emulator is None or not os.access(emulator.text or "", os.X_OK)):
+        if emulator is None:
+            emulator = etree.SubElement(devices, "emulator")
+        with contextlib.suppress(StackUnavailable):
+            emulator.text = emulator_for(arch)
+    return etree.tostring(root, encoding="unicode")
+
+
+def warm_up(conn, libvirt, guests: list[str]) -> None:
+    """libvirt probes each emulator's capabilities on its first define (seconds, cached on disk after):
+    one define per emulator before the clock starts, so the passes time the define itself."""
+    seen = set()
+    for xml in guests:
+        emulator = etree.fromstring(xml).findtext("devices/emulator")
+        if emulator in seen:
+            continue
+        seen.add(emulator)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.defineXML(xml).undefine()
+
+
+def libvirt_pass(conn, libvirt, guests: list[str]) -> tuple[float, list[str], int]:
+    """Seconds for define + dumpxml (inactive) + undefine of every guest; libvirt's XML; refused count."""
+    written, refused = [], 0
+    start = time.perf_counter()
+    for xml in guests:
+        try:
+            dom = conn.defineXML(xml)
+        except libvirt.libvirtError:
+            refused += 1
+            continue
+        written.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        dom.undefine()
+    return time.perf_counter() - start, written, refused
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--guests", type=int, default=600)
+    ap.add_argument("--dir", type=Path, action="append", help="plan the domain XMLs of this folder "
+                    "(repeatable; default: generated guests)")
+    ap.add_argument("--guests", type=int, default=600, help="how many generated guests (without --dir)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--json", type=Path, default=None, help="record the results in this file")
+    ap.add_argument("--json", type=Path, help="also record the rates in this JSON file")
     args = ap.parse_args()
-    record: dict = {"guests": args.guests, "jobs": args.jobs, "cpus": os.cpu_count(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
-        write_fleet(src, args.guests)
-        runs = (("plan", [str(src), "--out", str(out)]),
-                ("re-plan (no change)", [str(out), "--in-place", "--no-backup"]))
-        for label, argv in runs:
+        if args.dir:
+            src.mkdir()
+            for folder in args.dir:
+                for p in sorted(folder.glob("*.xml")):
+                    shutil.copy(p, src / p.name)
+        else:
+            write_fleet(src, args.guests)
+        files = sorted(src.glob("*.xml"))
+        where = " ".join(map(str, args.dir)) if args.dir else "generated guests (tests/fleetgen.py)"
+        print(f"{len(files)} guests: {where}; {args.jobs} jobs; {os.cpu_count()} CPUs; load average "
+              f"{os.getloadavg()[0]:.1f}")
+
+        rates: dict[str, float] = {}
+        changed_by: dict[str, int] = {}
+        for label, argv in (("first pass", [str(src), "--out", str(out)]),
+                            ("second pass", [str(out), "--in-place", "--no-backup"])):
+            wall, batch, count, changed = pciplan_pass(argv, args.jobs)
+            rates[f"pciplan {label}"] = count / wall
+            rates[f"pciplan batch {label}"] = count / batch
+            changed_by[label] = changed
+            print(f"pciplan {label}: {count} guests, {changed} changed: whole command {wall:.2f} s "
+                  f"({count / wall:.0f} guests/s), the batch alone {batch:.2f} s "
+                  f"({count / batch:.0f} guests/s)")
+
+        from planner.stack import StackUnavailable, shared_stack
+
+        try:
             start = time.perf_counter()
-            cmd = [sys.executable, "-m", "planner.cli", "fleet", *argv, "--jobs", str(args.jobs)]
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            wall = time.perf_counter() - start
-            line = r.stdout.strip().splitlines()[-1]
-            changed = re.search(r"(\d+) changed", line).group(1)
-            print(f"{label}: {args.guests} guests in {wall:.2f} s (whole command, {args.jobs} jobs): "
-                  f"{args.guests / wall:.0f} guests/s; {changed} changed")
-            record["runs"].append({"run": label, "seconds": round(wall, 3), "changed": int(changed),
-                                   "guests_per_second": round(args.guests / wall, 1)})
+            stack = shared_stack()
+            opened = time.perf_counter() - start
+        except StackUnavailable as exc:
+            print(f"libvirt: not available ({exc}); no comparison")
+            return
+        guests = [for_libvirt(p.read_bytes()) for p in files]
+        warm_up(stack._conn, stack._libvirt, guests)
+        first, written, refused = libvirt_pass(stack._conn, stack._libvirt, guests)
+        second, _, refused_again = libvirt_pass(stack._conn, stack._libvirt, written)
+        print(f"libvirt 9.0, embedded driver (opened in {opened:.2f} s, not counted), one process:")
+        for label, seconds, count, bad in (("first pass", first, len(guests), refused),
+                                           ("second pass", second, len(written), refused_again)):
+            rates[f"libvirt {label}"] = count / seconds
+            print(f"libvirt {label}: {count} guests ({bad} refused), define + dumpxml + undefine "
+                  f"{seconds:.2f} s ({count / seconds:.0f} guests/s)")
+        for label in ("first pass", "second pass"):
+            whole = rates[f"pciplan {label}"] / rates[f"libvirt {label}"]
+            batch = rates[f"pciplan batch {label}"] / rates[f"libvirt {label}"]
+            print(f"ratio, {label}: pciplan's guests/s are {whole:.2f}× libvirt's (whole command), "
+                  f"{batch:.2f}× (the batch alone)")
+        print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     if args.json is not None:
+        record = {"guests": len(files), "jobs": args.jobs, "refused_by_libvirt": refused,
+                  "load_average": round(os.getloadavg()[0], 1),
+                  "passes": [{"pass": label, "changed": changed_by[label],
+                              "pciplan": round(rates[f"pciplan {label}"], 1),
+                              "pciplan_batch": round(rates[f"pciplan batch {label}"], 1),
+                              "libvirt": round(rates[f"libvirt {label}"], 1)}
+                             for label in ("first pass", "second pass")]}
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -9,14 +9,23 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
+# `pciplan fleet` takes Ctrl-C as "stop between files, summarise, report" from its very start: the
+# imports below take a few tenths of a second, and the fleet command picks up what was pressed meanwhile.
+_FLEET_CTRL_C: list[int] = []
+if sys.argv[1:2] == ["fleet"]:
+    signal.signal(signal.SIGINT, lambda signum, _frame: _FLEET_CTRL_C.append(signum))
 
-from planner.cli_options import OptionError, exclusive, firmware_name, plan_options, positive
-from planner.errors import ExitCode, Infeasible, InternalError
-from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, write_atomic
+import typer  # noqa: E402
+
+from planner.cli_options import OptionError, exclusive, firmware_name, plan_options, positive  # noqa: E402
+from planner.errors import ExitCode, Infeasible, InternalError  # noqa: E402
+from planner.options import PlanOptions  # noqa: E402
+from planner.xmlio import InputError, parse_domain, serialize, write_atomic  # noqa: E402
+
+if TYPE_CHECKING:
+    from planner.fleet import Interrupt
 
 # The old names of the exit statuses, kept for the code that still uses them (README "Exit status").
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT, EXIT_INFEASIBLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT,
@@ -521,6 +530,7 @@ def compare(
 
 @app.command()
 def fleet(
+    ctx: typer.Context,
     sources: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Domain XML files, "
                                                         "directories or glob patterns.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write planned files into this folder.")] = None,
@@ -534,7 +544,8 @@ def fleet(
     policy: Annotated[Path | None, typer.Option(help="TOML policy file of per-device rules.")] = None,
     spare_pcie: Annotated[int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep.")] = None,
     jobs: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
-    report: Annotated[Path | None, typer.Option(help="Write a per-file report: .json or .csv.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a per-file (or per-domain) report: .json or "
+                                                ".csv.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
     time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
     connect: Annotated[
@@ -568,51 +579,95 @@ def fleet(
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
-    output changes nothing. Exit status: 0 all planned, 1 some failed, 2 bad usage.
+    output changes nothing.
+
+    Exit status: 0 all planned, 1 some files failed (or the report could not be written), 2 bad usage
+    (checked before anything is planned), 130 interrupted (Ctrl-C: the summary and the report cover the
+    files done; the others are untouched).
 
     Example: pciplan fleet /etc/libvirt/qemu --out planned/ --replan --report report.csv
     """
-    import csv
+    import contextlib
     import time as _time
 
-    from rich.progress import Progress
-
     from planner import fleet as fl
+    from planner.errors import ExitCode
 
-    if in_place and out is not None:
-        _fail(EXIT_BAD_INPUT, "give either --out or --in-place, not both")
+    # Ctrl-C stops the batch between files (planner.fleet.Interrupt); the handler is put back on exit
+    interrupt = fl.Interrupt()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupt.install()
+    if previous is not None:
+        ctx.call_on_close(lambda: signal.signal(signal.SIGINT, previous))
+    interrupt.requested = interrupt.requested or bool(_FLEET_CTRL_C)  # pressed while it was starting
+
+    if connect is not None:
+        given = [name for name, on in (("PATH", sources), ("--out", out), ("--in-place", in_place),
+                                       ("--no-backup", no_backup), ("--dry-run", dry_run),
+                                       ("--scheduler", scheduler)) if on]
+        if given:
+            _fail(ExitCode.BAD_INPUT, f"--connect plans libvirt's own domains and changes them only with "
+                  f"--define: {', '.join(given)} cannot go with it")
+    else:
+        if domain or define:
+            _fail(ExitCode.BAD_INPUT, f"{'--domain' if domain else '--define'} needs --connect URI")
+        if not sources:
+            _fail(ExitCode.BAD_INPUT, "name domain XML files, directories or globs (or --connect URI)")
+        if in_place and out is not None:
+            _fail(ExitCode.BAD_INPUT, "give either --out or --in-place, not both")
+        if not (in_place or out or dry_run):
+            _fail(ExitCode.BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
+    if jobs < 1:
+        _fail(ExitCode.BAD_INPUT, f"--jobs: {jobs} is not a number of processes (1 or more)")
     if to_machine == "virt":
-        _fail(EXIT_BAD_INPUT, "--to-machine virt: on aarch64 and riscv64 pciplan plans only the virt "
-              "machine, "
-              "so there is no machine type to convert from (plan the guests as they are)")
+        _fail(ExitCode.BAD_INPUT, "--to-machine virt: on aarch64 and riscv64 pciplan plans only the virt "
+              "machine, so there is no machine type to convert from (plan the guests as they are)")
     if to_machine not in (None, "q35"):
-        _fail(EXIT_BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
+        _fail(ExitCode.BAD_INPUT, f"--to-machine: '{to_machine}' is not supported (q35)")
     firmware = _check_firmware_flag(firmware)
     _use_libvirt_version(libvirt_version)
+    if report is not None:
+        _check_report_path(report)
+    if out is not None and out.exists() and not out.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
     options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
                           time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
-        _fleet_connect(connect, domain, options, define)
-    if not sources:
-        _fail(EXIT_BAD_INPUT, "name domain XML files, directories or globs (or --connect URI)")
-    if not (in_place or out or dry_run):
-        _fail(EXIT_BAD_INPUT, "say where the planned files go: --out DIR, --in-place, or --dry-run")
-    if report is not None and report.suffix not in (".json", ".csv"):
-        _fail(EXIT_BAD_INPUT, f"--report: {report} must end in .json or .csv")
+        _fleet_connect(connect, domain, options, define, report, interrupt)
     files = fl.collect(sources)
     if not files:
-        _fail(EXIT_BAD_INPUT, "no domain XML files found")
-    start = _time.perf_counter()
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("planning", total=len(files))
+        _fail(ExitCode.BAD_INPUT, "no domain XML files found")
+    if out is not None and not dry_run:
         try:
-            results = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
-                             dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
-                             progress=lambda r: bar.advance(task))
-        except ImportError:
-            _fail(EXIT_BAD_INPUT, "--scheduler needs Dask's distributed package (pip install distributed)")
+            out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            _fail(EXIT_BAD_INPUT, f"--scheduler {scheduler}: cannot reach the scheduler: {exc}")
+            _fail(ExitCode.BAD_INPUT, f"--out {out}: cannot create the directory: {exc.strerror}")
+    if jobs > 1 and scheduler is None and not interrupt.requested:
+        fl.preload()  # before the progress bar's thread starts: the workers are forked from this process
+    start = _time.perf_counter()
+    with contextlib.ExitStack() as on_exit:
+        advance = None
+        if sys.stderr.isatty():  # rich's progress bar costs a tenth of a second to import: only for people
+            from rich.progress import Progress
+
+            bar = on_exit.enter_context(Progress(transient=True))
+            task = bar.add_task("planning", total=len(files))
+
+            def advance(_result: fl.FileResult) -> None:
+                bar.advance(task)
+
+        try:
+            batch = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
+                           dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
+                           progress=advance, interrupt=interrupt)
+        except ImportError:
+            if scheduler is None:
+                raise
+            _fail(ExitCode.BAD_INPUT, "--scheduler needs Dask's distributed package "
+                  "(pip install distributed)")
+        except fl.SchedulerUnreachable as exc:
+            _fail(ExitCode.BAD_INPUT, f"--scheduler {scheduler}: cannot reach the scheduler: {exc}")
+    results = batch.results
     summary = fl.totals(results, _time.perf_counter() - start)
     for r in results:
         if r.status == "failed":
@@ -628,25 +683,64 @@ def fleet(
         f"({summary['files_per_second']} files/s, {summary['seconds_per_file']} s per file)"
         + (" (dry run: nothing written)" if dry_run else "")
     )
-    if report is not None:
+    if batch.interrupted:
+        summary.update(interrupted=True, files_given=len(files))
+        typer.echo(f"pciplan: interrupted: {len(results)} of {len(files)} files done, the other "
+                   f"{len(files) - len(results)} untouched", err=True)
+    code = ExitCode.FAILED if summary["failed"] else ExitCode.OK
+    if batch.interrupted:
+        code = ExitCode.INTERRUPTED
+    if report is not None and not _write_report(report, summary, results):
+        code = max(code, ExitCode.FAILED)
+    raise typer.Exit(code)
+
+
+def _check_report_path(report: Path) -> None:
+    """--report is checked before anything is planned: a run whose report cannot be written is refused."""
+    from planner.errors import ExitCode
+
+    if report.suffix not in (".json", ".csv"):
+        _fail(ExitCode.BAD_INPUT, f"--report: {report} must end in .json or .csv")
+    folder = report.parent
+    if report.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: is a directory")
+    if not folder.is_dir():
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (report.exists() and not os.access(report, os.W_OK)):
+        _fail(ExitCode.BAD_INPUT, f"--report {report}: cannot write in {folder}")
+
+
+def _write_report(report: Path, summary: dict, results: list) -> bool:
+    """Write the report (JSON keeps the lists, CSV joins them); False, said on stderr, if it failed."""
+    import csv
+    import dataclasses
+    import io
+
+    from planner import fleet as fl
+
+    if report.suffix == ".json":
+        data = json.dumps({"summary": summary, "files": fl.report_rows(results, flat=False)},
+                          indent=2).encode()
+    else:
         rows = fl.report_rows(results)
-        if report.suffix == ".json":
-            data = json.dumps({"summary": summary, "files": rows}, indent=2).encode()
-        else:
-            import io
-
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            data = buf.getvalue().encode()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(fl.FileResult)])
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buf.getvalue().encode()
+    try:
         write_atomic(report, data)
-    raise typer.Exit(1 if summary["failed"] else EXIT_OK)
+    except OSError as exc:
+        typer.echo(f"pciplan: error: --report {report}: cannot write: {exc.strerror}", err=True)
+        return False
+    return True
 
 
-def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool) -> None:
+def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, define: bool,
+                   report: Path | None, interrupt: Interrupt) -> None:
     """fleet --connect: plan live libvirt's domains, print diffs, define the changed ones if asked."""
     from planner import fleet as fl
+    from planner.errors import ExitCode
 
     try:
         import libvirt
@@ -654,13 +748,18 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
         _fail(EXIT_BAD_INPUT, "--connect needs the libvirt Python binding (python3-libvirt, libvirt-python)")
     libvirt.registerErrorHandler(lambda *_: None, None)
     if uri.startswith("qemu:///embed"):
+        # the embedded driver talks to QEMU (capability probes on a define) through this process's loop
+        import threading
+
         libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)],
+                         name="libvirt-events", daemon=True).start()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
         _fail(EXIT_BAD_INPUT, f"--connect {uri}: {exc.get_error_message()}")
     try:
-        results = fl.plan_domains(conn, names, options, define)
+        results = fl.plan_domains(conn, names, options, define, interrupt)
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     finally:
@@ -674,7 +773,14 @@ def _fleet_connect(uri: str, names: list[str] | None, options: PlanOptions, defi
     defined = "; changed domains defined" if define and t["changed"] else ""
     typer.echo(f"{t['files']} domains: {t['changed']} changed, {t['unchanged']} unchanged, "
                f"{t['failed']} failed{defined}", err=True)
-    raise typer.Exit(1 if t["failed"] else EXIT_OK)
+    code = ExitCode.FAILED if t["failed"] else ExitCode.OK
+    if interrupt.requested:
+        typer.echo(f"pciplan: interrupted: {t['files']} domains done, the others untouched", err=True)
+        t["interrupted"] = True
+        code = ExitCode.INTERRUPTED
+    if report is not None and not _write_report(report, t, results):
+        code = max(code, ExitCode.FAILED)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -1,22 +1,29 @@
 """Plan many domain XMLs at once, in parallel processes: each file is planned on its own, its output
-written atomically, a failure reported and the batch carried on."""
+written atomically, a failure reported and the batch carried on. Ctrl-C stops the batch between files:
+what was done is kept and reported, nothing is half-written."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
+import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 
 from planner.errors import Infeasible
 from planner.options import PlanOptions
-from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
+from planner.xmlio import InputError, parse_domain_bytes, read_input, serialize, serialize_text, write_atomic
 
 BACKUP_SUFFIX = ".orig"
+GRACE_SECONDS = 2.0  # after Ctrl-C, how long the files being planned may take before their workers stop
+POLL_SECONDS = 0.1  # how often the parent looks at the Ctrl-C flag while it waits for workers
 
 
 @dataclass
@@ -56,20 +63,64 @@ def _pci_addresses(tree) -> int:
     return sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
 
 
+class Interrupt:
+    """Ctrl-C as a flag: the SIGINT handler only sets it and the batch looks at it between steps, so the
+    signal never raises an exception inside the pool's locks or half-way through a write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+
+
+class SchedulerUnreachable(Exception):
+    """--scheduler: the Dask scheduler cannot be reached, so no file can be planned."""
+
+
+@dataclass
+class Batch:
+    results: list[FileResult]  # the files done, in the order given
+    interrupted: bool = False  # Ctrl-C stopped the batch: the files not in results were not touched
+
+
+def preload() -> None:
+    """Import the planning modules in the parent: the workers are forked from it and share them instead
+    of each paying the imports (about half a second per worker)."""
+    import planner.check
+    import planner.compare
+    import planner.plan
+    import planner.ties  # noqa: F401
+
+
 def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool, backup: bool) -> FileResult:
-    """Plan one file (in a worker process). Never raises for bad input: the reason is in the result."""
+    """Plan one file and write its output. Never raises for one file: the reason is in the result."""
+    result, data, raw = _plan(path, target, options, dry_run)
+    return _write(result, data, raw, target, backup)
+
+
+def _plan(path: str, target: str | None, options: PlanOptions,
+          dry_run: bool) -> tuple[FileResult, bytes | None, bytes]:
+    """The result, and the bytes to write to target (None: nothing to write), and the input's bytes."""
     from planner.plan import plan_tree
 
     start = time.perf_counter()
+    raw = b""
     try:
-        raw = Path(path).read_bytes()
-        tree = parse_domain(path)
+        raw, name = read_input(path)
+        tree = parse_domain_bytes(raw, name)
         given = _pci_addresses(tree)
         summary = plan_tree(tree, options)
         data = serialize(tree)
     except (InputError, Infeasible, OSError) as exc:
         reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
-        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start)
+        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start), None, raw
+    except Exception as exc:  # noqa: BLE001 - a defect of pciplan on one guest must not stop the batch
+        reason = f"internal error (a defect of pciplan, please report it): {type(exc).__name__}: {exc}"
+        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start), None, raw
     changed = data != raw
     result = FileResult(
         path, "changed" if changed else "unchanged", target, solver=summary.status.lower(),
@@ -79,71 +130,271 @@ def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool,
         controllers_removed=summary.controllers_removed, moved=summary.moved,
         check_errors=summary.check_errors, **_headroom(summary),
     )
-    if not dry_run and target is not None and (changed or target != path):
-        if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
-            write_atomic(path + BACKUP_SUFFIX, raw)  # the first original is kept, never overwritten
-        write_atomic(target, data)
+    write = not dry_run and target is not None and (changed or target != path)
+    return result, data if write else None, raw
+
+
+def _write(result: FileResult, data: bytes | None, raw: bytes, target: str | None,
+           backup: bool) -> FileResult:
+    """Write the planned bytes (and the first backup of a file planned in place); a file that cannot be
+    written (read-only, disk full) is a failed file, with nothing half-written."""
+    if data is None or target is None:
+        return result
+    path = result.path
+    for where, what in ((path + BACKUP_SUFFIX, raw), (target, data)):
+        if where != target and not (backup and target == path and not os.path.exists(where)):
+            continue  # the first original is kept as the backup, never overwritten
+        try:
+            write_atomic(where, what)
+        except OSError as exc:
+            result.status, result.output = "failed", None
+            result.reason = f"cannot write {where}: {exc.strerror or exc}"
+            return result
     return result
 
 
 def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
         dry_run: bool = False, backup: bool = True,
         progress: Callable[[FileResult], None] | None = None,
-        scheduler: str | None = None) -> list[FileResult]:
+        scheduler: str | None = None, interrupt: Interrupt | None = None) -> Batch:
     """Plan every file, in local processes or on a Dask cluster (scheduler address); results in the
-    order of files. With Dask the workers must see the same paths (a shared file system)."""
+    order of files. With Dask the workers must see the same paths (a shared file system).
+
+    Ctrl-C (SIGINT) stops the batch within about GRACE_SECONDS: no new file starts, the files being
+    planned get that long to finish, then their workers stop; the Batch holds what was done."""
     def target(p: Path) -> str | None:
         if in_place:
             return str(p)
         return str(out_dir / p.name) if out_dir is not None else None
 
-    if out_dir is not None and not dry_run:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, FileResult] = {}
-    if scheduler is not None:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
+    interrupt = interrupt or Interrupt()
+    in_main = _in_main_thread()  # only the main thread may set signal handlers
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if in_main:
+        interrupt.install()
+    tasks = [(str(p), target(p)) for p in files]
+    results: dict[int, FileResult] = {}
 
-        with Client(scheduler) as client:
-            futures = [client.submit(plan_one, str(p), target(p), options, dry_run, backup, pure=False)
-                       for p in files]
-            for fut in dask_completed(futures):
-                r = fut.result()
-                results[r.path] = r
-                if progress:
-                    progress(r)
-    elif jobs <= 1:
-        for p in files:
-            r = plan_one(str(p), target(p), options, dry_run, backup)
-            results[str(p)] = r
-            if progress:
-                progress(r)
-    else:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    def done(index: int, result: FileResult) -> None:
+        results[index] = result
+        if progress:
+            progress(result)
+
+    try:
+        if out_dir is not None and not dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if scheduler is not None:
+            _run_dask(scheduler, tasks, options, dry_run, backup, interrupt, done)
+        elif jobs <= 1:
+            for index, (path, to) in enumerate(tasks):
+                if interrupt.requested:
+                    break
+                with _sigint_held():
+                    result = plan_one(path, to, options, dry_run, backup)
+                    if in_main:
+                        interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
+                done(index, result)
+        else:
+            preload()
+            _run_local(tasks, options, jobs, dry_run, backup, interrupt, done)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if not dry_run:
+            _sync_folders({Path(to).parent for _, to in tasks if to is not None})
+    return Batch([results[i] for i in sorted(results)], interrupted=interrupt.requested)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back (it stays pending) while CP-SAT runs here: its own handler would cut the solve
+    short, and afterwards it leaves SIGINT at the default action (kill), not at the handler it found."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _sync_folders(folders: set[Path]) -> None:
+    """One fsync per output folder at the end, not one per file: the renames of the batch are durable
+    (each file's own bytes were synced before its rename)."""
+    for folder in folders:
         try:
-            futures = [pool.submit(plan_one, str(p), target(p), options, dry_run, backup) for p in files]
-            for fut in as_completed(futures):
-                r = fut.result()
-                results[r.path] = r
-                if progress:
-                    progress(r)
-            pool.shutdown(wait=True)
-        except BaseException:
-            # Ctrl-C (or any failure): start nothing new; a worker stopped in the middle of a write
-            # leaves only its temporary file (the target is replaced by rename or not at all): remove it
-            pool.shutdown(wait=True, cancel_futures=True)
-            for p in files:
-                t = target(p)
-                if t is not None:
-                    for tmp in Path(t).parent.glob(f".{Path(t).name}.*.tmp"):
-                        tmp.unlink(missing_ok=True)
-            raise
-    return [results[str(p)] for p in files]
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the batch between files."""
+# ------------------------------------------------------------------------------------ local processes
+
+def _worker(conn: Connection, options: PlanOptions, dry_run: bool, backup: bool) -> None:
+    """A worker process: plans the files the parent sends, one at a time, until it sends None."""
+    # Ctrl-C is the parent's to handle, between files. The worker was forked with SIGINT blocked and it
+    # stays blocked: CP-SAT puts its own SIGINT handler in place during each solve (a Ctrl-C would cut
+    # the solve short) and resets SIGINT to the default action after it, so ignoring it is not enough.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        path, target = task
+        result, data, raw = _plan(path, target, options, dry_run)
+        # The parent's stop (SIGTERM) waits until the file is written and reported, so that the parent
+        # knows every file that was written; planning itself may be stopped at any point.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            conn.send(_write(result, data, raw, target, backup))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Worker:
+    """One worker process and its pipe; task is the index of the file it is planning (None: idle)."""
+
+    def __init__(self, ctx, options: PlanOptions, dry_run: bool, backup: bool) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, options, dry_run, backup), daemon=True)
+        with _sigint_held():  # the child starts with SIGINT blocked (see _worker)
+            self.process.start()
+        child.close()  # closed before the next fork, so that only this worker holds it: EOF when it dies
+        self.task: int | None = None
+        self.alive = True
+
+    def give(self, index: int, task: tuple[str, str | None]) -> bool:
+        try:
+            self.conn.send(task)
+        except OSError:
+            self.alive = False
+            self.process.join(1.0)
+            return False
+        self.task = index
+        return True
+
+    def collect(self, path: str) -> FileResult:
+        """The result of the file being planned; a worker that died instead fails that file."""
+        try:
+            result = self.conn.recv()
+        except (EOFError, OSError):
+            self.alive = False
+            self.process.join(1.0)
+            code = self.process.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            result = FileResult(path, "failed", reason=f"the worker process died ({how}) while planning it")
+        self.task = None
+        return result
+
+    def quit(self) -> None:
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+
+
+def _run_local(tasks: list[tuple[str, str | None]], options: PlanOptions, jobs: int, dry_run: bool,
+               backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
+    # fork: the workers share the parent's imported planner (see preload); frozen objects are never
+    # touched by the workers' garbage collector, so their pages stay shared instead of being copied
+    ctx = multiprocessing.get_context("fork")
+    gc.freeze()
+    todo = list(range(len(tasks)))[::-1]  # popped from the end: the files in the order given
+    workers: list[_Worker] = []
+    try:
+        while not interrupt.requested:
+            for w in workers:
+                if w.task is None and todo and w.give(todo[-1], tasks[todo[-1]]):
+                    todo.pop()
+            workers = [w for w in workers if w.alive]
+            if todo and len(workers) < jobs and not interrupt.requested:
+                workers.append(_Worker(ctx, options, dry_run, backup))
+                continue
+            busy = {w.conn: w for w in workers if w.task is not None}
+            if not busy:
+                return
+            for conn in wait_ready(list(busy), timeout=POLL_SECONDS):
+                w = busy[conn]
+                index = w.task
+                done(index, w.collect(tasks[index][0]))
+    finally:
+        _stop_workers(workers, tasks, done)
+
+
+def _stop_workers(workers: list[_Worker], tasks: list[tuple[str, str | None]],
+                  done: Callable[[int, FileResult], None]) -> None:
+    """Stop every worker. A busy one may finish its file within GRACE_SECONDS; then it is terminated:
+    SIGTERM waits while it writes (planner.xmlio.write_atomic) and reports, so its file is either
+    written and reported or not touched."""
+    for w in workers:
+        if w.task is None:
+            w.quit()
+    deadline = time.monotonic() + GRACE_SECONDS
+    busy = {w.conn: w for w in workers if w.task is not None and w.alive}
+    while busy and time.monotonic() < deadline:
+        for conn in wait_ready(list(busy), timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+            w = busy.pop(conn)
+            index = w.task
+            done(index, w.collect(tasks[index][0]))
+            w.quit()
+    for w in busy.values():
+        w.process.terminate()
+    for w in busy.values():
+        w.process.join(5.0)
+        if w.conn.poll():  # it was writing when it was told to stop: the file is written, report it
+            index = w.task
+            result = w.collect(tasks[index][0])
+            if result.status != "failed" or not result.reason.startswith("the worker process died"):
+                done(index, result)
+    for w in workers:
+        w.process.join(1.0)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+    for w in busy.values():  # a worker killed in the middle of a write leaves only its temporary file
+        target = tasks[w.task][1] if w.task is not None else None
+        if target is not None:
+            for tmp in Path(target).parent.glob(f".{Path(target).name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------- Dask
+
+def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: PlanOptions, dry_run: bool,
+              backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    try:
+        client = Client(scheduler)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachable(str(exc)) from None
+    with client:
+        futures = {client.submit(plan_one, path, to, options, dry_run, backup, pure=False): i
+                   for i, (path, to) in enumerate(tasks)}
+        finished = dask_completed(futures)
+        while not finished.is_empty():
+            if interrupt.requested:
+                client.cancel(list(futures))
+                return
+            batch = finished.next_batch(block=False)
+            for fut in batch:
+                done(futures[fut], fut.result())
+            if not batch:
+                time.sleep(POLL_SECONDS)
 
 
 def totals(results: list[FileResult], wall: float) -> dict:
@@ -171,25 +422,28 @@ def _headroom(summary) -> dict[str, int | None]:
             "headroom_pci": room.pci_slots if room else None}
 
 
-def report_rows(results: list[FileResult]) -> list[dict]:
+def report_rows(results: list[FileResult], flat: bool = True) -> list[dict]:
+    """One row per file; flat (for CSV) joins the lists with "; ", otherwise (JSON) they stay lists."""
     rows = []
     for r in results:
         row = asdict(r)
-        row["moved"] = "; ".join(r.moved)
-        row["check_errors"] = "; ".join(r.check_errors)
+        if flat:
+            row["moved"] = "; ".join(r.moved)
+            row["check_errors"] = "; ".join(r.check_errors)
         rows.append(row)
     return rows
 
 
-def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool) -> list[FileResult]:
+def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool,
+                 interrupt: Interrupt | None = None) -> list[FileResult]:
     """Live libvirt: plan the persistent (inactive) XML of each defined domain, or of the named ones;
-    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff."""
+    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff.
+    An interrupt stops between domains: the results are those done."""
     import difflib
 
     import libvirt
 
     from planner.plan import plan_tree
-    from planner.xmlio import parse_domain_bytes
 
     if names:
         try:
@@ -200,13 +454,18 @@ def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bo
         domains = conn.listAllDomains()
     results = []
     for dom in sorted(domains, key=lambda d: d.name()):
+        if interrupt is not None and interrupt.requested:
+            break
         start = time.perf_counter()
         before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         name = f"domain {dom.name()}"
         try:
             tree = parse_domain_bytes(before.encode(), name)
             given = sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
-            summary = plan_tree(tree, options)
+            with _sigint_held():
+                summary = plan_tree(tree, options)
+                if interrupt is not None and _in_main_thread():
+                    interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
         except (InputError, Infeasible) as exc:
             reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
             results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,8 +45,6 @@ def test_batch_of_200_with_broken_and_infeasible_guests(tmp_path: Path) -> None:
     assert len(list(out.iterdir())) == 194
     for p in sorted(out.iterdir())[::20]:
         assert new_errors(parse_domain(src / p.name), parse_domain(p)) == []
-    import json
-
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["summary"]["failed"] == 6 and len(report["files"]) == 200
 
@@ -64,26 +69,246 @@ def test_replan_keeps_addresses(tmp_path: Path) -> None:
     assert b"moved 0" in r.stdout
 
 
-def test_ctrl_c_leaves_no_half_written_file(tmp_path: Path) -> None:
-    src = tmp_path / "in"
-    write_fleet(src, 1500)
-    originals = {p.name: p.read_bytes() for p in src.iterdir()}
-    cmd = [sys.executable, "-m", "planner.cli", "fleet", str(src), "--in-place", "--no-backup", "--jobs", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    time.sleep(2.0)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
-    assert not list(src.glob(".*.tmp")), "temporary files left behind"
-    planned = 0
-    for p in sorted(src.iterdir()):
-        data = p.read_bytes()
-        if data == originals[p.name]:
+def test_ctrl_c_at_any_moment_stops_within_seconds_with_summary_and_report(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (as Ctrl-C in a terminal) at many moments: start-up, worker
+    start, planning, writing, the end of a small batch. Every run ends within a bound with exit 130, the
+    summary and a report of exactly the files written (or had finished: exit 0); each file is its
+    original or its complete plan, no temporary file is left. (Before pciplan's own code runs, the
+    first ~0.1 s of Python's start-up, Ctrl-C is Python's: the earliest moment here is later.) The
+    moments are fractions of an uninterrupted run's time, so that they fall in the same phases on a
+    fast or a busy machine."""
+    base, reference = tmp_path / "base", tmp_path / "reference"
+    write_fleet(base, 200)
+    start = time.monotonic()
+    assert fleet(str(base), "--out", str(reference), "--jobs", "2").returncode == 0
+    whole = time.monotonic() - start
+    start = time.monotonic()
+    assert fleet(str(base / "guest-000*.xml"), "--dry-run", "--jobs", "2").returncode == 0
+    small = time.monotonic() - start  # 10 guests: a run that is mostly start-up and shutdown
+    originals = {p.name: p.read_bytes() for p in base.iterdir()}
+    planned = {p.name: p.read_bytes() for p in reference.iterdir()}
+    interrupted_with_work = 0
+    runs = [(200, whole * f, 2) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)]
+    runs += [(10, small * f, 2) for f in (0.7, 0.85)]
+    runs += [(200, whole * 0.6, 1)]  # planned in the parent process itself
+    for n, (count, delay, jobs) in enumerate(runs):
+        src, report = tmp_path / f"run{n}", tmp_path / f"report{n}.json"
+        src.mkdir()
+        for name in sorted(originals)[:count]:
+            (src / name).write_bytes(originals[name])
+        cmd = [sys.executable, "-m", "planner.cli", "fleet", str(src), "--in-place", "--no-backup",
+               "--jobs", str(jobs), "--report", str(report)]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        time.sleep(delay)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"Ctrl-C {delay} s after the start: still running 15 s later")
+        assert time.monotonic() - sent < 8, f"Ctrl-C at {delay} s: took {time.monotonic() - sent:.1f} s"
+        assert b"Traceback" not in err, err.decode()
+        assert not list(src.glob(".*.tmp")), "temporary files left behind"
+        data = json.loads(report.read_text())
+        assert all(f["status"] == "changed" for f in data["files"]), data["files"]  # none fails for it
+        written = {Path(f["path"]).name for f in data["files"] if f["status"] == "changed"}
+        for p in src.iterdir():
+            expected = planned[p.name] if p.name in written else originals[p.name]
+            assert p.read_bytes() == expected, f"Ctrl-C at {delay} s: {p.name} is not what the report says"
+        if proc.returncode == 0:  # it had finished before the signal came
+            assert f"{count} files: {count} changed".encode() in out and len(written) == count
             continue
-        planned += 1
-        tree, summary = plan_file(p)  # complete and already planned: planning again changes nothing
-        assert text(tree) == data and summary.controllers_added == {}
-    assert planned < 1500, "not interrupted: the batch finished before Ctrl-C"
+        assert proc.returncode == 130, (delay, proc.returncode, err.decode())
+        done = len(data["files"])
+        assert f"{done} files:".encode() in out, out.decode()
+        assert f"interrupted: {done} of {count} files done".encode() in err, err.decode()
+        assert data["summary"]["interrupted"] is True and data["summary"]["files"] == done
+        interrupted_with_work += 0 < done < count
+        shutil.rmtree(src)
+    assert interrupted_with_work >= 3, "the signals never landed in the middle of the batch"
+
+
+def _readonly_folder(path: Path) -> Path:
+    """A folder nobody may write into: chmod for a normal user; for root (who ignores modes) a
+    read-only tmpfs mounted there."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return path
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("running as root and cannot mount a read-only tmpfs")
+    return path
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Path]]:
+    mounted: list[Path] = []
+    yield mounted
+    for m in mounted:
+        subprocess.run(["umount", str(m)], capture_output=True)
+
+
+def _one_line_usage_error(r: subprocess.CompletedProcess, *words: str) -> None:
+    err = r.stderr.decode()
+    assert r.returncode == 2, (r.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("pciplan: error: "), err
+    assert all(w in err for w in words), err
+    assert r.stdout == b""
+
+
+def test_unwritable_outputs_fail_file_by_file_and_the_batch_goes_on(tmp_path: Path, mounts) -> None:
+    """--out into a read-only folder and --in-place in one: each file fails with the reason, the
+    summary and the report are there, exit 1; no word about a scheduler that was never asked for."""
+    src = tmp_path / "in"
+    write_fleet(src, 6)
+    readonly = _readonly_folder(tmp_path / "ro")
+    mounts.append(readonly)
+    r = fleet(str(src), "--out", str(readonly), "--jobs", "2", "--report", str(tmp_path / "r.json"))
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert b"6 files: 0 changed, 0 unchanged, 6 failed" in r.stdout
+    assert err.count("failed: cannot write") == 6 and "scheduler" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["failed"] == 6
+    if os.geteuid() == 0:  # the same guests, read-only in place (as a normal user: --out is the case)
+        inplace = tmp_path / "ro-in-place"
+        inplace.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inplace)], check=True)
+        mounts.append(inplace)
+        write_fleet(inplace, 6)
+        subprocess.run(["mount", "-o", "remount,ro", str(inplace)], check=True)
+        before = {p.name: p.read_bytes() for p in inplace.iterdir()}
+        r = fleet(str(inplace), "--in-place", "--jobs", "2")
+        assert r.returncode == 1 and b"6 files: 0 changed, 0 unchanged, 6 failed" in r.stdout
+        assert r.stderr.count(b"Read-only file system") == 6 and b"scheduler" not in r.stderr
+        assert {p.name: p.read_bytes() for p in inplace.iterdir()} == before
+
+
+def test_disk_full_in_the_middle_fails_the_rest_and_keeps_what_was_written(tmp_path: Path, mounts) -> None:
+    """A tiny tmpfs as --out: the first files fit, then ENOSPC. Those are failed files, not a stop of
+    the batch: summary, report, exit 1; every file that is there is complete."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs (test_disk_full_in_process covers it without)")
+    src, out = tmp_path / "in", tmp_path / "small"
+    write_fleet(src, 40)
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(out)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs")
+    mounts.append(out)
+    r = fleet(str(src), "--out", str(out), "--jobs", "2", "--report", str(tmp_path / "r.csv"))
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    full = err.count("No space left on device")
+    written = sorted(out.iterdir())
+    assert full > 0 and written and full + len(written) == 40, err
+    assert "scheduler" not in err and b"40 files:" in r.stdout
+    assert (tmp_path / "r.csv").read_text().count("\n") == 41
+    assert not list(out.glob(".*.tmp"))
+    for p in written:
+        tree, summary = plan_file(p)
+        assert text(tree) == p.read_bytes() and summary.controllers_added == {}
+
+
+def test_disk_full_in_process(tmp_path: Path, monkeypatch) -> None:
+    """The same without a mount: the writer reports ENOSPC from the fourth file on."""
+    from typer.testing import CliRunner
+
+    from planner import fleet as fl
+    from planner.cli import app
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_fleet(src, 8)
+    calls = []
+    real_write = fl.write_atomic
+
+    def write_until_full(path, data) -> None:
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(fl, "write_atomic", write_until_full)
+    r = CliRunner().invoke(app, ["fleet", str(src), "--out", str(out), "--jobs", "1",
+                                 "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 1, r.output
+    assert "8 files: 3 changed, 0 unchanged, 5 failed" in r.output
+    assert r.output.count("No space left on device") == 5 and "scheduler" not in r.output
+    assert len(list(out.iterdir())) == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [f["status"] for f in report["files"]] == ["changed"] * 3 + ["failed"] * 5
+
+
+def test_a_report_that_cannot_be_written_at_the_end_is_said_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills after the files are planned: the files stay written, the summary is printed, the
+    report's failure is one line, exit 1 (no traceback)."""
+    from typer.testing import CliRunner
+
+    import planner.cli as cli
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_fleet(src, 2)
+
+    def disk_full(path, data) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(cli, "write_atomic", disk_full)
+    r = CliRunner().invoke(cli.app, ["fleet", str(src), "--out", str(out), "--jobs", "1",
+                                     "--report", str(tmp_path / "r.csv")])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception  # not a crash
+    assert "2 files: 2 changed" in r.output and len(list(out.iterdir())) == 2
+    assert f"pciplan: error: --report {tmp_path / 'r.csv'}: cannot write: No space left on device" in r.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_paths_that_make_the_run_pointless_are_refused_before_planning(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_fleet(src, 3)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    _one_line_usage_error(fleet(str(src), "--out", str(afile)), "--out", "not a directory")
+    out = tmp_path / "out"
+    _one_line_usage_error(fleet(str(src), "--out", str(out), "--report", str(tmp_path / "nodir" / "r.csv")),
+                          "--report", "does not exist")
+    _one_line_usage_error(fleet(str(src), "--in-place", "--report", str(tmp_path / "r.txt")), ".json or .csv")
+    (tmp_path / "d.json").mkdir()
+    report_dir = str(tmp_path / "d.json")
+    _one_line_usage_error(fleet(str(src), "--in-place", "--report", report_dir), "is a directory")
+    _one_line_usage_error(fleet(str(src), "--in-place", "--out", str(out)), "--out", "--in-place")
+    _one_line_usage_error(fleet(str(src), "--in-place", "--jobs", "0"), "--jobs")
+    _one_line_usage_error(fleet(str(src), "--in-place", "--define"), "--define", "--connect")
+    assert not out.exists()  # nothing was planned, not even the output folder made
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_connect_refuses_the_options_for_files(tmp_path: Path) -> None:
+    """--connect plans libvirt's domains: file options are refused before libvirt is even opened."""
+    uri = f"qemu:///embed?root={tmp_path / 'never-opened'}"
+    for extra in (["--out", str(tmp_path / "o")], ["--in-place"], ["--dry-run"], [str(tmp_path)],
+                  ["--scheduler", "tcp://127.0.0.1:1"]):
+        _one_line_usage_error(fleet("--connect", uri, *extra), "--connect", extra[0].split("/")[0] or "PATH")
+    assert not (tmp_path / "never-opened").exists() and not (tmp_path / "o").exists()
+
+
+def test_json_report_keeps_lists_csv_joins_them(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in PC_GUESTS[:3]:
+        shutil.copy(p, src / p.name)
+    assert fleet(str(src), "--in-place", "--no-backup").returncode == 0  # addresses to move
+    r = fleet(str(src), "--dry-run", "--to-machine", "q35", "--report", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr.decode()
+    rows = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert all(isinstance(row["moved"], list) and isinstance(row["check_errors"], list) for row in rows)
+    assert any(len(row["moved"]) > 1 for row in rows)  # converted guests move their addresses
+    fleet(str(src), "--dry-run", "--to-machine", "q35", "--report", str(tmp_path / "r.csv"))
+    csv_rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [row["moved"] for row in csv_rows] == ["; ".join(row["moved"]) for row in rows]
 
 
 @pytest.mark.realstack
@@ -137,6 +362,50 @@ def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp
     finally:
         for n in names:
             conn.lookupByName(n).undefine()
+
+
+DEFINE_INTO_ROOT = """
+import sys, threading, libvirt
+libvirt.registerErrorHandler(lambda *_: None, None)
+libvirt.virEventRegisterDefaultImpl()
+threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True).start()
+conn = libvirt.open("qemu:///embed?root=" + sys.argv[1])
+for path in sys.argv[2:]:
+    conn.defineXML(open(path).read())
+conn.close()
+"""
+
+
+@pytest.mark.realstack
+def test_connect_reports_and_converts(real_stack, tmp_path: Path) -> None:
+    """fleet --connect with --report and --to-machine q35 on a libvirt of its own (embedded driver,
+    another root): pc guests as libvirt addressed them are converted, defined, reported with their
+    moved addresses; a second pass changes nothing."""
+    from planner.stack.driver import QEMU_CONF
+
+    # a short root: QEMU's monitor socket lives under it, and socket paths are short
+    root, src = Path(tempfile.mkdtemp(prefix="pciplan-", dir="/tmp")), tmp_path / "in"
+    for conf in (root / "etc" / "qemu.conf", root / "etc" / "qemu" / "qemu.conf"):
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(QEMU_CONF)  # as planner.stack sets up its own root: QEMU runs as root here
+    src.mkdir()
+    for n, p in enumerate(PC_GUESTS[:2]):
+        (src / p.name).write_text(p.read_text().replace("<name>", f"<name>conv{n}-", 1))
+    subprocess.run([sys.executable, "-c", DEFINE_INTO_ROOT, str(root), *map(str, sorted(src.iterdir()))],
+                   check=True, cwd=REPO, env=ENV, timeout=120)
+    uri = f"qemu:///embed?root={root}"
+    try:
+        r = fleet("--connect", uri, "--to-machine", "q35", "--define", "--report", str(tmp_path / "r.json"))
+        assert r.returncode == 0, r.stderr.decode()
+        rows = json.loads((tmp_path / "r.json").read_text())["files"]
+        assert [row["status"] for row in rows] == ["changed", "changed"]
+        assert all(isinstance(row["moved"], list) and row["moved"] for row in rows)
+        assert r.stdout.count(b"q35") >= 2  # the diffs show the conversion
+        r = fleet("--connect", uri, "--to-machine", "q35", "--report", str(tmp_path / "r.csv"))
+        assert r.returncode == 0 and b"2 domains: 0 changed, 2 unchanged" in r.stderr, r.stderr.decode()
+        assert (tmp_path / "r.csv").read_text().count("\n") == 3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- --to-machine q35

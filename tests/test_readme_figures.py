@@ -356,17 +356,21 @@ def test_sweep_table_is_the_recorded_run() -> None:
 
 
 def test_fleet_throughput_is_the_recorded_run() -> None:
-    """README's fleet throughput is benchmarks/results/fleet.json, which
-    `python -m benchmarks.fleet --json benchmarks/results/fleet.json` writes."""
-    fleet = json.loads((RESULTS / "fleet.json").read_text())
-    m = passage(r"- (\d+) typical guests \(≤ 32 devices\) planned at ([\d.]+) guests/s;\n"
-                r"- a second, no-change pass at ([\d.]+) guests/s \((\d+) changed\)")
-    first, second = fleet["runs"]
-    assert int(m[1]) == fleet["guests"] == first["changed"]
-    assert float(m[2]) == first["guests_per_second"]
-    assert float(m[3]) == second["guests_per_second"]
-    assert int(m[4]) == second["changed"] == 0
-    assert passage(r"whole command included \((\d+) jobs")[1] == str(fleet["jobs"])
+    """README's fleet table is benchmarks/results/fleet-generated.json and fleet-realworld.json, which
+    `python -m benchmarks.fleet ... --json FILE` writes (each row: pciplan's whole command and, in
+    brackets, its batch alone; libvirt's define; the ratio of the two)."""
+    rows = re.findall(r"^\| (\d+) (generated|real-world) \| (first|second)[^|]*\| (\d+) \((\d+)\) \| "
+                      r"(\d+) \| ([\d.]+)× \(([\d.]+)×\) \|$", README, re.M)
+    assert len(rows) == 4, rows
+    for guests, kind, which, whole, batch, libvirt, ratio, batch_ratio in rows:
+        record = json.loads((RESULTS / f"fleet-{kind.replace('-', '')}.json").read_text())
+        run = {p["pass"]: p for p in record["passes"]}[f"{which} pass"]
+        assert int(guests) == record["guests"]
+        assert (int(whole), int(batch), int(libvirt)) == (round(run["pciplan"]), round(run["pciplan_batch"]),
+                                                          round(run["libvirt"]))
+        assert ratio == f"{run['pciplan'] / run['libvirt']:.2f}"
+        assert batch_ratio == f"{run['pciplan_batch'] / run['libvirt']:.2f}"
+        assert which == "first" or run["changed"] == 0
 
 
 # ---------------------------------------------------------------- firmware
