@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
-
 from planner.options import OBJECTIVE_DEFAULT
 from planner.prepare import Prepared
+from planner.solver import cpmodel as cp_model
 from planner.solver.variables import (
     PORTS,
     Variables,

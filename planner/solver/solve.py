@@ -6,13 +6,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from planner.errors import Infeasible
 from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
+from planner.solver import cpmodel as cp_model
 from planner.solver.objective import (
     canonical_tiebreak,
     levels,
