@@ -683,6 +683,9 @@ def _domain_xml(uri: str, name: str, live: bool) -> str:
 
 
 def main() -> None:  # pragma: no cover
+    from planner.cli_startup import fast_coercion
+
+    fast_coercion()  # typer's pydantic-based option conversion costs more than a typical plan
     app()
 
 
