@@ -683,10 +683,10 @@ def _domain_xml(uri: str, name: str, live: bool) -> str:
 
 
 def main() -> None:  # pragma: no cover
-    from planner.cli_startup import fast_coercion
+    from planner.cli_startup import fast_coercion, only_command
 
     fast_coercion()  # typer's pydantic-based option conversion costs more than a typical plan
-    app()
+    only_command(app, sys.argv)()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,3 +105,29 @@ def fast_coercion() -> bool:
     build._pciplan_fast = True  # type: ignore[attr-defined]
     core.build_runtime_param = build
     return True
+
+
+def only_command(app: Any, argv: list[str]) -> Any:
+    """The app with only the command argv names, when it names one: typer then reads the signature of
+    that command alone (every command's costs about 10 ms of start-up). Anything else (no command,
+    --help, an unknown name) gets the whole app, so usage and help stay as they are."""
+    if len(argv) < 2 or app.registered_groups:
+        return app
+    chosen = [c for c in app.registered_commands
+              if (c.name or c.callback.__name__.replace("_", "-")) == argv[1]]
+    if len(chosen) != 1 or len(app.registered_commands) < 2:
+        return app
+    import copy
+
+    import typer
+
+    narrow = copy.copy(app)
+    narrow.registered_commands = chosen
+    if narrow.registered_callback is None:
+        # with one command and no callback typer would make the command the program itself
+        narrow.registered_callback = typer.models.TyperInfo(callback=_group)
+    return narrow
+
+
+def _group() -> None:
+    """The command group's own step: nothing (the command does the work)."""
