@@ -34,11 +34,13 @@ QEMU_CONF = ('user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_dri
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, int]:
-    """(wall s, CPU s, peak KiB, exit status) of one process."""
+    """(wall s, CPU s, peak KiB, exit status) of one process (run outside the checkout, so that `-m`
+    finds the planner installed or named by --planner, not the one in the current folder)."""
     import time
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=tempfile.gettempdir())
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -83,12 +85,19 @@ def main() -> None:
     ap.add_argument("--sizes", default="8,32,200,1000")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--planner", metavar="DIR", help="time the planner of another checkout (say an older "
+                    "commit's `git archive`), put first on PYTHONPATH of the pciplan runs")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "planner"), str(REPO / "models")],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     pciplan = [sys.executable, "-m", "planner.cli", "plan"]
+    plan_env = dict(env)
+    if args.planner:
+        plan_env["PYTHONPATH"] = os.pathsep.join([args.planner, *filter(None, [env.get("PYTHONPATH")])])
+        subprocess.run([sys.executable, "-m", "compileall", "-q", args.planner], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     python = _median([_run([sys.executable, "-c", "pass"], env) for _ in range(args.runs)])
     root = _virsh_root()
     rows = []
@@ -98,7 +107,8 @@ def main() -> None:
                 path = Path(tmp) / f"{machine}-{size}.xml"
                 path.write_bytes(guest(machine, size))
                 out = Path(tmp) / "out.xml"
-                plan = _median([_run([*pciplan, str(path), "-o", str(out)], env) for _ in range(args.runs)])
+                plan = _median([_run([*pciplan, str(path), "-o", str(out)], plan_env)
+                                for _ in range(args.runs)])
                 row = {"machine": machine, "devices": size, "pciplan": plan, "python": python}
                 if root is not None:
                     uri = f"qemu:///embed?root={root}"
@@ -110,7 +120,7 @@ def main() -> None:
                     row["virsh"] = _median(runs)
                 rows.append(row)
                 print(f"{machine} {size}: pciplan {plan['wall']:.3f} s", file=sys.stderr)
-    tied, count = tie_rate()
+    tied, count = tie_rate() if not args.planner else (0, 0)
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
              f"Median of {args.runs} runs; `python -c pass`: {python['wall']:.3f} s wall, "
              f"{python['cpu']:.3f} s CPU. Typical guests written with libvirt's own layout (a tie): "
