@@ -33,7 +33,7 @@ MODULES = ["constraints", "objective", "pool", "solve", "variables"]
 INFEASIBLE = (b"<domain type='qemu'><name>inf</name><memory>1048576</memory><os><type arch='x86_64' "
               b"machine='q35'>hvm</type></os><devices><controller type='pci' index='0' model='pcie-root'/>"
               b"<controller type='pci' index='1' model='pcie-root-port'/>"
-              + b"<interface type='user'><model type='virtio'/><address type='pci' bus='1'/></interface>" * 3
+              + b"<interface type='user'><model type='virtio'/><address type='pci' bus='1'/></interface>" * 9
               + b"</devices></domain>")
 
 
@@ -143,3 +143,24 @@ def test_plan_path_imports_neither_pandas_nor_numpy(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == "[]"
     assert out.read_bytes() == (REPO / "tests" / "golden" / "q35-server.xml").read_bytes()
+
+
+@pytest.mark.parametrize("path", sorted(GUESTS.glob("q35-*.xml"))[::2] + sorted(GUESTS.glob("pc-*.xml"))[::3],
+                         ids=lambda p: p.name)
+def test_one_tiebreak_solve_picks_what_two_stages_pick(path: Path, monkeypatch):
+    """The two tie-breaks (libvirt's order, then fixed weights) solved as one weighted objective give
+    the layout the two stages one after the other give."""
+    import sys
+
+    from planner.solver.solve import solve
+
+    solve_module = sys.modules["planner.solver.solve"]
+
+    def values(limit: int) -> tuple:
+        monkeypatch.setattr(solve_module, "COMBINED_LIMIT", limit)
+        problem, options, _ = _read(parse_domain(str(path)), PlanOptions())
+        result = solve(prepare(problem, options), options)
+        return tuple(result.solver._values), result.values
+
+    combined, stages = values(1 << 60), values(0)
+    assert combined == stages

@@ -241,11 +241,31 @@ class Constraint:
         return f"constraints {{ {enf}linear {{ {body}}} }}"
 
 
+class _VariableView:
+    __slots__ = ("domain",)
+
+    def __init__(self, domain: tuple[int, int]):
+        self.domain = list(domain)
+
+
+class _Variables:
+    """The model's variables as CpModelProto.variables shows them (len, and .domain of each)."""
+
+    def __init__(self, domains: list[tuple[int, int]]):
+        self._domains = domains
+
+    def __len__(self) -> int:
+        return len(self._domains)
+
+    def __getitem__(self, index: int) -> _VariableView:
+        return _VariableView(self._domains[index])
+
+
 class _ProtoView:
     """What callers read of CpModel.Proto(): the variables and constraints, in order."""
 
     def __init__(self, model: CpModel):
-        self.variables = model._domains
+        self.variables = _Variables(model._domains)
         self.constraints = model._constraints
 
 
