@@ -103,7 +103,7 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
     known = set(problem.buses)
-    trial = copy.deepcopy(tree)
+    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     changes = _changes(_keyed(trial), theirs, planned)
     new_ours = _new_controllers(trial, known)
     new_theirs = _new_controllers(libvirt_tree, known)
