@@ -4,11 +4,13 @@ a linear objective, hints, assumptions), written for start-up speed.
 
 OR-Tools' own Python layer imports numpy and pandas (about 0.3 s on every run) although pciplan uses
 neither. This module talks to the solver's native entry point only: the model is written as a
-CpModelProto in protobuf text format and parsed by the native library (OR-Tools 9.12 and later:
-`cp_model_helper`), or built through the generated protobuf classes (OR-Tools 9.10/9.11:
-`swig_helper`). Linear expressions are written the way OR-Tools 9.15's builder writes them (terms
-merged, zero coefficients dropped, variables by index, constants moved into the domain), so the solver
-sees the same model as before (tests/test_cpmodel.py compares the two builders on every guest).
+CpModelProto in protobuf text format and parsed by the native library where `cp_model_helper` has
+native protos (OR-Tools 9.15, as installed here), or built through the generated protobuf classes and
+solved by the older helper's SolveWrapper (`swig_helper` in 9.10, the floor; both tested).
+
+Linear expressions are written the way OR-Tools 9.15's builder writes them (terms merged, zero
+coefficients dropped, variables by index, constants moved into the domain), so the solver sees the
+same model as before (tests/test_cpmodel.py compares the two builders on the test guests).
 """
 
 from __future__ import annotations
@@ -472,15 +474,15 @@ class _Native:
 
 
 class _Protobuf:
-    """OR-Tools 9.10/9.11: the generated protobuf classes and swig_helper's SolveWrapper."""
+    """OR-Tools before native protos (9.10 and 9.11): the generated protobuf classes, solved by the
+    helper's SolveWrapper (swig_helper's in 9.10)."""
 
-    def __init__(self) -> None:
+    def __init__(self, helper: Any) -> None:
         from google.protobuf import text_format
         from ortools.sat import cp_model_pb2, sat_parameters_pb2
-        from ortools.sat.python import swig_helper
 
         self.pb, self.params_pb, self.helper, self.text_format = (
-            cp_model_pb2, sat_parameters_pb2, swig_helper, text_format)
+            cp_model_pb2, sat_parameters_pb2, helper, text_format)
 
     def _proto(self, model: CpModel):
         proto = self.pb.CpModelProto()
@@ -525,6 +527,14 @@ _BACKEND: _Native | _Protobuf | None = None
 def _backend() -> _Native | _Protobuf:
     global _BACKEND
     if _BACKEND is None:
-        old = importlib.util.find_spec("ortools.sat.python.swig_helper") is not None
-        _BACKEND = _Protobuf() if old else _Native()
+        if importlib.util.find_spec("ortools.sat.python.swig_helper") is not None:
+            from ortools.sat.python import swig_helper
+
+            _BACKEND = _Protobuf(swig_helper)
+        else:
+            from ortools.sat.python import cp_model_helper
+
+            # native protos from 9.12 on; a helper without them takes the generated protobuf classes
+            native = hasattr(cp_model_helper, "CpModelProto")
+            _BACKEND = _Native() if native else _Protobuf(cp_model_helper)
     return _BACKEND
