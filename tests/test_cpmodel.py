@@ -164,3 +164,18 @@ def test_one_tiebreak_solve_picks_what_two_stages_pick(path: Path, monkeypatch):
 
     combined, stages = values(1 << 60), values(0)
     assert combined == stages
+
+
+def test_a_constraint_a_solve_has_seen_stays_as_it_was():
+    """Constraints are written out once (the model grows between solves); changing one afterwards
+    would be lost, so it is refused."""
+    m = cpmodel.CpModel()
+    x, b = m.NewIntVar(0, 3, "x"), m.NewBoolVar("b")
+    seen = m.Add(x >= 1)
+    solver = cpmodel.CpSolver()
+    solver.parameters.num_workers = 1
+    assert solver.Solve(m) == cpmodel.OPTIMAL
+    with pytest.raises(RuntimeError):
+        seen.OnlyEnforceIf(b)
+    m.Add(x <= 2).OnlyEnforceIf(b)  # a new one may still be conditional
+    assert "enforcement_literal: 1" in m.text()

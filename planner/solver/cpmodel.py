@@ -216,17 +216,20 @@ def _index(lit: Any) -> int:
 class Constraint:
     """One linear (or Boolean constant) constraint; OnlyEnforceIf adds enforcement literals."""
 
-    __slots__ = ("enforcement", "vars", "coeffs", "domain", "bool_or")
+    __slots__ = ("enforcement", "vars", "coeffs", "domain", "bool_or", "written")
 
     def __init__(self, vars_: list[int], coeffs: list[int], domain: list[int],
                  bool_or: list[int] | None = None):
         self.enforcement: list[int] = []
+        self.written = False  # a solve has seen it: its text is final
         self.vars = vars_
         self.coeffs = coeffs
         self.domain = domain
         self.bool_or = bool_or
 
     def OnlyEnforceIf(self, *literals: Any) -> Constraint:  # noqa: N802
+        if self.written:
+            raise RuntimeError("OnlyEnforceIf on a constraint a solve has already seen")
         for lit in literals:
             if isinstance(lit, (list, tuple)):
                 self.enforcement += [_index(x) for x in lit]
@@ -235,6 +238,7 @@ class Constraint:
         return self
 
     def text(self) -> str:
+        self.written = True
         enf = "".join(f"enforcement_literal: {i} " for i in self.enforcement)
         if self.bool_or is not None:
             return f"constraints {{ {enf}bool_or {{ {''.join(f'literals: {i} ' for i in self.bool_or)}}} }}"
