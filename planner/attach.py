@@ -107,7 +107,7 @@ class Headroom:
 
 def headroom(tree: etree._ElementTree) -> Headroom:
     """The live hot-plug places of an addressed guest, by kind of place."""
-    problem = read_problem(copy.deepcopy(tree))
+    problem = read_problem(etree.ElementTree(copy.deepcopy(tree.getroot())))  # only read: no text layer
     used = _occupied(problem.tree)
     reserved = problem.machine.reserved_slots
     ports = slots = 0

@@ -975,7 +975,10 @@ def diff_command(
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    from planner.cli_startup import fast_coercion, only_command
+
+    fast_coercion()  # typer's pydantic-based option conversion costs more than a typical plan
+    only_command(app, sys.argv)()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@ re-implementation or real libvirt) and measure both layouts the same way."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from planner.errors import Infeasible
 from planner.options import OBJECTIVE_DEFAULT
 from planner.plan import objective_order_of, plan_tree
 from planner.show import build_tree, summary
-from planner.xmlio import InputError, parse_domain_bytes, serialize
+from planner.xmlio import InputError, parse_domain_bytes
 
 
 @dataclass
@@ -91,7 +92,9 @@ def measure(before: etree._ElementTree, after: etree._ElementTree,
     root = build_tree(after, firmware)
     counts = summary(root)
     on_pci = 0
-    problem = read_problem(parse_domain_bytes(serialize(after)))
+    # read_problem completes the document it reads: a plain copy of the elements will do (no need to
+    # write the text out and parse it again)
+    problem = read_problem(etree.ElementTree(copy.deepcopy(after.getroot())))
     for d in problem.devices:
         a = d.address
         if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:

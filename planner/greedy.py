@@ -981,6 +981,20 @@ def greedy_plan(xml: str) -> GreedyResult:
     start = time.perf_counter()
     try:
         tree = parse_domain_bytes(xml.encode())
+    except InputError as exc:
+        return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
+    result = greedy_plan_tree(tree)
+    if result.ok:
+        result.xml = serialize_text(tree)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def greedy_plan_tree(tree: etree._ElementTree) -> GreedyResult:
+    """greedy_plan on a parsed domain, completed in place (its xml stays None): for callers that go on
+    with the tree, so nothing is written out and parsed again."""
+    start = time.perf_counter()
+    try:
         devices = tree.getroot().find("devices")
         if devices is not None:
             _index_controllers(devices)
@@ -990,6 +1004,5 @@ def greedy_plan(xml: str) -> GreedyResult:
         planner.run()
     except (InputError, GreedyError) as exc:
         return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
-    return GreedyResult(True, None, serialize_text(tree), planner.controllers_added(),
-                        time.perf_counter() - start)
+    return GreedyResult(True, None, None, planner.controllers_added(), time.perf_counter() - start)
 

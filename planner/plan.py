@@ -231,7 +231,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     if options.to_machine == "q35":
         old = convert.old_addresses(tree)
         converted = convert.to_q35(tree)
-    original = copy.deepcopy(tree)
+    original = etree.ElementTree(copy.deepcopy(tree.getroot()))  # the input as given: never written out
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
     try:

@@ -18,11 +18,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
-from rich.console import Console
-from rich.text import Text
-from rich.tree import Tree
+
+if TYPE_CHECKING:  # rich is imported where a tree is drawn: plan and compare only count
+    from rich.text import Text
+    from rich.tree import Tree
 
 from planner.check import (
     CONVENTIONAL_BRIDGES,
@@ -462,6 +464,8 @@ def _style_of(node: Node) -> str:
 
 
 def _rich_label(node: Node) -> Text:
+    from rich.text import Text
+
     text = Text()
     if node.address:
         text.append(node.address, style="dim" if node.kind == ENDPOINT else "bold")
@@ -483,6 +487,9 @@ def _add_branch(parent: Tree, node: Node) -> None:
 
 def render_rich(root: Node) -> Tree:
     """The tree for a rich console; unaddressed devices come last under "unaddressed"."""
+    from rich.text import Text
+    from rich.tree import Tree
+
     tree = Tree(_rich_label(root), guide_style="dim")
     for child in root.children:
         _add_branch(tree, child)
@@ -495,6 +502,8 @@ def render_rich(root: Node) -> Tree:
 
 def render_text(root: Node, *, width: int = 100, color: bool = False) -> str:
     """The tree as text, one `BB:SS.F  what [markers]` line per node; ANSI colours only when asked."""
+    from rich.console import Console
+
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system="standard" if color else None,
                       force_terminal=color, highlight=False, emoji=False, legacy_windows=False)

@@ -15,9 +15,9 @@ import copy
 from lxml import etree
 
 from planner.domain import PciAddress, Problem
-from planner.greedy import greedy_plan
+from planner.greedy import greedy_plan_tree
 from planner.render import set_pci_address
-from planner.xmlio import parse_domain_bytes, remove_element, serialize_text
+from planner.xmlio import remove_element
 
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
@@ -92,10 +92,9 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
         return False
     if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
         return False  # libvirt's greedy costs more than the plan itself there, and ties are rare
-    greedy = greedy_plan(serialize_text(original))
-    if not greedy.ok or greedy.xml is None:
+    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
+    if not greedy_plan_tree(libvirt_tree).ok:
         return False
-    libvirt_tree = parse_domain_bytes(greedy.xml.encode())
     theirs = _keyed(libvirt_tree)
     chosen = [el for d in problem.devices if d.address is None and d.bus_pin is None
               for m in [d, *d.companions] for el in [m.element, *m.mirrors]]
@@ -104,7 +103,7 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
     known = set(problem.buses)
-    trial = copy.deepcopy(tree)
+    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     changes = _changes(_keyed(trial), theirs, planned)
     new_ours = _new_controllers(trial, known)
     new_theirs = _new_controllers(libvirt_tree, known)

@@ -343,8 +343,6 @@ def test_sweep_table_is_the_recorded_run() -> None:
         expected[0] = row[0]
         assert row == expected, (row, expected)
     assert passage(r"Peak memory of the whole sweep: (\d+) MiB")[1] == f"{sweep['peak_rss_mib']:.0f}"
-    assert passage(r"from Python start-up to the written file: ([\d.]+) s")[1] == \
-        f"{sweep['cli_seconds_32_devices']:.2f}"
     m = passage(r"Solve time is under ([\d.]+) s everywhere but aarch64 virt with (\d+) devices "
                 r"\(([\d.]+) s\)")
     feasible = [p for p in sweep["points"] if p["status"] == "optimal"]
@@ -353,6 +351,26 @@ def test_sweep_table_is_the_recorded_run() -> None:
     assert f"{max(p['solve_seconds'] for p in slow):.2f}" == m[3]
     m = passage(r"On pc with (\d+) devices, libvirt adds (\d+) pci-bridges")
     assert points[("pc", m[1], "all")]["greedy_controllers"] == int(m[2])
+
+
+def test_whole_command_table_is_the_recorded_run() -> None:
+    """README's "The whole command" table is benchmarks/results/cli.json (and cli-before.json for the
+    "before" columns), which `python -m benchmarks.cli` writes."""
+    now = {(r["machine"], r["devices"]): r for r in json.loads((RESULTS / "cli.json").read_text())["rows"]}
+    before = {(r["machine"], r["devices"]): r
+              for r in json.loads((RESULTS / "cli-before.json").read_text())["rows"]}
+    rows = re.findall(r"^\| (q35|pc|virt) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)× \| "
+                      r"([\d.–]+) \| ([\d.–]+) \| ([\d.]+)(?: \(fails\))? \| ([\d.]+) \|$", README, re.M)
+    assert len(rows) == len(now) >= 12, rows
+    for machine, devices, wall, cpu, peak, times, b_cpu, b_peak, v_wall, v_cpu in rows:
+        r = now[(machine, int(devices))]
+        assert (wall, cpu, peak) == (f"{r['pciplan']['wall']:.3f}", f"{r['pciplan']['cpu']:.3f}",
+                                     f"{r['pciplan']['peak_mib']:.1f}")
+        assert times == f"{r['pciplan']['cpu'] / r['python']['cpu']:.1f}"
+        assert (v_wall, v_cpu) == (f"{r['virsh']['wall']:.3f}", f"{r['virsh']['cpu']:.3f}")
+        b = before.get((machine, int(devices)))
+        assert (b_cpu, b_peak) == ((f"{b['pciplan']['cpu']:.3f}", f"{b['pciplan']['peak_mib']:.1f}")
+                                   if b else ("–", "–"))
 
 
 def test_fleet_throughput_is_the_recorded_run() -> None:
@@ -550,8 +568,8 @@ def test_option_defaults() -> None:
     from planner.cli import plan
 
     defaults = {k: v.default for k, v in inspect.signature(plan).parameters.items()}
-    assert float(passage(r"`--time-limit S`: solver time limit in seconds \(default (\d+)\)")[1]) == \
-        defaults["time_limit"]
+    limit = passage(r"`--time-limit S`: solver time limit in seconds, above 0 \(default (\d+)\)")
+    assert float(limit[1]) == defaults["time_limit"]
     machines = tomllib.loads((REPO / "models" / "machines.toml").read_text())
     m = passage(r"`--spare-pcie N`: number of empty hot-pluggable PCIe ports to keep \(default (\d+) on q35 "
                 r"and virt\)")

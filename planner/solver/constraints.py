@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from planner.facts import IO_WINDOW_UNITS
 from planner.prepare import Prepared
+from planner.solver import cpmodel as cp_model
 from planner.solver.variables import PORTS, Variables, needs_port_window, new_bridges, new_controllers
 
 SLOTS_PER_BRIDGE = 31

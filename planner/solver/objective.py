@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
-
 from planner.options import OBJECTIVE_DEFAULT
 from planner.prepare import Prepared
+from planner.solver import cpmodel as cp_model
 from planner.solver.variables import (
     PORTS,
     Variables,
@@ -129,28 +128,36 @@ def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
     model.Minimize(objective_expr(lv))
 
 
-def libvirt_order(prep: Prepared, v: Variables) -> cp_model.LinearExpr:
+def libvirt_order_terms(prep: Prepared, v: Variables) -> list[tuple[int, cp_model.IntVar]]:
     """Among equally good layouts, earlier devices on the existing buses of lowest index, as libvirt's
     one-device-at-a-time assignment puts them (groups are numbered in document order; new
     controllers come after every existing bus). Maximising the sum of products pairs the largest
-    factors (rearrangement inequality): early groups with low indices."""
+    factors (rearrangement inequality): early groups with low indices. (coefficient, variable) pairs."""
     groups = len(prep.groups)
     placed = [*v.alone.items(), *v.packed.items()]
-    return cp_model.LinearExpr.Sum([-(groups - gi) * (256 - e) * x for (e, gi), x in placed])
+    return [(-(groups - gi) * (256 - e), x) for (e, gi), x in placed]
 
 
-def canonical_tiebreak(model: cp_model.CpModel) -> cp_model.LinearExpr:
+def libvirt_order(prep: Prepared, v: Variables) -> cp_model.LinearExpr:
+    return cp_model.LinearExpr.Sum([c * x for c, x in libvirt_order_terms(prep, v)])
+
+
+def canonical_weights(model: cp_model.CpModel) -> list[tuple[int, cp_model.IntVar]]:
     """A fixed weighting of every variable, used to pick one layout among equally good ones.
 
     Among optimal solutions CP-SAT returns whichever its search meets first, and that changes between
     OR-Tools versions. Minimising this sum over the optimal solutions picks the same one everywhere:
     distinct pseudo-random weights (a fixed LCG) make two different solutions with the same sum
-    practically impossible."""
+    practically impossible. (weight, variable) pairs."""
     proto = model.Proto()
     terms = []
     state = 12345
     for index in range(len(proto.variables)):
         state = (state * 1103515245 + 12345) % (1 << 31)
         weight = (state >> 8) % 65521 + 1
-        terms.append(weight * model.GetIntVarFromProtoIndex(index))
-    return cp_model.LinearExpr.Sum(terms)
+        terms.append((weight, model.GetIntVarFromProtoIndex(index)))
+    return terms
+
+
+def canonical_tiebreak(model: cp_model.CpModel) -> cp_model.LinearExpr:
+    return cp_model.LinearExpr.Sum([w * x for w, x in canonical_weights(model)])

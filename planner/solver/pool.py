@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from planner.facts import IO_WINDOW_UNITS
+from planner.solver import cpmodel as cp_model
 
 SLOTS_PER_BRIDGE = 31
 DETERMINISTIC_LIMIT = 5.0  # CP-SAT work units (about seconds); these models settle in milliseconds

@@ -6,17 +6,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from planner.errors import Infeasible
 from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
+from planner.solver import cpmodel as cp_model
 from planner.solver.objective import (
-    canonical_tiebreak,
+    canonical_weights,
     levels,
-    libvirt_order,
+    libvirt_order_terms,
     objective_expr,
     set_objective,
 )
@@ -173,7 +172,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     if status == cp_model.OPTIMAL:
-        chosen = _canonical(model, lv, obj, solver, options, start, libvirt_order(prep, v))
+        chosen = _canonical(model, lv, obj, solver, options, start, libvirt_order_terms(prep, v))
         if chosen is not solver:  # the tie-break's pick must fit the firmware's I/O space too
             chosen_pool = split(pool_content(prep, v, chosen), io_matters=v.io_used is not None)
             if _exact_io_fits(v, chosen, chosen_pool):
@@ -237,25 +236,58 @@ def _cut(model: cp_model.CpModel, v: Variables, content: PoolContent, windows: i
     model.Add(v.pool_windows >= windows).OnlyEnforceIf(same)
 
 
+# The two tie-breaks as one objective while its coefficients stay far from int64's limit
+COMBINED_LIMIT = 1 << 60
+
+
+def _span(model: cp_model.CpModel, terms: list) -> int:
+    """How far sum(coefficient × variable) can range over the variables' domains."""
+    variables = model.Proto().variables
+    span = 0
+    for coef, x in terms:
+        domain = variables[x.Index()].domain
+        span += abs(coef) * (domain[len(domain) - 1] - domain[0])  # (native protos index from 0 only)
+    return span
+
+
+def _stage_solver(model: cp_model.CpModel, best: cp_model.CpSolver, stage, options: PlanOptions,
+                  start: float) -> tuple[cp_model.CpSolver, int]:
+    proto = model.Proto()
+    model.ClearHints()
+    for index in range(len(proto.variables)):
+        var = model.GetIntVarFromProtoIndex(index)
+        model.AddHint(var, best.Value(var))
+    model.Minimize(stage)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(1.0, options.time_limit - (time.perf_counter() - start))
+    solver.parameters.num_workers = options.workers
+    solver.parameters.random_seed = 0
+    return solver, solver.Solve(model)
+
+
 def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,
-               start: float, order: cp_model.LinearExpr) -> cp_model.CpSolver:
+               start: float, order_terms: list) -> cp_model.CpSolver:
     """Among the optimal layouts, the one two fixed tie-breaks pick: libvirt's order first, then
     fixed weights on every variable, so the output does not depend on the OR-Tools version's search
-    order. Keeps the best solution proven so far if a stage cannot be proven in time."""
+    order. Both in one solve where the weighted sum fits: libvirt's order scaled past the whole range
+    of the fixed weights, so minimising the sum minimises the order first and then the weights,
+    exactly as the two stages one after the other; else (or when that solve is not proven in time)
+    stage after stage, keeping the best solution proven so far if a stage cannot be proven in time."""
     model.Add(objective_expr(lv) == obj)
+    weights = canonical_weights(model)
+    order = cp_model.LinearExpr.Sum([k * x for k, x in order_terms])
+    canonical = cp_model.LinearExpr.Sum([w * x for w, x in weights])
+    scale = _span(model, weights) + 1
+    if _span(model, order_terms) * scale + scale < COMBINED_LIMIT:
+        both = cp_model.LinearExpr.Sum([*(k * scale * x for k, x in order_terms),
+                                        *(w * x for w, x in weights)])
+        solver, status = _stage_solver(model, first, both, options, start)
+        if status == cp_model.OPTIMAL:
+            return solver
     best = first
-    for stage in (order, canonical_tiebreak(model)):
-        proto = model.Proto()
-        model.ClearHints()
-        for index in range(len(proto.variables)):
-            var = model.GetIntVarFromProtoIndex(index)
-            model.AddHint(var, best.Value(var))
-        model.Minimize(stage)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(1.0, options.time_limit - (time.perf_counter() - start))
-        solver.parameters.num_workers = options.workers
-        solver.parameters.random_seed = 0
-        if solver.Solve(model) != cp_model.OPTIMAL:
+    for stage in (order, canonical):
+        solver, status = _stage_solver(model, best, stage, options, start)
+        if status != cp_model.OPTIMAL:
             return best
         model.Add(stage == int(round(solver.ObjectiveValue())))
         best = solver

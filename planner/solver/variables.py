@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from planner.prepare import Group, Prepared
+from planner.solver import cpmodel as cp_model
 
 PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
 IntVar = cp_model.IntVar
