@@ -27,16 +27,9 @@ def _no_integrated(model: cp_model.CpModel, prep: Prepared, v: Variables) -> Non
             model.Add(x == 0)
 
 
-def _no_multifunction(model: cp_model.CpModel, prep: Prepared, v: Variables) -> None:
-    """No device packed as a function of a shared slot, anywhere."""
-    for x in [*v.packed.values(), *v.pool_packed.values()]:
-        model.Add(x == 0)
-
-
 MODEL_WEAKENINGS: dict[str, Callable[[cp_model.CpModel, Prepared, Variables], None]] = {
     "pcie-to-pci-bridge": _no_pcie_to_pci_bridge,
     "integrated": _no_integrated,
-    "multifunction": _no_multifunction,
 }
 
 
