@@ -15,6 +15,7 @@ from realstack import real_stack_fixture  # noqa: F401
 
 from planner.check import io_space_needed
 from planner.errors import Infeasible
+from planner.facts import IO_UNIT
 from planner.greedy import greedy_plan
 from planner.solver.pool import PoolContent, rooms, split
 from planner.xmlio import InputError, parse_domain_bytes
@@ -94,6 +95,7 @@ ALL = (sorted(p for p in (test_guests()[0].parents[2] / "examples").glob("*.xml"
 
 
 # Inputs pciplan refuses on purpose (tests/test_cases.py says why); any other refusal fails here.
+TIE = "ties with libvirt's own layout: libvirt's addresses written"  # planner/plan.py's note
 REFUSED = {"440fx-wrong-root.xml", "aarch64-virtio-pci-manual-addresses.xml", "pci-expander-bus-bad-node.xml",
            "pcie-expander-bus-bad-bus.xml", "pcie-root-port-too-many.xml", "q35-dmi-bad-address1.xml",
            "watchdog-q35-multiple.xml"}
@@ -120,6 +122,10 @@ def test_solver_and_checker_count_the_same_io(path) -> None:
     need, space = checked
     assert s.io_budget_bytes is not None
     assert need <= space or s.io_bytes == s.io_budget_bytes  # a given layout over budget stays the user's
+    if TIE in s.notes:
+        # the written layout is libvirt's own (it ties): its I/O is the checker's count of it, in units
+        assert s.io_bytes == -(-need // IO_UNIT) * IO_UNIT, (need, s.io_bytes)
+        return
     with_solver_bars, kinds, unexplained = differences(tree)
     assert unexplained == [], unexplained
     if not kinds:
@@ -130,22 +136,23 @@ def test_solver_and_checker_count_the_same_io(path) -> None:
 
 def test_every_io_difference_kind_is_met() -> None:
     """The documented kinds of difference are real: each one occurs on the inputs (a kind that no
-    longer occurs is dropped from REASONS), and the inputs where nothing differs are the majority."""
+    longer occurs is dropped from REASONS), and both kinds of input, equal and differing, are many."""
     met: dict[str, int] = {}
-    equal = 0
+    equal = differ = 0
     for path in ALL:
         try:
             tree, s = plan_file(path)
         except InputError:
             continue
-        if s.io_bytes is None:
+        if s.io_bytes is None or TIE in s.notes:
             continue
         _, kinds, _ = differences(tree)
         for k, n in kinds.items():
             met[k] = met.get(k, 0) + n
         equal += not kinds
+        differ += bool(kinds)
     assert set(met) == set(REASONS), (met, set(REASONS) - set(met))
-    assert equal > 60, equal
+    assert equal >= 40 and differ >= 20, (equal, differ)
 
 
 @pytest.mark.realstack
