@@ -505,6 +505,16 @@ def random_guest(rng: random.Random, machine: str) -> Guest:
                  tight_io=machine == "q35" and rng.random() < 0.3, order=rng.choice(ORDERS))
 
 
+def hard_guest(rng: random.Random, machine: str) -> Guest:
+    """Two hot-pluggable PCIe devices, a hot-pluggable conventional one and 1-2 more, default order: on
+    q35 and virt the plan needs 4 or more new controllers (ports, a pcie-to-pci-bridge, the spare)."""
+    hot_pcie = [k for k, v in KINDS.items() if v.pcie and v.hotplug]
+    kinds = [k for k, v in KINDS.items() if not (v.x86 and machine == "virt") and not v.once]
+    picks = [rng.choice(hot_pcie), rng.choice(hot_pcie), "e1000"]
+    picks += [rng.choice(kinds) for _ in range(rng.choice([1, 2]))]
+    return Guest(machine, tuple(sorted(picks)), pinned=rng.random() < 0.3, off=rng.random() < 0.3)
+
+
 def tight_io(monkeypatch: pytest.MonkeyPatch) -> None:
     """q35 SeaBIOS (with <acpi/>) gets TIGHT_IO bytes, in the model's firmware table and the checker's."""
     table = copy.deepcopy(facts._firmware_table())
@@ -545,10 +555,14 @@ PER_MACHINE = int(os.environ.get("PCIPLAN_ORACLE_GUESTS", "12"))
 @pytest.mark.parametrize("machine", sorted(MACHINES))
 def test_no_layout_beats_the_solver_random(machine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(f"{SEED}-{machine}")
+    most = 0
     for n in range(PER_MACHINE):
-        g = random_guest(rng, machine)
+        g = random_guest(rng, machine) if n % 4 else hard_guest(rng, machine)
         with monkeypatch.context() as m:
-            assert_optimal(g, m, note=f"PCIPLAN_ORACLE_SEED={SEED} guest {n}: ")
+            v = assert_optimal(g, m, note=f"PCIPLAN_ORACLE_SEED={SEED} guest {n}: ")
+        most = max(most, v.controllers)
+    if machine != "pc":  # the run compared guests whose plan needs 4 or more new controllers
+        assert most >= 4, f"PCIPLAN_ORACLE_SEED={SEED}: at most {most} new controllers"
 
 
 # Regression set: guests that reach what random draws reach rarely.
