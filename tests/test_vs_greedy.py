@@ -145,10 +145,8 @@ def test_solver_io_count_matches_the_checkers() -> None:
             continue
         total, found, unexplained = differences(tree)
         assert unexplained == [], (where, unexplained)
-        if found:
-            assert checked[0] < s.io_bytes <= (total or 0), (where, s.io_bytes, checked, total, found)
-        else:
-            assert s.io_bytes == checked[0], (where, s.io_bytes, checked)
+        assert s.io_bytes == total, (where, s.io_bytes, checked, total, found)
+        assert found or s.io_bytes == checked[0], (where, s.io_bytes, checked)
         kinds["counted"] += 1
     assert kinds["counted"] >= 2, (SEED, dict(kinds))
 
