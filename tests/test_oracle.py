@@ -663,5 +663,8 @@ def test_the_oracle_counts_like_measure(machine: str) -> None:
         kinds = g.kinds[:3]
         g = Guest(machine, kinds, g.hotplug_yes, g.hotplug_no if (g.hotplug_no or 9) < 3 else None,
                   g.pinned, g.off, order=g.order)
-        audited += oracle(g, most=2, audit=5).audited
+        try:
+            audited += oracle(g, most=2, audit=5).audited
+        except AssertionError as exc:
+            raise AssertionError(f"PCIPLAN_ORACLE_SEED={SEED}: {exc}") from exc
     assert audited >= 5, f"PCIPLAN_ORACLE_SEED={SEED}: only {audited} layouts audited"
