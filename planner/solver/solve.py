@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -83,23 +82,6 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
     return out
 
 
-# Tests only (tests/test_oracle.py): drop one candidate kind, to prove the brute-force oracle notices.
-WEAKEN_ENV = "PCIPLAN_WEAKEN_MODEL"
-
-
-def _weaken(model: cp_model.CpModel, prep: Prepared, v: Variables) -> None:
-    kind = os.environ.get(WEAKEN_ENV)
-    if kind == "pcie-to-pci-bridge":  # no new pcie-to-pci-bridge, neither on a new nor an existing port
-        for x in [*v.rp_bridge.values(), *v.new_pcie_pci_bridge.values()]:
-            model.Add(x == 0)
-    elif kind == "integrated":  # no new integrated endpoint on pcie-root
-        if prep.problem.machine.pcie:
-            for x in [x for (e, _), x in [*v.alone.items(), *v.packed.items()] if e == 0]:
-                model.Add(x == 0)
-    elif kind:
-        raise ValueError(f"{WEAKEN_ENV}={kind}: unknown candidate kind")
-
-
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     machine = prep.problem.machine
     # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
@@ -125,7 +107,6 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
     c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
-    _weaken(model, prep, v)
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
     set_objective(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
