@@ -79,8 +79,11 @@ def test_benchmark_corpus_never_more_controllers() -> None:
 
     from conftest import REPO
 
-    sys.path.insert(0, str(REPO))
-    from benchmarks.vs_greedy import run
+    sys.path.insert(0, str(REPO))  # for benchmarks/ only: planner stays the installed package
+    try:
+        from benchmarks.vs_greedy import run
+    finally:
+        sys.path.remove(str(REPO))
 
     counts = run(40, seed=160, time_limit=10.0)["counts"]
     assert counts.get("more", 0) == 0 and counts.get("objective worse", 0) == 0, counts
