@@ -1,1 +1,1 @@
-"""Machine, controller and device facts as data (TOML files shipped with the package)."""
+"""Machine, controller and device facts as data (TOML files), installed as planner.models (setup.py)."""

@@ -87,7 +87,7 @@ def _space_exclusions() -> list[dict]:
     import tomllib
     from importlib import resources
 
-    return tomllib.loads(resources.files("models").joinpath("space.toml").read_text())["exclude"]
+    return tomllib.loads(resources.files("planner.models").joinpath("space.toml").read_text())["exclude"]
 
 
 # (bus model, connect type) -> rule id, for the placements libvirt accepts but the space excludes.

@@ -112,7 +112,7 @@ class Firmware:
 
 
 def _load(name: str) -> dict:
-    return tomllib.loads(resources.files("models").joinpath(name).read_text())
+    return tomllib.loads(resources.files("planner.models").joinpath(name).read_text())
 
 
 @cache

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from lxml import etree
@@ -14,6 +15,91 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GUESTS = REPO / "tests" / "guests"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/realstack.py
+
+# The suite tests the installed package, not the checkout: CI installs the wheel it built and sets
+# PCIPLAN_REQUIRE_INSTALLED=1, which makes a `planner` imported from the checkout a failure. Without the
+# flag the same holds whenever the installed pciplan is not an editable install (`.ci/setup` without
+# PCIPLAN_EDITABLE=1): the checkout would then shadow what was installed and the tests would test the
+# wrong code. Run the suite as `.venv/bin/pytest`; `python -m pytest` puts the working directory first on
+# sys.path.
+REQUIRE_INSTALLED = os.environ.get("PCIPLAN_REQUIRE_INSTALLED") == "1"
+
+
+# Tools .ci/setup installs beside libvirt and QEMU (Graphviz's dot, matplotlib): a test that needs a
+# missing one is skipped, and under CI's flags (PCIPLAN_REQUIRE_REALSTACK=1 or PCIPLAN_REQUIRE_INSTALLED=1)
+# fails, so CI cannot pass with a part of the suite silently not run.
+REQUIRE_TOOLS = REQUIRE_INSTALLED or os.environ.get("PCIPLAN_REQUIRE_REALSTACK") == "1"
+
+
+def tool_missing(reason: str) -> NoReturn:
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{reason}, and CI's flags require it (.ci/setup installs it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that runs pciplan (`python -m planner.cli` in the checkout):
+    PYTHONSAFEPATH keeps `-m` and `-c` from putting the working directory first on sys.path, so the child
+    imports the same installed package as the tests."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return {**env, "PYTHONSAFEPATH": "1", **extra}
+
+
+def _installed_editable() -> bool | None:
+    """Whether the installed pciplan distribution is an editable install; None when none is installed."""
+    from importlib import metadata
+
+    try:
+        direct_url = metadata.distribution("pciplan").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    return bool(direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"))
+
+
+def from_checkout(path: str | None) -> bool:
+    """Whether a module file is the checkout's source (planner/, models/), not an installed copy (the
+    venv in .venv sits inside the checkout too)."""
+    return path is not None and any(Path(path).resolve().is_relative_to(REPO / folder)
+                                    for folder in ("planner", "models"))
+
+
+def checkout_imports() -> list[str]:
+    """The planner modules loaded in this process from the checkout instead of the installed package."""
+    return sorted(name for name, module in list(sys.modules.items())
+                  if (name == "planner" or name.startswith("planner.")) and module is not None
+                  and from_checkout(getattr(module, "__file__", None)))
+
+
+def _guard_active() -> bool:
+    return REQUIRE_INSTALLED or _installed_editable() is False
+
+
+def pytest_configure(config) -> None:
+    if not _guard_active():
+        return
+    import subprocess
+
+    import planner
+
+    if from_checkout(planner.__file__):
+        raise pytest.UsageError(
+            f"planner was imported from the checkout ({planner.__file__}), not from the installed package: "
+            "run the suite as .venv/bin/pytest (python -m pytest puts the working directory on sys.path), "
+            "or install editable with PCIPLAN_EDITABLE=1 bash .ci/setup")
+    # A child `python -m planner.cli` started in the checkout, as the CLI tests start it, must import the
+    # installed package too.
+    child = subprocess.run([sys.executable, "-c", "import planner; print(planner.__file__)"], cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=60, check=True)
+    if from_checkout(child.stdout.strip()):
+        raise pytest.UsageError(f"a child Python started in the checkout imports {child.stdout.strip()}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    # Modules imported lazily, inside functions, during the run: none of them from the checkout either.
+    if _guard_active() and (stray := checkout_imports()):
+        session.config.get_terminal_writer().line(
+            f"pciplan: imported from the checkout, not the installed package: {', '.join(stray)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # A plain clone has no ../shared beside it: the tests of the shared cases are skipped (one line in the

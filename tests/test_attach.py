@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, nics
+from conftest import REPO, nics, subprocess_env
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -22,7 +21,7 @@ E1000 = b"<interface type='network'><source network='default'/><model type='e100
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env=subprocess_env(), timeout=120)
 
 
 def planned(guest_xml, machine: str, devices: str, **options) -> bytes:

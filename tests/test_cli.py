@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, nics
+from conftest import REPO, nics, subprocess_env
 
 GUEST = REPO / "examples" / "q35-server.xml"
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "planner.cli", *args], input=stdin, capture_output=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          cwd=REPO, env=subprocess_env(), timeout=120)
 
 
 def test_plan_to_file_and_check_it(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_works_without_the_libvirt_binding(tmp_path: Path) -> None:
     hidden = tmp_path / "hide"
     hidden.mkdir()
     (hidden / "libvirt.py").write_text("raise ImportError('no libvirt binding here')\n")
-    env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{REPO}"}
+    env = subprocess_env(PYTHONPATH=str(hidden))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, cwd=REPO,

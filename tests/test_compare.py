@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import GUESTS, REPO, nics
+from conftest import GUESTS, REPO, nics, subprocess_env
 
 from planner.compare import compare
 
@@ -44,7 +43,7 @@ def test_greedy_breaks_the_firmware_budget_where_pciplan_does_not() -> None:
 def test_compare_command_json_and_plot(tmp_path) -> None:
     out = tmp_path / "cmp.png"
     cmd = [sys.executable, "-m", "planner.cli", "compare", str(GUESTS), "--json", "--plot", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     r = subprocess.run(cmd, capture_output=True, cwd=REPO, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)

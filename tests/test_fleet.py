@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from fleetgen import write_fleet
 from planning import errors, new_errors, plan_file, text
 from realstack import real_stack_fixture  # noqa: F401
 
 from planner.xmlio import parse_domain
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = subprocess_env()
 
 
 def fleet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

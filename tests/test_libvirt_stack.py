@@ -6,12 +6,12 @@ and diffing helpers are also tested on fixed text without the stack.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
@@ -272,7 +272,7 @@ def test_host_bound_guest_is_made_bootable(real_stack: EmbeddedLibvirt) -> None:
 @realstack
 def test_second_process_falls_back_to_a_temporary_root(real_stack: EmbeddedLibvirt) -> None:
     code = "from planner.stack import EmbeddedLibvirt as E; s = E(); print(s.temporary_root, s.root)"
-    env = {**os.environ, "PCIPLAN_LIBVIRT_ROOT": str(real_stack.root)}
+    env = subprocess_env(PCIPLAN_LIBVIRT_ROOT=str(real_stack.root))
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
         check=True,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, controllers, disks, nics
+from conftest import REPO, controllers, disks, nics, subprocess_env
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -74,7 +73,7 @@ def test_a_bad_order_is_refused(guest_xml) -> None:
     example = str(REPO / "examples" / "q35-server.xml")
     r = subprocess.run([sys.executable, "-m", "planner.cli", "plan", example,
                         "--objective-order", "controllers,pcie"], capture_output=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                       env=subprocess_env(), timeout=120)
     assert r.returncode == 2 and b"--objective-order" in r.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import controllers, libvirt_manifest, nics, shared_cases, test_guests
 from planning import plan_bytes, plan_file, text
-from realstack import real_stack_fixture  # noqa: F401
+from realstack import REQUIRE_ENV, real_stack_fixture, stack_unavailable  # noqa: F401
 
 from planner.stack import diff_layouts
 from planner.xmlio import parse_domain_bytes
@@ -76,9 +76,44 @@ def _boot(xml: str, firmware: bool = True, seconds: float = 20.0):
     assert report.boot is not None and report.boot.started, report.summary_lines()
     assert report.boot.mismatches == [], report.summary_lines()
     assert report.hotplug_failures == [], report.summary_lines()
-    if report.firmware is not None and report.firmware.ran:
-        assert report.firmware.pci_setup_done, report.summary_lines()
+    if firmware:
+        _firmware_ran(report)
     return report
+
+
+# The firmware that sets up PCI: when the guest boots one of these, it must have run. A firmware that did
+# not (its files missing: OVMF/AAVMF come from Debian's ovmf and qemu-efi-aarch64) is a skip, and under
+# PCIPLAN_REQUIRE_REALSTACK=1 a failure, never a pass on QEMU alone.
+PCI_FIRMWARE = {"seabios", "ovmf", "aavmf"}
+
+
+def _firmware_ran(report) -> None:
+    fw = report.firmware
+    assert fw is not None, report.summary_lines()  # asked for, and QEMU started
+    if fw.name in PCI_FIRMWARE:
+        if not fw.ran:
+            stack_unavailable(f"{fw.label} did not run: {'; '.join(fw.errors)}")
+        assert fw.pci_setup_done, report.summary_lines()
+    else:  # riscv64 virt: no PCI firmware, QEMU's device tree is the check
+        assert not fw.ran and fw.name == "none", fw
+
+
+def test_a_pci_firmware_that_did_not_run_fails_under_the_flag(real_stack, guest_xml, monkeypatch,
+                                                              tmp_path) -> None:
+    """The firmware lookup pointed at an empty folder (as if ovmf were not installed): booting a UEFI
+    guest must fail under PCIPLAN_REQUIRE_REALSTACK=1, not pass because QEMU alone started."""
+    from planner.stack.firmware import UEFI_FILES
+
+    empty = (str(tmp_path / "OVMF_CODE_4M.fd"), str(tmp_path / "OVMF_VARS_4M.fd"))
+    monkeypatch.setitem(UEFI_FILES, "ovmf", empty)
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    uefi_guest = guest_xml("q35", nics(2)).replace(b"<os>", b"<os firmware='efi'>")
+    xml = text(plan_bytes(uefi_guest)[0]).decode()
+    with pytest.raises(pytest.fail.Exception, match="OVMF did not run: .*OVMF_CODE_4M.fd"):
+        _boot(xml)
+    monkeypatch.delenv(REQUIRE_ENV)
+    with pytest.raises(pytest.skip.Exception, match="OVMF did not run"):
+        _boot(xml)
 
 
 @pytest.mark.parametrize("path", BOOTED, ids=lambda p: p.name)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import disks, nics
+from conftest import disks, nics, tool_missing
 
 from planner import show
 from planner.plan import plan_tree
@@ -17,7 +17,13 @@ from planner.show import BUS, ENDPOINT, Node, PictureError, build_tree, render_d
 from planner.xmlio import parse_domain_bytes
 
 DOT = show._dot_binary()
-needs_dot = pytest.mark.skipif(DOT is None, reason="Graphviz dot is not installed")
+needs_dot = pytest.mark.usefixtures("dot_installed")
+
+
+@pytest.fixture
+def dot_installed() -> None:
+    if DOT is None:
+        tool_missing("Graphviz dot is not installed")
 
 Q35_DEVICES = """
     <controller type='pci' index='0' model='pcie-root'/>
@@ -322,7 +328,10 @@ def test_200_device_guest_pictures(planned_200: Node, tmp_path: Path) -> None:
 
 
 def test_matplotlib_fallback(planned_200: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("matplotlib")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        tool_missing("matplotlib is not installed")
     monkeypatch.setattr(show, "_dot_binary", lambda: None)
     png, svg = tmp_path / "fallback.png", tmp_path / "fallback.svg"
     show.write_picture(planned_200, str(png))
