@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
@@ -383,7 +383,9 @@ def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: Plan
     except (OSError, TimeoutError) as exc:
         raise SchedulerUnreachable(str(exc)) from None
     with client:
-        futures = {client.submit(plan_one, path, to, options, dry_run, backup, pure=False): i
+        # The workers' working directory is not ours: they get absolute paths, the report the given ones.
+        futures = {client.submit(plan_one, os.path.abspath(path), to and os.path.abspath(to), options,
+                                 dry_run, backup, pure=False): i
                    for i, (path, to) in enumerate(tasks)}
         finished = dask_completed(futures)
         while not finished.is_empty():
@@ -392,7 +394,9 @@ def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: Plan
                 return
             batch = finished.next_batch(block=False)
             for fut in batch:
-                done(futures[fut], fut.result())
+                path, to = tasks[futures[fut]]
+                result = fut.result()
+                done(futures[fut], replace(result, path=path, output=None if result.output is None else to))
             if not batch:
                 time.sleep(POLL_SECONDS)
 

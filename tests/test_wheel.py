@@ -172,7 +172,7 @@ def test_the_wheel_alone_imports_every_module_and_loads_every_data_file(wheel: P
         "    module = importlib.import_module(name)",
         f"    assert module.__file__.startswith({str(unpacked)!r}), module.__file__",
         "from planner import check, facts",
-        "facts.space_exclusions(), facts.controller_models(), facts.machines(), facts._device_table()",
+        "facts.space_exclusions(), facts.controller_models(), facts.machines(), facts.catalogue_keys()",
         "facts._firmware_table(), check._space_exclusions()",
     ])
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
