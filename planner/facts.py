@@ -312,12 +312,33 @@ def libvirt_changes() -> dict[str, dict]:
     return dict(_libvirt_table()["device"])
 
 
+# libvirt's shared library carries its version in its file name: libvirt.so.0.MAJOR*1000+MINOR.MICRO.
+_LIBRARY_DIRS = ("/usr/lib/*-linux-gnu*", "/usr/lib64", "/usr/lib", "/usr/local/lib64", "/usr/local/lib")
+
+
+def _library_libvirt() -> LibvirtVersion | None:
+    """The installed libvirt from its library's file name (no import: loading the binding costs a
+    tenth of a second of every command); None when there is none, or more than one."""
+    import glob
+
+    found = {m.group(1) for d in _LIBRARY_DIRS for path in glob.glob(f"{d}/libvirt.so.0.*")
+             if (m := re.fullmatch(r".*/libvirt\.so\.0\.(\d+)\.\d+", path))}
+    if len(found) != 1:
+        return None
+    number = int(found.pop())
+    return LibvirtVersion(number // 1000, number % 1000)
+
+
+@cache
 def installed_libvirt() -> LibvirtVersion | None:
-    """The installed libvirt's version from the Python binding's getVersion() (the library's own
-    version: no connection, no daemon), or None without the binding."""
+    """The installed libvirt's version: from the binding's getVersion() where it is loaded already,
+    else from the library's file name, else by loading the binding (the library's own version: no
+    connection, no daemon); None without libvirt."""
     import importlib.util
     import sys
 
+    if "libvirt" not in sys.modules and (version := _library_libvirt()) is not None:
+        return version
     if "libvirt" not in sys.modules:
         if importlib.util.find_spec("libvirt") is None:
             return None

@@ -166,6 +166,23 @@ def test_installed_libvirt_is_the_default_target(monkeypatch) -> None:
     monkeypatch.setattr(facts, "_target", None)
 
 
+def test_library_file_name_gives_the_bindings_version(monkeypatch, tmp_path) -> None:
+    """The cheap detection (libvirt.so.0.MAJOR*1000+MINOR.MICRO) says what the binding's getVersion()
+    says, and reads the scheme right: 11.3.0 is libvirt.so.0.11003.0; two versions installed: unknown."""
+    try:
+        import libvirt
+    except ImportError:
+        libvirt = None
+    if libvirt is not None:
+        number = libvirt.getVersion()
+        assert facts._library_libvirt() == LibvirtVersion(number // 1_000_000, number // 1000 % 1000)
+    (tmp_path / "libvirt.so.0.11003.0").touch()
+    monkeypatch.setattr(facts, "_LIBRARY_DIRS", (str(tmp_path),))
+    assert facts._library_libvirt() == V113
+    (tmp_path / "libvirt.so.0.9000.0").touch()
+    assert facts._library_libvirt() is None
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     full.pop(facts.LIBVIRT_VERSION_ENV, None)
