@@ -53,7 +53,8 @@ class PciplanError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, reasons: list[str]):
-        super().__init__("; ".join(reasons))
+        # Exception's own __init__, not the next class's: Infeasible would join the joined text again.
+        Exception.__init__(self, "; ".join(reasons))
         self.reasons = reasons
 
 

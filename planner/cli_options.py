@@ -18,13 +18,13 @@ class OptionError(InputError):
 
 def firmware_name(value: str | None, flag: str = "--firmware") -> str | None:
     """The firmware name in canonical (lower) case: OVMF, Ovmf and ovmf are one firmware."""
-    from planner.facts import FIRMWARE_NAMES
+    from planner.facts import firmware_names
 
     if value is None:
         return None
     name = value.strip().lower()
-    if name not in FIRMWARE_NAMES:
-        raise OptionError(f"{flag}: '{value}' is not one of {', '.join(FIRMWARE_NAMES)}")
+    if name not in firmware_names():
+        raise OptionError(f"{flag}: '{value}' is not one of {', '.join(firmware_names())}")
     return name
 
 

@@ -178,12 +178,14 @@ def machines() -> dict[str, Machine]:
     return out
 
 
-FIRMWARE_NAMES = ("seabios", "ovmf", "aavmf", "none")
-
-
 @cache
 def _firmware_table() -> dict[str, dict]:
     return _load("firmware.toml")
+
+
+def firmware_names() -> tuple[str, ...]:
+    """The firmware pciplan knows: the tables of models/firmware.toml, in its order."""
+    return tuple(_firmware_table())
 
 
 def firmware_arches(name: str) -> tuple[str, ...]:

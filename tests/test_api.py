@@ -207,3 +207,11 @@ def test_stack_results_are_fields() -> None:
                                   "pci_setup_done": False, "errors": ["out of I/O address space"]}
     assert result["summary"] == [api._stack_version_line(), *report.summary_lines()]
     assert result["libvirt_version"] and result["rules_for"]
+
+
+def test_an_errors_text_is_its_reasons() -> None:
+    """str() of every API error is its reasons joined, once (Infeasible's own __init__ joined them again,
+    character by character)."""
+    for cls in (api.BadInputError, api.InfeasibleError, api.NotHotpluggableError):
+        err = cls(["first reason", "second"])
+        assert str(err) == "first reason; second" and err.reasons == ["first reason", "second"]

@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from conftest import disks, nics
+from conftest import REPO, disks, nics
 from lxml import etree
 from planning import plan_bytes, text
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
@@ -309,3 +309,24 @@ def test_assignment_check_on_fixed_query_pci_output() -> None:
     assert "(ua-sizing): BAR 0 (memory, 131072 bytes) never assigned by OVMF (raw 0xfffe0000)" in errors[1]
     assert "(ua-outside): BAR 0 (memory) at 0xc2000000-0xc2000fff is outside the windows" in errors[2]
 
+
+
+def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
+    """The firmware names the options accept are models/firmware.toml's tables: a new entry (here a
+    copy of SeaBIOS with a smaller q35 budget) is planned for by name, in any case, with no Python change."""
+    import copy
+
+    from planner import api, facts
+
+    table = copy.deepcopy(facts._firmware_table())
+    table["tinybios"] = copy.deepcopy(table["seabios"])
+    table["tinybios"].update(label="TinyBIOS", loader_names=["tinybios"])
+    table["tinybios"]["q35"]["io_max"] = 0x20  # less than the ICH9 SMBus BAR every q35 guest has
+    monkeypatch.setattr(facts, "_firmware_table", lambda: table)
+    guest = (REPO / "examples" / "q35-server.xml").read_bytes()
+    assert api.plan(guest, api.options(firmware="SeaBIOS")).status == "optimal"
+    with pytest.raises(api.InfeasibleError) as refused:
+        api.plan(guest, api.options(firmware="TinyBIOS"))
+    assert "TinyBIOS" in str(refused.value)
+    with pytest.raises(api.BadInputError):
+        api.options(firmware="coreboot")
