@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
-from planner.attach import Headroom, NotHotpluggable, Place
+from planner.attach import NotHotpluggable
 from planner.cli_options import plan_options
 from planner.errors import ExitCode, Infeasible, InternalError
+from planner.metrics import Headroom, Place
 from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain_bytes, parse_xml_bytes, serialize, serialize_text
 

@@ -14,23 +14,13 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from planner.domain import Bus, PciAddress, read_problem
+from planner.domain import read_problem
+from planner.metrics import Place, free_slots, occupied
 from planner.xmlio import InputError
-
-PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
 
 
 class NotHotpluggable(Exception):
     """libvirt cannot hot-plug this kind of device at all."""
-
-
-@dataclass(frozen=True)
-class Place:
-    address: PciAddress
-    bus: str  # the controller that offers the slot
-
-    def __str__(self) -> str:
-        return f"{self.address} ({self.bus})"
 
 
 @dataclass
@@ -57,14 +47,6 @@ def add_device(tree: etree._ElementTree, device: etree._Element) -> etree._Eleme
     return new
 
 
-def _occupied(tree: etree._ElementTree) -> set[tuple[int, int]]:
-    used = set()
-    for a in tree.getroot().iterfind("devices/*/address[@type='pci']"):
-        if a.get("slot") is not None:
-            used.add((int(a.get("bus", "0"), 0), int(a.get("slot"), 0)))
-    return used
-
-
 def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces:
     """The free hot-pluggable places of a running guest that fit the device, in libvirt's order (lowest
     controller index first, then lowest slot)."""
@@ -82,50 +64,9 @@ def live_places(guest: etree._ElementTree, device: etree._Element) -> LivePlaces
     if not dev.hotplug:
         raise NotHotpluggable(f"{dev.kind} ({dev.model}): libvirt cannot hot-plug a device of this kind; "
                               "add it to the persistent definition (--config) and restart the guest")
-    used = _occupied(tree)
+    used = occupied(tree)
     pcie = dev.endpoint == "pcie"  # domain.endpoint_of: PCIe devices on PCIe machines only
     places: list[Place] = []
     for b in sorted(problem.buses.values(), key=lambda b: b.index):
-        places += _free_slots(problem.machine.reserved_slots, b, used, pcie)
+        places += free_slots(problem.machine.reserved_slots, b, used, pcie)
     return LivePlaces(f"{dev.kind} ({dev.model})", pcie, places)
-
-
-@dataclass(frozen=True)
-class Headroom:
-    """What a planned guest can still take live: empty PCIe hot-plug ports (each one PCIe device) and
-    free slots of hot-pluggable conventional buses (each one conventional device)."""
-
-    pcie_ports: int
-    pci_slots: int
-
-    def __str__(self) -> str:
-        return f"{self.pcie_ports} PCIe device(s), {self.pci_slots} conventional PCI device(s)"
-
-    def as_json(self) -> dict[str, int]:
-        return {"pcie_ports": self.pcie_ports, "pci_slots": self.pci_slots}
-
-
-def headroom(tree: etree._ElementTree) -> Headroom:
-    """The live hot-plug places of an addressed guest, by kind of place."""
-    problem = read_problem(etree.ElementTree(copy.deepcopy(tree.getroot())))  # only read: no text layer
-    used = _occupied(problem.tree)
-    reserved = problem.machine.reserved_slots
-    ports = slots = 0
-    for b in problem.buses.values():
-        ports += len(_free_slots(reserved, b, used, pcie=True))
-        slots += len(_free_slots(reserved, b, used, pcie=False))
-    return Headroom(ports, slots)
-
-
-def _free_slots(reserved: frozenset[int], b: Bus, used: set[tuple[int, int]], pcie: bool) -> list[Place]:
-    if not b.hotplug:
-        return []
-    if pcie:
-        if b.model.name in PORTS and (b.index, 0) not in used:
-            return [Place(PciAddress(b.index, 0, 0), b.label)]
-        return []
-    if not b.model.conventional:
-        return []
-    return [Place(PciAddress(b.index, slot, 0), b.label)
-            for slot in range(b.model.first_slot, b.model.last_slot + 1)
-            if (b.index, slot) not in used and not (b.index == 0 and slot in reserved)]

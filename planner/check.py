@@ -342,11 +342,29 @@ _PCIE_WITH_IO = DeviceKind(io_bar_on_port=True)
 LIBVIRT_SINCE = {"crypto": (9, 1), "sound:virtio": (10, 4)}
 
 
-def _libvirt_places(what: str) -> bool:
-    from planner.facts import target_libvirt  # the version targeted is a setting, not a shared fact
+LIBVIRT_DEFAULT = (9, 0)  # Debian 12's, when nothing says otherwise
 
-    target = target_libvirt()
-    return (target.major, target.minor) >= LIBVIRT_SINCE[what]
+
+def judged_libvirt() -> tuple[int, int]:
+    """The libvirt the rules judge for, found by the checker itself (it imports nothing of the
+    planner): $PCIPLAN_LIBVIRT_VERSION, which the planner sets for the version it plans for
+    (--libvirt-version), else the installed library's version from its file name
+    (libvirt.so.0.MAJOR*1000+MINOR.MICRO), else 9.0."""
+    import glob
+    import os
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)?\s*", os.environ.get("PCIPLAN_LIBVIRT_VERSION", ""))
+    if m:
+        return int(m[1]), int(m[2])
+    found = {int(m[1]) for d in ("/usr/lib/*-linux-gnu*", "/usr/lib64", "/usr/lib", "/usr/local/lib64",
+                                 "/usr/local/lib") for path in glob.glob(f"{d}/libvirt.so.0.*")
+             if (m := re.fullmatch(r".*/libvirt\.so\.0\.(\d+)\.\d+", path))}
+    return divmod(found.pop(), 1000) if len(found) == 1 else LIBVIRT_DEFAULT
+
+
+def _libvirt_places(what: str) -> bool:
+    return judged_libvirt() >= LIBVIRT_SINCE[what]
 
 
 def _virtio_kind(model: str | None) -> DeviceKind:

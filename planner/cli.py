@@ -382,7 +382,7 @@ def show(
 
     Example: pciplan plan guest.xml | pciplan show - --png tree.png
     """
-    from planner.attach import headroom
+    from planner.metrics import headroom
     from planner.show import PictureError, build_tree, render_rich, render_text, summary, write_picture
 
     for flag, picture in (("--svg", svg), ("--png", png)):

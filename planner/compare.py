@@ -3,36 +3,15 @@ re-implementation or real libvirt) and measure both layouts the same way."""
 
 from __future__ import annotations
 
-import copy
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from lxml import etree
-
-from planner.check import WARNING_RULES, check_domain
 from planner.domain import read_problem
 from planner.errors import Infeasible
+from planner.metrics import LayoutMetrics, measure, objective_vector
 from planner.options import OBJECTIVE_DEFAULT
 from planner.plan import objective_order_of, plan_tree
-from planner.show import build_tree, summary
 from planner.xmlio import InputError, parse_domain_bytes
-
-
-@dataclass
-class LayoutMetrics:
-    ok: bool
-    error: str | None = None
-    seconds: float = 0.0
-    controllers_added: dict[str, int] = field(default_factory=dict)
-    controllers_total: int = 0
-    bus_numbers: int = 0
-    hotplug_devices: int = 0
-    pcie_on_conventional: int = 0
-    spare_hotplug_ports: int = 0
-    spare_hotplug_slots: int = 0
-    rule_violations: list[str] = field(default_factory=list)  # incl. SeaBIOS I/O space
-    status: str = ""  # solver status (pciplan only)
 
 
 @dataclass
@@ -76,42 +55,6 @@ class Comparison:
         out["objective"] = {"order": list(self.order), "pciplan": self.levels(self.pciplan),
                             "greedy": self.levels(self.greedy), "better": self.verdict()}
         return out
-
-
-def _pci_controllers(tree: etree._ElementTree) -> Counter:
-    """PCI controllers by model, the root excepted (both planners add it when missing)."""
-    return Counter(c.get("model") for c in tree.getroot().iter("controller")
-                   if c.get("type") == "pci" and c.get("model") not in ("pci-root", "pcie-root"))
-
-
-def measure(before: etree._ElementTree, after: etree._ElementTree,
-            firmware: str | None = None) -> LayoutMetrics:
-    """The same metrics for any completed layout, whoever made it (judged for firmware, or the
-    guest's own)."""
-    added = _pci_controllers(after) - _pci_controllers(before)
-    root = build_tree(after, firmware)
-    counts = summary(root)
-    on_pci = 0
-    # read_problem completes the document it reads: a plain copy of the elements will do (no need to
-    # write the text out and parse it again)
-    problem = read_problem(etree.ElementTree(copy.deepcopy(after.getroot())))
-    for d in problem.devices:
-        a = d.address
-        if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
-            on_pci += 1
-    violations = [f"{v.rule}: {v.message}" for v in check_domain(after, firmware=firmware)
-                  if v.rule not in WARNING_RULES]
-    return LayoutMetrics(
-        ok=True,
-        controllers_added=dict(sorted(added.items())),
-        controllers_total=sum(_pci_controllers(after).values()),
-        bus_numbers=counts["bus_numbers_used"],
-        hotplug_devices=counts["hotplug_endpoints"],
-        pcie_on_conventional=on_pci,
-        spare_hotplug_ports=counts["spare_hotplug_ports"],
-        spare_hotplug_slots=counts["spare_hotplug_slots"],
-        rule_violations=violations,
-    )
 
 
 def _greedy(kind: str):
@@ -162,18 +105,6 @@ def compare(data: bytes, source: str, greedy: str = "builtin", time_limit: float
     kind = "libvirt 9.0 (embedded driver)" if greedy == "libvirt" else "built-in greedy (libvirt's algorithm)"
     order = objective_order_of(parse_domain_bytes(data, source), PlanOptions())
     return Comparison(source, machine.machine.family, devices, ours, theirs, kind, order)
-
-
-def objective_vector(m: LayoutMetrics, machine: str) -> tuple[int, int, int, int]:
-    """pciplan's objective levels L2–L5, measured on any layout: devices not in a hot-pluggable slot
-    (as a negative count) plus a missing spare port or slot, PCIe-capable devices on conventional PCI,
-    controllers added, bus numbers used. Smaller is better, compared left to right."""
-    added = sum(m.controllers_added.values())
-    if machine == "pc":
-        short = 1 if m.spare_hotplug_slots == 0 else 0
-    else:  # pciplan's default headroom: one empty hot-pluggable PCIe port, always
-        short = 1 if m.spare_hotplug_ports == 0 else 0
-    return (short - m.hotplug_devices, m.pcie_on_conventional, added, m.bus_numbers)
 
 
 def versus_greedy(c: Comparison) -> str | None:

@@ -345,7 +345,7 @@ def installed_libvirt() -> LibvirtVersion | None:
         if importlib.util.find_spec("libvirt") is None:
             return None
         # Load it the way the real-stack driver does, so its log chatter goes to the driver's log file.
-        from planner.stack.driver import _import_libvirt, default_root
+        from planner.stack.model import _import_libvirt, default_root
 
         log = default_root() / "log"
         try:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field, replace
 from lxml import etree
 
 from planner import convert, rules
-from planner.attach import Headroom, headroom
 from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible
 from planner.facts import IO_UNIT
 from planner.layout import unfold
+from planner.metrics import Headroom, headroom
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import CHIPSET, prepare
 from planner.render import render, set_virtio_mmio

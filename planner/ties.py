@@ -16,6 +16,7 @@ from lxml import etree
 
 from planner.domain import PciAddress, Problem
 from planner.greedy import greedy_plan_tree
+from planner.metrics import measure
 from planner.render import set_pci_address
 from planner.xmlio import remove_element
 
@@ -70,8 +71,6 @@ def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
 def _comparable(before: etree._ElementTree, after: etree._ElementTree, spare_pci: int, spare_pcie: int):
     """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
     solver's), plus the checker's errors."""
-    from planner.compare import measure
-
     m = measure(before, after)
     return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
             min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),

@@ -49,11 +49,13 @@ def _installed_editable() -> bool | None:
     """Whether the installed pciplan distribution is an editable install; None when none is installed."""
     from importlib import metadata
 
-    try:
-        direct_url = metadata.distribution("pciplan").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
+    # Every distribution of that name: an editable build also leaves pciplan.egg-info in the checkout,
+    # which a test that puts the checkout on sys.path makes visible, without direct_url.json.
+    found = list(metadata.distributions(name="pciplan"))
+    if not found:
         return None
-    return bool(direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"))
+    return any(json.loads(d.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable")
+               for d in found)
 
 
 def from_checkout(path: str | None) -> bool:

@@ -104,8 +104,8 @@ def test_crypto_and_virtio_sound_are_planned_only_for_the_libvirt_that_places_th
         assert for_113.find(f"devices/{tag}/address").get("type") == "pci", tag
     with targeting_libvirt(V90):
         _, summary = plan_bytes(data)
-    assert any("crypto[0]: libvirt 9.0 has no <crypto> device" in n for n in summary.notes)
-    assert any("sound[0]: libvirt 9.0 refuses sound model 'virtio'" in n for n in summary.notes)
+    assert any("crypto[1]: libvirt 9.0 has no <crypto> device" in n for n in summary.notes)
+    assert any("sound[1]: libvirt 9.0 refuses sound model 'virtio'" in n for n in summary.notes)
 
 
 def test_check_agrees_with_the_libvirt_targeted() -> None:
@@ -181,6 +181,22 @@ def test_library_file_name_gives_the_bindings_version(monkeypatch, tmp_path) -> 
     assert facts._library_libvirt() == V113
     (tmp_path / "libvirt.so.0.9000.0").touch()
     assert facts._library_libvirt() is None
+
+
+def test_checker_judges_for_the_libvirt_the_planner_targets(monkeypatch) -> None:
+    """The checker finds the targeted libvirt on its own (it imports nothing of the planner): the same
+    as the planner with $PCIPLAN_LIBVIRT_VERSION, without it (the installed library), and its default
+    is the catalogue's."""
+    monkeypatch.delenv(facts.LIBVIRT_VERSION_ENV, raising=False)
+    monkeypatch.setattr(facts, "_target", None)
+    target = facts.target_libvirt()
+    assert checker.judged_libvirt() == (target.major, target.minor)
+    monkeypatch.setenv(facts.LIBVIRT_VERSION_ENV, "11.3")
+    monkeypatch.setattr(facts, "_target", None)
+    assert checker.judged_libvirt() == (11, 3) and facts.target_libvirt() == V113
+    monkeypatch.setattr(facts, "_target", None)
+    default = facts.default_libvirt()
+    assert (default.major, default.minor) == checker.LIBVIRT_DEFAULT
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:

@@ -41,8 +41,8 @@ from weaken import drop_checker_rule, weaken_model
 
 from planner import check, facts
 from planner.check import WARNING_RULES, check_domain
-from planner.compare import measure
 from planner.errors import Infeasible
+from planner.metrics import measure
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.plan import plan_tree
 from planner.xmlio import InputError, parse_domain_bytes

@@ -339,7 +339,7 @@ def _addresses(xml: str) -> dict[tuple, str]:
 
 def _levels(before: bytes, xml: str) -> tuple:
     """Levels 2-5 of pciplan's objective as the completed layout shows them."""
-    from planner.compare import measure
+    from planner.metrics import measure
 
     m = measure(parse_domain_bytes(before), parse_domain_bytes(xml.encode()))
     return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,

@@ -11,9 +11,9 @@ from planning import errors, plan_bytes
 from realstack import real_stack_fixture  # noqa: F401
 
 from planner.check import RULES, SPACE_EXCLUDED, SPACE_RULES, WARNING_RULES, check_domain
-from planner.compare import measure, objective_vector
 from planner.facts import controller_models, space_exclusions
 from planner.libvirt_stack import diff_layouts
+from planner.metrics import measure, objective_vector
 from planner.xmlio import parse_domain_bytes, serialize
 
 DISKS = "".join(f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/s{i}.img'/>"

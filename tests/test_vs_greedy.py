@@ -22,9 +22,10 @@ from planning import errors
 from weaken import drop_checker_rule, weaken_model
 
 from planner.check import io_space_needed
-from planner.compare import Comparison, compare, objective_vector, versus_greedy
+from planner.compare import Comparison, compare, versus_greedy
 from planner.errors import Infeasible
 from planner.facts import IO_UNIT
+from planner.metrics import objective_vector
 from planner.plan import plan_tree
 from planner.xmlio import parse_domain_bytes
 

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import uuid
@@ -51,7 +50,6 @@ from planner.stack.model import (
     BINDING_MISSING,
     MAX_ROOT_LENGTH,
     QEMU_CONF,
-    ROOT_ENV,
     X86_ARCHES,
     BootResult,
     Change,
@@ -61,10 +59,12 @@ from planner.stack.model import (
     _alias,
     _arch,
     _devices,
+    _import_libvirt,
     _parse,
     _pci_address,
     _set_child_text,
     _tostring,
+    default_root,
     emulator_for,
 )
 
@@ -80,35 +80,6 @@ class _ProcessDriver:
 _process_driver: _ProcessDriver | None = None
 _process_lock = threading.Lock()
 _event_loop_started = False
-
-
-def _import_libvirt(log_path: Path) -> tuple[ModuleType, ModuleType]:
-    # libvirt reads its log settings once, when the binding loads: send its info/warning chatter
-    # to a file instead of stderr, without leaking the setting into child processes.
-    redirect = "libvirt" not in sys.modules and "LIBVIRT_LOG_OUTPUTS" not in os.environ
-    if redirect:
-        os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_path}"
-    try:
-        import libvirt
-        import libvirt_qemu
-    except ImportError:
-        raise StackUnavailable(BINDING_MISSING) from None
-    finally:
-        if redirect:
-            del os.environ["LIBVIRT_LOG_OUTPUTS"]
-    return libvirt, libvirt_qemu
-
-
-def default_root() -> Path:
-    """$PCIPLAN_LIBVIRT_ROOT, else ~/.cache/pciplan/libvirt-embed (or a per-user dir under /tmp)."""
-    if os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV])
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    root = Path(cache) / "pciplan" / "libvirt-embed"
-    writable = os.access(cache, os.W_OK) or os.access(os.path.dirname(cache), os.W_OK)
-    if writable and len(str(root)) <= MAX_ROOT_LENGTH:
-        return root
-    return Path(tempfile.gettempdir()) / f"pciplan-libvirt-embed-{os.getuid()}"
 
 
 def _prepare_root(root: Path) -> None:

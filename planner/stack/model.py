@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 
 from lxml import etree
 
@@ -216,3 +220,30 @@ def _pci_controller_index_by_bus_name(root: etree._Element) -> dict[str, int]:
     return names
 
 
+def _import_libvirt(log_path: Path) -> tuple[ModuleType, ModuleType]:
+    # libvirt reads its log settings once, when the binding loads: send its info/warning chatter
+    # to a file instead of stderr, without leaking the setting into child processes.
+    redirect = "libvirt" not in sys.modules and "LIBVIRT_LOG_OUTPUTS" not in os.environ
+    if redirect:
+        os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_path}"
+    try:
+        import libvirt
+        import libvirt_qemu
+    except ImportError:
+        raise StackUnavailable(BINDING_MISSING) from None
+    finally:
+        if redirect:
+            del os.environ["LIBVIRT_LOG_OUTPUTS"]
+    return libvirt, libvirt_qemu
+
+
+def default_root() -> Path:
+    """$PCIPLAN_LIBVIRT_ROOT, else ~/.cache/pciplan/libvirt-embed (or a per-user dir under /tmp)."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = Path(cache) / "pciplan" / "libvirt-embed"
+    writable = os.access(cache, os.W_OK) or os.access(os.path.dirname(cache), os.W_OK)
+    if writable and len(str(root)) <= MAX_ROOT_LENGTH:
+        return root
+    return Path(tempfile.gettempdir()) / f"pciplan-libvirt-embed-{os.getuid()}"
