@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from planner.errors import ExitCode, InternalError
 from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain, serialize, serialize_text, write_atomic
 
@@ -151,6 +152,8 @@ def plan(
         for reason in exc.reasons:
             typer.echo(f"  - {reason}", err=True)
         raise typer.Exit(EXIT_INFEASIBLE) from None
+    except InternalError as exc:
+        _fail(ExitCode.INTERNAL, f"internal error: {exc}")
     data = serialize(tree)
     target = Path(source) if in_place else output
     if target is not None:

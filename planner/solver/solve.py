@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from planner.errors import Infeasible
+from planner.errors import Infeasible, InternalError
 from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
@@ -17,8 +17,7 @@ from planner.solver.objective import (
     canonical_tiebreak,
     levels,
     libvirt_order,
-    objective_expr,
-    set_objective,
+    objective_stages,
 )
 from planner.solver.pool import PoolContent, PoolSplit, split
 from planner.solver.variables import Variables, create_variables, hotpluggable_placements
@@ -128,40 +127,68 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
     _weaken(model, prep, v)
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
-    set_objective(model, lv)
+    stages = objective_stages(model, lv)
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
     for x in v.keep.values():  # --replan: start the search from the layout as given
         model.AddHint(x, 1)
+    _validate(model)
 
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = options.workers
-    solver.parameters.random_seed = 0
     start = time.perf_counter()
     cuts = 0
     exact = True  # every cut came from a proven-minimal split of the new bridges
-    while True:
-        solver.parameters.max_time_in_seconds = max(0.5, options.time_limit - (time.perf_counter() - start))
-        status = solver.Solve(model)
+    solver = cp_model.CpSolver()
+    status = cp_model.UNKNOWN
+    pool = PoolSplit()
+    proven = True  # every earlier stage was proven optimal
+    for number, stage in enumerate(stages):
+        if number:  # the stage before is settled: keep its value, start from its solution
+            model.Add(stages[number - 1] == solver.Value(stages[number - 1]))
+            model.ClearHints()
+            for index in range(len(model.Proto().variables)):
+                var = model.GetIntVarFromProtoIndex(index)
+                model.AddHint(var, solver.Value(var))
+            proven = proven and status == cp_model.OPTIMAL
+        model.Minimize(stage)
+        before = solver
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = options.workers
+        solver.parameters.random_seed = 0
+        while True:
+            left = options.time_limit - (time.perf_counter() - start)
+            solver.parameters.max_time_in_seconds = max(0.5, left)
+            status = solver.Solve(model)
+            if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                break
+            content = pool_content(prep, v, solver)
+            pool = split(content, io_matters=v.io_used is not None)
+            if _exact_io_fits(v, solver, pool):
+                break
+            # The relaxed pool windows let through a plan whose bridges really need more I/O space than
+            # the firmware has: cut this pool content off at its real window count and solve again.
+            _cut(model, v, content, pool.total_windows)
+            cuts += 1
+            exact = exact and pool.optimal
+            if cuts == MAX_CUTS:
+                # Cuts one content at a time do not converge here: fall back to a bound every split meets.
+                # It may exclude better plans, so the result is no longer called optimal.
+                c.loose_pool_windows(model, prep, v)
+                exact = False
+            elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
+                raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} refinements "
+                                  f"of the new bridges' I/O windows in {options.time_limit:g} s; "
+                                  "raise --time-limit"])
+        if number and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            # a later stage ran out of time: the earlier stage's layout stands, not proven best below
+            solver, status, proven = before, cp_model.FEASIBLE, False
+            pool = split(pool_content(prep, v, solver), io_matters=v.io_used is not None)
+            break
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             break
-        content = pool_content(prep, v, solver)
-        pool = split(content, io_matters=v.io_used is not None)
-        if _exact_io_fits(v, solver, pool):
-            break
-        # The relaxed pool windows let through a plan whose bridges really need more I/O space than
-        # the firmware has: cut this pool content off at its real window count and solve again.
-        _cut(model, v, content, pool.total_windows)
-        cuts += 1
-        exact = exact and pool.optimal
-        if cuts == MAX_CUTS:
-            # Cuts one content at a time do not converge here: fall back to a bound every split meets.
-            # It may exclude better plans, so the result is no longer called optimal.
-            c.loose_pool_windows(model, prep, v)
-            exact = False
-        elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
-            raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} refinements "
-                              f"of the new bridges' I/O windows in {options.time_limit:g} s; "
-                              "raise --time-limit"])
+    if status == cp_model.MODEL_INVALID:  # _validate let through what the solver refused
+        raise InternalError(f"the solver refused the model ({solver.SolutionInfo() or 'MODEL_INVALID'}); "
+                            "this is a defect of pciplan, please report it")
+    if status == cp_model.OPTIMAL and not proven:
+        status = cp_model.FEASIBLE
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
         reasons = [why.literals[i] for i in core] or ["the constraints admit no layout"]
@@ -169,11 +196,11 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
                           f"{solver.StatusName(status)}); raise --time-limit"])
-    obj = int(round(solver.ObjectiveValue()))
+    obj = solver.Value(stages[-1])  # exact: the stages stay below 2**53
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     if status == cp_model.OPTIMAL:
-        chosen = _canonical(model, lv, obj, solver, options, start, libvirt_order(prep, v))
+        chosen = _canonical(model, stages[-1], obj, solver, options, start, libvirt_order(prep, v))
         if chosen is not solver:  # the tie-break's pick must fit the firmware's I/O space too
             chosen_pool = split(pool_content(prep, v, chosen), io_matters=v.io_used is not None)
             if _exact_io_fits(v, chosen, chosen_pool):
@@ -196,6 +223,15 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     if v.io_used is not None:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
     return SolveResult(name, obj, bound, gap, seconds, values, v, solver, pool, io, v.io_budget, cuts)
+
+
+def _validate(model: cp_model.CpModel) -> None:
+    """CP-SAT's own check of the model (cheap next to solving): a model it would refuse is pciplan's
+    defect, never the user's and never a matter of time."""
+    problem = model.Validate()
+    if problem:
+        raise InternalError(f"the solver model is invalid ({problem.splitlines()[0]}); this is a defect of "
+                            "pciplan, please report it")
 
 
 def pool_content(prep: Prepared, v: Variables, solver: cp_model.CpSolver) -> PoolContent:
@@ -237,12 +273,12 @@ def _cut(model: cp_model.CpModel, v: Variables, content: PoolContent, windows: i
     model.Add(v.pool_windows >= windows).OnlyEnforceIf(same)
 
 
-def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,
-               start: float, order: cp_model.LinearExpr) -> cp_model.CpSolver:
+def _canonical(model: cp_model.CpModel, objective: cp_model.LinearExpr, obj: int, first: cp_model.CpSolver,
+               options: PlanOptions, start: float, order: cp_model.LinearExpr) -> cp_model.CpSolver:
     """Among the optimal layouts, the one two fixed tie-breaks pick: libvirt's order first, then
     fixed weights on every variable, so the output does not depend on the OR-Tools version's search
     order. Keeps the best solution proven so far if a stage cannot be proven in time."""
-    model.Add(objective_expr(lv) == obj)
+    model.Add(objective == obj)
     best = first
     for stage in (order, canonical_tiebreak(model)):
         proto = model.Proto()

@@ -198,7 +198,7 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
             v.pool_packed[gi] = model.NewIntVar(0, g.size, f"pool_packed_g{gi}")
     v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
     v.pool_pci_bridges = model.NewIntVar(0, 255, "pool_pci_bridges")
-    v.spare_shortfall = model.NewIntVar(0, 256, "spare_shortfall")
+    v.spare_shortfall = model.NewIntVar(0, 2 * 255, "spare_shortfall")  # PCIe ports + conventional slots
     v.pool_bridges = model.NewIntVar(0, 512, "pool_bridges")
     model.Add(v.pool_bridges == cp_model.LinearExpr.Sum(new_bridges(v)))
     v.pool_windows = model.NewIntVar(0, 1 << 14, "pool_windows")
