@@ -14,6 +14,7 @@ from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver.objective import (
+    Levels,
     canonical_tiebreak,
     levels,
     libvirt_order,
@@ -100,7 +101,19 @@ def _weaken(model: cp_model.CpModel, prep: Prepared, v: Variables) -> None:
         raise ValueError(f"{WEAKEN_ENV}={kind}: unknown candidate kind")
 
 
-def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
+@dataclass
+class Built:
+    """The model of one plan, ready to solve: validated (CP-SAT would accept it)."""
+
+    model: cp_model.CpModel
+    why: c.Assumptions
+    vars: Variables
+    levels: Levels
+    stages: list[cp_model.LinearExpr]  # objectives solved in turn (one unless the weights are huge)
+
+
+def build(prep: Prepared, options: PlanOptions) -> Built:
+    """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails)."""
     machine = prep.problem.machine
     # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
     # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
@@ -128,10 +141,17 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     _weaken(model, prep, v)
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
     stages = objective_stages(model, lv)
+    model.Minimize(stages[0])
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
     for x in v.keep.values():  # --replan: start the search from the layout as given
         model.AddHint(x, 1)
     _validate(model)
+    return Built(model, why, v, lv, stages)
+
+
+def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
+    built = build(prep, options)
+    model, why, v, lv, stages = built.model, built.why, built.vars, built.levels, built.stages
 
     start = time.perf_counter()
     cuts = 0
@@ -148,7 +168,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
                 var = model.GetIntVarFromProtoIndex(index)
                 model.AddHint(var, solver.Value(var))
             proven = proven and status == cp_model.OPTIMAL
-        model.Minimize(stage)
+            model.Minimize(stage)
         before = solver
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = options.workers
