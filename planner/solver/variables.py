@@ -210,6 +210,15 @@ def hotpluggable_placements(prep: Prepared, v: Variables, groups: set[int]) -> l
     out = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
     for pool in [*v.root_ports.values(), *v.downstream.values()]:
         out += [x for gi, x in pool.alone.items() if gi in groups]
+    # --replan: a device kept alone in a hot-pluggable slot stays hot-pluggable
+    group_of = {id(d): gi for gi, g in enumerate(prep.groups) for d in g.devices}
+    for i, drop in enumerate(prep.droppables):
+        d = drop.device
+        if d is None or i not in v.keep or group_of.get(id(d)) not in groups or d.address is None:
+            continue
+        st = prep.states[drop.bus]
+        if st.bus.hotplug and d.address.function == 0 and len(st.used.get(drop.slot, {})) == 1:
+            out.append(v.keep[i])
     return out + [x for gi, x in v.pool_alone.items() if gi in groups]
 
 
