@@ -186,7 +186,7 @@ def plan(
             level = "" if line.startswith("suggestion: ") else "error: "
             typer.echo(f"pciplan: {level}{line}", err=True)
         lv = summary.levels
-        hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
+        hot = lv["hotplug_wanted"] - lv["hotplug_lost"]  # as written (planner.plan._hotplug_written)
         typer.echo(
             f"pciplan: {summary.machine}: {summary.devices_placed} address(es) planned for "
             f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "

@@ -208,8 +208,19 @@ def _number_new_expanders(prep, layout) -> None:
         target.set("busNr", str(upper))
 
 
+def _moved(layout) -> list[str]:
+    """--replan: each device whose written address differs from the input's, old → new, named as
+    `pciplan check` names it."""
+    from planner.check import device_name
+
+    return [f"{device_name(d.element)}: {before} → {after if after is not None else 'no PCI address'}"
+            for d, before, after in layout.moved if before != after]
+
+
 def _address_changes(problem, old: dict) -> list[str]:
     """After a machine conversion: every device whose address changed, old → new."""
+    from planner.check import device_name
+
     out = []
     for d in problem.devices:
         for m in [d, *d.companions]:
@@ -219,7 +230,7 @@ def _address_changes(problem, old: dict) -> list[str]:
                 continue
             after = f"{int(a.get('bus'), 0):02x}:{int(a.get('slot'), 0):02x}.{int(a.get('function'), 0):x}"
             if after != before:
-                out.append(f"{m.label}: {before} → {after}")
+                out.append(f"{device_name(m.element)}: {before} → {after}")
     return out
 
 
@@ -270,6 +281,9 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
                             if int(c.get("index"), 0) not in problem.buses)
             added.update(b.model.name for b in problem.buses.values() if b.added)
     errors, warns = _self_check(tree, problem, original, options)
+    levels = dict(result.values)
+    levels["hotplug_wanted"], hot = _hotplug_written(tree, prep)
+    levels["hotplug_lost"] = levels["hotplug_wanted"] - hot  # devices only: spare_shortfall is its own
     io_units = result.io_units
     if tied_to_libvirt and io_units is not None:
         # libvirt's layout is no worse for the objective and within the budget, but its I/O windows
@@ -288,9 +302,9 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices=total,
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
-        levels=result.values,
+        levels=levels,
         notes=notes,
-        moved=layout.moved + _address_changes(problem, old),
+        moved=_moved(layout) + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
         check_errors=errors,
         check_warnings=warns,
@@ -299,6 +313,23 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         io_budget_bytes=None if io_units is None else result.io_budget * IO_UNIT,
         io_cuts=result.io_cuts,
     )
+
+
+def _hotplug_written(tree: etree._ElementTree, prep) -> tuple[int, int]:
+    """The devices the plan placed that prefer a hot-pluggable place, and how many of them the
+    written layout gives one, counted as `pciplan show` counts (whoever chose the addresses: the
+    solver, the tie with libvirt, or --replan keeping them)."""
+    from planner.show import ENDPOINT, build_tree
+
+    wanting = [d for g in prep.groups if g.key.prefers_hotplug for d in g.devices]
+    hot = {(n.bus, n.slot, n.function) for n in build_tree(tree).walk() if n.kind == ENDPOINT and n.hotplug}
+    count = 0
+    for d in wanting:
+        a = d.element.find("address")
+        if a is not None and a.get("type") == "pci" and (
+                int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
+            count += 1
+    return len(wanting), count
 
 
 def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,

@@ -126,7 +126,8 @@ class Prepared:
     fixed_io_windows: int  # bridge/port I/O windows the given layout needs
     droppables: list[Droppable] = field(default_factory=list)
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
-    lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
+    # --replan: devices that had to move whatever the plan, with their old address
+    lost: list[tuple[Device, PciAddress]] = field(default_factory=list)
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
     reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
     reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
