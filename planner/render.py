@@ -64,6 +64,26 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     return el
 
 
+def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress) -> None:
+    """The <model name> and <target> libvirt writes into a controller it adds for a missing index
+    (chassis = index, port from the address), before the address, as in libvirt's own XML."""
+    m = controller_models()[el.get("model")]
+    address = el.find("address")
+    children = []
+    if el.find("model") is None:
+        children.append(etree.Element("model", name=m.qemu))
+    if el.find("target") is None and m.target == "chassis-port":
+        port = a.slot * 8 + a.function if m.name == "pcie-root-port" else a.slot
+        children.append(etree.Element("target", chassis=str(index), port=f"0x{port:x}"))
+    elif el.find("target") is None and m.target == "chassisNr":
+        children.append(etree.Element("target", chassisNr=str(index)))
+    for child in children:
+        if address is not None:
+            address.addprevious(child)
+        else:
+            _append_child(el, child)
+
+
 def _used_chassis(problem: Problem) -> set[int]:
     used = set()
     for b in problem.buses.values():
@@ -114,6 +134,10 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
     for b in problem.buses.values():
         if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
             set_pci_address(b.element, b.address, False)
+    for b in problem.buses.values():  # controllers added to fill an index gap: as libvirt writes them
+        a = layout.controllers.get(b.index) or b.address
+        if b.added and not b.new_expander and b.element is not None and a is not None:
+            _complete_gap_filler(b.element, b.index, a)
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
         _add_controllers(problem, layout, devices)
