@@ -99,11 +99,20 @@ def test_a_broken_layout_promises_no_hot_plug_room() -> None:
 
 def test_given_layout_over_budget_is_written_with_the_replan_hint() -> None:
     """One rule for "the given layout itself is over budget": written (exit 4) with the --replan hint,
-    also when the new devices need I/O space the budget has no room for (once: exit 3)."""
-    data = _over_budget_guest().replace(b"</devices>", b"".join(
-        b"<interface type='user'><mac address='52:54:00:00:03:%02x'/><model type='e1000'/></interface>\n"
-        % i for i in range(40)) + b"</devices>")
-    tree, s = plan_bytes(data)
+    also when the new devices need I/O space the budget has no room for (once: exit 3, "at most 0 of
+    the 3 devices with an I/O BAR fit"). Here 15 root ports each hold an e1000e (an I/O BAR on a port:
+    a 4 KiB window each, 61440 bytes; SeaBIOS on q35 has 61439) and three more must go on PCIe."""
+    ports = "".join(
+        f"    <controller type='pci' index='{i}' model='pcie-root-port'><model name='pcie-root-port'/>"
+        f"<target chassis='{i}' port='0x{7 + i:x}'/><address type='pci' domain='0x0000' bus='0x00' "
+        f"slot='0x{1 + (7 + i) // 8:02x}' function='0x{(7 + i) % 8:x}'/></controller>\n" for i in range(1, 16))
+    nics = "".join(
+        f"    <interface type='user'><mac address='52:54:00:00:01:{i:02x}'/><model type='e1000e'/>"
+        f"<address type='pci' domain='0x0000' bus='0x{i:02x}' slot='0x00' function='0x0'/></interface>\n"
+        for i in range(1, 16))
+    new = "".join(f"    <interface type='user'><mac address='52:54:00:00:02:{i:02x}'/><model type='e1000e'/>"
+                  "</interface>\n" for i in range(3))
+    tree, s = plan_bytes(guest("q35", ports + nics + new), bus="pcie")
     assert any("[io-windows]" in e for e in s.check_errors)
     assert any(e.startswith("suggestion: `pciplan plan --replan`") for e in s.check_errors)
     assert all(el.find("address") is not None for el in tree.getroot().iterfind("devices/interface"))
