@@ -6,6 +6,7 @@ from __future__ import annotations
 from lxml import etree
 
 from planner.domain import PciAddress, Problem
+from planner.errors import InternalError
 from planner.facts import controller_models
 from planner.layout import BusNode, Layout
 from planner.xmlio import remove_element
@@ -84,9 +85,11 @@ def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress) -> None:
             _append_child(el, child)
 
 
-def _used_chassis(problem: Problem) -> set[int]:
+def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
     used = set()
     for b in problem.buses.values():
+        if b.index in dropped:
+            continue  # --replan removed it: its chassis is free again
         if b.model.name in ("pcie-root-port", "pcie-switch-downstream-port") and b.element is not None:
             tgt = b.element.find("target")
             value = tgt.get("chassis") if tgt is not None else None
@@ -156,11 +159,13 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
-    chassis_used = _used_chassis(problem)
+    chassis_used = _used_chassis(problem, set(layout.dropped_controllers))
     for node in layout.new_controllers:
         chassis = None
         if controller_models()[node.model].target == "chassis-port":
             chassis = node.index
+            if len(chassis_used) >= 256:
+                raise InternalError("no chassis number left for a new PCIe port; please report it")
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)

@@ -51,7 +51,10 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
     explanation names only the rules at fault. The model is small; each check is a short solve."""
     model.ClearObjective()
     keep = list(core)
+    start = time.perf_counter()
     for lit in list(core):
+        if time.perf_counter() - start > options.time_limit:
+            break  # a large core: what is left is still a core, only not proven minimal
         trial = [x for x in keep if x != lit]
         model.ClearAssumptions()
         model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in trial])
@@ -61,6 +64,16 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
         if solver.Solve(model) == cp_model.INFEASIBLE:
             keep = trial
     return keep
+
+
+def _collapse_full_buses(reasons: list[str]) -> list[str]:
+    """Many full buses in a core are one limit: name it once (with the first few of them)."""
+    full = [r.removesuffix(" has 0 free slot(s)") for r in reasons if r.endswith(" has 0 free slot(s)")]
+    if len(full) <= 3:
+        return reasons
+    shown = ", ".join(full[:3]) + f" and {len(full) - 3} more"
+    rest = [r for r in reasons if not r.endswith(" has 0 free slot(s)")]
+    return rest + [f"{len(full)} existing buses have no free slot ({shown})"]
 
 
 def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
@@ -211,7 +224,7 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         status = cp_model.FEASIBLE
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
-        reasons = [why.literals[i] for i in core] or ["the constraints admit no layout"]
+        reasons = _collapse_full_buses([why.literals[i] for i in core]) or ["the constraints admit no layout"]
         raise Infeasible(reasons + _relaxations(prep, [why.groups[i] for i in core if i in why.groups]))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
