@@ -120,3 +120,18 @@ def test_option_out_of_range_is_bad_input() -> None:
         with pytest.raises(InputError):
             plan_bytes(copy.copy(data), spare_pcie=options.spare_pcie, spare_pci=options.spare_pci,
                        reserve=options.reserve, time_limit=options.time_limit)
+
+
+def test_replan_at_the_bus_number_limit_writes_a_plan() -> None:
+    """virt: libvirt's layout of 224 devices (225 root ports) plus 400 new disks. Without --replan no
+    layout fits the 256 bus numbers, and the explanation names that limit; with --replan
+    the plan is written (rendering it once looped forever looking for a free chassis number, counting
+    the chassis of the ports --replan had removed)."""
+    data = partial_guest("virt", 220, 400)
+    with pytest.raises(Infeasible) as refused:
+        plan_bytes(data, time_limit=3.0)
+    assert any("256 bus numbers" in r for r in refused.value.reasons)
+    tree, _summary = plan_bytes(data, replan=True)
+    ports = tree.getroot().iterfind("devices/controller[@type='pci'][@model='pcie-root-port']")
+    chassis = [c.find("target").get("chassis") for c in ports]
+    assert len(chassis) == len(set(chassis))
