@@ -135,3 +135,22 @@ def test_replan_at_the_bus_number_limit_writes_a_plan() -> None:
     ports = tree.getroot().iterfind("devices/controller[@type='pci'][@model='pcie-root-port']")
     chassis = [c.find("target").get("chassis") for c in ports]
     assert len(chassis) == len(set(chassis))
+
+
+def test_an_invalid_model_is_an_internal_error_exit_5(monkeypatch, tmp_path) -> None:
+    """Should a model CP-SAT refuses ever be built, plan says "internal error … please report" and exits
+    5, writing nothing; never "raise --time-limit". Forced here by letting the objective's weights
+    overflow again (one weighted sum, whatever its size)."""
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from planner.errors import ExitCode
+    from planner.solver import objective
+
+    source, out = tmp_path / "g.xml", tmp_path / "out.xml"
+    source.write_bytes(partial_guest("q35", 200, 400))
+    monkeypatch.setattr(objective, "SAFE_MAGNITUDE", 1 << 80)
+    result = CliRunner().invoke(app, ["plan", str(source), "-o", str(out)])
+    assert result.exit_code == ExitCode.INTERNAL, result.output
+    assert "internal error" in result.output and "please report" in result.output
+    assert "time-limit" not in result.output and not out.exists()

@@ -105,7 +105,8 @@ def test_given_layout_over_budget_is_written_with_the_replan_hint() -> None:
     ports = "".join(
         f"    <controller type='pci' index='{i}' model='pcie-root-port'><model name='pcie-root-port'/>"
         f"<target chassis='{i}' port='0x{7 + i:x}'/><address type='pci' domain='0x0000' bus='0x00' "
-        f"slot='0x{1 + (7 + i) // 8:02x}' function='0x{(7 + i) % 8:x}'/></controller>\n" for i in range(1, 16))
+        f"slot='0x{1 + (7 + i) // 8:02x}' function='0x{(7 + i) % 8:x}'/></controller>\n"
+        for i in range(1, 16))
     nics = "".join(
         f"    <interface type='user'><mac address='52:54:00:00:01:{i:02x}'/><model type='e1000e'/>"
         f"<address type='pci' domain='0x0000' bus='0x{i:02x}' slot='0x00' function='0x0'/></interface>\n"
