@@ -65,9 +65,10 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     return el
 
 
-def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress) -> None:
+def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_used: set[int]) -> None:
     """The <model name> and <target> libvirt writes into a controller it adds for a missing index
-    (chassis = index, port from the address), before the address, as in libvirt's own XML."""
+    (chassis = index unless another port has it, port from the address), before the address, as in
+    libvirt's own XML."""
     m = controller_models()[el.get("model")]
     address = el.find("address")
     children = []
@@ -75,7 +76,11 @@ def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress) -> None:
         children.append(etree.Element("model", name=m.qemu))
     if el.find("target") is None and m.target == "chassis-port":
         port = a.slot * 8 + a.function if m.name == "pcie-root-port" else a.slot
-        children.append(etree.Element("target", chassis=str(index), port=f"0x{port:x}"))
+        chassis = index
+        while chassis in chassis_used and len(chassis_used) < 256:
+            chassis = (chassis + 1) % 256
+        chassis_used.add(chassis)
+        children.append(etree.Element("target", chassis=str(chassis), port=f"0x{port:x}"))
     elif el.find("target") is None and m.target == "chassisNr":
         children.append(etree.Element("target", chassisNr=str(index)))
     for child in children:
@@ -137,10 +142,12 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
     for b in problem.buses.values():
         if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
             set_pci_address(b.element, b.address, False)
-    for b in problem.buses.values():  # controllers added to fill an index gap: as libvirt writes them
+    fillers = [b for b in problem.buses.values() if b.added and not b.new_expander and b.element is not None]
+    chassis_used = _used_chassis(problem, set(layout.dropped_controllers) | {b.index for b in fillers})
+    for b in sorted(fillers, key=lambda b: b.index):  # as libvirt writes them, chassis unique
         a = layout.controllers.get(b.index) or b.address
-        if b.added and not b.new_expander and b.element is not None and a is not None:
-            _complete_gap_filler(b.element, b.index, a)
+        if a is not None:
+            _complete_gap_filler(b.element, b.index, a, chassis_used)
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
         _add_controllers(problem, layout, devices)

@@ -142,3 +142,14 @@ def test_gap_filling_controllers_define_unchanged(real_stack, machine: str, mode
     result = real_stack.define(xml)
     assert result.ok, result.error
     assert diff_layouts(xml, result.xml, controllers_as_written=True) == []
+
+
+def test_gap_filling_ports_take_a_chassis_no_other_port_has() -> None:
+    """QEMU refuses two ports with one chassis number: a filler whose index another port already uses
+    as its chassis takes the next free one."""
+    tree, _ = plan_bytes(guest("q35", "    <controller type='pci' index='3' model='pcie-root-port'>"
+                                      "<model name='pcie-root-port'/><target chassis='1' port='0x12'/>"
+                                      "</controller>\n"))
+    ports = tree.getroot().iterfind("devices/controller[@type='pci'][@model='pcie-root-port']")
+    chassis = [c.find("target").get("chassis") for c in ports]
+    assert len(chassis) == len(set(chassis)) >= 3
