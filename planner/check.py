@@ -493,6 +493,14 @@ def _classify_controller(elem: etree._Element, family: str) -> DeviceKind | None
 # Naming
 
 
+def device_name(elem: etree._Element) -> str:
+    """The name check gives a device of <devices> (its tag's 1-based position there): the one name
+    every report of a device uses, so that plan's lines match check's."""
+    parent = elem.getparent()
+    siblings = [] if parent is None else [c for c in parent if c.tag == elem.tag]
+    return _describe(elem, next((i for i, c in enumerate(siblings, 1) if c is elem), 0))
+
+
 def _describe(elem: etree._Element, position: int) -> str:
     tag = elem.tag
     if tag == "interface":

@@ -302,7 +302,7 @@ def _print_plan_summary(result) -> None:
         prefix = "suggestion: " if finding.severity == "suggestion" else ""
         typer.echo(f"pciplan: {level}{prefix}{finding.text}", err=True)
     lv = result.objective_levels
-    hot = lv["hotplug_wanted"] - (lv["hotplug_lost"] - lv["spare_shortfall"])
+    hot = lv["hotplug_wanted"] - lv["hotplug_lost"]  # as written (planner.plan counts the written file)
     typer.echo(
         f"pciplan: {result.machine}: {summary.devices_placed} address(es) planned for "
         f"{summary.devices} PCI device(s); controllers added: {added}; hot-pluggable: {hot} of "

@@ -46,7 +46,8 @@ class Layout:
     controllers: dict[int, PciAddress] = field(default_factory=dict)  # user controller index -> address
     new_controllers: list[BusNode] = field(default_factory=list)  # in index order
     dropped_controllers: list[int] = field(default_factory=list)  # --replan: indices removed
-    moved: list[str] = field(default_factory=list)  # --replan: devices whose address changed
+    # --replan: devices whose address changed: (device, old address, new address or None)
+    moved: list[tuple[Device, PciAddress, PciAddress | None]] = field(default_factory=list)
 
 
 class _Unfolder:
@@ -276,9 +277,10 @@ def unfold(prep: Prepared, result: SolveResult) -> Layout:
             assert t.bus.index is not None
             a = PciAddress(t.bus.index, t.slot, t.function)
             if dev.address is not None and dev.address != a:
-                layout.moved.append(f"{dev.label}: {dev.address} → {a}")
+                layout.moved.append((dev, dev.address, a))
             _place(layout, dev, a)
-    layout.moved = prep.lost + layout.moved
+    lost = [(dev, old, layout.devices.get(id(dev.element))) for dev, old in prep.lost]
+    layout.moved = lost + layout.moved
     for d in prep.problem.devices:
         for m in [d, *d.companions]:
             if id(m) in prep.device_places:

@@ -11,7 +11,7 @@ from lxml import etree
 from planner import convert, rules
 from planner.bounds import check_bounds
 from planner.domain import read_problem
-from planner.errors import Infeasible
+from planner.errors import Infeasible, InternalError
 from planner.facts import IO_UNIT
 from planner.layout import unfold
 from planner.metrics import Headroom, headroom
@@ -208,8 +208,19 @@ def _number_new_expanders(prep, layout) -> None:
         target.set("busNr", str(upper))
 
 
+def _moved(layout) -> list[str]:
+    """--replan: each device whose written address differs from the input's, old → new, named as
+    `pciplan check` names it."""
+    from planner.check import device_name
+
+    return [f"{device_name(d.element)}: {before} → {after if after is not None else 'no PCI address'}"
+            for d, before, after in layout.moved if before != after]
+
+
 def _address_changes(problem, old: dict) -> list[str]:
     """After a machine conversion: every device whose address changed, old → new."""
+    from planner.check import device_name
+
     out = []
     for d in problem.devices:
         for m in [d, *d.companions]:
@@ -219,7 +230,7 @@ def _address_changes(problem, old: dict) -> list[str]:
                 continue
             after = f"{int(a.get('bus'), 0):02x}:{int(a.get('slot'), 0):02x}.{int(a.get('function'), 0):x}"
             if after != before:
-                out.append(f"{m.label}: {before} → {after}")
+                out.append(f"{device_name(m.element)}: {before} → {after}")
     return out
 
 
@@ -234,9 +245,19 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     original = etree.ElementTree(copy.deepcopy(tree.getroot()))  # the input as given: never written out
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
+    io_budget_dropped = False
     try:
-        check_bounds(prep)  # an impossible guest is refused before any model is built
-        result = solve(prep, options)
+        try:
+            check_bounds(prep)  # an impossible guest is refused before any model is built
+            result = solve(prep, options)
+        except Infeasible:
+            if not _given_over_budget(prep):
+                raise
+            # The given layout alone is more than the firmware can set up, and no plan mends that
+            # without moving it: plan the rest without the budget, write it, and let the check say
+            # so (exit 4, with the --replan hint), as for any other rule the given addresses break.
+            result = _without_io_budget(prep, options)
+            io_budget_dropped = True
     except Infeasible as exc:
         if any(d.hotplug_rule == "yes" for d in problem.devices):
             exc.reasons.append(_hotplug_limit(original, options))
@@ -244,6 +265,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
             exc.reasons.append(_firmware_limit(original, problem, options))
         if any(r.startswith("reserve (") for r in exc.reasons):
             exc.reasons += _reserve_limits(prep, options)
+        exc.reasons += _replan_hint(original, options)
         raise
     layout = unfold(prep, result)
     _number_new_expanders(prep, layout)
@@ -270,8 +292,11 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
                             if int(c.get("index"), 0) not in problem.buses)
             added.update(b.model.name for b in problem.buses.values() if b.added)
     errors, warns = _self_check(tree, problem, original, options)
+    levels = dict(result.values)
+    levels["hotplug_wanted"], hot = _hotplug_written(tree, prep)
+    levels["hotplug_lost"] = levels["hotplug_wanted"] - hot  # devices only: spare_shortfall is its own
     io_units = result.io_units
-    if tied_to_libvirt and io_units is not None:
+    if (tied_to_libvirt and io_units is not None) or io_budget_dropped:
         # libvirt's layout is no worse for the objective and within the budget, but its I/O windows
         # are not the model's: report what the written layout needs
         from planner.check import io_space_needed
@@ -288,17 +313,78 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         devices=total,
         devices_placed=len(layout.devices),
         controllers_added=dict(sorted(added.items())),
-        levels=result.values,
+        levels=levels,
         notes=notes,
-        moved=layout.moved + _address_changes(problem, old),
+        moved=_moved(layout) + _address_changes(problem, old),
         controllers_removed=len(layout.dropped_controllers) + len(prep.removed_controllers),
         check_errors=errors,
         check_warnings=warns,
-        headroom=headroom(tree),
+        # a layout that breaks a rule (the firmware cannot set it all up) promises no place
+        headroom=None if errors else headroom(tree),
         io_bytes=None if io_units is None else io_units * IO_UNIT,
-        io_budget_bytes=None if io_units is None else result.io_budget * IO_UNIT,
+        io_budget_bytes=None if io_units is None else _io_budget_units(prep, result) * IO_UNIT,
         io_cuts=result.io_cuts,
     )
+
+
+def _given_over_budget(prep) -> bool:
+    """Does the layout the input gives already need more I/O space or windows than the firmware has?"""
+    fw = prep.problem.firmware
+    if fw is None or fw.io_capacity_units() <= 0:
+        return False
+    windows = bool(fw.max_windows) and prep.fixed_io_windows > fw.max_windows
+    return prep.fixed_io_units > fw.io_capacity_units() or windows
+
+
+def _without_io_budget(prep, options: PlanOptions):
+    """Plan with the firmware's I/O budget left out (raises Infeasible if even that fails)."""
+    firmware = prep.problem.firmware
+    prep.problem.firmware = None
+    try:
+        check_bounds(prep)
+        return solve(prep, options)
+    finally:
+        prep.problem.firmware = firmware
+
+
+def _io_budget_units(prep, result) -> int:
+    fw = prep.problem.firmware
+    return result.io_budget or (fw.io_capacity_units() if fw is not None else 0)
+
+
+def _replan_hint(original: etree._ElementTree, options: PlanOptions) -> list[str]:
+    """For an infeasible plan of a guest with given addresses: whether --replan would plan it."""
+    if options.replan or (original.getroot().find("devices/*/address[@type='pci']") is None and not any(
+            c.get("model") not in ("pci-root", "pcie-root")
+            for c in original.getroot().iterfind("devices/controller[@type='pci']"))):
+        return []
+    try:  # a plain solve: the explanations of a failing re-plan would cost many more
+        trial = replace(options, replan=True, to_machine=None)
+        problem, replan, _warnings = _read(copy.deepcopy(original), trial)
+        prep = prepare(problem, replan)
+        check_bounds(prep)
+        moved = solve(prep, replan).values["addresses_moved"]
+    except (Infeasible, InputError, InternalError):
+        return []
+    return [f"suggestion: `pciplan plan --replan` plans this guest by moving {moved} of the given "
+            "address(es)"]
+
+
+def _hotplug_written(tree: etree._ElementTree, prep) -> tuple[int, int]:
+    """The devices the plan placed that prefer a hot-pluggable place, and how many of them the
+    written layout gives one, counted as `pciplan show` counts (whoever chose the addresses: the
+    solver, the tie with libvirt, or --replan keeping them)."""
+    from planner.show import ENDPOINT, build_tree
+
+    wanting = [d for g in prep.groups if g.key.prefers_hotplug for d in g.devices]
+    hot = {(n.bus, n.slot, n.function) for n in build_tree(tree).walk() if n.kind == ENDPOINT and n.hotplug}
+    count = 0
+    for d in wanting:
+        a = d.element.find("address")
+        if a is not None and a.get("type") == "pci" and (
+                int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
+            count += 1
+    return len(wanting), count
 
 
 def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
@@ -310,14 +396,14 @@ def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
     pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
         c.get("model") not in ("pci-root", "pcie-root") for c in original.getroot().iterfind(
             "devices/controller[@type='pci']"))
-    if not pinned_input:
-        return [], []  # the solver's own choices break no rule (tests/test_cases.py proves it on every case)
-    found = check_domain(tree)
+    found = check_domain(tree)  # warnings too, whoever chose the addresses: plan says what check says
     warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]
     bad = [v for v in found if v.rule not in WARNING_RULES]
     if not bad:
         return [], warns
     errors = [f"{v.element}: {v.message} [{v.rule}]" for v in bad]
+    if not pinned_input:  # the solver's own choices break no rule (tests/test_cases.py proves it)
+        return errors, warns
     pinned = [d.label for d in problem.devices if d.address is not None and d.address.bus != 0]
     pinned += [b.label for b in problem.buses.values() if b.address is not None and not b.added]
     if pinned:

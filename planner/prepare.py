@@ -126,7 +126,8 @@ class Prepared:
     fixed_io_windows: int  # bridge/port I/O windows the given layout needs
     droppables: list[Droppable] = field(default_factory=list)
     mmio: list[Device] = field(default_factory=list)  # bus=mmio: rendered with a virtio-mmio address
-    lost: list[str] = field(default_factory=list)  # --replan: devices that had to move whatever the plan
+    # --replan: devices that had to move whatever the plan, with their old address
+    lost: list[tuple[Device, PciAddress]] = field(default_factory=list)
     removed_controllers: list[int] = field(default_factory=list)  # --replan: dropped before solving
     reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
     reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
@@ -436,8 +437,26 @@ def _move_to_mmio(problem: Problem) -> list[Device]:
     return moved
 
 
+def check_options(options: PlanOptions) -> None:
+    """Numbers the model is built from must be in range, whoever set them (the CLI, a policy, the
+    metadata, a caller of plan_tree): the solver is never handed a domain it cannot take."""
+    counts = [("--spare-pcie", options.spare_pcie), ("--spare-pci", options.spare_pci)]
+    counts += [(f"--reserve {kind}={n}", n) for kind, n in options.reserve]
+    for what, n in counts:
+        if n is not None and not 0 <= n <= MAX_SPARE:
+            raise InputError(f"{what}: {n} is out of range (0-{MAX_SPARE})")
+    if not options.time_limit > 0:
+        raise InputError(f"--time-limit: {options.time_limit:g} is not a positive number of seconds")
+    if options.workers < 1:
+        raise InputError(f"workers: {options.workers} is not a positive number")
+
+
+MAX_SPARE = 255  # as the policy and the metadata allow (a PCI domain has 256 bus numbers)
+
+
 def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     options = options or PlanOptions()
+    check_options(options)
     lost, removed = mark_replan(problem) if options.replan else ([], [])
     mmio = _move_to_mmio(problem)
     _add_expander_buses(problem)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from lxml import etree
 
 from planner.domain import PciAddress, Problem
+from planner.errors import InternalError
 from planner.facts import controller_models
 from planner.layout import BusNode, Layout
 from planner.xmlio import remove_element
@@ -64,9 +65,36 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     return el
 
 
-def _used_chassis(problem: Problem) -> set[int]:
+def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_used: set[int]) -> None:
+    """The <model name> and <target> libvirt writes into a controller it adds for a missing index
+    (chassis = index unless another port has it, port from the address), before the address, as in
+    libvirt's own XML."""
+    m = controller_models()[el.get("model")]
+    address = el.find("address")
+    children = []
+    if el.find("model") is None:
+        children.append(etree.Element("model", name=m.qemu))
+    if el.find("target") is None and m.target == "chassis-port":
+        port = a.slot * 8 + a.function if m.name == "pcie-root-port" else a.slot
+        chassis = index
+        while chassis in chassis_used and len(chassis_used) < 256:
+            chassis = (chassis + 1) % 256
+        chassis_used.add(chassis)
+        children.append(etree.Element("target", chassis=str(chassis), port=f"0x{port:x}"))
+    elif el.find("target") is None and m.target == "chassisNr":
+        children.append(etree.Element("target", chassisNr=str(index)))
+    for child in children:
+        if address is not None:
+            address.addprevious(child)
+        else:
+            _append_child(el, child)
+
+
+def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
     used = set()
     for b in problem.buses.values():
+        if b.index in dropped:
+            continue  # --replan removed it: its chassis is free again
         if b.model.name in ("pcie-root-port", "pcie-switch-downstream-port") and b.element is not None:
             tgt = b.element.find("target")
             value = tgt.get("chassis") if tgt is not None else None
@@ -114,6 +142,12 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
     for b in problem.buses.values():
         if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
             set_pci_address(b.element, b.address, False)
+    fillers = [b for b in problem.buses.values() if b.added and not b.new_expander and b.element is not None]
+    chassis_used = _used_chassis(problem, set(layout.dropped_controllers) | {b.index for b in fillers})
+    for b in sorted(fillers, key=lambda b: b.index):  # as libvirt writes them, chassis unique
+        a = layout.controllers.get(b.index) or b.address
+        if a is not None:
+            _complete_gap_filler(b.element, b.index, a, chassis_used)
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
         _add_controllers(problem, layout, devices)
@@ -132,11 +166,13 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
-    chassis_used = _used_chassis(problem)
+    chassis_used = _used_chassis(problem, set(layout.dropped_controllers))
     for node in layout.new_controllers:
         chassis = None
         if controller_models()[node.model].target == "chassis-port":
             chassis = node.index
+            if len(chassis_used) >= 256:
+                raise InternalError("no chassis number left for a new PCIe port; please report it")
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)

@@ -5,15 +5,16 @@ range, so kept indices stay contiguous and no device on a kept controller change
 
 from __future__ import annotations
 
-from planner.domain import Problem
+from planner.domain import Device, PciAddress, Problem
 from planner.xmlio import remove_element
 
 NOT_MANAGED = ("pci-root", "pcie-root", "pci-expander-bus", "pcie-expander-bus")
 
 
-def mark_replan(problem: Problem) -> tuple[list[str], list[int]]:
+def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list[int]]:
     """Mark droppable controllers and devices; remove the controllers that must go. Returns the devices
-    whose address is lost whatever the plan (their controller had to go) and the removed indices."""
+    whose address is lost whatever the plan (their controller had to go), with that address, and the
+    removed indices."""
     buses = problem.buses
     fixed_top = max((i for i, b in buses.items() if b.model.name in NOT_MANAGED), default=0)
     managed = sorted(i for i, b in buses.items() if b.model.name not in NOT_MANAGED)
@@ -38,7 +39,7 @@ def mark_replan(problem: Problem) -> tuple[list[str], list[int]]:
         if d.address is None:
             continue
         if d.address.bus in removed:
-            lost.append(d.label)
+            lost.append((d, d.address))
             d.address = None
             for m in d.companions:
                 m.address = None

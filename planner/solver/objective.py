@@ -32,6 +32,10 @@ from planner.solver.variables import (
 
 MAX_SLOTS = 2 * 256 * 32 + 256
 MAX_CONTROLLERS = 256
+MAX_SHORTFALL = 2 * MAX_CONTROLLERS  # spare ports and spare slots missing (each wish is at most 255)
+# CP-SAT refuses (MODEL_INVALID) a linear expression whose terms could overflow 64 bits; below 2**53 its
+# objective values (doubles) are exact too.
+SAFE_MAGNITUDE = 1 << 53
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Levels:
     unlike_libvirt: cp_model.LinearExpr
     order: tuple[str, ...]  # every level, most important first
     weights: dict[str, int]
+    most: dict[str, int]  # each level's largest value (the weights are built from these)
 
     def expr(self, name: str) -> cp_model.LinearExpr:
         return {"moved": self.moved, "hotplug": self.hotplug_lost, "pcie": self.pcie_on_pci,
@@ -113,19 +118,72 @@ def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEF
                 fills[e].append(x)
     n = sum(1 for xs in fills.values() if xs)
     unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
-    most = {"moved": devices + MAX_CONTROLLERS, "hotplug": devices + MAX_CONTROLLERS, "pcie": devices,
+    assert v.spare_shortfall is not None
+    most = {"moved": devices + MAX_CONTROLLERS, "hotplug": devices + MAX_SHORTFALL, "pcie": devices,
             "controllers": MAX_CONTROLLERS, "buses": MAX_CONTROLLERS, "slots": MAX_SLOTS, "libvirt": n}
     order = ("moved", *middle, "slots", "libvirt")
     return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
-                  unlike_libvirt, order, lexicographic_weights(order, most))
+                  unlike_libvirt, order, lexicographic_weights(order, most), most)
 
 
 def objective_expr(lv: Levels) -> cp_model.LinearExpr:
     return cp_model.LinearExpr.Sum([lv.weights[name] * lv.expr(name) for name in lv.order])
 
 
-def set_objective(model: cp_model.CpModel, lv: Levels) -> None:
-    model.Minimize(objective_expr(lv))
+def magnitude(model: cp_model.CpModel, expr: cp_model.LinearExpr) -> int:
+    """The largest absolute value expr's terms could reach by their variables' domains, summed: what
+    CP-SAT's model validation bounds (it rejects a model where this may overflow 64 bits)."""
+    variables = model.Proto().variables
+    terms, const = _flat(expr)
+    total = abs(const)
+    for index, coeff in terms:
+        domain = variables[index].domain
+        total += abs(coeff) * max(abs(domain[0]), abs(domain[-1]))
+    return total
+
+
+def _flat(expr) -> tuple[list[tuple[int, int]], int]:
+    """(variable index, coefficient) pairs and the constant of an expression of planner.solver.cpmodel,
+    or of OR-Tools' own cp_model (which tests/test_cpmodel.py builds the same models with)."""
+    if hasattr(expr, "_terms"):
+        return list(expr._terms.items()), expr._const
+    from ortools.sat.python import cp_model_helper
+
+    flat = cp_model_helper.FlatIntExpr(expr)
+    return [(var.index, coeff) for var, coeff in zip(flat.vars, flat.coeffs, strict=True)], flat.offset
+
+
+def objective_stages(model: cp_model.CpModel, lv: Levels) -> list[cp_model.LinearExpr]:
+    """The objective as one weighted sum when CP-SAT can take it (every guest of ordinary size), else
+    as stages solved one after the other, most important first, each fixed before the next.
+
+    On large guests (hundreds of devices and buses) the lexicographic weights multiply past 64 bits.
+    Then each level becomes a variable bounded by the level's largest value (so no coefficient of its
+    definition is large), and consecutive levels share a stage while their weights still fit."""
+    whole = objective_expr(lv)
+    if magnitude(model, whole) < SAFE_MAGNITUDE:
+        return [whole]
+    bounded: dict[str, tuple[cp_model.IntVar, int]] = {}
+    for name in lv.order:
+        expr = cp_model.LinearExpr.Sum([lv.expr(name)])
+        top = max(0, min(lv.most[name], magnitude(model, expr)))
+        level = model.NewIntVar(0, top, f"level_{name}")
+        model.Add(level == expr)
+        bounded[name] = (level, top)
+    chunks: list[list[str]] = [[]]
+    size = 1
+    for name in lv.order:
+        top = bounded[name][1]
+        if chunks[-1] and size * (top + 1) >= SAFE_MAGNITUDE:
+            chunks.append([])
+            size = 1
+        chunks[-1].append(name)
+        size *= top + 1
+    stages = []
+    for chunk in chunks:
+        weights = lexicographic_weights(tuple(chunk), {name: bounded[name][1] for name in chunk})
+        stages.append(cp_model.LinearExpr.Sum([weights[name] * bounded[name][0] for name in chunk]))
+    return stages
 
 
 def libvirt_order_terms(prep: Prepared, v: Variables) -> list[tuple[int, cp_model.IntVar]]:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from planner.errors import Infeasible
+from planner.errors import Infeasible, InternalError
 from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver import cpmodel as cp_model
 from planner.solver.objective import (
+    Levels,
     canonical_weights,
     levels,
     libvirt_order_terms,
-    objective_expr,
-    set_objective,
+    objective_stages,
 )
 from planner.solver.pool import PoolContent, PoolSplit, split
 from planner.solver.variables import Variables, create_variables, hotpluggable_placements
@@ -49,7 +49,10 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
     explanation names only the rules at fault. The model is small; each check is a short solve."""
     model.ClearObjective()
     keep = list(core)
+    start = time.perf_counter()
     for lit in list(core):
+        if time.perf_counter() - start > options.time_limit:
+            break  # a large core: what is left is still a core, only not proven minimal
         trial = [x for x in keep if x != lit]
         model.ClearAssumptions()
         model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in trial])
@@ -59,6 +62,16 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
         if solver.Solve(model) == cp_model.INFEASIBLE:
             keep = trial
     return keep
+
+
+def _collapse_full_buses(reasons: list[str]) -> list[str]:
+    """Many full buses in a core are one limit: name it once (with the first few of them)."""
+    full = [r.removesuffix(" has 0 free slot(s)") for r in reasons if r.endswith(" has 0 free slot(s)")]
+    if len(full) <= 3:
+        return reasons
+    shown = ", ".join(full[:3]) + f" and {len(full) - 3} more"
+    rest = [r for r in reasons if not r.endswith(" has 0 free slot(s)")]
+    return rest + [f"{len(full)} existing buses have no free slot ({shown})"]
 
 
 def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
@@ -82,7 +95,19 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
     return out
 
 
-def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
+@dataclass
+class Built:
+    """The model of one plan, ready to solve: validated (CP-SAT would accept it)."""
+
+    model: cp_model.CpModel
+    why: c.Assumptions
+    vars: Variables
+    levels: Levels
+    stages: list[cp_model.LinearExpr]  # objectives solved in turn (one unless the weights are huge)
+
+
+def build(prep: Prepared, options: PlanOptions) -> Built:
+    """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails)."""
     machine = prep.problem.machine
     # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
     # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
@@ -108,52 +133,87 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     c.bus_number_limits(model, prep, v, why)
     c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
     lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
-    set_objective(model, lv)
+    stages = objective_stages(model, lv)
+    model.Minimize(stages[0])
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
     for x in v.keep.values():  # --replan: start the search from the layout as given
         model.AddHint(x, 1)
+    _validate(model)
+    return Built(model, why, v, lv, stages)
 
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = options.workers
-    solver.parameters.random_seed = 0
+
+def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
+    built = build(prep, options)
+    model, why, v, lv, stages = built.model, built.why, built.vars, built.levels, built.stages
+
     start = time.perf_counter()
     cuts = 0
     exact = True  # every cut came from a proven-minimal split of the new bridges
-    while True:
-        solver.parameters.max_time_in_seconds = max(0.5, options.time_limit - (time.perf_counter() - start))
-        status = solver.Solve(model)
+    solver = cp_model.CpSolver()
+    status = cp_model.UNKNOWN
+    pool = PoolSplit()
+    proven = True  # every earlier stage was proven optimal
+    for number, stage in enumerate(stages):
+        if number:  # the stage before is settled: keep its value, start from its solution
+            model.Add(stages[number - 1] == solver.Value(stages[number - 1]))
+            model.ClearHints()
+            for index in range(len(model.Proto().variables)):
+                var = model.GetIntVarFromProtoIndex(index)
+                model.AddHint(var, solver.Value(var))
+            proven = proven and status == cp_model.OPTIMAL
+            model.Minimize(stage)
+        before = solver
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = options.workers
+        solver.parameters.random_seed = 0
+        while True:
+            left = options.time_limit - (time.perf_counter() - start)
+            solver.parameters.max_time_in_seconds = max(0.5, left)
+            status = solver.Solve(model)
+            if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                break
+            content = pool_content(prep, v, solver)
+            pool = split(content, io_matters=v.io_used is not None)
+            if _exact_io_fits(v, solver, pool):
+                break
+            # The relaxed pool windows let through a plan whose bridges really need more I/O space than
+            # the firmware has: cut this pool content off at its real window count and solve again.
+            _cut(model, v, content, pool.total_windows)
+            cuts += 1
+            exact = exact and pool.optimal
+            if cuts == MAX_CUTS:
+                # Cuts one content at a time do not converge here: fall back to a bound every split
+                # meets. It may exclude better plans, so the result is no longer called optimal.
+                c.loose_pool_windows(model, prep, v)
+                exact = False
+            elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
+                raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} "
+                                  f"refinements of the new bridges' I/O windows in {options.time_limit:g} s; "
+                                  "raise --time-limit"])
+        if number and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            # a later stage ran out of time: the earlier stage's layout stands, not proven best below
+            solver, status, proven = before, cp_model.FEASIBLE, False
+            pool = split(pool_content(prep, v, solver), io_matters=v.io_used is not None)
+            break
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             break
-        content = pool_content(prep, v, solver)
-        pool = split(content, io_matters=v.io_used is not None)
-        if _exact_io_fits(v, solver, pool):
-            break
-        # The relaxed pool windows let through a plan whose bridges really need more I/O space than
-        # the firmware has: cut this pool content off at its real window count and solve again.
-        _cut(model, v, content, pool.total_windows)
-        cuts += 1
-        exact = exact and pool.optimal
-        if cuts == MAX_CUTS:
-            # Cuts one content at a time do not converge here: fall back to a bound every split meets.
-            # It may exclude better plans, so the result is no longer called optimal.
-            c.loose_pool_windows(model, prep, v)
-            exact = False
-        elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
-            raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} refinements "
-                              f"of the new bridges' I/O windows in {options.time_limit:g} s; "
-                              "raise --time-limit"])
+    if status == cp_model.MODEL_INVALID:  # _validate let through what the solver refused
+        raise InternalError("the solver refused the model (MODEL_INVALID); this is a defect of pciplan, "
+                            "please report it")
+    if status == cp_model.OPTIMAL and not proven:
+        status = cp_model.FEASIBLE
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
-        reasons = [why.literals[i] for i in core] or ["the constraints admit no layout"]
+        reasons = _collapse_full_buses([why.literals[i] for i in core]) or ["the constraints admit no layout"]
         raise Infeasible(reasons + _relaxations(prep, [why.groups[i] for i in core if i in why.groups]))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
                           f"{solver.StatusName(status)}); raise --time-limit"])
-    obj = int(round(solver.ObjectiveValue()))
+    obj = solver.Value(stages[-1])  # exact: the stages stay below 2**53
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
     if status == cp_model.OPTIMAL:
-        chosen = _canonical(model, lv, obj, solver, options, start, libvirt_order_terms(prep, v))
+        chosen = _canonical(model, stages[-1], obj, solver, options, start, libvirt_order_terms(prep, v))
         if chosen is not solver:  # the tie-break's pick must fit the firmware's I/O space too
             chosen_pool = split(pool_content(prep, v, chosen), io_matters=v.io_used is not None)
             if _exact_io_fits(v, chosen, chosen_pool):
@@ -176,6 +236,15 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     if v.io_used is not None:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
     return SolveResult(name, obj, bound, gap, seconds, values, v, solver, pool, io, v.io_budget, cuts)
+
+
+def _validate(model: cp_model.CpModel) -> None:
+    """CP-SAT's own check of the model (cheap next to solving): a model it would refuse is pciplan's
+    defect, never the user's and never a matter of time."""
+    problem = model.Validate()
+    if problem:
+        raise InternalError(f"the solver model is invalid ({problem.splitlines()[0]}); this is a defect of "
+                            "pciplan, please report it")
 
 
 def pool_content(prep: Prepared, v: Variables, solver: cp_model.CpSolver) -> PoolContent:
@@ -246,15 +315,15 @@ def _stage_solver(model: cp_model.CpModel, best: cp_model.CpSolver, stage, optio
     return solver, solver.Solve(model)
 
 
-def _canonical(model: cp_model.CpModel, lv, obj: int, first: cp_model.CpSolver, options: PlanOptions,
-               start: float, order_terms: list) -> cp_model.CpSolver:
+def _canonical(model: cp_model.CpModel, objective: cp_model.LinearExpr, obj: int, first: cp_model.CpSolver,
+               options: PlanOptions, start: float, order_terms: list) -> cp_model.CpSolver:
     """Among the optimal layouts, the one two fixed tie-breaks pick: libvirt's order first, then
     fixed weights on every variable, so the output does not depend on the OR-Tools version's search
     order. Both in one solve where the weighted sum fits: libvirt's order scaled past the whole range
     of the fixed weights, so minimising the sum minimises the order first and then the weights,
     exactly as the two stages one after the other; else (or when that solve is not proven in time)
     stage after stage, keeping the best solution proven so far if a stage cannot be proven in time."""
-    model.Add(objective_expr(lv) == obj)
+    model.Add(objective == obj)
     weights = canonical_weights(model)
     order = cp_model.LinearExpr.Sum([k * x for k, x in order_terms])
     canonical = cp_model.LinearExpr.Sum([w * x for w, x in weights])

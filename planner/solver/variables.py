@@ -197,7 +197,7 @@ def create_variables(model: cp_model.CpModel, prep: Prepared) -> Variables:
             v.pool_packed[gi] = model.NewIntVar(0, g.size, f"pool_packed_g{gi}")
     v.pool_packslots = model.NewIntVar(0, 31 * 256, "pool_packslots")
     v.pool_pci_bridges = model.NewIntVar(0, 255, "pool_pci_bridges")
-    v.spare_shortfall = model.NewIntVar(0, 256, "spare_shortfall")
+    v.spare_shortfall = model.NewIntVar(0, 2 * 255, "spare_shortfall")  # PCIe ports + conventional slots
     v.pool_bridges = model.NewIntVar(0, 512, "pool_bridges")
     model.Add(v.pool_bridges == cp_model.LinearExpr.Sum(new_bridges(v)))
     v.pool_windows = model.NewIntVar(0, 1 << 14, "pool_windows")
@@ -209,6 +209,15 @@ def hotpluggable_placements(prep: Prepared, v: Variables, groups: set[int]) -> l
     out = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
     for pool in [*v.root_ports.values(), *v.downstream.values()]:
         out += [x for gi, x in pool.alone.items() if gi in groups]
+    # --replan: a device kept alone in a hot-pluggable slot stays hot-pluggable
+    group_of = {id(d): gi for gi, g in enumerate(prep.groups) for d in g.devices}
+    for i, drop in enumerate(prep.droppables):
+        d = drop.device
+        if d is None or i not in v.keep or group_of.get(id(d)) not in groups or d.address is None:
+            continue
+        st = prep.states[drop.bus]
+        if st.bus.hotplug and d.address.function == 0 and len(st.used.get(drop.slot, {})) == 1:
+            out.append(v.keep[i])
     return out + [x for gi, x in v.pool_alone.items() if gi in groups]
 
 

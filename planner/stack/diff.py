@@ -80,8 +80,26 @@ def _match_devices(
     return pairs, left[n:], right[n:]
 
 
-def diff_layouts(before_xml: str, after_xml: str) -> list[Change]:
-    """What libvirt added, changed or moved between the input XML and its completed XML (PCI only)."""
+def _completed(before: etree._Element, after: etree._Element) -> list[str]:
+    """What libvirt added to or changed in a PCI controller besides its address (its <model name>,
+    its <target> attributes): a controller written as libvirt writes it comes back the same."""
+    out = []
+    for child in after:
+        if not isinstance(child.tag, str) or child.tag in ("address", "alias"):
+            continue
+        given = before.find(child.tag)
+        new = {k: v for k, v in child.attrib.items() if given is None or given.get(k) != v}
+        if new:
+            shown = " ".join(f"{k}='{v}'" for k, v in new.items())
+            out.append(f"libvirt {'added' if given is None else 'set'} <{child.tag} {shown}>")
+    return out
+
+
+def diff_layouts(before_xml: str, after_xml: str, controllers_as_written: bool = False) -> list[Change]:
+    """What libvirt added, changed or moved between the input XML and its completed XML (PCI only).
+    controllers_as_written: also what libvirt filled into a PCI controller (its <model name>, its
+    <target> attributes): a controller written as libvirt writes it comes back the same. Off by
+    default, since libvirt completes the controllers a user writes bare, and those stay as given."""
     before_root, after_root = _parse(before_xml), _parse(after_xml)
     kinds: dict[str, tuple[list[etree._Element], list[etree._Element]]] = {}
     for el in _devices(before_root):
@@ -110,6 +128,8 @@ def diff_layouts(before_xml: str, after_xml: str) -> list[Change]:
                 changes.append(
                     Change("changed-controller", _describe(a), f"model {b.get('model')} -> {a.get('model')}")
                 )
+            elif kind == "controller[pci]" and controllers_as_written:
+                changes += [Change("changed-controller", _describe(a), detail) for detail in _completed(b, a)]
             b_addr, a_addr = _pci_address(b), _pci_address(a)
             if b_addr is None and a_addr is None:
                 continue
