@@ -313,7 +313,8 @@ def test_assignment_check_on_fixed_query_pci_output() -> None:
 
 def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     """The firmware names the options accept are models/firmware.toml's tables: a new entry (here a
-    copy of SeaBIOS with a smaller q35 budget) is planned for by name, in any case, with no Python change."""
+    copy of SeaBIOS whose q35 I/O space holds no bridge window) is planned for by name, in any case,
+    with no Python change: where SeaBIOS gets a pcie-to-pci-bridge (a 4 KiB window), it gets none."""
     import copy
 
     from planner import api, facts
@@ -321,12 +322,13 @@ def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     table = copy.deepcopy(facts._firmware_table())
     table["tinybios"] = copy.deepcopy(table["seabios"])
     table["tinybios"].update(label="TinyBIOS", loader_names=["tinybios"])
-    table["tinybios"]["q35"]["io_max"] = 0x20  # less than the ICH9 SMBus BAR every q35 guest has
+    table["tinybios"]["q35"]["io_max"] = 0xFFF  # root-bus BARs only: no 4 KiB bridge window fits
     monkeypatch.setattr(facts, "_firmware_table", lambda: table)
     guest = (REPO / "examples" / "q35-server.xml").read_bytes()
-    assert api.plan(guest, api.options(firmware="SeaBIOS")).status == "optimal"
-    with pytest.raises(api.InfeasibleError) as refused:
-        api.plan(guest, api.options(firmware="TinyBIOS"))
-    assert "TinyBIOS" in str(refused.value)
+    seabios = api.plan(guest, api.options(firmware="SeaBIOS"))
+    assert seabios.controllers_added.get("pcie-to-pci-bridge") == 1 and seabios.summary.io_bytes > 0xFFF
+    tiny = api.plan(guest, api.options(firmware="TinyBIOS"))
+    assert tiny.status == "optimal" and tiny.summary.io_budget_bytes <= 0xFFF < seabios.summary.io_budget_bytes
+    assert "pcie-to-pci-bridge" not in tiny.controllers_added and tiny.summary.io_bytes <= 0xFFF
     with pytest.raises(api.BadInputError):
         api.options(firmware="coreboot")
