@@ -328,7 +328,8 @@ def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     seabios = api.plan(guest, api.options(firmware="SeaBIOS"))
     assert seabios.controllers_added.get("pcie-to-pci-bridge") == 1 and seabios.summary.io_bytes > 0xFFF
     tiny = api.plan(guest, api.options(firmware="TinyBIOS"))
-    assert tiny.status == "optimal" and tiny.summary.io_budget_bytes <= 0xFFF < seabios.summary.io_budget_bytes
+    assert tiny.status == "optimal"
+    assert tiny.summary.io_budget_bytes <= 0xFFF < seabios.summary.io_budget_bytes
     assert "pcie-to-pci-bridge" not in tiny.controllers_added and tiny.summary.io_bytes <= 0xFFF
     with pytest.raises(api.BadInputError):
         api.options(firmware="coreboot")
