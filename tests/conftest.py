@@ -37,6 +37,12 @@ def tool_missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+# Every child Python the tests start (`python -m planner.cli` and `-c` probes, most with cwd=REPO) keeps the
+# working directory off sys.path, so it imports the installed package as the tests do, whatever env it
+# is given on top of this process's.
+os.environ["PYTHONSAFEPATH"] = "1"
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that runs pciplan (`python -m planner.cli` in the checkout):
     PYTHONSAFEPATH keeps `-m` and `-c` from putting the working directory first on sys.path, so the child

@@ -7,14 +7,13 @@ import contextlib
 import copy
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import GUESTS, REPO, nics
+from conftest import GUESTS, REPO, nics, subprocess_env
 
 from planner import api
 from planner.errors import ExitCode
@@ -27,7 +26,7 @@ NIC = b"<interface type='network'><source network='default'/><model type='virtio
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "planner.cli", *args], input=stdin, capture_output=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                          cwd=REPO, env=subprocess_env(), timeout=300)
 
 
 def readme_block(heading: str, language: str) -> str:

@@ -5,13 +5,12 @@ JSON error object on stdout."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, nics
+from conftest import REPO, nics, subprocess_env
 
 from planner.errors import ExitCode
 
@@ -26,7 +25,7 @@ def run(*args: str, prelude: str = "", env: dict[str, str] | None = None,
     code = (f"import sys\n{prelude}\nsys.argv = ['pciplan', *sys.argv[1:]]\n"
             "from planner.cli import main\nmain()\n")
     return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
+                          env=subprocess_env(**(env or {})), timeout=300)
 
 
 def one_line(r: subprocess.CompletedProcess) -> str:
