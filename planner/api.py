@@ -119,8 +119,22 @@ class Move:
         return {"device": self.device, "from": self.before, "to": self.after}
 
 
+class _Findings:
+    """What plan and check results share: their findings, by severity."""
+
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+
 @dataclass
-class PlanResult:
+class PlanResult(_Findings):
     """What `plan()` did. `xml` is the planned document; the rest describes it."""
 
     xml: bytes
@@ -140,15 +154,7 @@ class PlanResult:
     @property
     def exit_code(self) -> ExitCode:
         """OK, or PINNED_BREAKS when addresses the input pins force a layout that breaks a rule."""
-        return ExitCode.PINNED_BREAKS if any(f.severity == "error" for f in self.findings) else ExitCode.OK
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
+        return ExitCode.PINNED_BREAKS if self.errors else ExitCode.OK
 
     def as_json(self) -> dict:
         """The dict `pciplan plan --json` prints (README "Exit status" and "Python API")."""
@@ -186,19 +192,11 @@ class StackResult:
 
 
 @dataclass
-class CheckResult:
+class CheckResult(_Findings):
     """The findings of `check()`: errors (libvirt or QEMU refuse, or a rule breaks) and warnings."""
 
     findings: list[Finding]
     stack: StackResult | None = None  # with libvirt=True
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     @property
     def exit_code(self) -> ExitCode:
