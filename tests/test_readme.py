@@ -130,9 +130,10 @@ class Workspace:
     def localize(self, command: str) -> str:
         # The set-up part is .ci/run's; the console script it would run is first on PATH here.
         command = command.replace("bash .ci/setup && .venv/bin/pciplan ", "pciplan ")
+        # README's own /tmp/ first: the checkout itself may live under /tmp (a fresh clone does)
+        command = re.sub(r"(?<![\w/.-])/tmp/", f"{self.dir}/", command)
         command = re.sub(r"(?<![\w/.-])examples/", f"{REPO}/examples/", command)
         command = re.sub(r"(?<![\w/.-])tests/guests", str(GUESTS), command)
-        command = command.replace("/tmp/", f"{self.dir}/")
         command = command.replace("/etc/libvirt/qemu", "etc-libvirt-qemu")
         command = command.replace("tcp://scheduler:8786", self.scheduler)
         if self.embed_root is not None:
