@@ -660,9 +660,7 @@ def fleet(
             batch = fl.run(files, out_dir=out, in_place=in_place, options=options, jobs=jobs,
                            dry_run=dry_run, backup=not no_backup, scheduler=scheduler,
                            progress=advance, interrupt=interrupt)
-        except ImportError:
-            if scheduler is None:
-                raise
+        except fl.DaskMissing:
             _fail(ExitCode.BAD_INPUT, "--scheduler needs Dask's distributed package "
                   "(pip install distributed)")
         except fl.SchedulerUnreachable as exc:

@@ -81,6 +81,10 @@ class SchedulerUnreachable(Exception):
     """--scheduler: the Dask scheduler cannot be reached, so no file can be planned."""
 
 
+class DaskMissing(Exception):
+    """--scheduler: Dask's distributed package is not installed here."""
+
+
 @dataclass
 class Batch:
     results: list[FileResult]  # the files done, in the order given
@@ -375,9 +379,11 @@ def _stop_workers(workers: list[_Worker], tasks: list[tuple[str, str | None]],
 
 def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: PlanOptions, dry_run: bool,
               backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
-    from distributed import Client
-    from distributed import as_completed as dask_completed
-
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise DaskMissing from None
     try:
         client = Client(scheduler)
     except (OSError, TimeoutError) as exc:
@@ -395,7 +401,12 @@ def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: Plan
             batch = finished.next_batch(block=False)
             for fut in batch:
                 path, to = tasks[futures[fut]]
-                result = fut.result()
+                try:
+                    result = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the worker itself failed (its Python, its pciplan)
+                    done(futures[fut], FileResult(path, "failed", reason=f"the Dask worker failed: "
+                                                  f"{type(exc).__name__}: {exc}"))
+                    continue
                 done(futures[fut], replace(result, path=path, output=None if result.output is None else to))
             if not batch:
                 time.sleep(POLL_SECONDS)

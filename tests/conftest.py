@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -78,8 +79,26 @@ def checkout_imports() -> list[str]:
                   and from_checkout(getattr(module, "__file__", None)))
 
 
+@functools.cache
 def _guard_active() -> bool:
     return REQUIRE_INSTALLED or _installed_editable() is False
+
+
+def _checkout_on_sys_path() -> bool:
+    return any(Path(entry or ".").resolve() == REPO for entry in sys.path)
+
+
+@pytest.fixture(autouse=True)
+def _checkout_stays_off_sys_path():
+    """No test (nor a module it imports) leaves the checkout on sys.path: this process has its planner
+    already, but what it spawns later (Dask's workers, multiprocessing's spawn) inherits sys.path and
+    would import the checkout's planner instead of the installed one (CI failed so once)."""
+    if _guard_active() and _checkout_on_sys_path():
+        pytest.fail("the checkout is on sys.path (put there while collecting the tests): processes spawned "
+                    "from here would import its planner, not the installed one", pytrace=False)
+    yield
+    if _guard_active() and _checkout_on_sys_path():
+        pytest.fail("this test left the checkout on sys.path", pytrace=False)
 
 
 def pytest_configure(config) -> None:

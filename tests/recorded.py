@@ -24,8 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))  # fleetgen, guestgen
 
 RECORD = HERE / "recorded" / "outputs.json"
 SHARED = REPO.parent / "shared" / "cases"
@@ -46,7 +45,13 @@ def corpus(shared: bool = True) -> Iterator[tuple[str, bytes]]:
     from fleetgen import typical_guest, write_fleet
     from guestgen import guest_xml, random_shape
 
-    from benchmarks.sweep import guest as sweep_guest
+    # The checkout goes on sys.path for benchmarks/ only, and off again: a process spawned later (Dask's
+    # workers get this sys.path) would otherwise import the checkout's planner instead of the wheel.
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks.sweep import guest as sweep_guest
+    finally:
+        sys.path.remove(str(REPO))
 
     for path in sorted((REPO / "examples").glob("*.xml")):
         yield f"examples/{path.name}", path.read_bytes()

@@ -338,6 +338,31 @@ def test_dask_cluster_gives_the_same_results(tmp_path: Path) -> None:
 
 
 @pytest.mark.realstack
+def test_a_failing_dask_worker_fails_its_files_and_the_batch_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """A worker that cannot run pciplan at all (CI once had workers importing a broken copy): every file
+    it took is reported failed with the worker's error, the batch ends, and the error is not mistaken
+    for Dask missing here."""
+    from distributed import LocalCluster
+
+    import planner.fleet as fl
+    from planner.options import PlanOptions
+
+    def broken_worker(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'planner.models'")
+
+    src = tmp_path / "in"
+    write_fleet(src, 3)
+    files = sorted(src.iterdir())
+    monkeypatch.setattr(fl, "plan_one", broken_worker)  # threads in this process run the patched one
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        batch = fl.run(files, out_dir=tmp_path / "out", in_place=False, options=PlanOptions(), jobs=1,
+                       dry_run=False, backup=False, scheduler=cluster.scheduler_address)
+    assert [r.status for r in batch.results] == ["failed"] * 3
+    assert all(r.reason == "the Dask worker failed: ModuleNotFoundError: No module named 'planner.models'"
+               for r in batch.results), batch.results
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp_path: Path) -> None:
     """Against libvirt's embedded driver: domains defined there are read, planned, diffed, and with
     define written back; a second pass changes nothing."""
