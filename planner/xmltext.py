@@ -272,19 +272,24 @@ class Writer:
         inner = self._child_indent(span)
         between = self.nl + inner if block else ""
 
-        def leading(k) -> str | None:
+        def leading(k, before) -> str | None:
+            """The whitespace that stood before child k, if it can stand there again with `before`
+            (the child now in front of it, None for the first) ahead of it."""
             ks = self.spans.get(k)
             if ks is None or ks.parent is not node:
                 return None
             i = span.children.index(k)
             ws = self.spans[span.children[i - 1]].tail_raw if i else span.text_raw
+            if ws == "" and block:  # glued to what stood before it: only beside the same neighbour
+                return ws if before is (span.children[i - 1] if i else None) else None
             return ws if _blank(ws) and ("\n" in ws or not block) else None
 
         if not _blank(node.text):
             parts = [span.text_raw if node.text == span.text else escape_text(node.text or "")]
         else:
-            parts = [leading(kids[0]) or (span.text_raw if span.children and _blank(span.text_raw)
-                                          and ("\n" in span.text_raw or not block) else between)]
+            first = leading(kids[0], None)
+            kept = span.children and _blank(span.text_raw) and ("\n" in span.text_raw or not block)
+            parts = [first if first is not None else span.text_raw if kept else between]
         last = self.spans[span.children[-1]].tail_raw if span.children else ""
         closing = last if span.children and _blank(last) and ("\n" in last or not block) else (
             self.nl + span.indent if block else "")
@@ -300,7 +305,8 @@ class Writer:
             elif ks is not None and ks.parent is node and ks.next is following:
                 parts.append(ks.tail_raw)
             else:
-                parts.append(leading(following) or between)
+                gap = leading(following, k)
+                parts.append(gap if gap is not None else between)
         return parts
 
     def start_tag(self, el: etree._Element, span: _Span, empty: bool) -> str:
