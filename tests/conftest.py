@@ -197,32 +197,42 @@ def controllers(tree: etree._ElementTree, model: str | None = None) -> list[etre
             if c.get("type") == "pci" and (model is None or c.get("model") == model)]
 
 
-@pytest.fixture
-def guest_xml():
-    """Build a small domain XML: guest_xml('q35', devices='<interface .../>')."""
+EMULATORS = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
+             "riscv64": "qemu-system-riscv64"}
 
-    def build(machine: str = "q35", devices: str = "", arch: str | None = None, extra: str = "") -> bytes:
-        arch = arch or ("aarch64" if machine.startswith("virt") and arch is None else "x86_64")
-        # ACPI on x86 (pc's root hot-plug needs it); on aarch64 libvirt ties it to UEFI
-        features = "<features><acpi/></features>" if arch == "x86_64" else ""
-        emulator = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
-                    "riscv64": "qemu-system-riscv64"}[arch]
-        return f"""<domain type='qemu'>
-  <name>t</name>
-  <memory unit='KiB'>1048576</memory>
-  <vcpu>2</vcpu>
-  <os>
-    <type arch='{arch}' machine='{machine}'>hvm</type>
+
+def domain_xml(machine: str = "q35", devices: str = "", *, arch: str | None = None, acpi: bool | None = None,
+               firmware: str | None = None, os_extra: str = "", extra: str = "", vcpu: int = 2,
+               memory_kib: int = 1048576, name: str = "t", kind: str = "qemu",
+               emulator: bool = True) -> bytes:
+    """The one builder of test guests: a small domain XML in libvirt's own layout around DEVICES (text of
+    <devices> children, each on its own line). arch follows the machine (virt: aarch64); ACPI on x86 by
+    default (pc's root hot-plug needs it; on aarch64 libvirt ties it to UEFI); firmware is <os firmware>;
+    os_extra goes inside <os> (a <loader>), extra after <features> (metadata, cpu/numa)."""
+    arch = arch or ("aarch64" if machine.startswith("virt") else "x86_64")
+    acpi = arch == "x86_64" if acpi is None else acpi
+    features = "<features><acpi/></features>" if acpi else ""
+    os_attr = f" firmware='{firmware}'" if firmware else ""
+    emulator_line = f"    <emulator>/usr/bin/{EMULATORS[arch]}</emulator>\n" if emulator else ""
+    return f"""<domain type='{kind}'>
+  <name>{name}</name>
+  <memory unit='KiB'>{memory_kib}</memory>
+  <vcpu>{vcpu}</vcpu>
+  <os{os_attr}>
+    <type arch='{arch}' machine='{machine}'>hvm</type>{os_extra}
   </os>
   {features}{extra}
   <devices>
-    <emulator>/usr/bin/{emulator}</emulator>
-{devices}
+{emulator_line}{devices}
   </devices>
 </domain>
 """.encode()
 
-    return build
+
+@pytest.fixture
+def guest_xml():
+    """domain_xml as a fixture: guest_xml('q35', devices='<interface .../>')."""
+    return domain_xml
 
 
 def nics(n: int, model: str = "virtio", start: int = 0) -> str:

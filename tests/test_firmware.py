@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO, disks, nics
+from conftest import REPO, disks, domain_xml, nics
 from lxml import etree
 from planning import plan_bytes, text
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
@@ -26,29 +26,13 @@ from planner.stack import EmbeddedLibvirt
 from planner.xmlio import InputError, parse_domain_bytes
 
 realstack = pytest.mark.realstack
-EMULATOR = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
-            "riscv64": "qemu-system-riscv64"}
 OVMF_MS = "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>"
 
 
 def domain(machine: str, devices: str, *, arch: str = "x86_64", firmware: str | None = "efi",
            acpi: bool = True, os_extra: str = "") -> bytes:
-    attr = f" firmware='{firmware}'" if firmware else ""
-    features = "<features><acpi/></features>" if acpi else ""
-    return f"""<domain type='qemu'>
-  <name>fw</name>
-  <memory unit='KiB'>524288</memory>
-  <vcpu>1</vcpu>
-  <os{attr}>
-    <type arch='{arch}' machine='{machine}'>hvm</type>{os_extra}
-  </os>
-  {features}
-  <devices>
-    <emulator>/usr/bin/{EMULATOR[arch]}</emulator>
-{devices}
-  </devices>
-</domain>
-""".encode()
+    return domain_xml(machine, devices, arch=arch, firmware=firmware, acpi=acpi, os_extra=os_extra, vcpu=1,
+                      memory_kib=524288, name="fw")
 
 
 def issue_guest() -> bytes:

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from conftest import libvirt_manifest, nics, shared_cases, test_guests
+from conftest import domain_xml, libvirt_manifest, nics, shared_cases, test_guests
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
@@ -46,13 +46,7 @@ KNOWN_DIFFERENCES = {
 
 
 def guest(machine: str, devices: str, arch: str = "x86_64") -> str:
-    emulator = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
-                "riscv64": "qemu-system-riscv64"}[arch]
-    features = "  <features><acpi/></features>\n" if arch == "x86_64" else ""
-    return (f"<domain type='qemu'>\n  <name>greedy</name>\n  <memory unit='KiB'>1048576</memory>\n"
-            f"  <os>\n    <type arch='{arch}' machine='{machine}'>hvm</type>\n  </os>\n{features}"
-            f"  <devices>\n    <emulator>/usr/bin/{emulator}</emulator>\n{devices}\n"
-            "  </devices>\n</domain>\n")
+    return domain_xml(machine, devices, arch=arch, name="greedy").decode()
 
 
 def pci_address(bus: int, slot: int) -> str:

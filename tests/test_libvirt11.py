@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, libvirt_manifest, shared_cases, test_guests
+from conftest import REPO, domain_xml, libvirt_manifest, shared_cases, test_guests
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -38,18 +38,7 @@ CRYPTO = "<crypto model='virtio' type='qemu'><backend model='builtin' queues='1'
 
 
 def guest(devices: str, machine: str = "q35", extra: str = "") -> bytes:
-    return f"""<domain type='kvm'>
-  <name>kind</name>
-  <memory unit='KiB'>1048576</memory>
-  <vcpu>2</vcpu>
-  <os><type arch='x86_64' machine='{machine}'>hvm</type></os>
-  <features><acpi/></features>{extra}
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    {devices}
-  </devices>
-</domain>
-""".encode()
+    return domain_xml(machine, "    " + devices, extra=extra, kind="kvm", name="kind")
 
 
 def plan_for(version: LibvirtVersion, data: bytes) -> str:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import domain_xml, subprocess_env
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
@@ -50,15 +50,9 @@ def root_port(index: int, slot: int, function: int, hotplug: str | None = None) 
 
 
 def domain(machine: str, devices: str, arch: str = "x86_64") -> str:
-    return f"""<domain type='qemu'>
-  <name>pciplan-test</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='{arch}' machine='{machine}'>hvm</type></os>
-  <devices>
-{devices}
-  </devices>
-</domain>"""
+    """Without ACPI and an <emulator>: libvirt's defaults are part of what these tests judge."""
+    return domain_xml(machine, devices, arch=arch, acpi=False, emulator=False, vcpu=1, memory_kib=131072,
+                      name="pciplan-test").decode()
 
 
 Q35_IMPLICIT = f"<controller type='sata' index='0'>{pci(0, 0x1F, 2)}</controller>"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import needs_shared
+from conftest import domain_xml, needs_shared
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 from test_realstack_plans import _fixpoint
@@ -21,21 +21,7 @@ pytestmark = pytest.mark.realstack
 
 
 def guest(machine: str, devices: str, acpi: bool = True) -> bytes:
-    features = "<features><acpi/></features>" if acpi else ""
-    return f"""<domain type='qemu'>
-  <name>t</name>
-  <memory unit='KiB'>1048576</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='{machine}'>hvm</type>
-  </os>
-  {features}
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-{devices}
-  </devices>
-</domain>
-""".encode()
+    return domain_xml(machine, devices, acpi=acpi, vcpu=1)
 
 
 def pci(bus: int, slot: int, function: int = 0) -> str:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import disks, nics, tool_missing
+from conftest import disks, domain_xml, nics, tool_missing
 
 from planner import show
 from planner.plan import plan_tree
@@ -101,11 +101,7 @@ Q35_DEVICES = """
 
 
 def _domain(machine: str, devices: str, acpi: bool = True, arch: str = "x86_64") -> bytes:
-    features = "<features><acpi/></features>" if acpi else ""
-    return f"""<domain type='qemu'><name>t</name><memory unit='KiB'>1048576</memory>
-  <os><type arch='{arch}' machine='{machine}'>hvm</type></os>{features}
-  <devices>{devices}</devices>
-</domain>""".encode()
+    return domain_xml(machine, devices, arch=arch, acpi=acpi, emulator=False)
 
 
 def _by_address(root: Node) -> dict[str, Node]:

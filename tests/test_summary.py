@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import domain_xml
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -16,14 +17,10 @@ from planner.stack import diff_layouts
 from planner.xmlio import parse_domain_bytes
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "q35-server.xml"
-HEAD = ("<domain type='qemu'>\n  <name>g</name>\n  <memory unit='KiB'>1048576</memory>\n  <vcpu>2</vcpu>\n"
-        "  <os><type arch='x86_64' machine='{machine}'>hvm</type></os>\n  <features><acpi/></features>\n"
-        "  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n")
-TAIL = "  </devices>\n</domain>\n"
 
 
 def guest(machine: str, devices: str) -> bytes:
-    return (HEAD.format(machine=machine) + devices + TAIL).encode()
+    return domain_xml(machine, devices, name="g")
 
 
 def hot_pluggable_shown(data: bytes) -> int:
