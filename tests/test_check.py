@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import SHARED, SHARED_MISSING, libvirt_manifest
+from conftest import SHARED, SHARED_MISSING, domain_xml, libvirt_manifest
 from lxml import etree
 from realstack import real_stack_fixture  # noqa: F401
 
@@ -27,11 +27,6 @@ from planner.xmlio import parse_domain, parse_domain_bytes
 
 LIBVIRT_CASES = SHARED / "cases" / "libvirt"
 
-EMULATORS = {
-    "x86_64": "/usr/bin/qemu-system-x86_64",
-    "aarch64": "/usr/bin/qemu-system-aarch64",
-    "riscv64": "/usr/bin/qemu-system-riscv64",
-}
 # Keeps libvirt from adding devices of its own when the snippets are defined for real.
 QUIET = "<controller type='usb' index='0' model='none'/><memballoon model='none'/>"
 
@@ -41,11 +36,8 @@ QUIET = "<controller type='usb' index='0' model='none'/><memballoon model='none'
 
 
 def dom(devices: str, machine: str = "q35", arch: str = "x86_64", extra: str = "", quiet: bool = True) -> str:
-    return (
-        f"<domain type='qemu'><name>t</name><memory>262144</memory><vcpu>2</vcpu>{extra}"
-        f"<os><type arch='{arch}' machine='{machine}'>hvm</type></os>"
-        f"<devices><emulator>{EMULATORS[arch]}</emulator>{devices}{QUIET if quiet else ''}</devices></domain>"
-    )
+    return domain_xml(machine, devices + (QUIET if quiet else ""), arch=arch, acpi=False, extra=extra,
+                      memory_kib=262144).decode()
 
 
 def addr(bus: int, slot: int, function: int = 0, mf: str | None = None) -> str:

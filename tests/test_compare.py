@@ -6,15 +6,13 @@ import json
 import subprocess
 import sys
 
-from conftest import GUESTS, REPO, nics, subprocess_env
+from conftest import GUESTS, REPO, domain_xml, nics, subprocess_env
 
 from planner.compare import compare
 
 
 def _guest(machine: str, devices: str) -> bytes:
-    return (f"<domain type='qemu'><name>c</name><memory>1048576</memory><os><type arch='x86_64' "
-            f"machine='{machine}'>hvm</type></os><features><acpi/></features><devices>{devices}</devices>"
-            "</domain>").encode()
+    return domain_xml(machine, devices, emulator=False, name="c")
 
 
 def test_greedy_fails_at_240_nics_and_pciplan_succeeds() -> None:
@@ -64,7 +62,7 @@ def test_compare_shows_each_objective_level_in_the_order_used() -> None:
     meta = (f"<metadata><pciplan:constraints {ns}><pciplan:objective order='controllers,hotplug,pcie,buses'/>"
             "</pciplan:constraints></metadata>")
     devices = nics(12, "virtio") + nics(4, "e1000e", start=12)
-    data = _guest("q35", devices).replace(b"<memory>", meta.encode() + b"<memory>")
+    data = domain_xml("q35", devices, emulator=False, name="c", extra=meta)
     c = compare(data, "ordered.xml", greedy="builtin")
     assert c.order == ("controllers", "hotplug", "pcie", "buses")
     rows = table_rows(c)

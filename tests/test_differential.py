@@ -5,6 +5,7 @@ enforce are left out of the comparison (libvirt defines such layouts)."""
 from __future__ import annotations
 
 import pytest
+from conftest import domain_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from realstack import real_stack_fixture  # noqa: F401
@@ -68,8 +69,8 @@ def topologies(draw) -> str:
         parts.append("<controller type='sata' index='0'><address type='pci' domain='0x0000' bus='0x00' "
                      "slot='0x1f' function='0x2'/></controller>")
     parts.append("<controller type='usb' model='none'/><memballoon model='none'/>")
-    return (f"<domain type='qemu'><name>diff</name><memory>262144</memory><os><type arch='x86_64' "
-            f"machine='{machine}'>hvm</type></os><devices>{''.join(parts)}</devices></domain>")
+    return domain_xml(machine, "".join(parts), acpi=False, emulator=False, memory_kib=262144,
+                      name="diff").decode()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

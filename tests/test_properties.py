@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import disk_letters
+from conftest import disk_letters, domain_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from planning import new_errors, plan_bytes, text
@@ -58,10 +58,7 @@ def guests(draw) -> bytes:
         body.append(DEVICE[kind].format(mac=f"52:54:00:00:{n >> 8:02x}:{n & 255:02x}", n=n, dev=dev,
                                         hb=n % 256))
     body.append(balloon)
-    return (f"<domain type='qemu'><name>p</name><memory unit='KiB'>1048576</memory><vcpu>1</vcpu>"
-            f"<os><type arch='{arch}' machine='{machine.split('-')[0]}'>hvm</type></os>"
-            f"{'<features><acpi/></features>' if arch == 'x86_64' else ''}"
-            f"<devices>{''.join(body)}</devices></domain>").encode()
+    return domain_xml(machine.split("-")[0], "".join(body), arch=arch, vcpu=1, emulator=False, name="p")
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
