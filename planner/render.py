@@ -7,7 +7,7 @@ from lxml import etree
 
 from planner.domain import PciAddress, Problem
 from planner.errors import InternalError
-from planner.facts import controller_models
+from planner.facts import PORTS, controller_models
 from planner.layout import BusNode, Layout
 from planner.xmlio import remove_element
 
@@ -95,7 +95,7 @@ def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
     for b in problem.buses.values():
         if b.index in dropped:
             continue  # --replan removed it: its chassis is free again
-        if b.model.name in ("pcie-root-port", "pcie-switch-downstream-port") and b.element is not None:
+        if b.model.name in PORTS and b.element is not None:
             tgt = b.element.find("target")
             value = tgt.get("chassis") if tgt is not None else None
             used.add(int(value, 0) if value is not None else b.index)
