@@ -36,6 +36,11 @@ class ControllerModel:
     def slot_count(self) -> int:
         return self.last_slot - self.first_slot + 1
 
+    def port_number(self, slot: int, function: int) -> int:
+        """The <target port> libvirt gives a port at this address: one that shares its slot with others
+        as functions (pcie-root-port) numbers slot and function, a downstream port just its slot."""
+        return (slot << 3) + function if self.aggregate else slot
+
     def takes(self, connect: str, given: bool) -> bool:
         """May a `connect` type sit on this bus: at an address libvirt picks, or one the user gave?"""
         return connect in (self.accepts_given if given else self.accepts)

@@ -932,15 +932,15 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
     name = MODEL_NAMES.get(model)
     if name and (el.find("model") is None or el.find("model").get("name") is None):
         _child(el, "model").set("name", name)
-    if model == "pci-bridge":
+    m = controller_models()[model]
+    if m.target == "chassisNr":
         tgt = _child(el, "target")
         _default(tgt, "chassisNr", str(index))
-    elif model in ("pcie-root-port", "pcie-switch-downstream-port"):
+    elif m.target == "chassis-port":
         tgt = _child(el, "target")
         _default(tgt, "chassis", str(index))
-        port = (addr.slot << 3) + addr.function if model == "pcie-root-port" else addr.slot
-        _default(tgt, "port", f"0x{port:x}")
-    elif model in ("pci-expander-bus", "pcie-expander-bus"):
+        _default(tgt, "port", f"0x{m.port_number(addr.slot, addr.function):x}")
+    elif m.target == "busNr":
         tgt = _child(el, "target")
         if tgt.get("busNr") is None:
             if lowest_bus_nr <= 2:

@@ -53,7 +53,7 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
     etree.SubElement(el, "model", name=m.qemu)
     if m.target == "chassis-port":
-        port = node.slot * 8 + node.function if node.model == "pcie-root-port" else node.slot
+        port = m.port_number(node.slot, node.function)
         target = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
         if node.hotplug_off:
             target.set("hotplug", "off")  # it holds a device that must not be ejectable
@@ -75,7 +75,7 @@ def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_
     if el.find("model") is None:
         children.append(etree.Element("model", name=m.qemu))
     if el.find("target") is None and m.target == "chassis-port":
-        port = a.slot * 8 + a.function if m.name == "pcie-root-port" else a.slot
+        port = m.port_number(a.slot, a.function)
         chassis = index
         while chassis in chassis_used and len(chassis_used) < 256:
             chassis = (chassis + 1) % 256
