@@ -504,7 +504,7 @@ def _fill_index_gaps(tree: etree._ElementTree, machine: Machine, buses: dict[int
                      referenced: int, notes: list[str]) -> None:
     """libvirt fills every missing index below the highest one with a default controller: do it here."""
     top = max(max(buses), referenced)
-    default = "pcie-root-port" if machine.pcie else "pci-bridge"
+    default = machine.gap_controller
     devices = _devices_element(tree)
     for idx in range(1, top + 1):
         if idx in buses:

@@ -56,6 +56,7 @@ class Machine:
     default_firmware: str  # the firmware a guest of this machine boots when its XML names none
     chipset_io_bytes: int  # I/O BARs of built-in chipset functions on the root bus (not in the XML)
     pxb: str
+    gap_controller: str  # the model libvirt adds for a missing PCI controller index
     spare_pcie_ports: int
     spare_pci_slots: int
     mmio_transports: int
@@ -217,6 +218,7 @@ def machines() -> dict[str, Machine]:
             default_firmware=d["default_firmware"],
             chipset_io_bytes=d.get("chipset_io_bytes", 0),
             pxb=d["pxb"],
+            gap_controller=d["gap_controller"],
             spare_pcie_ports=d["spare_pcie_ports"],
             spare_pci_slots=d["spare_pci_slots"],
             mmio_transports=d["mmio_transports"],

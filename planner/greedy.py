@@ -481,6 +481,7 @@ class _Greedy:
         self.pcie_root = problem.machine.pcie
         self.family = problem.machine.family
         self.implicit_sata = problem.machine.implicit_sata
+        self.gap_controller = problem.machine.gap_controller  # qemuDomainPCIAddressSetCreate's default
         original = {id(el) for el in original_controllers}
         mmio = problem.machine.family.startswith("virt") and _has_mmio(self.devices_el)
         # read_problem fills index gaps itself; libvirt adds those buses on its own schedule: drop them.
@@ -595,7 +596,7 @@ class _Greedy:
             addrs.buses[index].set_model(model, self.bus_hotplug.get(index, True))
         for index, model in self.added.items():
             addrs.buses[index].set_model(model)
-        default = "pcie-root-port" if self.pcie_root else "pci-bridge"
+        default = self.gap_controller
         for bus in addrs.buses[1:]:
             if bus.model is None:
                 bus.set_model(default)
