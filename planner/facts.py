@@ -163,6 +163,9 @@ def given_accepts(accepts: frozenset[str]) -> frozenset[str]:
     return widened | {c for c, instead in like.items() if instead in widened}
 
 
+ROLES = ("root", "port", "switch", "bridge", "expander")
+
+
 @cache
 def controller_models() -> dict[str, ControllerModel]:
     out = {}
@@ -172,6 +175,8 @@ def controller_models() -> dict[str, ControllerModel]:
         clash = [c for c in d["accepts"] if (name, c) in excluded]
         if clash:
             raise ValueError(f"models/controllers.toml: {name} accepts {clash}, excluded by space.toml")
+        if d["role"] not in ROLES:
+            raise ValueError(f"models/controllers.toml: {name} has role '{d['role']}', not one of {ROLES}")
         out[name] = ControllerModel(
             name=name,
             plugs_into=d["plugs_into"],
