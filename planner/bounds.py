@@ -14,13 +14,9 @@ from __future__ import annotations
 from collections import Counter
 
 from planner.errors import Infeasible
-from planner.facts import IO_UNIT, IO_WINDOW_UNITS
+from planner.facts import FUNCTIONS, IO_UNIT, IO_WINDOW_UNITS, MAX_BUS_NUMBERS, PORTS, SLOTS_PER_BUS
 from planner.prepare import Group, Prepared
-from planner.solver.variables import PORTS, pcie_ok
-
-FUNCTIONS = 8
-SLOTS_PER_BUS = 32  # an upper bound for every bus model
-MAX_BUS_NUMBERS = 256
+from planner.solver.variables import pcie_ok
 
 
 def io_free(prep: Prepared, g: Group) -> bool:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from planner.facts import (
+    EXPANDERS,
+    MAX_INDEX,
+    ROOTS,
     ControllerModel,
     DeviceClass,
     Firmware,
@@ -24,7 +27,6 @@ from planner.facts import (
 )
 from planner.xmlio import InputError, remove_element
 
-MAX_INDEX = 255
 USB_SET_FUNCTION = {"ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2, "ich9-ehci1": 7}
 
 
@@ -373,7 +375,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
             addr is not None and addr.get("type") == "ccid") else 0
         if not has_controller("ccid", idx):
             add_controller("ccid", idx)
-    if machine.family == "q35" and not has_controller("sata", 0):
+    if machine.implicit_sata and not has_controller("sata", 0):
         add_controller("sata", 0)
     # qemuDomainDefAddDefaultDevices: the default USB controller whenever none has index 0, even
     # when other USB controllers exist.
@@ -382,7 +384,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
     if devices.find("graphics") is not None and devices.find("video") is None:
         # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
         video = etree.Element("video")
-        etree.SubElement(video, "model", type="cirrus" if machine.x86 else "virtio")
+        etree.SubElement(video, "model", type=machine.default_video)
         _insert_device(devices, video, _BALLOON_AFTER[: _BALLOON_AFTER.index("video")])
         notes.append("added implicit video for the graphical console")
     if machine.implicit_balloon and devices.find("memballoon") is None:
@@ -441,7 +443,7 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
     pci = _controllers(devices, "pci")
     # The root first: libvirt adds it when missing, and it must be index 0.
     for c in pci:
-        if c.get("index") is None and c.get("model") in ("pci-root", "pcie-root"):
+        if c.get("index") is None and c.get("model") in ROOTS:
             set_index(c, 0)
     _assign_indices(devices, "pci")
     buses: dict[int, Bus] = {}
@@ -461,10 +463,10 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
                 )
         elif model_name is None:
             raise InputError(f"{label}: a PCI controller needs a model")
-        elif model_name not in models or model_name in ("pci-root", "pcie-root"):
+        elif model_name not in models or model_name in ROOTS:
             raise InputError(f"{label}: unknown or misplaced PCI controller model '{model_name}'")
         model = models[model_name]
-        if model_name in ("pci-expander-bus", "pcie-expander-bus") and machine.pxb != model_name:
+        if model_name in EXPANDERS and machine.pxb != model_name:
             raise InputError(f"{label}: {model_name} is not supported with machine family {machine.family}")
         addr, bus_pin, other = read_pci_address(c, label)
         if other:
@@ -481,7 +483,7 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
         node = c.find("target/node")
         if node is not None:
             cells = len(tree.getroot().findall("cpu/numa/cell"))
-            if model_name not in ("pci-expander-bus", "pcie-expander-bus"):
+            if model_name not in EXPANDERS:
                 raise InputError(f"{label}: <target><node> is valid only on an expander bus")
             if _int(node.text, label) >= cells:
                 raise InputError(f"{label}: configured for NUMA node {node.text.strip()}, but the domain's "
@@ -502,7 +504,7 @@ def _fill_index_gaps(tree: etree._ElementTree, machine: Machine, buses: dict[int
                      referenced: int, notes: list[str]) -> None:
     """libvirt fills every missing index below the highest one with a default controller: do it here."""
     top = max(max(buses), referenced)
-    default = "pcie-root-port" if machine.pcie else "pci-bridge"
+    default = machine.gap_controller
     devices = _devices_element(tree)
     for idx in range(1, top + 1):
         if idx in buses:
@@ -561,8 +563,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
         return "", ""
     if kind == "video":
         m = el.find("model")
-        default = "cirrus" if machine.x86 else "virtio"  # libvirt 9.0's default video model
-        return "video", (m.get("type") if m is not None and m.get("type") else default)
+        return "video", (m.get("type") if m is not None and m.get("type") else machine.default_video)
     if kind == "sound":
         return "sound", el.get("model") or ""
     if kind == "watchdog":
@@ -749,7 +750,7 @@ def read_problem(tree: etree._ElementTree, firmware_override: str | None = None)
     if len(root.findall("devices/watchdog")) > 1:
         raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
     devices_el = _devices_element(tree)
-    user_pci = any(c.get("model") not in ("pci-root", "pcie-root") for c in _controllers(devices_el, "pci"))
+    user_pci = any(c.get("model") not in ROOTS for c in _controllers(devices_el, "pci"))
     # Index the user's controllers first: libvirt numbers them before it adds implicit ones.
     _assign_usb_indices(devices_el)
     for ctype in ("scsi", "sata", "ide", "virtio-serial"):

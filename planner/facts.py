@@ -28,10 +28,22 @@ class ControllerModel:
     qemu: str
     aggregate: bool = False
     target: str = ""
+    role: str = ""  # root | port | switch | bridge | expander (models/controllers.toml)
+    libvirt_hotplug: bool = False  # libvirt's own view of hotplug, where QEMU's differs (pxb)
+    accepts_given: frozenset[str] = frozenset()  # what it takes at an address the user gave
 
     @property
     def slot_count(self) -> int:
         return self.last_slot - self.first_slot + 1
+
+    def port_number(self, slot: int, function: int) -> int:
+        """The <target port> libvirt gives a port at this address: one that shares its slot with others
+        as functions (pcie-root-port) numbers slot and function, a downstream port just its slot."""
+        return (slot << 3) + function if self.aggregate else slot
+
+    def takes(self, connect: str, given: bool) -> bool:
+        """May a `connect` type sit on this bus: at an address libvirt picks, or one the user gave?"""
+        return connect in (self.accepts_given if given else self.accepts)
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class Machine:
     default_firmware: str  # the firmware a guest of this machine boots when its XML names none
     chipset_io_bytes: int  # I/O BARs of built-in chipset functions on the root bus (not in the XML)
     pxb: str
+    gap_controller: str  # the model libvirt adds for a missing PCI controller index
     spare_pcie_ports: int
     spare_pci_slots: int
     mmio_transports: int
@@ -53,6 +66,12 @@ class Machine:
     default_scsi: str
     implicit_usb: bool
     implicit_balloon: bool
+    default_video: str = ""  # the video model libvirt picks for a <video> without one
+    implicit_sata: bool = False  # libvirt adds SATA controller 0 (at its fixed place)
+    # root-bus functions the chipset has that the XML does not list: (slot, function) -> name; and
+    # those the XML's own element of a kind takes instead ("controller:ide": pc's IDE at 01.1)
+    chipset: dict[tuple[int, int], str] = field(default_factory=dict)
+    chipset_owner: dict[tuple[int, int], str] = field(default_factory=dict)
     pcie_always: bool = False
     fixed: dict[str, tuple[int, int]] = field(default_factory=dict)
     conventions: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -92,6 +111,13 @@ class DeviceClass:
 IO_UNIT = 32
 IO_WINDOW_UNITS = 4096 // IO_UNIT
 
+# Limits of PCI itself, whatever the machine: functions of a slot, slots of a bus, bus numbers of a
+# PCI domain, and libvirt's highest PCI controller index (its bus number, at most 255).
+FUNCTIONS = 8
+SLOTS_PER_BUS = 32
+MAX_BUS_NUMBERS = 256
+MAX_INDEX = 255
+
 
 @dataclass(frozen=True)
 class Firmware:
@@ -123,6 +149,24 @@ def space_exclusions() -> dict[tuple[str, str], str]:
 
 
 @cache
+def given_rule() -> tuple[frozenset[str], dict[str, str]]:
+    """libvirt's looser rule for an address the user gave (models/space.toml [given]): (endpoint
+    connect types a bus taking one of them takes all of, {connect type: the type it may go in place of})."""
+    d = _load("space.toml")["given"]
+    return frozenset(d["endpoints"]), dict(d["like"])
+
+
+def given_accepts(accepts: frozenset[str]) -> frozenset[str]:
+    """What a bus that accepts `accepts` when libvirt places takes at an address the user gave."""
+    endpoints, like = given_rule()
+    widened = accepts | endpoints if accepts & endpoints else accepts
+    return widened | {c for c, instead in like.items() if instead in widened}
+
+
+ROLES = ("root", "port", "switch", "bridge", "expander")
+
+
+@cache
 def controller_models() -> dict[str, ControllerModel]:
     out = {}
     excluded = space_exclusions()
@@ -131,6 +175,8 @@ def controller_models() -> dict[str, ControllerModel]:
         clash = [c for c in d["accepts"] if (name, c) in excluded]
         if clash:
             raise ValueError(f"models/controllers.toml: {name} accepts {clash}, excluded by space.toml")
+        if d["role"] not in ROLES:
+            raise ValueError(f"models/controllers.toml: {name} has role '{d['role']}', not one of {ROLES}")
         out[name] = ControllerModel(
             name=name,
             plugs_into=d["plugs_into"],
@@ -145,8 +191,23 @@ def controller_models() -> dict[str, ControllerModel]:
             qemu=d["qemu"],
             aggregate=d.get("aggregate", False),
             target=d.get("target", ""),
+            role=d["role"],
+            libvirt_hotplug=d.get("libvirt_hotplug", d["hotplug"]),
+            accepts_given=given_accepts(frozenset(d["accepts"])),
         )
     return out
+
+
+def models_in_role(role: str) -> tuple[str, ...]:
+    """The controller models of one role, in models/controllers.toml's order."""
+    return tuple(name for name, m in controller_models().items() if m.role == role)
+
+
+ROOTS = models_in_role("root")  # index 0, the machine's own: never added, moved or removed
+PORTS = models_in_role("port")  # PCIe hot-plug ports: one device each, one chassis namespace
+EXPANDERS = models_in_role("expander")  # a root bus of their own, with a busNr and a NUMA node
+# The slots of a bridge pciplan adds (pci-bridge or pcie-to-pci-bridge: the solver pools them alike)
+SLOTS_PER_BRIDGE = min(controller_models()[m].slot_count for m in ("pci-bridge", "pcie-to-pci-bridge"))
 
 
 @cache
@@ -162,6 +223,7 @@ def machines() -> dict[str, Machine]:
             default_firmware=d["default_firmware"],
             chipset_io_bytes=d.get("chipset_io_bytes", 0),
             pxb=d["pxb"],
+            gap_controller=d["gap_controller"],
             spare_pcie_ports=d["spare_pcie_ports"],
             spare_pci_slots=d["spare_pci_slots"],
             mmio_transports=d["mmio_transports"],
@@ -171,6 +233,11 @@ def machines() -> dict[str, Machine]:
             default_scsi=d["default_scsi"],
             implicit_usb=d["implicit_usb"],
             implicit_balloon=d["implicit_balloon"],
+            default_video=d["default_video"],
+            implicit_sata=d.get("implicit_sata", False),
+            chipset={(c["slot"], c["function"]): c["name"] for c in d.get("chipset", [])},
+            chipset_owner={(c["slot"], c["function"]): c["owner"]
+                           for c in d.get("chipset", []) if "owner" in c},
             pcie_always=d.get("pcie_always", False),
             fixed={k: (v[0], v[1]) for k, v in d.get("fixed", {}).items()},
             conventions={k: tuple(v) for k, v in d.get("conventions", {}).items()},

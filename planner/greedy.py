@@ -46,11 +46,12 @@ from planner.domain import (
     PciAddress,
     _assign_indices,
     _assign_usb_indices,
+    _machine,
     disk_name_index,
     read_pci_address,
     read_problem,
 )
-from planner.facts import device_class
+from planner.facts import ControllerModel, controller_models, device_class, given_rule
 from planner.xmlio import InputError, parse_domain_bytes, remove_element, serialize_text
 
 # ------------------------------------------------------------------ connect flags (src/conf/domain_addr.h)
@@ -69,50 +70,44 @@ PCI_EXPANDER_BUS = 1 << 10
 PCIE_EXPANDER_BUS = 1 << 11
 PCI_BRIDGE = 1 << 12
 PCIE_TO_PCI_BRIDGE = 1 << 13
-TYPES_ENDPOINT = PCI_DEVICE | PCIE_DEVICE
 TYPES_MASK = (PCI_DEVICE | PCIE_DEVICE | PCIE_ROOT_PORT | PCIE_SWITCH_UPSTREAM_PORT
               | PCIE_SWITCH_DOWNSTREAM_PORT | DMI_TO_PCI_BRIDGE | PCI_EXPANDER_BUS | PCIE_EXPANDER_BUS
               | PCI_BRIDGE | PCIE_TO_PCI_BRIDGE)
-
-# What a controller model needs upstream (virDomainPCIControllerModelToConnectType).
-CONTROLLER_CONNECT = {
-    "pci-bridge": PCI_BRIDGE,
-    "pci-expander-bus": PCI_EXPANDER_BUS,
-    "pcie-expander-bus": PCIE_EXPANDER_BUS,
-    "dmi-to-pci-bridge": DMI_TO_PCI_BRIDGE,
-    "pcie-to-pci-bridge": PCIE_TO_PCI_BRIDGE,
-    "pcie-root-port": PCIE_ROOT_PORT | AGGREGATE_SLOT,
+# The connect types of models/controllers.toml as libvirt's bits: the catalogue is the one source of
+# what plugs where, and the algebra below is derived from it at import, as domain_addr.c keeps one.
+CONNECT_FLAG = {
+    "pci-device": PCI_DEVICE, "pcie-device": PCIE_DEVICE, "pcie-root-port": PCIE_ROOT_PORT,
     "pcie-switch-upstream-port": PCIE_SWITCH_UPSTREAM_PORT,
-    "pcie-switch-downstream-port": PCIE_SWITCH_DOWNSTREAM_PORT,
+    "pcie-switch-downstream-port": PCIE_SWITCH_DOWNSTREAM_PORT, "dmi-to-pci-bridge": DMI_TO_PCI_BRIDGE,
+    "pci-expander-bus": PCI_EXPANDER_BUS, "pcie-expander-bus": PCIE_EXPANDER_BUS, "pci-bridge": PCI_BRIDGE,
+    "pcie-to-pci-bridge": PCIE_TO_PCI_BRIDGE,
 }
 
-# What each bus offers downstream, and its slot range (virDomainPCIAddressBusSetModel).
-_ANY_SLOT = (0, 31)
-_PORT_FLAGS = AUTOASSIGN | PCIE_DEVICE | PCIE_SWITCH_UPSTREAM_PORT | PCIE_TO_PCI_BRIDGE  # one slot: 0
-BUS_MODELS: dict[str, tuple[int, tuple[int, int], bool]] = {  # model -> (flags, slots, hotplug-capable)
-    "pci-root": (AUTOASSIGN | PCI_DEVICE | PCI_BRIDGE | PCI_EXPANDER_BUS, (1, 31), True),
-    "pci-bridge": (AUTOASSIGN | PCI_DEVICE | PCI_BRIDGE, (1, 31), True),
-    "pci-expander-bus": (AUTOASSIGN | PCI_DEVICE | PCI_BRIDGE, _ANY_SLOT, True),
-    "pcie-root": (PCIE_DEVICE | PCIE_ROOT_PORT | DMI_TO_PCI_BRIDGE | PCIE_EXPANDER_BUS, (1, 31), False),
-    "dmi-to-pci-bridge": (PCI_DEVICE | PCI_BRIDGE, _ANY_SLOT, False),
-    "pcie-to-pci-bridge": (AUTOASSIGN | PCI_DEVICE | PCI_BRIDGE, (1, 31), True),
-    "pcie-root-port": (_PORT_FLAGS, (0, 0), True),
-    "pcie-switch-downstream-port": (_PORT_FLAGS, (0, 0), True),
-    "pcie-switch-upstream-port": (PCIE_SWITCH_DOWNSTREAM_PORT, _ANY_SLOT, False),
-    "pcie-expander-bus": (PCIE_ROOT_PORT | DMI_TO_PCI_BRIDGE, _ANY_SLOT, False),
-}
 
+def _flags(connects: frozenset[str]) -> int:
+    out = 0
+    for c in connects:
+        out |= CONNECT_FLAG[c]
+    return out
+
+
+def _bus_model(m: ControllerModel) -> tuple[int, tuple[int, int], bool]:
+    flags = (AUTOASSIGN if m.autoassign else 0) | _flags(m.accepts)
+    return flags, (m.first_slot, m.last_slot), m.libvirt_hotplug
+
+
+# What each bus offers downstream, its slot range, whether it may hot-plug (virDomainPCIAddressBusSetModel).
+BUS_MODELS: dict[str, tuple[int, tuple[int, int], bool]] = {
+    name: _bus_model(m) for name, m in controller_models().items()}
+# What a controller model needs upstream (virDomainPCIControllerModelToConnectType).
+CONTROLLER_CONNECT = {name: CONNECT_FLAG[m.plugs_into] | (AGGREGATE_SLOT if m.aggregate else 0)
+                      for name, m in controller_models().items() if m.plugs_into}
 # The <model name> libvirt fills in (qemuDomainPCIControllerSetDefaultModelName).
-MODEL_NAMES = {
-    "pci-bridge": "pci-bridge",
-    "dmi-to-pci-bridge": "i82801b11-bridge",
-    "pcie-to-pci-bridge": "pcie-pci-bridge",
-    "pcie-root-port": "pcie-root-port",
-    "pcie-switch-upstream-port": "x3130-upstream",
-    "pcie-switch-downstream-port": "xio3130-downstream",
-    "pci-expander-bus": "pxb",
-    "pcie-expander-bus": "pxb-pcie",
-}
+MODEL_NAMES = {name: m.qemu for name, m in controller_models().items() if m.qemu}
+# libvirt's rule for a user-given address (models/space.toml [given]): a bus with one endpoint bit gets
+# them all; a device with a `like` bit may also go where that type may.
+_GIVEN_ENDPOINTS = _flags(given_rule()[0])
+_GIVEN_LIKE = tuple((CONNECT_FLAG[c], CONNECT_FLAG[like]) for c, like in given_rule()[1].items())
 
 # Connect-type names in libvirt's "It requires a controller that accepts a ..." message, checked in order.
 _CONNECT_NAMES = (
@@ -217,10 +212,11 @@ def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: b
         bus_flags |= AUTOASSIGN  # an integrated device may sit on pcie-root
     if from_config:
         # a user-given address may put a PCI device on a PCIe slot and vice versa, a pci-bridge anywhere
-        if bus_flags & TYPES_ENDPOINT:
-            bus_flags |= TYPES_ENDPOINT
-        if dev_flags & PCI_BRIDGE:
-            dev_flags |= PCI_DEVICE
+        if bus_flags & _GIVEN_ENDPOINTS:
+            bus_flags |= _GIVEN_ENDPOINTS
+        for bit, like in _GIVEN_LIKE:
+            if dev_flags & bit:
+                dev_flags |= like
     elif dev_flags & AUTOASSIGN and not bus_flags & AUTOASSIGN:
         return (f"The device at PCI address {s} was auto-assigned this address, but the PCI controller "
                 f"with index='{addr.bus}' doesn't allow auto-assignment")
@@ -484,6 +480,8 @@ class _Greedy:
         self.devices_el = tree.getroot().find("devices")
         self.pcie_root = problem.machine.pcie
         self.family = problem.machine.family
+        self.implicit_sata = problem.machine.implicit_sata
+        self.gap_controller = problem.machine.gap_controller  # qemuDomainPCIAddressSetCreate's default
         original = {id(el) for el in original_controllers}
         mmio = problem.machine.family.startswith("virt") and _has_mmio(self.devices_el)
         # read_problem fills index gaps itself; libvirt adds those buses on its own schedule: drop them.
@@ -535,7 +533,7 @@ class _Greedy:
         """The order libvirt adds implicit controllers: the QEMU driver's defaults (USB, SATA 0 on q35,
         the PCI root) in qemuDomainDefAddDefaultDevices, then virDomainDefAddImplicitControllers'."""
         ctype = el.get("type") or ""
-        if ctype == "sata" and self.family == "q35" and el.get("index") == "0":
+        if ctype == "sata" and self.implicit_sata and el.get("index") == "0":
             return 1
         return IMPLICIT_ORDER.index(ctype) if ctype in IMPLICIT_ORDER else len(IMPLICIT_ORDER)
 
@@ -598,7 +596,7 @@ class _Greedy:
             addrs.buses[index].set_model(model, self.bus_hotplug.get(index, True))
         for index, model in self.added.items():
             addrs.buses[index].set_model(model)
-        default = "pcie-root-port" if self.pcie_root else "pci-bridge"
+        default = self.gap_controller
         for bus in addrs.buses[1:]:
             if bus.model is None:
                 bus.set_model(default)
@@ -935,15 +933,15 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
     name = MODEL_NAMES.get(model)
     if name and (el.find("model") is None or el.find("model").get("name") is None):
         _child(el, "model").set("name", name)
-    if model == "pci-bridge":
+    m = controller_models()[model]
+    if m.target == "chassisNr":
         tgt = _child(el, "target")
         _default(tgt, "chassisNr", str(index))
-    elif model in ("pcie-root-port", "pcie-switch-downstream-port"):
+    elif m.target == "chassis-port":
         tgt = _child(el, "target")
         _default(tgt, "chassis", str(index))
-        port = (addr.slot << 3) + addr.function if model == "pcie-root-port" else addr.slot
-        _default(tgt, "port", f"0x{port:x}")
-    elif model in ("pci-expander-bus", "pcie-expander-bus"):
+        _default(tgt, "port", f"0x{m.port_number(addr.slot, addr.function):x}")
+    elif m.target == "busNr":
         tgt = _child(el, "target")
         if tgt.get("busNr") is None:
             if lowest_bus_nr <= 2:
@@ -955,15 +953,16 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
 
 
 def _add_implicit_video(devices: etree._Element, tree: etree._ElementTree) -> None:
-    """virDomainDefAddImplicitVideo: graphics without a video get the default video (read_problem does
-    not add it). Its default type is cirrus on x86 and virtio elsewhere in libvirt 9.0 with QEMU 7.2."""
+    """virDomainDefAddImplicitVideo: graphics without a video get the machine's default video
+    (read_problem does not add it)."""
     if devices.find("graphics") is None or devices.find("video") is not None:
         return
-    ostype = tree.getroot().find("os/type")
-    arch = ostype.get("arch") if ostype is not None else None
+    try:
+        machine, _arch = _machine(tree)
+    except InputError:
+        return  # read_problem refuses the machine, with its own message
     video = etree.Element("video")
-    etree.SubElement(video, "model", type="cirrus" if arch in (None, "x86_64", "i686") else "virtio",
-                     heads="1", primary="yes")
+    etree.SubElement(video, "model", type=machine.default_video, heads="1", primary="yes")
     after = [c for c in devices if c.tag in ("graphics", "sound", "audio")]
     _insert_child(devices, video, devices.index(after[-1]) + 1)
 

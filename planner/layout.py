@@ -7,12 +7,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from planner.domain import Device, PciAddress
+from planner.facts import FUNCTIONS, PORTS
 from planner.prepare import Prepared
 from planner.solver.pool import split
 from planner.solver.solve import SolveResult, pool_content
-from planner.solver.variables import PORTS, PortPool, group_allowed_on, needs_port_window
-
-FUNCTIONS = 8
+from planner.solver.variables import PortPool, group_allowed_on, needs_port_window
 
 
 @dataclass(eq=False)

@@ -12,9 +12,8 @@ from lxml import etree
 
 from planner.check import WARNING_RULES, check_domain
 from planner.domain import Bus, PciAddress, read_problem
+from planner.facts import PORTS, ROOTS
 from planner.show import build_tree, summary
-
-PORTS = ("pcie-root-port", "pcie-switch-downstream-port")  # PCIe hot-plug ports: one device each
 
 
 @dataclass
@@ -36,7 +35,7 @@ class LayoutMetrics:
 def pci_controllers(tree: etree._ElementTree) -> Counter:
     """PCI controllers by model, the root excepted (both planners add it when missing)."""
     return Counter(c.get("model") for c in tree.getroot().iter("controller")
-                   if c.get("type") == "pci" and c.get("model") not in ("pci-root", "pcie-root"))
+                   if c.get("type") == "pci" and c.get("model") not in ROOTS)
 
 
 def measure(before: etree._ElementTree, after: etree._ElementTree,

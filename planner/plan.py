@@ -12,11 +12,11 @@ from planner import convert, rules
 from planner.bounds import check_bounds
 from planner.domain import read_problem
 from planner.errors import Infeasible, InternalError
-from planner.facts import IO_UNIT
+from planner.facts import IO_UNIT, ROOTS
 from planner.layout import unfold
 from planner.metrics import Headroom, headroom
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
-from planner.prepare import CHIPSET, prepare
+from planner.prepare import prepare
 from planner.render import render, set_virtio_mmio
 from planner.solver import solve
 from planner.solver.solve import hotpluggable_count
@@ -269,7 +269,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         raise
     layout = unfold(prep, result)
     _number_new_expanders(prep, layout)
-    chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
+    chipset = {(0, slot) for (slot, _fn) in problem.machine.chipset}
     render(problem, layout, chipset)
     for d in prep.mmio:
         set_virtio_mmio(d.element)
@@ -355,7 +355,7 @@ def _io_budget_units(prep, result) -> int:
 def _replan_hint(original: etree._ElementTree, options: PlanOptions) -> list[str]:
     """For an infeasible plan of a guest with given addresses: whether --replan would plan it."""
     if options.replan or (original.getroot().find("devices/*/address[@type='pci']") is None and not any(
-            c.get("model") not in ("pci-root", "pcie-root")
+            c.get("model") not in ROOTS
             for c in original.getroot().iterfind("devices/controller[@type='pci']"))):
         return []
     try:  # a plain solve: the explanations of a failing re-plan would cost many more
@@ -394,7 +394,7 @@ def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
     from planner.check import WARNING_RULES, check_domain
 
     pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
-        c.get("model") not in ("pci-root", "pcie-root") for c in original.getroot().iterfind(
+        c.get("model") not in ROOTS for c in original.getroot().iterfind(
             "devices/controller[@type='pci']"))
     found = check_domain(tree)  # warnings too, whoever chose the addresses: plan says what check says
     warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]

@@ -10,15 +10,10 @@ from lxml import etree
 
 from planner.domain import Bus, Device, PciAddress, Problem, endpoint_of
 from planner.errors import Infeasible
-from planner.facts import IO_UNIT, IO_WINDOW_UNITS, controller_models, device_class
+from planner.facts import EXPANDERS, IO_UNIT, IO_WINDOW_UNITS, PORTS, controller_models, device_class
 from planner.options import RESERVE_DEFAULT_MODEL, PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
-
-EXPANDERS = ("pci-expander-bus", "pcie-expander-bus")
-CHIPSET = {"q35": {(0x1F, 0): "ICH9 LPC", (0x1F, 3): "ICH9 SMBus"},
-           "pc": {(0x01, 0): "PIIX3 ISA", (0x01, 1): "PIIX3 IDE", (0x01, 3): "PIIX3 ACPI"}}
-FIXED_OWNERS = {"q35": set(), "pc": {(0x01, 1)}}  # the IDE controller 0 is the chipset's own IDE
 
 
 @dataclass
@@ -158,18 +153,6 @@ class Prepared:
         return None
 
 
-def _accepts(parent: Bus, connect: str, from_config: bool) -> bool:
-    acc = parent.model.accepts
-    if connect in acc:
-        return True
-    if not from_config:
-        return False
-    # libvirt is permissive with user-given addresses: any endpoint bus takes either endpoint kind,
-    # and a pci-bridge may go wherever an endpoint may.
-    endpoint_bus = bool(acc & {"pci-device", "pcie-device"})
-    return endpoint_bus and connect in ("pci-device", "pcie-device", "pci-bridge")
-
-
 def _device_connect(d: Device) -> str:
     return "pcie-device" if d.endpoint == "pcie" else "pci-device"
 
@@ -183,10 +166,10 @@ def _check_slot(parent: Bus, a: PciAddress, who: str) -> None:
 
 
 def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Droppable]) -> None:
-    fam = problem.machine.family
+    machine = problem.machine
     root = states[0]
-    for (slot, fn), what in CHIPSET.get(fam, {}).items():
-        if (slot, fn) not in FIXED_OWNERS.get(fam, set()):
+    for (slot, fn), what in machine.chipset.items():
+        if (slot, fn) not in machine.chipset_owner:
             root.occupy(slot, fn, what)
     for b in sorted(problem.buses.values(), key=lambda b: b.index):
         if b.address is None:
@@ -194,7 +177,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
         parent = problem.buses.get(b.address.bus)
         if parent is None:
             raise InputError(f"{b.label}: its address names bus {b.address.bus}, which no controller has")
-        if not _accepts(parent, b.model.plugs_into, from_config=True):
+        if not parent.model.takes(b.model.plugs_into, given=True):
             raise InputError(
                 f"{b.label}: cannot be plugged into {parent.label}; it requires a controller that "
                 f"accepts a {b.model.plugs_into}"
@@ -229,7 +212,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
             parent = problem.buses.get(a.bus)
             if parent is None:
                 raise InputError(f"{member.label}: its address names bus {a.bus}, which no controller has")
-            if not _accepts(parent, _device_connect(member), from_config=True):
+            if not parent.model.takes(_device_connect(member), given=True):
                 raise InputError(
                     f"{member.label}: the device at PCI address {a} cannot be plugged into {parent.label}"
                 )
@@ -237,9 +220,10 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
                 raise InputError(f"{member.label}: needs to be an integrated device (bus=0)")
             _check_slot(parent, a, member.label)
             st = states[a.bus]
-            is_ide = member.kind == "controller" and member.element.get("type") == "ide"
-            if a.bus == 0 and (a.slot, a.function) in FIXED_OWNERS.get(fam, set()) and not is_ide:
-                raise InputError(f"{member.label}: PCI address {a} belongs to the chipset (PIIX3 IDE)")
+            owner = machine.chipset_owner.get((a.slot, a.function)) if a.bus == 0 else None
+            if owner is not None and f"{member.kind}:{member.element.get('type')}" != owner:
+                raise InputError(f"{member.label}: PCI address {a} belongs to the chipset "
+                                 f"({machine.chipset[a.slot, a.function]})")
             st.occupy(a.slot, a.function, member.label, drop)
             st.root_port_slots.discard(a.slot)
             if drop is None and member.io_on_port:
@@ -259,7 +243,7 @@ def _place_user_controllers(problem: Problem, states: dict[int, BusState]) -> di
             continue
         candidates = [p for p in sorted(problem.buses.values(), key=lambda p: p.index)
                       if p.index < b.index and (b.bus_pin is None or p.index == b.bus_pin)
-                      and _accepts(p, b.model.plugs_into, from_config=b.bus_pin is not None)]
+                      and p.model.takes(b.model.plugs_into, given=b.bus_pin is not None)]
         address = None
         for p in candidates:
             st = states[p.index]
@@ -370,7 +354,7 @@ def _fixed_io(problem: Problem, states: dict[int, BusState]) -> tuple[int, int]:
         st = states[b.index]
         if b.droppable or b.index == 0:
             continue  # a droppable controller's window is counted in the model, if it is kept
-        port = b.model.name in ("pcie-root-port", "pcie-switch-downstream-port")
+        port = b.model.name in PORTS
         if b.model.io_window:
             least = 0 if st.window_child else 1
             units += IO_WINDOW_UNITS * max(least, -(-st.io_units // IO_WINDOW_UNITS))

@@ -7,7 +7,7 @@ from lxml import etree
 
 from planner.domain import PciAddress, Problem
 from planner.errors import InternalError
-from planner.facts import controller_models
+from planner.facts import PORTS, controller_models
 from planner.layout import BusNode, Layout
 from planner.xmlio import remove_element
 
@@ -53,7 +53,7 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
     etree.SubElement(el, "model", name=m.qemu)
     if m.target == "chassis-port":
-        port = node.slot * 8 + node.function if node.model == "pcie-root-port" else node.slot
+        port = m.port_number(node.slot, node.function)
         target = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
         if node.hotplug_off:
             target.set("hotplug", "off")  # it holds a device that must not be ejectable
@@ -75,7 +75,7 @@ def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_
     if el.find("model") is None:
         children.append(etree.Element("model", name=m.qemu))
     if el.find("target") is None and m.target == "chassis-port":
-        port = a.slot * 8 + a.function if m.name == "pcie-root-port" else a.slot
+        port = m.port_number(a.slot, a.function)
         chassis = index
         while chassis in chassis_used and len(chassis_used) < 256:
             chassis = (chassis + 1) % 256
@@ -95,7 +95,7 @@ def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
     for b in problem.buses.values():
         if b.index in dropped:
             continue  # --replan removed it: its chassis is free again
-        if b.model.name in ("pcie-root-port", "pcie-switch-downstream-port") and b.element is not None:
+        if b.model.name in PORTS and b.element is not None:
             tgt = b.element.find("target")
             value = tgt.get("chassis") if tgt is not None else None
             used.add(int(value, 0) if value is not None else b.index)

@@ -6,9 +6,10 @@ range, so kept indices stay contiguous and no device on a kept controller change
 from __future__ import annotations
 
 from planner.domain import Device, PciAddress, Problem
+from planner.facts import EXPANDERS, ROOTS
 from planner.xmlio import remove_element
 
-NOT_MANAGED = ("pci-root", "pcie-root", "pci-expander-bus", "pcie-expander-bus")
+NOT_MANAGED = ROOTS + EXPANDERS
 
 
 def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list[int]]:

@@ -34,6 +34,7 @@ from planner.check import (
     FIRMWARE_LABEL,
     PC,
     PORT_MODELS,
+    PXB_MODELS,
     Q35,
     ROOT_MODEL,
     SLOT_RANGE,
@@ -390,7 +391,6 @@ def _mark_io_windows(root: Node) -> None:
                 node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
 
 
-EXPANDERS = ("pcie-expander-bus", "pci-expander-bus")
 
 
 def _mark_padding(root: Node, acpi: bool) -> None:
@@ -416,7 +416,7 @@ def _on_host_bridge(root: Node, node: Node) -> bool:
     """node sits directly on the root bus or on an expander bus (its window is a top-level one)."""
     parents = {id(c): p for p in root.walk() for c in p.children}
     parent = parents.get(id(node))
-    return parent is not None and (parent is root or parent.model in EXPANDERS)
+    return parent is not None and (parent is root or parent.model in PXB_MODELS)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -585,7 +585,7 @@ def test_option_defaults() -> None:
 # ---------------------------------------------------------------- constants and smaller examples
 
 def test_constants_the_readme_quotes() -> None:
-    from planner.solver.constraints import FUNCTIONS, MAX_BUS_NUMBERS, MAX_INDEX
+    from planner.facts import FUNCTIONS, MAX_BUS_NUMBERS, MAX_INDEX
     from planner.solver.solve import MAX_CUTS
     from planner.stack.firmware import UEFI_SECONDS
     from planner.stack.model import MAX_HOTPLUG_PROBES
@@ -798,7 +798,7 @@ def test_firmware_apertures_and_measured_spares() -> None:
 
 
 def test_function_bound_and_ehci_function() -> None:
-    from planner.bounds import FUNCTIONS, SLOTS_PER_BUS
+    from planner.facts import FUNCTIONS, SLOTS_PER_BUS
 
     m = passage(r"the functions to place, against (\d+) per free slot plus (\d+) per bus number left")
     assert (int(m[1]), int(m[2])) == (FUNCTIONS, FUNCTIONS * SLOTS_PER_BUS)

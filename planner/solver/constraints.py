@@ -6,15 +6,18 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from planner.facts import IO_WINDOW_UNITS
+from planner.facts import (
+    EXPANDERS,
+    FUNCTIONS,
+    IO_WINDOW_UNITS,
+    MAX_BUS_NUMBERS,
+    MAX_INDEX,
+    PORTS,
+    SLOTS_PER_BRIDGE,
+)
 from planner.prepare import Prepared
 from planner.solver import cpmodel as cp_model
-from planner.solver.variables import PORTS, Variables, needs_port_window, new_bridges, new_controllers
-
-SLOTS_PER_BRIDGE = 31
-FUNCTIONS = 8
-MAX_BUS_NUMBERS = 256
-MAX_INDEX = 255
+from planner.solver.variables import Variables, needs_port_window, new_bridges, new_controllers
 
 
 @dataclass
@@ -265,7 +268,7 @@ def bus_nr_of(prep: Prepared) -> dict[int, int]:
     """busNr of every expander bus, with libvirt's defaults (254, 252, … below the lowest given)."""
     out: dict[int, int] = {}
     pxbs = sorted(b.index for b in prep.problem.buses.values()
-                  if b.model.name in ("pci-expander-bus", "pcie-expander-bus"))
+                  if b.model.name in EXPANDERS)
     for i in pxbs:
         if prep.problem.buses[i].bus_nr is not None:
             out[i] = prep.problem.buses[i].bus_nr  # type: ignore[assignment]

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.facts import PORTS
 from planner.options import OBJECTIVE_DEFAULT
 from planner.prepare import Prepared
 from planner.solver import cpmodel as cp_model
 from planner.solver.variables import (
-    PORTS,
     Variables,
     hotpluggable_placements,
     new_controllers,

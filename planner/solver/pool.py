@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.facts import IO_WINDOW_UNITS
+from planner.facts import FUNCTIONS, IO_WINDOW_UNITS, SLOTS_PER_BRIDGE
 from planner.solver import cpmodel as cp_model
 
-SLOTS_PER_BRIDGE = 31
 DETERMINISTIC_LIMIT = 5.0  # CP-SAT work units (about seconds); these models settle in milliseconds
-FUNCTIONS = 8
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planner.facts import PORTS
 from planner.prepare import Group, Prepared
 from planner.solver import cpmodel as cp_model
 
-PORTS = ("pcie-root-port", "pcie-switch-downstream-port")
 IntVar = cp_model.IntVar
 
 
@@ -43,8 +43,10 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     bus = prep.problem.buses[e]
     acc = bus.model.accepts
     k = g.key
+    # a bus pin or a named connection is a place the user gave: libvirt's looser rule applies
+    given = bus.model.takes(f"{k.endpoint}-device", given=True)
     if k.bus_pin is not None:
-        return e == k.bus_pin and bool(acc & {"pci-device", "pcie-device"})
+        return e == k.bus_pin and given
     if k.integrated:
         return e == 0
     if k.numa is not None and prep.numa_of_hierarchy(e) != k.numa:
@@ -52,8 +54,7 @@ def group_allowed_on(prep: Prepared, g: Group, e: int) -> bool:
     if k.connection is not None:
         if bus.model.name != k.connection:
             return False
-        # the user named the connection: libvirt's permissive rules for given places apply
-        return bool(acc & {"pci-device", "pcie-device"}) and not (k.hotplug == "no" and bus.hotplug)
+        return given and not (k.hotplug == "no" and bus.hotplug)
     if k.hotplug == "no" and bus.hotplug:
         return False  # it could be ejected there
     if k.whole_slot:
