@@ -109,6 +109,27 @@ app = _Guarded(
 )
 
 
+# Options several commands take, each defined once here (planner.cli_options checks their values). The
+# firmware names are the tables of models/firmware.toml: a firmware added there is listed without a change
+# here.
+def _firmware_help() -> str:
+    from planner.facts import firmware_names
+
+    return (f"Plan and judge for this firmware's PCI budgets: {', '.join(firmware_names())} "
+            "(models/firmware.toml), any case (default: the one each guest boots; x86 SeaBIOS, aarch64 "
+            "AAVMF). check --boot boots it.")
+
+
+FirmwareOption = Annotated[str | None, typer.Option("--firmware", metavar="NAME", help=_firmware_help())]
+TimeLimitOption = Annotated[float, typer.Option("--time-limit", help="Solver time limit in seconds, per "
+                                                "guest.")]
+LibvirtVersionOption = Annotated[
+    str | None, typer.Option("--libvirt-version", metavar="X.Y", help="Plan and judge for this libvirt "
+                             "version, MAJOR.MINOR (default: the installed libvirt, else 9.0): which devices "
+                             "it addresses (models/libvirt.toml).")
+]
+
+
 def _fail(code: int, message: str) -> NoReturn:
     typer.echo(f"pciplan: error: {message}", err=True)
     raise typer.Exit(code)
@@ -172,7 +193,7 @@ def plan(
         Path | None, typer.Option("-o", "--output", help="Write the planned XML here (atomically).")
     ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace IN atomically.")] = False,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds.")] = 10.0,
+    time_limit: TimeLimitOption = 10.0,
     replan: Annotated[
         bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI "
                            "controllers (not the root or expander buses) may be removed; moving as few "
@@ -219,15 +240,8 @@ def plan(
                                  "comma-separated (default hotplug,pcie,controllers,buses). Example: "
                                  "controllers,hotplug,pcie,buses trades PCIe for fewer controllers.")
     ] = None,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none, "
-                                 "any case (default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0): which devices it "
-                                 "addresses (models/libvirt.toml).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -328,14 +342,8 @@ def check(
                            "the XML and run the guest's firmware (SeaBIOS, OVMF, AAVMF; under TCG): did it "
                            "set up every bus, window and BAR?")
     ] = False,
-    firmware: Annotated[
-        str | None, typer.Option(help="Judge (and boot) with this firmware: seabios, ovmf, aavmf or none "
-                                 "(default: the one the XML boots).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Judge for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON, each with its "
                                           "severity; --libvirt's results as fields.")] = False,
 ) -> None:
@@ -425,15 +433,9 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG (needs "
                                                    "matplotlib).")] = None,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds, per guest.")] = 10.0,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
-                                 "or none (default: each guest's own).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan and judge for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    time_limit: TimeLimitOption = 10.0,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Plan each guest optimally and with libvirt's greedy assignment, and compare the two layouts metric
     by metric: controllers added, bus numbers, devices in hot-pluggable slots, PCIe-capable devices left
@@ -547,7 +549,7 @@ def fleet(
     report: Annotated[Path | None, typer.Option(help="Write a per-file (or per-domain) report: .json or "
                                                 ".csv.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
+    time_limit: TimeLimitOption = 10.0,
     connect: Annotated[
         str | None, typer.Option(help="Plan the domains defined in this libvirt (qemu:///system, or "
                                  "qemu:///embed?root=DIR); prints a diff per changed domain.")
@@ -568,14 +570,8 @@ def fleet(
                                  "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
                                  "the same files.")
     ] = None,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan every guest for this firmware: seabios, ovmf, aavmf or none "
-                                 "(default: each guest's own).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan every guest for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
