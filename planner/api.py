@@ -377,6 +377,9 @@ def check(xml: XmlInput, *, partial: bool = False, firmware: str | None = None, 
                                           firmware_name=firmware)
         except libvirt_stack.StackUnavailable as exc:
             raise BadInputError([f"real stack not available: {exc}"]) from None
+        fw = report.firmware
+        if fw is not None and fw.unavailable:  # --boot could not run the firmware: no verdict, not a pass
+            raise BadInputError([f"real stack not available: firmware {fw.label}: {'; '.join(fw.errors)}"])
         result.stack = _stack_result(report)
     return result
 

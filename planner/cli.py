@@ -351,7 +351,7 @@ def check(
 
     The rule checker shares no code with the planner's model. Exit status: 0 no violation (warnings
     allowed), 1 violations found (or libvirt/QEMU disagreed), 2 bad input or the real stack is not
-    available, 5 internal error.
+    available (with --boot: also the guest's firmware, say OVMF's files), 5 internal error.
     """
     from planner import api
 

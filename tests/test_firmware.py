@@ -333,3 +333,18 @@ def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     assert "pcie-to-pci-bridge" not in tiny.controllers_added and tiny.summary.io_bytes <= 0xFFF
     with pytest.raises(api.BadInputError):
         api.options(firmware="coreboot")
+
+
+def test_a_firmware_that_could_not_run_is_not_ok() -> None:
+    """A report whose firmware should have run but could not (files missing, no way to boot it) is no
+    pass; "none" (nothing to run: riscv64, direct kernel boot) is."""
+    from planner.stack import StackReport
+    from planner.stack.model import DefineResult, FirmwareResult
+
+    def report(fw: FirmwareResult) -> StackReport:
+        return StackReport(DefineResult(True, None, "<domain/>"), [], firmware=fw)
+
+    missing = FirmwareResult(False, False, ["/usr/share/OVMF/OVMF_CODE_4M.fd not installed"], "", "ovmf",
+                             "OVMF", unavailable=True)
+    assert not report(missing).ok
+    assert report(FirmwareResult(False, False, ["no PCI firmware"], "", "none", "none")).ok

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from lxml import etree
 
-from planner.check import guest_firmware, machine_family
+from planner.check import firmware_label, guest_firmware, machine_family
 from planner.stack.boot import (
     _prepare,
     _probe_nic_xml,
@@ -292,9 +292,15 @@ class EmbeddedLibvirt:
                 missing = [f for f in UEFI_FILES[which] if not os.path.exists(f)]
                 if missing:
                     firmware_result = FirmwareResult(False, False, [f"{', '.join(missing)} not installed"],
-                                                     "", which, UEFI_LABEL[which])
+                                                     "", which, UEFI_LABEL[which], unavailable=True)
                 else:
                     self._boot_uefi_setup(root, original, which, workdir, firmware_log, notes)
+            elif firmware and which != "none":
+                # a firmware models/firmware.toml adds has budgets to plan for, but no way to boot it here
+                label = firmware_label(which) or which
+                boots = " and ".join(UEFI_LABEL.values())
+                why = f"not bootable here: pciplan boots only SeaBIOS (x86), {boots}"
+                firmware_result = FirmwareResult(False, False, [why], "", which, label, unavailable=True)
             elif firmware:
                 why = "this machine boots no firmware that sets up PCI; QEMU's device tree is the check"
                 firmware_result = FirmwareResult(False, False, [why], "", which, which)
@@ -500,6 +506,8 @@ class StackReport:
             return False
         if self.boot is not None and (not self.boot.started or self.boot.error or self.boot.mismatches):
             return False
+        if self.firmware is not None and self.firmware.unavailable:
+            return False  # asked for and not run: nothing was checked
         return self.firmware is None or not self.firmware.ran or self.firmware.pci_setup_done
 
     def summary_lines(self) -> list[str]:
