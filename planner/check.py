@@ -1274,6 +1274,8 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
         return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)  # virtio input is modern-only
     if tag in ("disk", "memballoon", "rng", "vsock"):
         return IO_BAR_BYTES.get((tag, "virtio"), 0)
+    if tag == "serial":  # the model is the target's type; QEMU hw/char/serial-pci.c: an 8-byte I/O BAR 0
+        return IO_BAR_BYTES.get((tag, _child_attr(el, "target", "type") or ""), 0)
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 
