@@ -359,7 +359,7 @@ def check(
     try:
         firmware = firmware_name(firmware)
         result = api.check(parse_domain(source), partial=partial, firmware=firmware, libvirt=with_libvirt,
-                           boot=boot)
+                           boot=boot, libvirt_version=libvirt_version)
     except InputError as exc:
         _refuse(exc, as_json)
     if as_json:

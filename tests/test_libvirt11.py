@@ -222,14 +222,31 @@ def test_cli_libvirt_version_flag(tmp_path) -> None:
 
 
 def test_check_libvirt_names_the_version_it_asked(real_stack, tmp_path) -> None:
+    """check --libvirt defines in the installed libvirt when that is the one asked for."""
     src = tmp_path / "g.xml"
     src.write_bytes(guest("<interface type='user'><model type='virtio'/></interface>"))
     out = tmp_path / "out.xml"
     assert _cli("plan", str(src), "-o", str(out)).returncode == 0
-    r = _cli("check", "--libvirt", str(out), "--libvirt-version", "11.3")
     installed = facts.installed_libvirt()
+    r = _cli("check", "--libvirt", str(out), "--libvirt-version", str(installed))
+    assert r.returncode == 0, r.stdout + r.stderr
     assert f"libvirt: checked against libvirt {installed} (installed, embedded driver)" in r.stdout, r.stdout
-    assert "the rules judged for libvirt 11.3 (--libvirt-version)" in r.stdout
+
+
+def test_check_libvirt_for_another_version_without_its_chroot_is_refused(tmp_path) -> None:
+    """check --libvirt --libvirt-version 11.3 defined the XML in the installed 9.0 and called that a
+    check for 11.3; without the 11.3 chroot it is refused (exit 2), one line naming what is missing."""
+    out = tmp_path / "out.xml"
+    out.write_bytes(guest("<interface type='user'><model type='virtio'/></interface>"))
+    if facts.installed_libvirt() == V113:
+        pytest.skip("the installed libvirt is 11.3")
+    r = _cli("check", "--libvirt", str(out), "--libvirt-version", "11.3",
+             env={"PCIPLAN_TRIXIE_ROOT": str(tmp_path / "no-chroot")})
+    assert r.returncode == 2, r.stdout + r.stderr
+    installed = facts.installed_libvirt() or "none"
+    assert r.stderr == (f"pciplan: error: real stack not available: libvirt 11.3: the installed libvirt is "
+                        f"{installed}, and no libvirt chroot at {tmp_path / 'no-chroot'}: build it with "
+                        ".ci/libvirt11 (a few minutes, about 1 GB)\n")
 
 
 # ---------------------------------------------------------------- the second real stack: 11.3
@@ -391,6 +408,27 @@ def test_plan_for_90_is_not_enough_for_113(chroot_stack) -> None:
     assert result.ok, result.error
     moved = {c.element.split()[0] for c in diff_layouts(xml, result.xml) if c.kind == "moved-address"}
     assert {"crypto", "sound"} <= moved
+
+
+@pytest.mark.libvirt11
+def test_check_libvirt_for_113_defines_in_the_113_chroot(chroot_stack, tmp_path) -> None:
+    """check --libvirt --libvirt-version 11.3 asks libvirt 11.3 (the chroot): a plan for 11.3 defines
+    unchanged there; a plan for 9.0 is changed by it (11.3 addresses the crypto device); --boot, which
+    the chroot cannot do (no firmware run), is refused in one line."""
+    planned_113, planned_90 = tmp_path / "113.xml", tmp_path / "90.xml"
+    planned_113.write_text(plan_for(V113, guest(CRYPTO)))
+    planned_90.write_text(plan_for(V90, guest(CRYPTO)))
+    r = _cli("check", "--libvirt", str(planned_113), "--libvirt-version", "11.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"libvirt: checked against libvirt 11.3 (chroot at {chroot_stack.root}"), \
+        r.stdout
+    assert "libvirt: defined unchanged" in r.stdout
+    r = _cli("check", "--libvirt", "--partial", str(planned_90), "--libvirt-version", "11.3")
+    assert r.returncode == 1 and "libvirt: defined, but changed the layout" in r.stdout, r.stdout
+    assert "crypto" in r.stdout.split("changed the layout", 1)[1]
+    r = _cli("check", "--libvirt", "--boot", str(planned_113), "--libvirt-version", "11.3")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "the libvirt 11.3 chroot only defines guests (it runs no firmware)" in r.stderr
 
 
 @pytest.mark.libvirt11
