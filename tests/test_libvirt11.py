@@ -317,8 +317,7 @@ KIND_GUESTS: dict[str, tuple[str, str, str]] = {
                     ("vsock", "<cid auto='yes'/>"))},
     "rng:*": ("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>", "q35", ""),
     "vsock:*": ("<vsock model='virtio'><cid auto='yes'/></vsock>", "q35", ""),
-    **{f"input:{m}": (f"<input type='keyboard' bus='virtio' model='{m}'/>", "q35", "")
-       for m in ("virtio-transitional", "virtio", "virtio-non-transitional")},
+    "input:virtio": ("<input type='keyboard' bus='virtio' model='virtio'/>", "q35", ""),
     "filesystem:virtiofs": (FS.format(model="", driver="<driver type='virtiofs'/>"), "q35", SHARED_MEMORY),
     "filesystem:virtio-transitional": (FS.format(model=" model='virtio-transitional'", driver=""), "q35", ""),
     "filesystem:*": (FS.format(model="", driver=""), "q35", ""),
@@ -380,10 +379,6 @@ def defined_on_113(chroot_stack) -> dict[str, tuple[str | None, str | None, Defi
 REFUSED_BY_113 = {
     "virt-install/virt-install-testdriver-edgecases.xml":
         "Migratable attribute for host-passthrough CPU is not supported by this QEMU binary",
-    # QEMU has no transitional virtio-input devices: libvirt 9.0 refuses these models too, although
-    # models/devices.toml lists them
-    **{f"kind/input:{m}": "virtio (non-)transitional models are not supported for input type=keyboard"
-       for m in ("virtio-transitional", "virtio-non-transitional")},
 }
 
 
@@ -408,6 +403,21 @@ def test_plan_for_90_is_not_enough_for_113(chroot_stack) -> None:
     assert result.ok, result.error
     moved = {c.element.split()[0] for c in diff_layouts(xml, result.xml) if c.kind == "moved-address"}
     assert {"crypto", "sound"} <= moved
+
+
+@pytest.mark.libvirt11
+@pytest.mark.parametrize("model", ["virtio-transitional", "virtio-non-transitional"])
+def test_transitional_input_models_are_refused_as_libvirt_113_refuses_them(chroot_stack, model) -> None:
+    """QEMU has no transitional virtio-input devices: libvirt 11.3 refuses these models as 9.0 does
+    (models/devices.toml marks them refused), and a plan for 11.3 refuses them too."""
+    from planner.xmlio import InputError
+
+    data = guest(f"<input type='keyboard' bus='virtio' model='{model}'/>")
+    result = chroot_stack.define(data.decode())
+    assert not result.ok, result
+    assert "virtio (non-)transitional models are not supported for input" in (result.error or "")
+    with pytest.raises(InputError, match=f"libvirt refuses the {model} input model"):
+        plan_for(V113, data)
 
 
 @pytest.mark.libvirt11
