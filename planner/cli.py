@@ -123,6 +123,19 @@ def _firmware_help() -> str:
 FirmwareOption = Annotated[str | None, typer.Option("--firmware", metavar="NAME", help=_firmware_help())]
 TimeLimitOption = Annotated[float, typer.Option("--time-limit", help="Solver time limit in seconds, per "
                                                 "guest.")]
+ReplanOption = Annotated[
+    bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI controllers "
+                       "(not the root or expander buses) may be removed; moving as few addresses as possible "
+                       "comes first.")
+]
+SparePcieOption = Annotated[
+    int | None, typer.Option("--spare-pcie", help="Empty hot-pluggable PCIe ports to keep (default: 1 on "
+                             "PCIe machines).")
+]
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="TOML file of per-device rules (see README); the domain's own "
+                              "<metadata> rules and the command's flags take precedence.")
+]
 LibvirtVersionOption = Annotated[
     str | None, typer.Option("--libvirt-version", metavar="X.Y", help="Plan and judge for this libvirt "
                              "version, MAJOR.MINOR (default: the installed libvirt, else 9.0): which devices "
@@ -194,14 +207,8 @@ def plan(
     ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace IN atomically.")] = False,
     time_limit: TimeLimitOption = 10.0,
-    replan: Annotated[
-        bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI "
-                           "controllers (not the root or expander buses) may be removed; moving as few "
-                           "addresses as possible comes first.")
-    ] = False,
-    spare_pcie: Annotated[
-        int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep (default: 1 on PCIe machines).")
-    ] = None,
+    replan: ReplanOption = False,
+    spare_pcie: SparePcieOption = None,
     spare_pci: Annotated[
         int | None, typer.Option(help="Free hot-pluggable conventional PCI slots to keep (default: 1 on pc).")
     ] = None,
@@ -219,10 +226,7 @@ def plan(
         str, typer.Option(help="Where devices may go: pcie, pci, any, or mmio (virtio-mmio on virt; "
                           "default: libvirt's classification of each device).")
     ] = "default",
-    policy: Annotated[
-        Path | None, typer.Option(help="TOML file of per-device rules (see README); the domain's own "
-                                  "<metadata> rules and the flags above take precedence.")
-    ] = None,
+    policy: PolicyOption = None,
     host_numa: Annotated[
         str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
                                  "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
@@ -541,10 +545,9 @@ def fleet(
     no_backup: Annotated[
         bool, typer.Option("--no-backup", help="With --in-place: keep no FILE.orig.")
     ] = False,
-    replan: Annotated[bool, typer.Option("--replan", help="Re-plan each guest, moving as few addresses "
-                                         "as possible (see plan --replan).")] = False,
-    policy: Annotated[Path | None, typer.Option(help="TOML policy file of per-device rules.")] = None,
-    spare_pcie: Annotated[int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep.")] = None,
+    replan: ReplanOption = False,
+    policy: PolicyOption = None,
+    spare_pcie: SparePcieOption = None,
     jobs: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
     report: Annotated[Path | None, typer.Option(help="Write a per-file (or per-domain) report: .json or "
                                                 ".csv.")] = None,
@@ -626,8 +629,9 @@ def fleet(
         _check_report_path(report)
     if out is not None and out.exists() and not out.is_dir():
         _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
-    options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit, to_machine=to_machine, firmware=firmware)
+    # checked as plan checks them, before any file is planned (each file failed on its own before)
+    options = _checked(plan_options, replan=replan, policy=str(policy) if policy else None,
+                       spare_pcie=spare_pcie, time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
         _fleet_connect(connect, domain, options, define, report, interrupt)
     files = fl.collect(sources)

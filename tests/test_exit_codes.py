@@ -107,6 +107,10 @@ REFUSALS = [
     (["fleet", "{guest}", "--out", "{tmp}/o", "--to-machine", "pc"], 2, "--to-machine"),
     (["fleet", "{guest}", "--out", "{tmp}/o", "--report", "{tmp}/r.txt"], 2, "--report"),
     (["fleet", "{guest}", "--out", "{tmp}/o", "--firmware", "bios"], 2, "--firmware: 'bios'"),
+    # checked as plan checks them, before any file (each file failed on its own, exit 1)
+    (["fleet", "{guest}", "--out", "{tmp}/o", "--time-limit", "0"], 2, "--time-limit: 0 must be greater"),
+    (["fleet", "{guest}", "--out", "{tmp}/o", "--spare-pcie", "-1"], 2, "--spare-pcie: -1 must be 0 or more"),
+    (["check", "{planned}", "--libvirt", "--libvirt-version", "8.2"], 2, "older than the catalogue"),
 ]
 
 
