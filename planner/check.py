@@ -343,12 +343,14 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
     loader = root.find("os/loader")
     if loader is not None:
         path = (loader.text or "").strip().lower()
-        if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")) or loader.get("type") == "pflash":
+        if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")):
             return uefi
         added = next((name for name, d in _added_firmware().items()
                       if any(n.lower() in path for n in d.get("loader_names", []))), None)
-        if added is not None:
+        if added is not None:  # before the pflash rule: an added firmware may be a pflash image too
             return added
+        if loader.get("type") == "pflash":
+            return uefi
     if family == AARCH64_VIRT and root.find("os/kernel") is not None:
         return "none"  # direct kernel boot: no firmware runs before the kernel
     return uefi if family == AARCH64_VIRT else "seabios"

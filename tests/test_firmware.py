@@ -409,6 +409,14 @@ def test_a_firmware_is_one_toml_entry_for_every_command(tinybios_env, tmp_path) 
     r = _pciplan(tinybios_env, "check", str(out), "--firmware", "tinybios")
     assert r.returncode == 0, r.stdout
     assert _pciplan(tinybios_env, "check", str(seabios_plan), "--firmware", "seabios").returncode == 0
+    # named by its loader file (firmware.toml's loader_names), as SeaBIOS's and OVMF's are
+    booted = tmp_path / "booted.xml"
+    booted.write_text(seabios_plan.read_text().replace(
+        "</type>", "</type>\n    <loader readonly='yes' type='pflash'>/opt/tinybios/TINYBIOS.fd</loader>", 1))
+    r = _pciplan(tinybios_env, "check", str(booted))
+    assert r.returncode == 1 and "TinyBIOS has 4095" in r.stdout, r.stdout
+    r = _pciplan(tinybios_env, "plan", str(booted), "--replan", "-o", str(tmp_path / "replanned.xml"))
+    assert r.returncode == 0 and bridge not in (tmp_path / "replanned.xml").read_text(), r.stderr
 
     r = _pciplan(tinybios_env, "compare", str(guest), "--firmware", "tinybios", "--json")
     assert r.returncode == 0, r.stderr
