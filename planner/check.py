@@ -2,10 +2,10 @@
 
 Judges any domain XML against the rules of libvirt 9.0, QEMU 7.2 and SeaBIOS and lists every violation.
 It deliberately shares no code or tables with the solver: it is the second opinion on the solver's output,
-so it keeps its own small tables of facts (a firmware they do not name is the one exception: its
-budget is read from models/firmware.toml as data, see _added_firmware; sources: /work/shared/libvirt-pci-spec.md, libvirt's
+so it keeps its own small tables of facts (sources: /work/shared/libvirt-pci-spec.md, libvirt's
 src/conf/domain_addr.c and src/qemu/qemu_domain_address.c, QEMU's docs/pcie.txt, and experiments with
-the real libvirt 9.0 here).
+the real libvirt 9.0 here). One exception: a firmware its tables do not name is judged by its entry in
+models/firmware.toml, read as data (_added_firmware).
 
 Where libvirt is permissive it is followed (user-given addresses may put a PCI device into a PCIe slot
 and the reverse). Some rules are stricter than libvirt on purpose because QEMU or the firmware fails
