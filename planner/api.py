@@ -17,6 +17,7 @@ planner.errors.ExitCode). Any other exception is a defect of pciplan.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -34,6 +35,7 @@ from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain_bytes, parse_xml_bytes, serialize, serialize_text
 
 if TYPE_CHECKING:
+    from planner.facts import LibvirtVersion
     from planner.plan import PlanSummary
 
 __all__ = [
@@ -354,18 +356,40 @@ def _plan_in_place(tree: etree._ElementTree, opts: PlanOptions) -> PlanResult:
 
 
 def check(xml: XmlInput, *, partial: bool = False, firmware: str | None = None, libvirt: bool = False,
-          boot: bool = False) -> CheckResult:
+          boot: bool = False, libvirt_version: str | None = None) -> CheckResult:
     """Check a domain's PCI layout against libvirt's, QEMU's and the firmware's rules.
 
     partial: judge only the addresses given. libvirt: also define it in real libvirt (the embedded
     driver) and report what libvirt adds or moves; boot: also start it in QEMU and run its firmware.
-    Raises BadInputError, also when the real stack is not available."""
+    libvirt_version ("11.3"): judge for that libvirt, and define it in that libvirt: the installed one,
+    or the chroot .ci/libvirt11 builds (define only, no boot).
+    Raises BadInputError, also when the real stack (of that version) is not available."""
     from planner.check import WARNING_RULES, check_domain
     from planner.cli_options import firmware_name
+    from planner.facts import (
+        baseline_libvirt,
+        parse_libvirt_version,
+        target_libvirt_source,
+        targeting_libvirt,
+    )
 
     firmware = _guarded(firmware_name, firmware)
+    version: LibvirtVersion | None
+    if libvirt_version is not None:
+        try:
+            version = parse_libvirt_version(libvirt_version)
+        except ValueError as exc:
+            raise BadInputError([f"libvirt_version: {exc}"]) from None
+        if version < baseline_libvirt():
+            raise BadInputError([f"libvirt_version: libvirt {version} is older than the catalogue "
+                                 f"(models/libvirt.toml starts at {baseline_libvirt()})"])
+    else:  # set before (--libvirt-version, $PCIPLAN_LIBVIRT_VERSION), or the installed one
+        version, source = target_libvirt_source()
+        if source in ("installed", "default"):
+            version = None  # the installed libvirt's embedded driver
     tree = _read(xml)
-    found = _guarded(check_domain, tree, require_complete=not partial, firmware=firmware)
+    with targeting_libvirt(version) if version is not None else contextlib.nullcontext():
+        found = _guarded(check_domain, tree, require_complete=not partial, firmware=firmware)
     findings = [Finding("warning" if v.rule in WARNING_RULES else "error", v.message, rule=v.rule,
                         element=v.element) for v in found]
     result = CheckResult(findings)
@@ -374,14 +398,18 @@ def check(xml: XmlInput, *, partial: bool = False, firmware: str | None = None, 
 
         try:
             report = libvirt_stack.verify(serialize_text(tree), boot=boot, firmware=boot,
-                                          firmware_name=firmware)
+                                          firmware_name=firmware, libvirt_version=version)
         except libvirt_stack.StackUnavailable as exc:
             raise BadInputError([f"real stack not available: {exc}"]) from None
-        result.stack = _stack_result(report)
+        fw = report.firmware
+        if fw is not None and fw.unavailable:  # --boot could not run the firmware: no verdict, not a pass
+            raise BadInputError([f"real stack not available: firmware {fw.label}: {'; '.join(fw.errors)}"])
+        result.stack = _stack_result(report, version)
     return result
 
 
-def _stack_result(report) -> StackResult:
+def _stack_result(report, version: LibvirtVersion | None) -> StackResult:
+    """version: the libvirt the rules judged for and the XML was defined in (None: the installed one)."""
     from planner.facts import installed_libvirt, target_libvirt
 
     boot = None
@@ -399,20 +427,9 @@ def _stack_result(report) -> StackResult:
                        changes=[{"kind": c.kind, "element": c.element, "detail": c.detail}
                                 for c in report.changes],
                        boot=boot, firmware=fw, hotplug_failures=list(report.hotplug_failures),
-                       lines=[_stack_version_line(), *report.summary_lines()],
-                       libvirt_version=str(installed_libvirt()), rules_for=str(target_libvirt()))
-
-
-def _stack_version_line() -> str:
-    """Which libvirt check --libvirt asked, and which one its rules judged for."""
-    from planner.facts import installed_libvirt, target_libvirt_source
-
-    installed = installed_libvirt()
-    target, source = target_libvirt_source()
-    line = f"libvirt: checked against libvirt {installed} (installed, embedded driver)"
-    if installed != target:
-        line += f"; the rules judged for libvirt {target} ({source})"
-    return line
+                       lines=[f"libvirt: checked against {report.defined_by}", *report.summary_lines()],
+                       libvirt_version=str(version or installed_libvirt()),
+                       rules_for=str(version or target_libvirt()))
 
 
 def attach_places(xml: XmlInput, device_xml: XmlInput, count: int | None = None) -> list[Place]:

@@ -4,7 +4,8 @@ Judges any domain XML against the rules of libvirt 9.0, QEMU 7.2 and SeaBIOS and
 It deliberately shares no code or tables with the solver: it is the second opinion on the solver's output,
 so it keeps its own small tables of facts (sources: /work/shared/libvirt-pci-spec.md, libvirt's
 src/conf/domain_addr.c and src/qemu/qemu_domain_address.c, QEMU's docs/pcie.txt, and experiments with
-the real libvirt 9.0 here).
+the real libvirt 9.0 here). One exception: a firmware its tables do not name is judged by its entry in
+models/firmware.toml, read as data (_added_firmware).
 
 Where libvirt is permissive it is followed (user-given addresses may put a PCI device into a PCIe slot
 and the reverse). Some rules are stricter than libvirt on purpose because QEMU or the firmware fails
@@ -21,8 +22,11 @@ Warning level (see WARNING_RULES), because libvirt and QEMU accept the XML as it
 from __future__ import annotations
 
 import contextlib
+import functools
+import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
+from importlib import resources
 
 from lxml import etree
 
@@ -126,6 +130,45 @@ UEFI = frozenset({"ovmf", "aavmf"})
 # 64 bytes (the ICH9 SATA at 00:1f.2 is the XML's sata controller 0, counted with the devices).
 CHIPSET_IO_BYTES = {Q35: 64}
 FIRMWARE_LABEL = {"seabios": "SeaBIOS", "ovmf": "OVMF", "aavmf": "AAVMF", "none": "no PCI firmware"}
+# The machine families' names in models/*.toml, where they differ from this module's.
+MODELS_FAMILY = {AARCH64_VIRT: "virt-aarch64", RISCV64_VIRT: "virt-riscv64"}
+
+
+# A firmware's measured budget is a fact users add: models/firmware.toml is the one place a new firmware
+# goes, so a firmware the hand-written tables above do not name is judged by that file's entry (label,
+# padding of empty ports, budgets, loader file names). The tables above stay this module's own for the
+# firmware they name: reading the planner's data for those would make the checker agree with the
+# planner by construction. The file is read as data; no planner code is imported.
+@functools.cache
+def _added_firmware() -> dict[str, dict]:
+    """The firmware models/firmware.toml names beyond this module's tables, by name."""
+    try:
+        text = (resources.files("planner.models") / "firmware.toml").read_text()
+    except (ModuleNotFoundError, OSError):
+        return {}
+    return {name: d for name, d in tomllib.loads(text).items() if name not in FIRMWARE_LABEL}
+
+
+def firmware_budget(name: str | None, family: str | None, acpi: bool) -> tuple[int, int] | None:
+    """(largest I/O total in bytes, most top-level windows or 0) of a firmware on a machine family, or
+    None where no budget is known."""
+    budget = FIRMWARE_IO.get((name or "", family or "", acpi))
+    if budget is not None or name in FIRMWARE_LABEL:
+        return budget
+    d = _added_firmware().get(name or "", {}).get(MODELS_FAMILY.get(family or "", family or ""))
+    if not isinstance(d, dict) or "io_max" not in d:
+        return None
+    return d["io_max"] if acpi else d.get("io_max_noacpi", d["io_max"]), d.get("max_windows", 0)
+
+
+def firmware_label(name: str | None) -> str | None:
+    """The firmware's name as people write it (OVMF); an unknown name stays as it is."""
+    return FIRMWARE_LABEL.get(name or "", _added_firmware().get(name or "", {}).get("label", name))
+
+
+def firmware_pads(name: str | None) -> bool:
+    """The firmware gives every empty hot-plug port a 4 KiB I/O window (edk2 does)."""
+    return name in UEFI or bool(_added_firmware().get(name or "", {}).get("pads_spares"))
 IO_WINDOW = 4096
 # I/O BAR sizes as QEMU 7.2's `info pci` shows them (a virtio device's is its legacy BAR, present when
 # it is transitional: on a conventional bus or the root bus, or model virtio-transitional).
@@ -288,8 +331,9 @@ def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
 
 
 def guest_firmware(root: etree._Element, family: str | None) -> str:
-    """seabios | ovmf | aavmf | none: what the guest boots, by <os firmware>, its <loader>, or the
-    machine's default (x86 SeaBIOS, aarch64 virt UEFI, riscv64 virt no PCI firmware)."""
+    """seabios | ovmf | aavmf | none (or a firmware models/firmware.toml adds, by its loader file names):
+    what the guest boots, by <os firmware>, its <loader>, or the machine's default (x86 SeaBIOS, aarch64
+    virt UEFI, riscv64 virt no PCI firmware)."""
     if family == RISCV64_VIRT or family is None:
         return "none"
     uefi = "aavmf" if family == AARCH64_VIRT else "ovmf"
@@ -300,7 +344,13 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
     loader = root.find("os/loader")
     if loader is not None:
         path = (loader.text or "").strip().lower()
-        if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")) or loader.get("type") == "pflash":
+        if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")):
+            return uefi
+        added = next((name for name, d in _added_firmware().items()
+                      if any(n.lower() in path for n in d.get("loader_names", []))), None)
+        if added is not None:  # before the pflash rule: an added firmware may be a pflash image too
+            return added
+        if loader.get("type") == "pflash":
             return uefi
     if family == AARCH64_VIRT and root.find("os/kernel") is not None:
         return "none"  # direct kernel boot: no firmware runs before the kernel
@@ -1084,8 +1134,8 @@ class _Checker:
         if found is None:
             return
         total, space, windows, max_windows = found
-        pads = self.firmware in UEFI
-        label = FIRMWARE_LABEL.get(self.firmware or "", self.firmware)
+        pads = firmware_pads(self.firmware)
+        label = firmware_label(self.firmware)
         if total > space:
             self.flag(
                 "domain",
@@ -1108,11 +1158,11 @@ class _Checker:
         bytes the firmware has, top-level windows, most windows it sets up or 0), or None where no
         budget is known."""
         acpi = self.root.find("features/acpi") is not None
-        budget = FIRMWARE_IO.get((self.firmware or "", self.family or "", acpi))
+        budget = firmware_budget(self.firmware, self.family, acpi)
         if budget is None:
             return None
         space, max_windows = budget
-        pads = self.firmware in UEFI
+        pads = firmware_pads(self.firmware)
         on_bus: dict[int, list[PciUser]] = defaultdict(list)
         for user in self.users:
             if user.address is not None and user.connect == ENDPOINT:
@@ -1227,6 +1277,8 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
         return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)  # virtio input is modern-only
     if tag in ("disk", "memballoon", "rng", "vsock"):
         return IO_BAR_BYTES.get((tag, "virtio"), 0)
+    if tag == "serial":  # the model is the target's type; QEMU hw/char/serial-pci.c: an 8-byte I/O BAR 0
+        return IO_BAR_BYTES.get((tag, _child_attr(el, "target", "type") or ""), 0)
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 

@@ -109,6 +109,40 @@ app = _Guarded(
 )
 
 
+# Options several commands take, each defined once here (planner.cli_options checks their values). The
+# firmware names are the tables of models/firmware.toml: a firmware added there is listed without a change
+# here.
+def _firmware_help() -> str:
+    from planner.facts import firmware_names
+
+    return (f"Plan and judge for this firmware's PCI budgets: {', '.join(firmware_names())} "
+            "(models/firmware.toml), any case (default: the one each guest boots; x86 SeaBIOS, aarch64 "
+            "AAVMF). check --boot boots it.")
+
+
+FirmwareOption = Annotated[str | None, typer.Option("--firmware", metavar="NAME", help=_firmware_help())]
+TimeLimitOption = Annotated[float, typer.Option("--time-limit", help="Solver time limit in seconds, per "
+                                                "guest.")]
+ReplanOption = Annotated[
+    bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI controllers "
+                       "(not the root or expander buses) may be removed; moving as few addresses as possible "
+                       "comes first.")
+]
+SparePcieOption = Annotated[
+    int | None, typer.Option("--spare-pcie", help="Empty hot-pluggable PCIe ports to keep (default: 1 on "
+                             "PCIe machines).")
+]
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="TOML file of per-device rules (see README); the domain's own "
+                              "<metadata> rules and the command's flags take precedence.")
+]
+LibvirtVersionOption = Annotated[
+    str | None, typer.Option("--libvirt-version", metavar="X.Y", help="Plan and judge for this libvirt "
+                             "version, MAJOR.MINOR (default: the installed libvirt, else 9.0): which devices "
+                             "it addresses (models/libvirt.toml).")
+]
+
+
 def _fail(code: int, message: str) -> NoReturn:
     typer.echo(f"pciplan: error: {message}", err=True)
     raise typer.Exit(code)
@@ -172,15 +206,9 @@ def plan(
         Path | None, typer.Option("-o", "--output", help="Write the planned XML here (atomically).")
     ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace IN atomically.")] = False,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds.")] = 10.0,
-    replan: Annotated[
-        bool, typer.Option("--replan", help="Re-plan from scratch: device addresses may move and PCI "
-                           "controllers (not the root or expander buses) may be removed; moving as few "
-                           "addresses as possible comes first.")
-    ] = False,
-    spare_pcie: Annotated[
-        int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep (default: 1 on PCIe machines).")
-    ] = None,
+    time_limit: TimeLimitOption = 10.0,
+    replan: ReplanOption = False,
+    spare_pcie: SparePcieOption = None,
     spare_pci: Annotated[
         int | None, typer.Option(help="Free hot-pluggable conventional PCI slots to keep (default: 1 on pc).")
     ] = None,
@@ -198,10 +226,7 @@ def plan(
         str, typer.Option(help="Where devices may go: pcie, pci, any, or mmio (virtio-mmio on virt; "
                           "default: libvirt's classification of each device).")
     ] = "default",
-    policy: Annotated[
-        Path | None, typer.Option(help="TOML file of per-device rules (see README); the domain's own "
-                                  "<metadata> rules and the flags above take precedence.")
-    ] = None,
+    policy: PolicyOption = None,
     host_numa: Annotated[
         str | None, typer.Option("--host-numa", metavar="auto", help="Put each PCI host device on the guest "
                                  "NUMA cell bound (<numatune><memnode>) to the host device's own node.")
@@ -219,15 +244,8 @@ def plan(
                                  "comma-separated (default hotplug,pcie,controllers,buses). Example: "
                                  "controllers,hotplug,pcie,buses trades PCIe for fewer controllers.")
     ] = None,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan for this firmware's PCI budgets: seabios, ovmf, aavmf or none, "
-                                 "any case (default: the one the XML boots; x86 SeaBIOS, aarch64 AAVMF).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0): which devices it "
-                                 "addresses (models/libvirt.toml).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Give every PCI device an address and add the PCI controllers it needs, optimally.
 
@@ -328,14 +346,8 @@ def check(
                            "the XML and run the guest's firmware (SeaBIOS, OVMF, AAVMF; under TCG): did it "
                            "set up every bus, window and BAR?")
     ] = False,
-    firmware: Annotated[
-        str | None, typer.Option(help="Judge (and boot) with this firmware: seabios, ovmf, aavmf or none "
-                                 "(default: the one the XML boots).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Judge for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON, each with its "
                                           "severity; --libvirt's results as fields.")] = False,
 ) -> None:
@@ -343,7 +355,7 @@ def check(
 
     The rule checker shares no code with the planner's model. Exit status: 0 no violation (warnings
     allowed), 1 violations found (or libvirt/QEMU disagreed), 2 bad input or the real stack is not
-    available, 5 internal error.
+    available (with --boot: also the guest's firmware, say OVMF's files), 5 internal error.
     """
     from planner import api
 
@@ -351,7 +363,7 @@ def check(
     try:
         firmware = firmware_name(firmware)
         result = api.check(parse_domain(source), partial=partial, firmware=firmware, libvirt=with_libvirt,
-                           boot=boot)
+                           boot=boot, libvirt_version=libvirt_version)
     except InputError as exc:
         _refuse(exc, as_json)
     if as_json:
@@ -425,15 +437,9 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Draw the comparison as a PNG (needs "
                                                    "matplotlib).")] = None,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds, per guest.")] = 10.0,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan and judge both layouts for this firmware: seabios, ovmf, aavmf "
-                                 "or none (default: each guest's own).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan and judge for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    time_limit: TimeLimitOption = 10.0,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Plan each guest optimally and with libvirt's greedy assignment, and compare the two layouts metric
     by metric: controllers added, bus numbers, devices in hot-pluggable slots, PCIe-capable devices left
@@ -539,15 +545,14 @@ def fleet(
     no_backup: Annotated[
         bool, typer.Option("--no-backup", help="With --in-place: keep no FILE.orig.")
     ] = False,
-    replan: Annotated[bool, typer.Option("--replan", help="Re-plan each guest, moving as few addresses "
-                                         "as possible (see plan --replan).")] = False,
-    policy: Annotated[Path | None, typer.Option(help="TOML policy file of per-device rules.")] = None,
-    spare_pcie: Annotated[int | None, typer.Option(help="Empty hot-pluggable PCIe ports to keep.")] = None,
+    replan: ReplanOption = False,
+    policy: PolicyOption = None,
+    spare_pcie: SparePcieOption = None,
     jobs: Annotated[int, typer.Option(help="Parallel processes.")] = max(1, os.cpu_count() or 1),
     report: Annotated[Path | None, typer.Option(help="Write a per-file (or per-domain) report: .json or "
                                                 ".csv.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
-    time_limit: Annotated[float, typer.Option(help="Solver time limit per guest, in seconds.")] = 10.0,
+    time_limit: TimeLimitOption = 10.0,
     connect: Annotated[
         str | None, typer.Option(help="Plan the domains defined in this libvirt (qemu:///system, or "
                                  "qemu:///embed?root=DIR); prints a diff per changed domain.")
@@ -568,14 +573,8 @@ def fleet(
                                  "tcp://10.0.0.5:8786) instead of local processes; the workers must see "
                                  "the same files.")
     ] = None,
-    firmware: Annotated[
-        str | None, typer.Option(help="Plan every guest for this firmware: seabios, ovmf, aavmf or none "
-                                 "(default: each guest's own).")
-    ] = None,
-    libvirt_version: Annotated[
-        str | None, typer.Option(metavar="X.Y", help="Plan every guest for this libvirt version, MAJOR.MINOR "
-                                 "(default: the installed libvirt, else 9.0).")
-    ] = None,
+    firmware: FirmwareOption = None,
+    libvirt_version: LibvirtVersionOption = None,
 ) -> None:
     """Plan many guests at once, in parallel: bad or infeasible files are reported with their reason and
     left untouched, the batch goes on, every output is written atomically, and a second run over the
@@ -630,8 +629,9 @@ def fleet(
         _check_report_path(report)
     if out is not None and out.exists() and not out.is_dir():
         _fail(ExitCode.BAD_INPUT, f"--out {out}: not a directory")
-    options = PlanOptions(replan=replan, policy=str(policy) if policy else None, spare_pcie=spare_pcie,
-                          time_limit=time_limit, to_machine=to_machine, firmware=firmware)
+    # checked as plan checks them, before any file is planned (each file failed on its own before)
+    options = _checked(plan_options, replan=replan, policy=str(policy) if policy else None,
+                       spare_pcie=spare_pcie, time_limit=time_limit, to_machine=to_machine, firmware=firmware)
     if connect is not None:
         _fleet_connect(connect, domain, options, define, report, interrupt)
     files = fl.collect(sources)

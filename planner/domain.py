@@ -659,6 +659,8 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
             lookup, model = kind, ""  # no PCI form on this machine: the catalogue's "kind:*" says more
         facts = device_class(lookup, model)
         label = describe(el, kind, position + 1)  # 1-based, like XPath and check
+        if facts.refused:  # a guest libvirt cannot define has no plan
+            raise InputError(f"{label}: {facts.reason}")
         if facts.cls == "none":
             if facts.note:  # say why a device this libvirt does not place stays unaddressed
                 notes.append(f"warning: {label}: {facts.note}")

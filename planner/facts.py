@@ -98,7 +98,8 @@ class DeviceClass:
     # "drop" (it removes the address), "keep" (it keeps and reserves it), "refuse" (define fails);
     # "" for a key the catalogue does not know, which pciplan refuses too.
     pci_address: str = ""
-    reason: str = ""  # why, for "refuse"
+    reason: str = ""  # why, for "refuse" and refused
+    refused: bool = False  # libvirt refuses the device itself, address or not (define fails)
     note: str = ""  # a warning the plan carries for this kind (say, which libvirt knows it)
     known: bool = True
 
@@ -304,6 +305,7 @@ def _device_entry(key: str, d: dict) -> DeviceClass:
         io_bytes=d.get("io_bytes", 0),
         pci_address=d.get("pci_address", ""),
         reason=d.get("reason", ""),
+        refused=d.get("refused", False),
         note=d.get("note", ""),
     )
 

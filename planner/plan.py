@@ -366,8 +366,20 @@ def _replan_hint(original: etree._ElementTree, options: PlanOptions) -> list[str
         moved = solve(prep, replan).values["addresses_moved"]
     except (Infeasible, InputError, InternalError):
         return []
+    # Still says "moving 0" where --replan only removes controllers (fleetgen/infeasible-0/1 of the
+    # recorded outputs, whose message bytes must not change here): _replan_change is the fix.
     return [f"suggestion: `pciplan plan --replan` plans this guest by moving {moved} of the given "
             "address(es)"]
+
+
+def _replan_change(moved: int, removed: int, addresses: str = "address(es)") -> str | None:
+    """What --replan changes of the given layout, in words ("moving 0 addresses" told nothing when it
+    removes controllers); None when it changes neither, and then no hint suggests it."""
+    if moved:
+        return f"moving {moved} {addresses}"
+    if removed:
+        return f"removing {removed} of the given PCI controller(s), moving no device address"
+    return None
 
 
 def _hotplug_written(tree: etree._ElementTree, prep) -> tuple[int, int]:
@@ -415,7 +427,10 @@ def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
             summary = plan_tree(trial, replace(options, replan=True, to_machine=None))
         except (Infeasible, InputError):
             summary = None
+        change = None
         if summary is not None and not summary.check_errors:
+            change = _replan_change(len(summary.moved), summary.controllers_removed)
+        if change:
             errors.append(f"suggestion: `pciplan plan --replan` gives a layout without these errors by "
-                          f"moving {len(summary.moved)} address(es)")
+                          f"{change}")
     return errors, warns

@@ -30,17 +30,17 @@ from planner.check import (
     CONVENTIONAL_BRIDGES,
     DEFAULT_NET_MODEL,
     DEFAULT_VIDEO_MODEL,
-    FIRMWARE_IO,
-    FIRMWARE_LABEL,
     PC,
     PORT_MODELS,
     PXB_MODELS,
     Q35,
     ROOT_MODEL,
     SLOT_RANGE,
-    UEFI,
     X86_FAMILIES,
     classify,
+    firmware_budget,
+    firmware_label,
+    firmware_pads,
     guest_firmware,
     machine_family,
 )
@@ -314,7 +314,7 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
         for below in node.walk():
             below.children.sort(key=lambda n: (n.slot or 0, n.function or 0))
     _mark_hotplug(root, family, {id(b.node): b.element for b in built})
-    if family in X86_FAMILIES or root.firmware in UEFI:
+    if family in X86_FAMILIES or firmware_pads(root.firmware):
         _mark_io_windows(root)
     _mark_padding(root, acpi)
     return root
@@ -386,7 +386,7 @@ def _mark_io_windows(root: Node) -> None:
             node.io_window = True
         elif node.model in PORT_MODELS:
             node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
-            if root.firmware in UEFI and not node.io_window:
+            if firmware_pads(root.firmware) and not node.io_window:
                 # edk2 gives a port a window for the I/O-BAR devices anywhere below it
                 node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
 
@@ -399,11 +399,11 @@ def _mark_padding(root: Node, acpi: bool) -> None:
     PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
     edk2 pads is its choice: the first ones in slot order are marked."""
     spares = [n for n in root.walk() if n.spare]
-    if root.firmware not in UEFI:
+    if not firmware_pads(root.firmware):
         for n in spares:
             n.padded = True if root.firmware == "seabios" else None
         return
-    budget = FIRMWARE_IO.get((root.firmware, root.machine, acpi))
+    budget = firmware_budget(root.firmware, root.machine, acpi)
     if budget is None or not budget[1]:
         return
     used = sum(1 for n in root.walk() if n.io_window and not n.spare and _on_host_bridge(root, n))
@@ -429,7 +429,7 @@ def summary(root: Node) -> dict:
     buses = [n for n in nodes if n.kind == BUS]
     endpoints = [n for n in nodes if n.kind == ENDPOINT]
     x86 = root.machine in X86_FAMILIES
-    budget = FIRMWARE_IO.get((root.firmware, root.machine, True))
+    budget = firmware_budget(root.firmware, root.machine, True)
     # a pci-expander-bus owns two bus numbers (its root bus and an internal bridge)
     bus_numbers = sum(2 if b.model == "pci-expander-bus" else 1 for b in buses)
     return {
@@ -444,7 +444,7 @@ def summary(root: Node) -> dict:
         "io_window_users": sum(1 for b in buses if b.io_window) if x86 or budget else None,
         "io_space_bytes": budget[0] if budget else None,  # with <acpi/>
         "firmware": root.firmware,
-        "firmware_label": FIRMWARE_LABEL.get(root.firmware, root.firmware),
+        "firmware_label": firmware_label(root.firmware),
         "firmware_max_io_windows": budget[1] if budget and budget[1] else None,
         "spare_ports": [{"port": b.label, "address": b.address, "firmware_pads_it": b.padded}
                         for b in buses if b.spare],

@@ -15,8 +15,6 @@ from planner.facts import IO_UNIT
 # Every one makes the solver count more than the checker (stricter, never unsafe).
 REASONS = {
     "units": "the solver counts BARs in 32-byte units: IDE's 16 bytes and pci-serial's 8 count 32",
-    "checker-pci-serial": "the checker misses pci-serial's 8-byte BAR: check.IO_BAR_BYTES has it, but "
-                          "_io_bar_bytes looks for a model attribute <serial> does not have (checker bug)",
     "catalogue-vga": "models/devices.toml gives VGA-compatible video (cirrus, vga) a 32-byte I/O BAR; "
                      "QEMU's have none (the legacy VGA ports are fixed, not a BAR)",
     "catalogue-ehci": "models/devices.toml gives ich9-ehci1 a 32-byte I/O BAR; EHCI has only MMIO",
@@ -38,8 +36,6 @@ def reason(el: etree._Element, checker: int, solver: int) -> str | None:
         return "units"
     if checker != 0 and not (el.tag == "controller" and el.get("model") == "virtio-transitional"):
         return None
-    if el.tag == "serial" and el.find("target[@type='pci-serial']") is not None and solver == IO_UNIT:
-        return "checker-pci-serial"
     if el.tag == "video" and (el.find("model") is None or el.find("model").get("type") in ("cirrus", "vga")):
         return "catalogue-vga"
     if el.tag == "controller" and (el.get("model") or "").startswith("ich9-ehci"):

@@ -197,14 +197,16 @@ def test_stack_results_are_fields() -> None:
                          boot=BootResult(True, None, {"net0": (1, 0, 0)}, [mismatch]),
                          firmware=FirmwareResult(True, False, ["out of I/O address space"], "", "seabios",
                                                  "SeaBIOS"))
-    result = api._stack_result(report).as_json()
+    report.defined_by = "libvirt 9.0 (installed, embedded driver)"
+    result = api._stack_result(report, None).as_json()
     assert result["ok"] is False and result["defined"] is True and result["define_error"] is None
     assert result["changes"] == [{"kind": "moved-address", "element": nic, "detail": "01:00.0 -> 02:00.0"}]
     assert result["boot"] == {"started": True, "error": None, "mismatches": [mismatch], "devices_placed": 1,
                               "notes": [], "hotplug_probes": []}
     assert result["firmware"] == {"name": "seabios", "label": "SeaBIOS", "ran": True,
                                   "pci_setup_done": False, "errors": ["out of I/O address space"]}
-    assert result["summary"] == [api._stack_version_line(), *report.summary_lines()]
+    assert result["summary"] == ["libvirt: checked against libvirt 9.0 (installed, embedded driver)",
+                                 *report.summary_lines()]
     assert result["libvirt_version"] and result["rules_for"]
 
 

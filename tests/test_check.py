@@ -856,6 +856,24 @@ def test_io_space_packed_and_integrated() -> None:
     assert rules(dom(packed + integrated, extra=ACPI)) == {"conventional-in-pcie-port"}  # e1000s in a port
 
 
+def test_io_space_counts_pci_serial_bar() -> None:
+    """pci-serial has an 8-byte I/O BAR 0 (QEMU hw/char/serial-pci.c; models/devices.toml says 8 too):
+    the checker looked for a model attribute <serial> does not have and counted 0."""
+    from planner.check import io_space_needed
+
+    def serials(count: int) -> str:
+        return "".join(f"<serial type='pty'><target type='pci-serial'/>"
+                       f"{addr(0, 0x18 + n // 8, n % 8, 'on' if n % 8 == 0 else None)}</serial>"
+                       for n in range(count))
+
+    alone = io_space_needed(parse_domain_bytes(dom(serials(1), machine="pc", extra=ACPI).encode()))
+    assert alone is not None and alone[0] == 8
+    # pc with SeaBIOS: 8 bridges and 15 rtl8139 leave 255 bytes: 31 serials fit, 32 do not
+    base = "".join(ctrl(i, "pci-bridge", 0, 2 + i) for i in range(1, 9)) + rtl_on_root(15)
+    assert rules(dom(base + serials(31), machine="pc", extra=ACPI)) == set()
+    assert rules(dom(base + serials(32), machine="pc", extra=ACPI)) == {"io-windows"}
+
+
 def test_io_windows_not_checked_on_virt() -> None:
     xml = dom(bridges_behind_root_ports(12), machine="virt", arch="aarch64")
     assert "io-windows" not in rules(xml)

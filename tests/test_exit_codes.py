@@ -107,6 +107,10 @@ REFUSALS = [
     (["fleet", "{guest}", "--out", "{tmp}/o", "--to-machine", "pc"], 2, "--to-machine"),
     (["fleet", "{guest}", "--out", "{tmp}/o", "--report", "{tmp}/r.txt"], 2, "--report"),
     (["fleet", "{guest}", "--out", "{tmp}/o", "--firmware", "bios"], 2, "--firmware: 'bios'"),
+    # checked as plan checks them, before any file (each file failed on its own, exit 1)
+    (["fleet", "{guest}", "--out", "{tmp}/o", "--time-limit", "0"], 2, "--time-limit: 0 must be greater"),
+    (["fleet", "{guest}", "--out", "{tmp}/o", "--spare-pcie", "-1"], 2, "--spare-pcie: -1 must be 0 or more"),
+    (["check", "{planned}", "--libvirt", "--libvirt-version", "8.2"], 2, "older than the catalogue"),
 ]
 
 
@@ -287,3 +291,20 @@ def test_internal_error_of_the_planner_is_exit_5_and_json(tmp_path: Path) -> Non
     r = run("plan", str(GUEST), "-o", str(out), "--json", prelude=prelude)
     assert r.returncode == ExitCode.INTERNAL
     assert json.loads(r.stdout) == {"error": {"code": 5, "reasons": ["CP-SAT says MODEL_INVALID"]}}
+
+
+def test_check_boot_without_the_firmware_files_is_refused_naming_them(tmp_path: Path) -> None:
+    """check --boot for an OVMF guest on a machine without OVMF's files: not a pass on QEMU alone (it
+    was exit 0), but exit 2 and one line naming the missing file."""
+    from realstack import stack_unavailable
+
+    gone = tmp_path / "no-ovmf"
+    prelude = ("from planner.stack.firmware import UEFI_FILES\n"
+               f"UEFI_FILES['ovmf'] = ('{gone}/OVMF_CODE_4M.fd', '{gone}/OVMF_VARS_4M.fd')")
+    r = run("check", str(PLANNED), "--boot", "--firmware", "ovmf", prelude=prelude)
+    err = one_line(r)
+    if "real stack not available" in err and "firmware" not in err:
+        stack_unavailable(err.strip())
+    assert r.returncode == ExitCode.BAD_INPUT, err
+    assert err.startswith("pciplan: error: real stack not available: firmware OVMF: ") and \
+        f"{gone}/OVMF_CODE_4M.fd" in err, err

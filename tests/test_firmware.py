@@ -317,3 +317,130 @@ def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     assert "pcie-to-pci-bridge" not in tiny.controllers_added and tiny.summary.io_bytes <= 0xFFF
     with pytest.raises(api.BadInputError):
         api.options(firmware="coreboot")
+
+
+# A firmware added the way a user adds one: one entry in models/firmware.toml, nothing else. Here a copy
+# of SeaBIOS whose q35 I/O space holds no 4 KiB bridge window (SeaBIOS plans q35-server with a
+# pcie-to-pci-bridge, which needs one).
+TINYBIOS = """
+[tinybios]
+label = "TinyBIOS"
+uefi = false
+pads_spares = false
+arches = ["x86_64", "i686"]
+loader_names = ["tinybios"]
+
+[tinybios.q35]
+io_max = 0xfff
+io_max_noacpi = 0xfff
+max_windows = 0
+source = "a test's firmware"
+measured = "none"
+"""
+
+
+@pytest.fixture(scope="module")
+def tinybios_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of a child pciplan that imports a copy of the installed package (models included
+    as planner/models) whose firmware.toml has one more entry, TinyBIOS; no Python file is changed."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    where = subprocess.run([sys.executable, "-c", "import planner, planner.models\n"
+                            "print(planner.__path__[0]); print(planner.models.__path__[0])"],
+                           env=subprocess_env(), capture_output=True, text=True, check=True, timeout=60)
+    package, models = where.stdout.split()
+    site = tmp_path_factory.mktemp("tinybios")
+    ignore = shutil.ignore_patterns("__pycache__", "models")
+    shutil.copytree(package, site / "planner", ignore=ignore)
+    shutil.copytree(models, site / "planner" / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    with (site / "planner" / "models" / "firmware.toml").open("a") as f:
+        f.write(TINYBIOS)
+    env = subprocess_env(PYTHONPATH=str(site))
+    child = subprocess.run([sys.executable, "-c", "import planner.models; print(planner.models.__path__[0])"],
+                           env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert child.stdout.strip() == str(site / "planner" / "models")  # the copy, not the installed package
+    return env
+
+
+def _pciplan(env: dict[str, str], *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], env=env, capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+
+
+def test_a_firmware_is_one_toml_entry_for_every_command(tinybios_env, tmp_path) -> None:
+    """plan, check, compare and fleet take --firmware TinyBIOS (any case) from the TOML entry alone, and
+    each applies its budget: plan adds no bridge window, check flags SeaBIOS's plan with TinyBIOS's
+    label and budget, compare plans to it, fleet plans every file to it; the help lists it."""
+    guest = REPO / "examples" / "q35-server.xml"
+    seabios_plan = REPO / "tests" / "golden" / "q35-server.xml"  # planned for SeaBIOS: a pcie-to-pci-bridge
+    assert "tinybios" in _pciplan(tinybios_env, "plan", "--help").stdout
+
+    out = tmp_path / "planned.xml"
+    r = _pciplan(tinybios_env, "plan", str(guest), "--firmware", "TinyBIOS", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    bridge = "model='pcie-to-pci-bridge'"
+    assert bridge not in out.read_text() and bridge in seabios_plan.read_text()
+
+    r = _pciplan(tinybios_env, "check", str(seabios_plan), "--firmware", "tinybios")
+    assert r.returncode == 1 and "[io-windows]" in r.stdout and "TinyBIOS has 4095" in r.stdout, r.stdout
+    r = _pciplan(tinybios_env, "check", str(out), "--firmware", "tinybios")
+    assert r.returncode == 0, r.stdout
+    assert _pciplan(tinybios_env, "check", str(seabios_plan), "--firmware", "seabios").returncode == 0
+    # named by its loader file (firmware.toml's loader_names), as SeaBIOS's and OVMF's are
+    booted = tmp_path / "booted.xml"
+    booted.write_text(seabios_plan.read_text().replace(
+        "</type>", "</type>\n    <loader readonly='yes' type='pflash'>/opt/tinybios/TINYBIOS.fd</loader>", 1))
+    r = _pciplan(tinybios_env, "check", str(booted))
+    assert r.returncode == 1 and "TinyBIOS has 4095" in r.stdout, r.stdout
+    r = _pciplan(tinybios_env, "plan", str(booted), "--replan", "-o", str(tmp_path / "replanned.xml"))
+    assert r.returncode == 0 and bridge not in (tmp_path / "replanned.xml").read_text(), r.stderr
+
+    r = _pciplan(tinybios_env, "compare", str(guest), "--firmware", "tinybios", "--json")
+    assert r.returncode == 0, r.stderr
+    ours = json.loads(r.stdout)["guests"][0]["pciplan"]
+    assert ours["ok"] and not ours["rule_violations"]
+    assert "pcie-to-pci-bridge" not in ours["controllers_added"]
+
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    (folder / "g.xml").write_bytes(guest.read_bytes())
+    r = _pciplan(tinybios_env, "fleet", str(folder), "--out", str(tmp_path / "fleet-out"), "--jobs", "1",
+                 "--firmware", "TINYBIOS")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fleet-out" / "g.xml").read_bytes() == out.read_bytes()
+
+
+def test_a_firmware_pciplan_cannot_boot_is_refused_by_check_boot(tinybios_env) -> None:
+    """check --boot with a firmware the TOML adds: there is no recipe to boot it, so one line says it is
+    not bootable here (exit 2), instead of a pass on QEMU alone or a crash."""
+    from realstack import stack_unavailable
+
+    r = _pciplan(tinybios_env, "check", str(REPO / "tests" / "golden" / "q35-server.xml"), "--boot",
+                 "--firmware", "tinybios")
+    if "real stack not available" in r.stderr and "firmware" not in r.stderr:
+        stack_unavailable(r.stderr.strip())
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr == ("pciplan: error: real stack not available: firmware TinyBIOS: not bootable here: "
+                        "pciplan boots only SeaBIOS (x86), OVMF and AAVMF\n")
+
+
+def test_a_firmware_that_could_not_run_is_not_ok() -> None:
+    """A report whose firmware should have run but could not (files missing, no way to boot it) is no
+    pass; "none" (nothing to run: riscv64, direct kernel boot) is."""
+    from planner.stack import StackReport
+    from planner.stack.model import DefineResult, FirmwareResult
+
+    def report(fw: FirmwareResult) -> StackReport:
+        return StackReport(DefineResult(True, None, "<domain/>"), [], firmware=fw)
+
+    missing = FirmwareResult(False, False, ["/usr/share/OVMF/OVMF_CODE_4M.fd not installed"], "", "ovmf",
+                             "OVMF", unavailable=True)
+    assert not report(missing).ok
+    assert report(FirmwareResult(False, False, ["no PCI firmware"], "", "none", "none")).ok

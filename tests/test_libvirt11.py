@@ -211,14 +211,31 @@ def test_cli_libvirt_version_flag(tmp_path) -> None:
 
 
 def test_check_libvirt_names_the_version_it_asked(real_stack, tmp_path) -> None:
+    """check --libvirt defines in the installed libvirt when that is the one asked for."""
     src = tmp_path / "g.xml"
     src.write_bytes(guest("<interface type='user'><model type='virtio'/></interface>"))
     out = tmp_path / "out.xml"
     assert _cli("plan", str(src), "-o", str(out)).returncode == 0
-    r = _cli("check", "--libvirt", str(out), "--libvirt-version", "11.3")
     installed = facts.installed_libvirt()
+    r = _cli("check", "--libvirt", str(out), "--libvirt-version", str(installed))
+    assert r.returncode == 0, r.stdout + r.stderr
     assert f"libvirt: checked against libvirt {installed} (installed, embedded driver)" in r.stdout, r.stdout
-    assert "the rules judged for libvirt 11.3 (--libvirt-version)" in r.stdout
+
+
+def test_check_libvirt_for_another_version_without_its_chroot_is_refused(tmp_path) -> None:
+    """check --libvirt --libvirt-version 11.3 defined the XML in the installed 9.0 and called that a
+    check for 11.3; without the 11.3 chroot it is refused (exit 2), one line naming what is missing."""
+    out = tmp_path / "out.xml"
+    out.write_bytes(guest("<interface type='user'><model type='virtio'/></interface>"))
+    if facts.installed_libvirt() == V113:
+        pytest.skip("the installed libvirt is 11.3")
+    r = _cli("check", "--libvirt", str(out), "--libvirt-version", "11.3",
+             env={"PCIPLAN_TRIXIE_ROOT": str(tmp_path / "no-chroot")})
+    assert r.returncode == 2, r.stdout + r.stderr
+    installed = facts.installed_libvirt() or "none"
+    assert r.stderr == (f"pciplan: error: real stack not available: libvirt 11.3: the installed libvirt is "
+                        f"{installed}, and no libvirt chroot at {tmp_path / 'no-chroot'}: build it with "
+                        ".ci/libvirt11 (a few minutes, about 1 GB)\n")
 
 
 # ---------------------------------------------------------------- the second real stack: 11.3
@@ -289,8 +306,7 @@ KIND_GUESTS: dict[str, tuple[str, str, str]] = {
                     ("vsock", "<cid auto='yes'/>"))},
     "rng:*": ("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>", "q35", ""),
     "vsock:*": ("<vsock model='virtio'><cid auto='yes'/></vsock>", "q35", ""),
-    **{f"input:{m}": (f"<input type='keyboard' bus='virtio' model='{m}'/>", "q35", "")
-       for m in ("virtio-transitional", "virtio", "virtio-non-transitional")},
+    "input:virtio": ("<input type='keyboard' bus='virtio' model='virtio'/>", "q35", ""),
     "filesystem:virtiofs": (FS.format(model="", driver="<driver type='virtiofs'/>"), "q35", SHARED_MEMORY),
     "filesystem:virtio-transitional": (FS.format(model=" model='virtio-transitional'", driver=""), "q35", ""),
     "filesystem:*": (FS.format(model="", driver=""), "q35", ""),
@@ -352,10 +368,6 @@ def defined_on_113(chroot_stack) -> dict[str, tuple[str | None, str | None, Defi
 REFUSED_BY_113 = {
     "virt-install/virt-install-testdriver-edgecases.xml":
         "Migratable attribute for host-passthrough CPU is not supported by this QEMU binary",
-    # QEMU has no transitional virtio-input devices: libvirt 9.0 refuses these models too, although
-    # models/devices.toml lists them
-    **{f"kind/input:{m}": "virtio (non-)transitional models are not supported for input type=keyboard"
-       for m in ("virtio-transitional", "virtio-non-transitional")},
 }
 
 
@@ -380,6 +392,42 @@ def test_plan_for_90_is_not_enough_for_113(chroot_stack) -> None:
     assert result.ok, result.error
     moved = {c.element.split()[0] for c in diff_layouts(xml, result.xml) if c.kind == "moved-address"}
     assert {"crypto", "sound"} <= moved
+
+
+@pytest.mark.libvirt11
+@pytest.mark.parametrize("model", ["virtio-transitional", "virtio-non-transitional"])
+def test_transitional_input_models_are_refused_as_libvirt_113_refuses_them(chroot_stack, model) -> None:
+    """QEMU has no transitional virtio-input devices: libvirt 11.3 refuses these models as 9.0 does
+    (models/devices.toml marks them refused), and a plan for 11.3 refuses them too."""
+    from planner.xmlio import InputError
+
+    data = guest(f"<input type='keyboard' bus='virtio' model='{model}'/>")
+    result = chroot_stack.define(data.decode())
+    assert not result.ok, result
+    assert "virtio (non-)transitional models are not supported for input" in (result.error or "")
+    with pytest.raises(InputError, match=f"libvirt refuses the {model} input model"):
+        plan_for(V113, data)
+
+
+@pytest.mark.libvirt11
+def test_check_libvirt_for_113_defines_in_the_113_chroot(chroot_stack, tmp_path) -> None:
+    """check --libvirt --libvirt-version 11.3 asks libvirt 11.3 (the chroot): a plan for 11.3 defines
+    unchanged there; a plan for 9.0 is changed by it (11.3 addresses the crypto device); --boot, which
+    the chroot cannot do (no firmware run), is refused in one line."""
+    planned_113, planned_90 = tmp_path / "113.xml", tmp_path / "90.xml"
+    planned_113.write_text(plan_for(V113, guest(CRYPTO)))
+    planned_90.write_text(plan_for(V90, guest(CRYPTO)))
+    r = _cli("check", "--libvirt", str(planned_113), "--libvirt-version", "11.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"libvirt: checked against libvirt 11.3 (chroot at {chroot_stack.root}"), \
+        r.stdout
+    assert "libvirt: defined unchanged" in r.stdout
+    r = _cli("check", "--libvirt", "--partial", str(planned_90), "--libvirt-version", "11.3")
+    assert r.returncode == 1 and "libvirt: defined, but changed the layout" in r.stdout, r.stdout
+    assert "crypto" in r.stdout.split("changed the layout", 1)[1]
+    r = _cli("check", "--libvirt", "--boot", str(planned_113), "--libvirt-version", "11.3")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "the libvirt 11.3 chroot only defines guests (it runs no firmware)" in r.stderr
 
 
 @pytest.mark.libvirt11

@@ -366,3 +366,31 @@ def test_prepare_for_boot_and_hotplug_targets(tmp_path: Path) -> None:
         "ua-controller1", "ua-controller2", "ua-interface1", "ua-disk1", "ua-memballoon1"
     ]
     assert hotplug_targets(prepared) == [(5, 0, "empty pcie-root-port index 5")]
+
+
+@realstack
+def test_input_models_libvirt_refuses_are_the_catalogues(real_stack: EmbeddedLibvirt) -> None:
+    """Every virtio input model models/devices.toml names: libvirt 9.0 defines it (for every input type,
+    passthrough too) exactly when the catalogue does not mark it refused, and plan refuses a marked one
+    with one line naming the device (the catalogue listed the two transitional models as PCI devices)."""
+    from planner import api
+    from planner.facts import catalogue_keys, device_class
+
+    models = [key.split(":", 1)[1] for key in catalogue_keys()
+              if key.startswith("input:") and key.count(":") == 1 and not key.endswith(":*")]
+    assert {"virtio", "virtio-transitional", "virtio-non-transitional"} <= set(models)
+    for model in models:
+        refused = device_class("input", model).refused
+        for kind in ("tablet", "keyboard", "mouse", "passthrough"):
+            source = "<source evdev='/dev/input/event0'/>" if kind == "passthrough" else ""
+            xml = ("<domain type='qemu'><name>input</name><memory>262144</memory><os><type arch='x86_64' "
+                   "machine='q35'>hvm</type></os><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+                   f"<input type='{kind}' bus='virtio' model='{model}'>{source}</input></devices></domain>")
+            defined = real_stack.define(xml)
+            assert defined.ok != refused, (model, kind, defined.error)
+            if refused:
+                refusal = f"input\\[1\\]: libvirt refuses the {model} input"
+                with pytest.raises(api.BadInputError, match=refusal):
+                    api.plan(xml.encode())
+            else:
+                assert api.plan(xml.encode()).exit_code == 0

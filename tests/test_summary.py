@@ -116,6 +116,29 @@ def test_given_layout_over_budget_is_written_with_the_replan_hint() -> None:
     assert all(el.find("address") is not None for el in tree.getroot().iterfind("devices/interface"))
 
 
+def test_replan_hint_says_what_replan_changes() -> None:
+    """Given controllers alone break SeaBIOS's I/O budget (15 root ports, each with a pcie-to-pci-bridge:
+    15 windows on q35, 14 fit): --replan fixes it by removing controllers and moves no device address.
+    The hint said "by moving 0 address(es)"; it names the controllers it removes."""
+    ports = "".join(
+        f"    <controller type='pci' index='{i}' model='pcie-root-port'><address type='pci' domain='0x0000' "
+        f"bus='0x00' slot='0x{1 + (i - 1) // 8:02x}' function='0x{(i - 1) % 8:x}'/></controller>\n"
+        for i in range(1, 16))
+    bridges = "".join(
+        f"    <controller type='pci' index='{15 + i}' model='pcie-to-pci-bridge'><address type='pci' "
+        f"domain='0x0000' bus='0x{i:02x}' slot='0x00' function='0x0'/></controller>\n" for i in range(1, 16))
+    nic = "    <interface type='user'><model type='virtio'/></interface>\n"
+    data = guest("q35", "    <controller type='pci' index='0' model='pcie-root'/>\n" + ports + bridges + nic)
+    _, s = plan_bytes(data)
+    assert any("[io-windows]" in e for e in s.check_errors)
+    hint = [e for e in s.check_errors if e.startswith("suggestion: `pciplan plan --replan`")]
+    assert len(hint) == 1 and "moving 0" not in hint[0], hint
+    _, replanned = plan_bytes(data, replan=True)
+    assert replanned.moved == [] and replanned.controllers_removed > 0 and not replanned.check_errors
+    assert hint[0].endswith(f"by removing {replanned.controllers_removed} of the given PCI controller(s), "
+                            "moving no device address")
+
+
 def test_gap_filling_controllers_are_written_as_libvirt_writes_them() -> None:
     tree, _ = plan_bytes(guest("q35", "    <controller type='pci' index='3' model='pcie-root-port'>"
                                       "<model name='pcie-root-port'/><target chassis='3' port='0x12'/>"

@@ -20,7 +20,8 @@ from typing import IO, Any
 
 from lxml import etree
 
-from planner.check import guest_firmware, machine_family
+from planner.check import firmware_label, guest_firmware, machine_family
+from planner.facts import LibvirtVersion, installed_libvirt
 from planner.stack.boot import (
     _prepare,
     _probe_nic_xml,
@@ -292,9 +293,15 @@ class EmbeddedLibvirt:
                 missing = [f for f in UEFI_FILES[which] if not os.path.exists(f)]
                 if missing:
                     firmware_result = FirmwareResult(False, False, [f"{', '.join(missing)} not installed"],
-                                                     "", which, UEFI_LABEL[which])
+                                                     "", which, UEFI_LABEL[which], unavailable=True)
                 else:
                     self._boot_uefi_setup(root, original, which, workdir, firmware_log, notes)
+            elif firmware and which != "none":
+                # a firmware models/firmware.toml adds has budgets to plan for, but no way to boot it here
+                label = firmware_label(which) or which
+                boots = " and ".join(UEFI_LABEL.values())
+                why = f"not bootable here: pciplan boots only SeaBIOS (x86), {boots}"
+                firmware_result = FirmwareResult(False, False, [why], "", which, label, unavailable=True)
             elif firmware:
                 why = "this machine boots no firmware that sets up PCI; QEMU's device tree is the check"
                 firmware_result = FirmwareResult(False, False, [why], "", which, which)
@@ -492,6 +499,7 @@ class StackReport:
     boot: BootResult | None = None
     firmware: FirmwareResult | None = None
     hotplug_failures: list[str] = field(default_factory=list)
+    defined_by: str = ""  # which libvirt defined it, e.g. "libvirt 11.3 (chroot at /var/cache/...)"
 
     @property
     def ok(self) -> bool:
@@ -500,6 +508,8 @@ class StackReport:
             return False
         if self.boot is not None and (not self.boot.started or self.boot.error or self.boot.mismatches):
             return False
+        if self.firmware is not None and self.firmware.unavailable:
+            return False  # asked for and not run: nothing was checked
         return self.firmware is None or not self.firmware.ran or self.firmware.pci_setup_done
 
     def summary_lines(self) -> list[str]:
@@ -553,9 +563,17 @@ def shared_stack() -> EmbeddedLibvirt:
 def verify(
     xml: str, *, boot: bool, firmware: bool, hotplug: bool = False, seconds: float = 8.0,
     firmware_name: str | None = None, uefi_seconds: float = UEFI_SECONDS,
+    libvirt_version: LibvirtVersion | None = None,
 ) -> StackReport:
     """Define xml on the real libvirt; with boot, also start it in QEMU (and, with firmware, its
-    firmware: the guest's own, or firmware_name)."""
+    firmware: the guest's own, or firmware_name).
+
+    libvirt_version: define it in that libvirt. The installed one (or None) is the embedded driver;
+    another is the chroot .ci/libvirt11 builds (planner.stack.chroot), which defines only: booting
+    there, or a version neither has, raises StackUnavailable naming what is missing."""
+    installed = installed_libvirt()
+    if libvirt_version is not None and libvirt_version != installed:
+        return _verify_in_chroot(xml, libvirt_version, installed, boot or firmware or hotplug)
     stack = shared_stack()
     defined = stack.define(xml)
     report = StackReport(defined, diff_layouts(xml, defined.xml) if defined.ok and defined.xml else [])
@@ -564,4 +582,27 @@ def verify(
             xml, firmware=firmware, hotplug_probe=hotplug, seconds=seconds, firmware_name=firmware_name,
             uefi_seconds=uefi_seconds,
         )
+    report.defined_by = f"libvirt {installed} (installed, embedded driver)"
+    return report
+
+
+def _verify_in_chroot(xml: str, version: LibvirtVersion, installed: LibvirtVersion | None,
+                      boot: bool) -> StackReport:
+    """Define xml in the chroot's libvirt, which must be `version`."""
+    from planner.stack.chroot import ChrootLibvirt
+
+    here = f"the installed libvirt is {installed or 'none'}"
+    if boot:
+        raise StackUnavailable(f"libvirt {version}: {here}, and the libvirt {version} chroot only defines "
+                               "guests (it runs no firmware): check it with --libvirt, without --boot")
+    try:
+        chroot = ChrootLibvirt()
+    except StackUnavailable as exc:
+        raise StackUnavailable(f"libvirt {version}: {here}, and {exc}") from None
+    if chroot.libvirt_version != version:
+        raise StackUnavailable(f"libvirt {version}: {here}, and the chroot at {chroot.root} has libvirt "
+                               f"{chroot.libvirt_version}")
+    defined = chroot.define(xml)
+    report = StackReport(defined, diff_layouts(xml, defined.xml) if defined.ok and defined.xml else [])
+    report.defined_by = f"libvirt {version} (chroot at {chroot.root}, embedded driver through virsh)"
     return report

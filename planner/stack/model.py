@@ -93,6 +93,9 @@ class FirmwareResult:
     log_tail: str
     name: str = "seabios"  # the firmware that ran: seabios | ovmf | aavmf | none
     label: str = "SeaBIOS"
+    # It should have run but cannot here (its files are not installed, or pciplan has no recipe to boot
+    # it): the check is not done, which is never a pass. Not set for "none", which has nothing to run.
+    unavailable: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
