@@ -89,6 +89,20 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
     if layout is None:
         _miss("room")
         return None
+    result = prove(prep, options, built, layout, start)
+    if result is not None:
+        STATS.certified += 1
+    return result
+
+
+def prove(prep: Prepared, options: PlanOptions, built: Built, layout: dict[int, int],
+          start: float | None = None) -> SolveResult | None:
+    """The solver's result for this layout (values of the layout variables by index, the others 0)
+    when it is a solution of the model that meets every level's lower bound; else None."""
+    start = time.perf_counter() if start is None else start
+    shape = _shape(prep, built)
+    if _outside(prep, options) or shape is None:
+        return None
     values = _complete(built.model, built.vars, layout)
     if values is None:
         _miss("infeasible")
@@ -111,7 +125,7 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
     io = None
     if v.io_used is not None:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
-    result_values = {
+    values_of = {
         "addresses_moved": solver.Value(lv.moved),
         "hotplug_wanted": lv.hotplug_wanted,
         "hotplug_lost": solver.Value(lv.hotplug_lost),
@@ -122,9 +136,8 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
         "unlike_libvirt": solver.Value(lv.unlike_libvirt),
         "spare_shortfall": solver.Value(v.spare_shortfall),
     }
-    STATS.certified += 1
-    return SolveResult("OPTIMAL", obj, obj, 0.0, time.perf_counter() - start, result_values, v, solver,
-                       pool, io, v.io_budget, 0)
+    return SolveResult("OPTIMAL", obj, obj, 0.0, time.perf_counter() - start, values_of, v, solver, pool,
+                       io, v.io_budget, 0)
 
 
 def _outside(prep: Prepared, options: PlanOptions) -> str:
@@ -177,8 +190,8 @@ def _shape(prep: Prepared, built: Built) -> _Shape | None:
                 shape.either.append(gi)
             else:
                 shape.root.append(gi)
-    if conventional_root and (shape.port or shape.bridge):
-        return None
+    if not conventional_root and (root.hotplug or any(e == 0 for e, _ in v.alone)):
+        return None  # the bounds count pcie-root's slots as neither hot-pluggable nor taken alone
     return shape
 
 
