@@ -50,12 +50,31 @@ def _guests() -> list[tuple[str, str, PlanOptions]]:
     for n in range(40):
         shape = replace(random_shape(rng, heavy=n % 4 == 0), partial=0.0, numa=0)
         out.append((f"shape-{n}-{shape.label}", fresh_xml(shape), PlanOptions()))
+    # conventional devices without a hot-plug wish beside conventional NICs that want it (q35: the
+    # root bus's packed slots or the new bridge), up to the bridge's 31 slots and beyond
+    sounds = ["ich6", "ac97", "es1370"]
+    for n, (nics, others) in enumerate([(1, 1), (1, 7), (3, 9), (2, 17), (25, 30), (29, 20), (30, 9),
+                                        (31, 2), (0, 5), (12, 40), (28, 24), (5, 0)]):
+        for machine in ("q35", "pc"):
+            devices = "".join(f"<interface type='user'><mac address='52:54:00:00:01:{i:02x}'/><model "
+                              f"type='{'e1000' if i % 3 else 'rtl8139'}'/></interface>" for i in range(nics))
+            devices += "".join(f"<sound model='{sounds[(i + n) % 3]}'/>" for i in range(others))
+            devices += "<interface type='user'><model type='virtio'/></interface>" * (n % 3)
+            devices += "<controller type='usb' index='1' model='piix3-uhci'/>" if n % 2 else ""
+            out.append((f"mixed-{machine}-{nics}-{others}", _domain(machine, devices), PlanOptions()))
     rng = random.Random(2026)
     variants = [PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=3), PlanOptions(spare_pci=2),
                 PlanOptions(firmware="ovmf"), PlanOptions(firmware="none"), PlanOptions(spare_pci=0)]
     for n in range(36):
         out.append((f"variant-{n}", typical_guest(n, rng), variants[n % len(variants)]))
     return out
+
+
+def _domain(machine: str, devices: str) -> str:
+    arch = "aarch64" if machine == "virt" else "x86_64"
+    return (f"<domain type='qemu'><name>g</name><memory unit='KiB'>1048576</memory><os><type arch='{arch}' "
+            f"machine='{machine}'>hvm</type></os><features><acpi/></features><devices>{devices}</devices>"
+            "</domain>")
 
 
 GUESTS = _guests()
