@@ -37,7 +37,7 @@ from planner.prepare import Prepared
 from planner.solver import cpmodel as cp_model
 from planner.solver.pool import split
 from planner.solver.solve import Built, SolveResult, _exact_io_fits, build, pool_content
-from planner.solver.variables import Variables, conventional_ok, pcie_ok
+from planner.solver.variables import PORTS, Variables, conventional_ok, pcie_ok
 
 FUNCTIONS = 8
 SLOTS_PER_BRIDGE = 31
@@ -144,6 +144,8 @@ def _outside(prep: Prepared, options: PlanOptions) -> str:
     """Why the guest is not one the certificate covers ('' when it is)."""
     if options.replan or prep.droppables or prep.lost or prep.removed_controllers:
         return "replan"
+    if not prep.groups:
+        return ""  # nothing to place (a planned guest planned again): any controllers, order, rules
     if (options.objective_order or OBJECTIVE_DEFAULT) != OBJECTIVE_DEFAULT:
         return "order"
     if prep.reserve_pcie or prep.reserve_pci:
@@ -162,10 +164,12 @@ def _shape(prep: Prepared, built: Built) -> _Shape | None:
     """Each group by where it can go without a cost on a level above the root bus's slots (None when a
     group fits none of these)."""
     v = built.vars
+    shape = _Shape()
+    if not prep.groups:
+        return shape
     root = prep.states[0].bus
     conventional_root = root.model.conventional
     pool = v.root_ports.get(0)
-    shape = _Shape()
     for gi, g in enumerate(prep.groups):
         k = g.key
         if k.hotplug == "prefer":
@@ -225,6 +229,8 @@ def _root_ports(prep: Prepared, built: Built, shape: _Shape) -> int:
 def _construct(prep: Prepared, built: Built, shape: _Shape) -> dict[int, int] | None:
     """Values of the layout variables (every other layout variable 0), or None when the root bus has
     no room for them."""
+    if not prep.groups:
+        return {}  # nothing new
     v = built.vars
     st = prep.states[0]
     root = st.bus
@@ -311,7 +317,18 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
       the root bus, 8 to a slot. On pc, at controllers = 0 every device is on pci-root: each device
       wanting hot-plug alone in a slot, the others packed 8 to a slot; a packed slot of a hot-pluggable
       bus counts twice (the model's cost for the hot-plug room it takes).
-    - libvirt (existing empty ports left empty): 0; a guest with only the root has no port."""
+    - libvirt (existing empty ports left empty): 0; a guest with only the root has no port.
+
+    A guest with nothing to place (every device addressed, as when a planned guest is planned again):
+    levels 1-6 are sums of counts of new things and nothing needs one, so 0 each; the last level is
+    the number of existing hot-pluggable ports less those the plan fills (a device, packed functions
+    or a new bridge on them), and with no device to place, a packed slot of a hot-pluggable port costs
+    on slots and a new bridge on controllers, so at their bound of 0 no port is filled: the number of
+    existing hot-pluggable ports."""
+    if not prep.groups:
+        ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
+        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": 0,
+                "libvirt": ports}
     st = prep.states[0]
     root = st.bus
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
