@@ -23,7 +23,11 @@ solver's tie-break decides by libvirt's order (planner.solver.objective.libvirt_
 groups on existing buses first), and the construction fills them the same way. The remaining
 variables (empty slots counted for the spares, I/O windows) are completed to their least values, as
 the solver's final tie-break (positive weights on every variable) leaves them. tests/test_certificate.py
-compares certified plans with the solver's, on the recorded corpus and on generated guests.
+compares certified plans with the solver's on generated guests (bytes and the whole summary), and
+tests/test_recorded_outputs.py the recorded corpus's outputs with those written before.
+
+Also covered: a guest with nothing left to place (every device addressed: a planned guest planned
+again), whatever its controllers, rules or objective order; the layout is then "add nothing".
 """
 
 from __future__ import annotations
