@@ -230,11 +230,38 @@ def _root_ports(prep: Prepared, built: Built, shape: _Shape) -> int:
     return sum(prep.groups[gi].size for gi in shape.port) + spare + (1 if shape.bridge else 0)
 
 
+def _new_spares(prep: Prepared, built: Built) -> int:
+    """Spare PCIe ports wished for beyond the existing empty hot-pluggable ports."""
+    reserved = prep.problem.machine.reserved_slots
+    empty = sum(len(st.free_slots(reserved)) for st in prep.states.values()
+                if st.bus.model.name in PORTS and st.bus.hotplug)
+    return max(0, built.spare_pcie - empty)
+
+
+def _spares_only(prep: Prepared, built: Built) -> dict[int, int] | None:
+    """Nothing to place: the missing spare ports as new root ports on the root bus (None where they
+    could go elsewhere too: below an expander bus)."""
+    spares = _new_spares(prep, built)
+    if not spares:
+        return {}
+    v = built.vars
+    st = prep.states[0]
+    if set(v.root_ports) != {0}:
+        return None
+    rpslots = _ceil(max(0, spares - len(st.free_root_port_functions())), FUNCTIONS)
+    if rpslots > len(st.free_slots(prep.problem.machine.reserved_slots)):
+        return None
+    out = {v.root_ports[0].spare.Index(): spares}
+    if rpslots:
+        out[v.rpslots[0].Index()] = rpslots
+    return out
+
+
 def _construct(prep: Prepared, built: Built, shape: _Shape) -> dict[int, int] | None:
     """Values of the layout variables (every other layout variable 0), or None when the root bus has
     no room for them."""
     if not prep.groups:
-        return {}  # nothing new
+        return _spares_only(prep, built)
     v = built.vars
     st = prep.states[0]
     root = st.bus
@@ -324,15 +351,20 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
     - libvirt (existing empty ports left empty): 0; a guest with only the root has no port.
 
     A guest with nothing to place (every device addressed, as when a planned guest is planned again):
-    levels 1-6 are sums of counts of new things and nothing needs one, so 0 each; the last level is
-    the number of existing hot-pluggable ports less those the plan fills (a device, packed functions
-    or a new bridge on them), and with no device to place, a packed slot of a hot-pluggable port costs
-    on slots and a new bridge on controllers, so at their bound of 0 no port is filled: the number of
-    existing hot-pluggable ports."""
+    levels 1-6 are sums of counts of new things, and the only new things it may need are the spare
+    PCIe ports its empty hot-pluggable ports do not provide (at hotplug = 0 no spare is missing): a
+    new port each, a controller and a bus number each (through a switch, two more). With no expander
+    bus they are root ports on the root bus: its slots, 8 to a slot after the free functions of slots
+    that hold only root ports. The last level is the number of existing hot-pluggable ports less those
+    the plan fills (a device, packed functions or a new bridge on them); with no device to place, a
+    packed slot of a hot-pluggable port costs on slots and a new bridge on controllers, so at their
+    bounds no port is filled: the number of existing hot-pluggable ports."""
     if not prep.groups:
         ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
-        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": 0,
-                "libvirt": ports}
+        spares = _new_spares(prep, built)
+        slots = _ceil(max(0, spares - len(prep.states[0].free_root_port_functions())), FUNCTIONS)
+        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": spares, "buses": spares,
+                "slots": slots, "libvirt": ports}
     st = prep.states[0]
     root = st.bus
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)

@@ -110,6 +110,20 @@ def test_planned_guests_planned_again_are_certified_as_the_solver_plans_them() -
     assert certified >= 0.9 * len(GUESTS[::3]), certified
 
 
+def test_addressed_guests_that_lack_spare_ports_get_them_as_the_solver_adds_them() -> None:
+    """Every device addressed, but fewer empty hot-pluggable ports than wished for: the certificate adds
+    the root ports, as the solver does."""
+    certified = 0
+    cases = [(xml, options) for _name, xml, options in GUESTS[:60:2]]
+    for xml, _options in cases:
+        planned = _plan(xml, PlanOptions(spare_pcie=0), certify=True)[0].decode()
+        for again in (PlanOptions(), PlanOptions(spare_pcie=4), PlanOptions(spare_pcie=12)):
+            mine = _plan(planned, again, certify=True)
+            assert mine[:2] == _plan(planned, again, certify=False)[:2]
+            certified += mine[2] and sum(mine[1]["controllers_added"].values()) > 0
+    assert certified >= 30, certified
+
+
 def _prepared(xml: str, options: PlanOptions | None = None):
     tree = parse_domain_bytes(xml.encode())
     problem, options, _ = planner.plan._read(tree, options or PlanOptions())
