@@ -13,14 +13,17 @@ the layout meets each of those, so it is optimal on all of them. When any level 
 bound, or anything is outside the covered guests, certify returns None and the solver plans as before.
 
 Covered: no --replan, no rules, no reservations, the default objective order, and a guest whose only
-PCI controller is the root (pcie-root on q35 and aarch64 virt, pci-root on pc) - the typical guest.
+PCI controller is the root (pcie-root on q35 and aarch64 virt, pci-root on pc) - the typical guest -
+or whose other controllers are PCIe ports (and switches' upstream ports), with no more empty
+hot-pluggable ports than PCIe devices that want one and no conventional device that wants hot-plug.
 
 Why the output is the solver's, byte for byte: on these guests every optimal solution of the model
 takes the same values for what the layout is unfolded from (the bounds' arguments show that each
 level is met only by the structure built here), except which conventional devices without a hot-plug
-wish fill the free functions of the root bus's packed slots rather than the new bridge; that the
-solver's tie-break decides by libvirt's order (planner.solver.objective.libvirt_order_terms: earlier
-groups on existing buses first), and the construction fills them the same way. The remaining
+wish fill the free functions of the root bus's packed slots rather than the new bridge, and which
+devices take the existing empty ports; that the solver's tie-break decides by libvirt's order
+(planner.solver.objective.libvirt_order_terms: earlier groups on existing buses of lower index first,
+a sum of distinct products that one assignment maximises), and the construction does the same. The remaining
 variables (empty slots counted for the spares, I/O windows) are completed to their least values, as
 the solver's final tie-break (positive weights on every variable) leaves them. tests/test_certificate.py
 compares certified plans with the solver's on generated guests (bytes and the whole summary), and
@@ -46,6 +49,7 @@ from planner.solver.variables import PORTS, Variables, conventional_ok, pcie_ok
 FUNCTIONS = 8
 SLOTS_PER_BRIDGE = 31
 ROOTS = ("pcie-root", "pci-root")
+SWITCHES = ("pcie-root-port", "pcie-switch-downstream-port", "pcie-switch-upstream-port")
 
 
 @dataclass
@@ -154,8 +158,11 @@ def _outside(prep: Prepared, options: PlanOptions) -> str:
         return "order"
     if prep.reserve_pcie or prep.reserve_pci:
         return "reserve"
-    if set(prep.states) != {0} or prep.states[0].bus.model.name not in ROOTS:
+    if prep.states[0].bus.model.name not in ROOTS:
         return "controllers"
+    if any(st.bus.model.name not in SWITCHES or prep.states[0].bus.model.name != "pcie-root"
+           for e, st in prep.states.items() if e != 0):
+        return "controllers"  # besides the root, only PCIe ports (and switches' upstream ports)
     for g in prep.groups:
         k = g.key
         if (k.bus_pin is not None or k.numa is not None or k.connection is not None or k.bus != "default"
@@ -200,7 +207,21 @@ def _shape(prep: Prepared, built: Built) -> _Shape | None:
                 shape.root.append(gi)
     if not conventional_root and (root.hotplug or any(e == 0 for e, _ in v.alone)):
         return None  # the bounds count pcie-root's slots as neither hot-pluggable nor taken alone
+    empty = _empty_ports(prep)
+    if len(prep.states) > 1 and shape.bridge:
+        return None  # a new bridge could then also go on an existing port
+    if len(empty) > sum(prep.groups[gi].size for gi in shape.port):
+        return None  # ports left empty might take packs or be the spares: not covered
+    if any((e, gi) not in v.alone for e in empty for gi in shape.port):
+        return None
     return shape
+
+
+def _empty_ports(prep: Prepared) -> list[int]:
+    """The existing empty hot-pluggable PCIe ports, by index."""
+    reserved = prep.problem.machine.reserved_slots
+    return sorted(e for e, st in prep.states.items()
+                  if st.bus.model.name in PORTS and st.bus.hotplug and st.free_slots(reserved))
 
 
 def _ceil(a: int, b: int) -> int:
@@ -224,10 +245,11 @@ def _root_packed(prep: Prepared, built: Built, shape: _Shape) -> int:
 
 
 def _root_ports(prep: Prepared, built: Built, shape: _Shape) -> int:
-    """New root ports: one per device wanting a PCIe hot-plug port, the spare ports, and the one that
-    holds the new bridge."""
+    """New root ports: one per device wanting a PCIe hot-plug port beyond the existing empty ports,
+    the spare ports, and the one that holds the new bridge."""
     spare = built.spare_pcie if prep.problem.machine.pcie else 0
-    return sum(prep.groups[gi].size for gi in shape.port) + spare + (1 if shape.bridge else 0)
+    lone = sum(prep.groups[gi].size for gi in shape.port) - len(_empty_ports(prep))
+    return lone + spare + (1 if shape.bridge else 0)
 
 
 def _new_spares(prep: Prepared, built: Built) -> int:
@@ -304,11 +326,18 @@ def _construct(prep: Prepared, built: Built, shape: _Shape) -> dict[int, int] | 
     rpslots = _ceil(max(0, ports - len(st.free_root_port_functions())), FUNCTIONS)
     if rpslots + packslots > free:
         return None
+    # the existing empty ports take the first devices in group order, the lowest index the earliest
+    # (the solver's tie-break, libvirt's order: earlier groups on existing buses of lower index)
+    existing = dict.fromkeys(shape.port, 0)
+    queue = [gi for gi in shape.port for _ in range(prep.groups[gi].size)]
+    for e, gi in zip(_empty_ports(prep), queue, strict=False):
+        put(v.alone[e, gi], 1)
+        existing[gi] += 1
     if ports:
         pool = v.root_ports[0]
         for gi in shape.port:
-            put(pool.alone[gi], prep.groups[gi].size)
-        put(pool.spare, ports - sum(prep.groups[gi].size for gi in shape.port) - (1 if shape.bridge else 0))
+            put(pool.alone[gi], prep.groups[gi].size - existing[gi])
+        put(pool.spare, built.spare_pcie)
         put(v.rpslots[0], rpslots)
     if shape.bridge:
         put(v.rp_bridge[0], 1)
@@ -334,8 +363,9 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
       conventional device wanting hot-plug needs a new bridge's slot (pcie-root offers none and has no
       hot-pluggable slot), and every new bridge is a controller that sits on a port of its own, which
       is neither one of those ports nor empty (a nested pci-bridge needs a bridge that is not nested).
-      So at least |port devices| + spare ports + 2 if any conventional device wants hot-plug. On pc
-      (pci-root): 0.
+      The existing empty hot-pluggable ports (when there are any, there is no such conventional
+      device) offer one such place each. So at least |port devices| + spare ports - existing empty
+      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0.
     - buses: without --replan the model counts bus numbers by the same sum as controllers (each new
       controller is one bus), so the same bound.
     - slots (root-bus slots used): at the bounds above the new controllers are exactly those counted:
@@ -348,7 +378,9 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
       the root bus, 8 to a slot. On pc, at controllers = 0 every device is on pci-root: each device
       wanting hot-plug alone in a slot, the others packed 8 to a slot; a packed slot of a hot-pluggable
       bus counts twice (the model's cost for the hot-plug room it takes).
-    - libvirt (existing empty ports left empty): 0; a guest with only the root has no port.
+    - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
+      slot), so at most the empty ones are filled: their number (not more than the devices wanting a
+      port, which fill them in the layout) below the number of hot-pluggable ports.
 
     A guest with nothing to place (every device addressed, as when a planned guest is planned again):
     levels 1-6 are sums of counts of new things, and the only new things it may need are the spare
@@ -376,8 +408,9 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
         ports = _root_ports(prep, built, shape)
         controllers = ports + (1 if shape.bridge else 0)
         slots = _ceil(max(0, ports - len(st.free_root_port_functions())), FUNCTIONS) + twice * packslots
+    hot_ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
     return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": controllers, "buses": controllers,
-            "slots": slots, "libvirt": 0}
+            "slots": slots, "libvirt": hot_ports - len(_empty_ports(prep))}
 
 
 def _complete(model: cp_model.CpModel, v: Variables, layout: dict[int, int]) -> list[int] | None:

@@ -62,6 +62,34 @@ def _guests() -> list[tuple[str, str, PlanOptions]]:
             devices += "<interface type='user'><model type='virtio'/></interface>" * (n % 3)
             devices += "<controller type='usb' index='1' model='piix3-uhci'/>" if n % 2 else ""
             out.append((f"mixed-{machine}-{nics}-{others}", _domain(machine, devices), PlanOptions()))
+    # existing PCIe ports (some empty, some with hot-plug off, a switch) that the devices fill first
+    rng = random.Random(5)
+    for n in range(45):
+        xml = typical_guest(n, rng)
+        if n % 3 == 1:
+            continue  # pc: no PCIe ports
+        k = rng.randint(1, 6)
+        ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'>"
+                        + ("<target hotplug='off'/>" if i % 5 == 4 else "") + "</controller>"
+                        for i in range(1, k + 1))
+        if n % 5 == 0:
+            ports += (f"<controller type='pci' index='{k + 1}' model='pcie-switch-upstream-port'/>"
+                      f"<controller type='pci' index='{k + 2}' model='pcie-switch-downstream-port'/>")
+        xml = xml.replace("<devices>\n", "<devices>\n    <controller type='pci' index='0' model='pcie-root'/>"
+                          + ports + "\n", 1)
+        out.append((f"ports-{n}", xml, PlanOptions(spare_pcie=2) if n % 4 == 0 else PlanOptions()))
+    # empty ports of two kinds (root ports, a switch's downstream port): the earliest devices take
+    # the lowest indices, as the solver's tie-break (libvirt's order) puts them
+    switch = ("<controller type='pci' index='0' model='pcie-root'/>"
+              "<controller type='pci' index='1' model='pcie-root-port'/>"
+              "<controller type='pci' index='2' model='pcie-switch-upstream-port'/>"
+              "<controller type='pci' index='3' model='pcie-switch-downstream-port'/>"
+              "<controller type='pci' index='4' model='pcie-root-port'/>"
+              "<controller type='pci' index='5' model='pcie-root-port'/>")
+    for first in ("e1000e", "virtio"):
+        nics = "".join(f"<interface type='user'><model type='{m}'/></interface>"
+                       for m in (first, "virtio", "e1000e", "virtio"))
+        out.append((f"switch-{first}", _domain("q35", switch + nics), PlanOptions()))
     rng = random.Random(2026)
     variants = [PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=3), PlanOptions(spare_pci=2),
                 PlanOptions(firmware="ovmf"), PlanOptions(firmware="none"), PlanOptions(spare_pci=0)]
@@ -174,7 +202,7 @@ def test_guests_outside_the_certificate_go_to_the_solver(what: str, guest_xml) -
     options = PlanOptions()
     xml = Q35
     if what == "controllers":
-        xml = guest_xml("q35", "<controller type='pci' index='1' model='pcie-root-port'/>"
+        xml = guest_xml("q35", "<controller type='pci' index='1' model='dmi-to-pci-bridge'/>"
                         "<interface type='user'><model type='virtio'/></interface>").decode()
     elif what == "rules":
         options = PlanOptions(hotplug_kinds=frozenset({"interface"}))
