@@ -375,9 +375,11 @@ def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
       packed as functions: on the root bus, or in the one new bridge when there is one and they are
       conventional (a PCIe device there costs on pcie; a port of their own would be a controller
       more), up to the bridge's slots left after its lone devices and the spare slots: the rest is on
-      the root bus, 8 to a slot. On pc, at controllers = 0 every device is on pci-root: each device
-      wanting hot-plug alone in a slot, the others packed 8 to a slot; a packed slot of a hot-pluggable
-      bus counts twice (the model's cost for the hot-plug room it takes).
+      the root bus, 8 to a slot (an existing port with hot-plug off takes 8 in its slot at the same
+      cost; the empty hot-pluggable ones all hold a device at the bound above). On pc, at
+      controllers = 0 every device is on pci-root: each device wanting hot-plug alone in a slot, the
+      others packed 8 to a slot; a packed slot of a hot-pluggable bus counts twice (the model's cost
+      for the hot-plug room it takes).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
