@@ -11,7 +11,8 @@ passes each:
   defineXML + XMLDesc(inactive) + undefine of every guest (first pass), then the same over the XML
   libvirt itself wrote (second pass); the loop alone (the driver is opened, and each emulator's
   capabilities probed, before the clock starts).
-Prints guests per second for each, and pciplan's rate divided by libvirt's; --json FILE records them
+Prints guests per second for each, and pciplan's rate divided by libvirt's, and how many guests of each pass
+the optimality certificate (planner/certificate.py) planned without a solve; --json FILE records them
 (README's fleet table is benchmarks/results/fleet-generated.json and fleet-realworld.json, which
 tests/test_readme_figures.py checks against it).
 """
@@ -97,6 +98,25 @@ def libvirt_pass(conn, libvirt, guests: list[str]) -> tuple[float, list[str], in
     return time.perf_counter() - start, written, refused
 
 
+def certified_share(files: list[Path]) -> tuple[int, int]:
+    """(guests planned without a solve: planner.certificate proved the plan optimal, guests planned),
+    by planning each file once more in this process (not timed)."""
+    from planner import certificate
+    from planner.errors import Infeasible
+    from planner.options import PlanOptions
+    from planner.plan import plan_tree
+    from planner.xmlio import InputError, parse_domain_bytes
+
+    before, planned = certificate.STATS.certified, 0
+    for path in files:
+        try:
+            plan_tree(parse_domain_bytes(path.read_bytes()), PlanOptions())
+        except (InputError, Infeasible):
+            continue
+        planned += 1
+    return certificate.STATS.certified - before, planned
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, action="append", help="plan the domain XMLs of this folder "
@@ -130,6 +150,11 @@ def main() -> None:
             print(f"pciplan {label}: {count} guests, {changed} changed: whole command {wall:.2f} s "
                   f"({count / wall:.0f} guests/s), the batch alone {batch:.2f} s "
                   f"({count / batch:.0f} guests/s)")
+        certified: dict[str, tuple[int, int]] = {}
+        for label, folder in (("first pass", src), ("second pass", out)):
+            certified[label] = certified_share(sorted(folder.glob("*.xml")))
+            print(f"optimality certificate, {label}: {certified[label][0]} of {certified[label][1]} "
+                  "planned guests proven optimal without a solve")
 
         from planner.stack import StackUnavailable, shared_stack
 
@@ -162,7 +187,8 @@ def main() -> None:
                   "passes": [{"pass": label, "changed": changed_by[label],
                               "pciplan": round(rates[f"pciplan {label}"], 1),
                               "pciplan_batch": round(rates[f"pciplan batch {label}"], 1),
-                              "libvirt": round(rates[f"libvirt {label}"], 1)}
+                              "libvirt": round(rates[f"libvirt {label}"], 1),
+                              "certified": certified[label][0], "planned": certified[label][1]}
                              for label in ("first pass", "second pass")]}
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -104,10 +104,14 @@ class Built:
     vars: Variables
     levels: Levels
     stages: list[cp_model.LinearExpr]  # objectives solved in turn (one unless the weights are huge)
+    spare_pcie: int = 0  # the empty hot-pluggable PCIe ports and conventional slots the model wishes for
+    spare_pci: int = 0
 
 
-def build(prep: Prepared, options: PlanOptions) -> Built:
-    """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails)."""
+def build(prep: Prepared, options: PlanOptions, validate: bool = True) -> Built:
+    """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails;
+    validate=False skips it, and with it the import of OR-Tools: planner.certificate only reads the
+    model)."""
     machine = prep.problem.machine
     # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
     # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
@@ -138,8 +142,9 @@ def build(prep: Prepared, options: PlanOptions) -> Built:
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
     for x in v.keep.values():  # --replan: start the search from the layout as given
         model.AddHint(x, 1)
-    _validate(model)
-    return Built(model, why, v, lv, stages)
+    if validate:
+        _validate(model)
+    return Built(model, why, v, lv, stages, spare_pcie, spare_pci)
 
 
 def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
