@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from planner.domain import Bus, Device, PciAddress, Problem, endpoint_of
-from planner.errors import Infeasible
+from planner.errors import Infeasible, Limit, Reason
 from planner.facts import IO_UNIT, IO_WINDOW_UNITS, controller_models, device_class
 from planner.options import RESERVE_DEFAULT_MODEL, PlanOptions
 from planner.replan import mark_replan
@@ -320,10 +320,11 @@ def _hotplug_mode(d: Device, options: PlanOptions, hotplug_possible: bool) -> st
     if d.hotplug_rule == "yes" and not (d.address is not None and not d.droppable):
         why = f"hotplug=yes for {d.label} ({d.hotplug_rule_from})"
         if not d.hotplug or d.companions:
-            raise Infeasible([f"{why}: libvirt cannot hot-plug a {d.kind} of this model"])
+            raise Infeasible([Reason(Limit.HOTPLUG, f"{why}: libvirt cannot hot-plug a {d.kind} of this "
+                                     "model")])
         if not hotplug_possible:
-            raise Infeasible([f"{why}: this pc guest has no <acpi/>, so its root bus cannot hot-plug; "
-                              "add <features><acpi/></features>"])
+            raise Infeasible([Reason(Limit.HOTPLUG, f"{why}: this pc guest has no <acpi/>, so its root bus "
+                                     "cannot hot-plug; add <features><acpi/></features>")])
         return "prefer" if options.relax_hotplug else "yes"
     if d.hotplug_rule == "no":
         return "no"
@@ -392,8 +393,8 @@ def _add_expander_buses(problem: Problem) -> None:
             continue
         if not machine.pxb:
             who = next(d.label for d in problem.devices if d.numa_rule == node)
-            raise Infeasible([f"numa={node} for {who}: machine family {machine.family} has no expander "
-                              "bus to bind devices to a NUMA node"])
+            raise Infeasible([Reason(Limit.NUMA, f"numa={node} for {who}: machine family {machine.family} "
+                                     "has no expander bus to bind devices to a NUMA node")])
         index = max(problem.buses) + 1
         model = controller_models()[machine.pxb]
         el = etree.Element("controller", type="pci", index=str(index), model=machine.pxb)
@@ -429,9 +430,10 @@ def _move_to_mmio(problem: Problem) -> list[Device]:
         moved.append(d)
     total = len(problem.mmio_devices) + len(moved)
     if total > problem.machine.mmio_transports:
-        raise Infeasible([f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
-                          f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
-                          f"{problem.machine.mmio_transports} virtio-mmio transports"])
+        raise Infeasible([Reason(
+            Limit.VIRTIO_MMIO, f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
+            f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
+            f"{problem.machine.mmio_transports} virtio-mmio transports")])
     problem.devices = [d for d in problem.devices if d not in moved]
     problem.mmio_devices += [d.label for d in moved]
     return moved

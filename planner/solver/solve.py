@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from planner.errors import Infeasible, InternalError
+from planner.errors import Infeasible, InternalError, Limit, Reason, Role
 from planner.facts import IO_WINDOW_UNITS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
@@ -64,17 +64,18 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
     return keep
 
 
-def _collapse_full_buses(reasons: list[str]) -> list[str]:
-    """Many full buses in a core are one limit: name it once (with the first few of them)."""
-    full = [r.removesuffix(" has 0 free slot(s)") for r in reasons if r.endswith(" has 0 free slot(s)")]
+def _core_reasons(why: c.Assumptions, core: list[int]) -> list[Reason]:
+    """The reasons of a core's literals; many full buses in a core are one limit: named once (with
+    the first few of them)."""
+    full = [why.full_buses[i] for i in core if i in why.full_buses]
     if len(full) <= 3:
-        return reasons
+        return [why.literals[i] for i in core]
     shown = ", ".join(full[:3]) + f" and {len(full) - 3} more"
-    rest = [r for r in reasons if not r.endswith(" has 0 free slot(s)")]
-    return rest + [f"{len(full)} existing buses have no free slot ({shown})"]
+    rest = [why.literals[i] for i in core if i not in why.full_buses]
+    return rest + [Reason(Limit.SLOTS, f"{len(full)} existing buses have no free slot ({shown})")]
 
 
-def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
+def _relaxations(prep: Prepared, groups: list[int]) -> list[Reason]:
     """What the user could allow for the groups in the infeasible core."""
     out = []
     for gi in groups:
@@ -92,7 +93,7 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
             out.append(f"suggestion: drop connection={k.connection} for {who}")
         if k.numa is not None:
             out.append(f"suggestion: drop numa={k.numa} for {who}")
-    return out
+    return [Reason(Limit.PLACEMENT, text, Role.SUGGESTION) for text in out]
 
 
 @dataclass
@@ -187,9 +188,9 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
                 c.loose_pool_windows(model, prep, v)
                 exact = False
             elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
-                raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} "
-                                  f"refinements of the new bridges' I/O windows in {options.time_limit:g} s; "
-                                  "raise --time-limit"])
+                raise Infeasible([Reason(Limit.IO_SPACE, f"no layout within the firmware's I/O space found "
+                                         f"after {cuts} refinements of the new bridges' I/O windows in "
+                                         f"{options.time_limit:g} s; raise --time-limit")])
         if number and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             # a later stage ran out of time: the earlier stage's layout stands, not proven best below
             solver, status, proven = before, cp_model.FEASIBLE, False
@@ -204,11 +205,11 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         status = cp_model.FEASIBLE
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
-        reasons = _collapse_full_buses([why.literals[i] for i in core]) or ["the constraints admit no layout"]
+        reasons = _core_reasons(why, core) or [Reason(Limit.OTHER, "the constraints admit no layout")]
         raise Infeasible(reasons + _relaxations(prep, [why.groups[i] for i in core if i in why.groups]))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
-                          f"{solver.StatusName(status)}); raise --time-limit"])
+        raise Infeasible([Reason(Limit.TIME, f"no layout found within {options.time_limit:g} s (solver "
+                                 f"status {solver.StatusName(status)}); raise --time-limit")])
     obj = solver.Value(stages[-1])  # exact: the stages stay below 2**53
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
