@@ -17,7 +17,7 @@ from planner.layout import unfold
 from planner.metrics import Headroom, headroom
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import CHIPSET, prepare
-from planner.render import render, set_virtio_mmio
+from planner.render import apply_prepared, render, set_virtio_mmio
 from planner.rules import read_with_rules as _read
 from planner.solver import solve
 from planner.ties import prefer_libvirt
@@ -77,33 +77,6 @@ def objective_order_of(tree: etree._ElementTree, options: PlanOptions) -> tuple[
     return _read(copy.deepcopy(tree), options)[1].objective_order or OBJECTIVE_DEFAULT
 
 
-def _number_new_expanders(prep, layout) -> None:
-    """busNr for the expander buses pciplan added: each takes a range just large enough for the buses
-    below it, from the top down (below the lowest busNr the guest already had)."""
-    ours = sorted(b.index for b in prep.problem.buses.values() if b.new_expander)
-    if not ours:
-        return
-    size = dict.fromkeys(ours, 0)
-    for b in prep.problem.buses.values():
-        h = prep.hierarchy_of(b.index)
-        if h in size:
-            size[h] += b.model.buses
-    for node in layout.new_controllers:
-        parent = node.parent
-        while parent is not None and parent.index not in size:
-            parent = parent.parent
-        if parent is not None:
-            size[parent.index] += 1
-    given = [b.bus_nr for b in prep.problem.buses.values() if b.bus_nr is not None]
-    upper = min(given, default=255)
-    for index in ours:
-        upper -= size[index]
-        bus = prep.problem.buses[index]
-        bus.bus_nr = upper
-        target = bus.element.find("target")
-        target.set("busNr", str(upper))
-
-
 def _moved(layout) -> list[str]:
     """--replan: each device whose written address differs from the input's, old → new, named as
     `pciplan check` names it."""
@@ -141,6 +114,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     original = etree.ElementTree(copy.deepcopy(tree.getroot()))  # the input as given: never written out
     problem, options, warnings = _read(tree, options)
     prep = prepare(problem, options)
+    problem = prep.problem  # as prepared: marked for --replan, without virtio-mmio devices, expanders added
     io_budget_dropped = False
     try:
         try:
@@ -158,7 +132,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         explain(exc, original, problem, prep, options)
         raise
     layout = unfold(prep, result)
-    _number_new_expanders(prep, layout)
+    apply_prepared(prep, layout)
     chipset = {(0, slot) for (slot, _fn) in CHIPSET.get(problem.machine.family, {})}
     render(problem, layout, chipset)
     for d in prep.mmio:
@@ -169,12 +143,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     notes = converted + problem.notes + [f"warning: {w}" for w in warnings]
     tied_to_libvirt = False
     if not options.replan and not converted:
-        machine = problem.machine
-        spare_pci = options.spare_pci if options.spare_pci is not None else (
-            machine.spare_pci_slots if problem.root.hotplug else 0)
-        spare_pcie = options.spare_pcie if options.spare_pcie is not None else machine.spare_pcie_ports
-        # the reservations are places the tie must keep too
-        spare_pci, spare_pcie = max(spare_pci, prep.reserve_pci), max(spare_pcie, prep.reserve_pcie)
+        # the spares prepare resolved; the reservations are places the tie must keep too
+        spare_pci, spare_pcie = max(prep.spare_pci, prep.reserve_pci), max(prep.spare_pcie, prep.reserve_pcie)
         if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
             notes.append("ties with libvirt's own layout: libvirt's addresses written")
             tied_to_libvirt = True
@@ -228,13 +198,9 @@ def _given_over_budget(prep) -> bool:
 
 def _without_io_budget(prep, options: PlanOptions):
     """Plan with the firmware's I/O budget left out (raises Infeasible if even that fails)."""
-    firmware = prep.problem.firmware
-    prep.problem.firmware = None
-    try:
-        check_bounds(prep)
-        return solve(prep, options)
-    finally:
-        prep.problem.firmware = firmware
+    unbudgeted = replace(prep, problem=replace(prep.problem, firmware=None))
+    check_bounds(unbudgeted)
+    return solve(unbudgeted, options)
 
 
 def _io_budget_units(prep, result) -> int:

@@ -109,20 +109,10 @@ class Built:
 
 def build(prep: Prepared, options: PlanOptions) -> Built:
     """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails)."""
-    machine = prep.problem.machine
-    # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
-    # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
-    # slot only where hot-plug works. --spare-pcie 0 / --spare-pci 0 opt out.
-    spare_pcie = options.spare_pcie
-    if spare_pcie is None:
-        spare_pcie = machine.spare_pcie_ports
-    spare_pci = options.spare_pci
-    if spare_pci is None:
-        spare_pci = machine.spare_pci_slots if prep.problem.root.hotplug else 0
-    if not machine.pcie:
-        spare_pcie = 0
+    spare_pcie = prep.spare_pcie if prep.problem.machine.pcie else 0  # the spares prepare resolved
     order = options.objective_order or OBJECTIVE_DEFAULT
-    prep.pcie_before_controllers = order.index("pcie") < order.index("controllers")
+    if prep.pcie_before_controllers != (order.index("pcie") < order.index("controllers")):
+        raise InternalError("prepared and solved under different objective orders; please report it")
     model = cp_model.CpModel()
     why = c.Assumptions(model=model)
     v = create_variables(model, prep)
@@ -132,8 +122,8 @@ def build(prep: Prepared, options: PlanOptions) -> Built:
     c.new_port_capacity(model, prep, v, why)
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
-    c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
-    lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
+    c.spare_ports(model, prep, v, spare_pcie, prep.spare_pci, why)
+    lv = levels(prep, v, order)
     stages = objective_stages(model, lv)
     model.Minimize(stages[0])
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
