@@ -7,9 +7,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from planner.domain import Device, PciAddress
+from planner.errors import InternalError
 from planner.prepare import Prepared
-from planner.solver.pool import split
-from planner.solver.solve import SolveResult, pool_content
+from planner.solver.solve import SolveResult
 from planner.solver.variables import PORTS, PortPool, group_allowed_on, needs_port_window
 
 FUNCTIONS = 8
@@ -221,9 +221,10 @@ class _Unfolder:
             nested = self.add_controller("pci-bridge", parent, free[id(parent)].pop(0), 0)
             bridges.append(nested)
             free[id(nested)] = list(range(1, 32))
-        pool = self.r.pool
+        pool = self.r.pool  # the split solve checked against the firmware's I/O space
         if pool is None or len(pool.alone) != len(bridges):
-            pool = split(pool_content(self.prep, v, self.r.solver), io_matters=v.io_used is not None)
+            raise InternalError(f"the solver's split of the new bridges has {len(pool.alone) if pool else 0} "
+                                f"bridge(s), the layout {len(bridges)}; please report it")
         for k, bridge in enumerate(bridges):
             items: list[list[int]] = [[gi] for gi, n in sorted(pool.alone[k].items()) for _ in range(n)]
             packed = [gi for gi, n in sorted(pool.packed[k].items()) for _ in range(n)]

@@ -71,7 +71,8 @@ def test_the_firmware_search_follows_the_type_not_the_text(guest_xml, monkeypatc
     assert exc.value.explained[0] == reason
     if bisected:
         assert [(r.limit, r.role) for r in added] == [(Limit.IO_SPACE, Role.LARGEST)]
-        assert added[0].text.startswith("at most 0 of the ") and "with an I/O BAR fit SeaBIOS's" in added[0].text
+        text = added[0].text
+        assert text.startswith("at most 0 of the ") and "with an I/O BAR fit SeaBIOS's" in text
     else:
         assert added == []
 

@@ -17,6 +17,7 @@ from planner.options import PlanOptions
 from planner.prepare import prepare
 from planner.rules import read_with_rules
 from planner.solver import solve
+from planner.solver.cpmodel import CpSolver
 from planner.xmlio import parse_domain_bytes
 
 
@@ -63,6 +64,7 @@ def test_no_stage_writes_into_an_earlier_ones_objects(guest_xml) -> None:
         prepared = snapshot(prep)
         result = solve(prep, options)
         assert snapshot(prep) == prepared, f"{name}: solve changed the Prepared"
+        assert not any(isinstance(getattr(result, f.name), CpSolver) for f in dataclasses.fields(result))
         unfold(prep, result)
         assert snapshot(prep) == prepared, f"{name}: unfold changed the Prepared"
         assert snapshot(problem) == read, f"{name}: a later stage changed the Problem"

@@ -32,16 +32,16 @@ class SolveResult:
     gap: float
     seconds: float
     values: dict[str, int] = field(default_factory=dict)  # per objective level
-    vars: Variables | None = None
-    solver: cp_model.CpSolver | None = None
+    vars: Variables | None = None  # the model's variables: names of the quantities in the solution
+    solution: tuple[int, ...] = ()  # every variable's value, by index (no solver is kept)
     pool: PoolSplit | None = None  # how the new bridges share the pooled devices
     io_units: int | None = None  # firmware I/O space the layout needs (32-byte units; None: no budget)
     io_budget: int = 0
     io_cuts: int = 0  # plans cut off because their new bridges' real I/O windows did not fit
 
     def value(self, x) -> int:
-        assert self.solver is not None
-        return int(self.solver.Value(x)) if x is not None else 0
+        assert self.solution
+        return int(cp_model.value_in(self.solution, x)) if x is not None else 0
 
 
 def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions) -> list[int]:
@@ -226,7 +226,9 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     io = None
     if v.io_used is not None:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
-    return SolveResult(name, obj, bound, gap, seconds, values, v, solver, pool, io, v.io_budget, cuts)
+    every = range(len(model.Proto().variables))  # the result keeps values, not the solver
+    solution = tuple(solver.Value(model.GetIntVarFromProtoIndex(i)) for i in every)
+    return SolveResult(name, obj, bound, gap, seconds, values, v, solution, pool, io, v.io_budget, cuts)
 
 
 def _validate(model: cp_model.CpModel) -> None:
