@@ -417,7 +417,7 @@ def _add_expander_buses(problem: Problem) -> None:
 
 
 def _move_to_mmio(problem: Problem) -> list[Device]:
-    """bus=mmio: the device leaves PCI for a virtio-mmio transport (virt machines, virtio devices);
+    """bus=mmio: the devices that leave PCI for a virtio-mmio transport (virt machines, virtio devices);
     QEMU's virt machine has a fixed number of them."""
     moved = []
     for d in problem.devices:
@@ -437,8 +437,6 @@ def _move_to_mmio(problem: Problem) -> list[Device]:
             Limit.VIRTIO_MMIO, f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
             f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
             f"{problem.machine.mmio_transports} virtio-mmio transports")])
-    problem.devices = [d for d in problem.devices if d not in moved]
-    problem.mmio_devices += [d.label for d in moved]
     return moved
 
 
@@ -480,6 +478,8 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     problem = _working_copy(problem)
     lost, gone = mark_replan(problem) if options.replan else ([], [])
     mmio = _move_to_mmio(problem)
+    problem = replace(problem, devices=[d for d in problem.devices if d not in mmio],
+                      mmio_devices=problem.mmio_devices + [d.label for d in mmio])
     _add_expander_buses(problem)
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []

@@ -1,6 +1,6 @@
 """The pipeline flows one way: no stage writes into an earlier stage's objects. prepare works on its
 own copy of the Problem and leaves the document to render; solve and unfold leave the Prepared as
-prepare made it (and it is frozen)."""
+prepare made it. Problem and Prepared are frozen."""
 
 from __future__ import annotations
 
@@ -70,10 +70,12 @@ def test_no_stage_writes_into_an_earlier_ones_objects(guest_xml) -> None:
         assert snapshot(problem) == read, f"{name}: a later stage changed the Problem"
 
 
-def test_prepared_is_frozen(guest_xml) -> None:
+def test_problem_and_prepared_are_frozen(guest_xml) -> None:
     data = guest_xml("q35", nics(1))
     problem, options, _warnings = read_with_rules(parse_domain_bytes(data), PlanOptions())
     prep = prepare(problem, options)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prep.pcie_before_controllers = False  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        problem.devices = []  # type: ignore[misc]
     assert prep.problem is not problem and prep.problem.devices is not problem.devices
