@@ -136,11 +136,16 @@ class Prepared:
     reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
     reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
     reserve_what: str = ""  # the reservations in words, for messages
-    pcie_before_controllers: bool = True  # the objective order ranks "pcie" above "controllers"
+    objective_order: tuple[str, ...] = OBJECTIVE_DEFAULT  # levels 2-5, resolved once (options, rules)
     spare_pcie: int = 0  # empty hot-pluggable PCIe ports wished for (the option, else the machine's)
     spare_pci: int = 0  # free hot-pluggable conventional slots wished for (likewise)
     # --replan: elements of the controllers removed before solving, taken out when the plan is written
     removed_elements: tuple[etree._Element, ...] = ()
+
+    @property
+    def pcie_before_controllers(self) -> bool:
+        """Does the objective order rank "pcie" above "controllers"?"""
+        return self.objective_order.index("pcie") < self.objective_order.index("controllers")
 
     def hierarchy_of(self, index: int) -> int:
         """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
@@ -509,7 +514,6 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     reserve_pcie, reserve_pci = reserved_places(problem, options.reserve)
     what = ", ".join(f"{k}={n}" for k, n in options.reserve)
-    order = options.objective_order or OBJECTIVE_DEFAULT
     machine = problem.machine
     # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
     # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
@@ -518,11 +522,10 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     spare_pci = options.spare_pci
     if spare_pci is None:
         spare_pci = machine.spare_pci_slots if problem.root.hotplug else 0
-    pcie_first = order.index("pcie") < order.index("controllers")
     return Prepared(problem, states, ordered, device_places, controller_places,
                     *_fixed_io(problem, states), drops, mmio, lost, [b.index for b in gone], reserve_pcie,
-                    reserve_pci, what, pcie_before_controllers=pcie_first, spare_pcie=spare_pcie,
-                    spare_pci=spare_pci,
+                    reserve_pci, what, objective_order=options.objective_order or OBJECTIVE_DEFAULT,
+                    spare_pcie=spare_pcie, spare_pci=spare_pci,
                     removed_elements=tuple(b.element for b in gone if b.element is not None))
 
 

@@ -75,7 +75,7 @@ def test_problem_and_prepared_are_frozen(guest_xml) -> None:
     problem, options, _warnings = read_with_rules(parse_domain_bytes(data), PlanOptions())
     prep = prepare(problem, options)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        prep.pcie_before_controllers = False  # type: ignore[misc]
+        prep.objective_order = ()  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         problem.devices = []  # type: ignore[misc]
     assert prep.problem is not problem and prep.problem.devices is not problem.devices

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from planner.errors import Infeasible, InternalError, Limit, Reason, Role
 from planner.facts import IO_WINDOW_UNITS
-from planner.options import OBJECTIVE_DEFAULT, PlanOptions
+from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver import cpmodel as cp_model
@@ -110,9 +110,6 @@ class Built:
 def build(prep: Prepared, options: PlanOptions) -> Built:
     """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails)."""
     spare_pcie = prep.spare_pcie if prep.problem.machine.pcie else 0  # the spares prepare resolved
-    order = options.objective_order or OBJECTIVE_DEFAULT
-    if prep.pcie_before_controllers != (order.index("pcie") < order.index("controllers")):
-        raise InternalError("prepared and solved under different objective orders; please report it")
     model = cp_model.CpModel()
     why = c.Assumptions(model=model)
     v = create_variables(model, prep)
@@ -123,7 +120,7 @@ def build(prep: Prepared, options: PlanOptions) -> Built:
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
     c.spare_ports(model, prep, v, spare_pcie, prep.spare_pci, why)
-    lv = levels(prep, v, order)
+    lv = levels(prep, v, prep.objective_order)  # resolved once, by prepare
     stages = objective_stages(model, lv)
     model.Minimize(stages[0])
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
