@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from planner.domain import Device, PciAddress
 from planner.errors import InternalError
 from planner.prepare import Prepared
-from planner.solver.solve import SolveResult
-from planner.solver.variables import PORTS, PortPool, group_allowed_on, needs_port_window
+from planner.solver.solve import PortCounts, SolveResult
+from planner.solver.variables import PORTS, group_allowed_on, needs_port_window
 
 FUNCTIONS = 8
 
@@ -50,19 +50,23 @@ class Layout:
     moved: list[tuple[Device, PciAddress, PciAddress | None]] = field(default_factory=list)
 
 
+def _count(x: int | None) -> int:
+    return x or 0
+
+
 class _Unfolder:
     def __init__(self, prep: Prepared, result: SolveResult):
         self.prep = prep
         self.r = result
-        self.v = result.vars
+        assert result.counts is not None
+        self.v = result.counts  # plain numbers: the layout never reads the model or the solver
         self.nodes: dict[int, BusNode] = {}
         reserved = prep.problem.machine.reserved_slots
-        assert self.v is not None
-        self.dropped = {c for c, k in self.v.bus_keep.items() if not result.value(k)}
+        self.dropped = {c for c, k in self.v.bus_keep.items() if not k}
         for i, st in sorted(prep.states.items()):
             if i in self.dropped:
                 continue
-            freed = [s for s in st.optional_slots() if not result.value(self.v.occupied[i, s])]
+            freed = [s for s in st.optional_slots() if not self.v.occupied[i, s]]
             self.nodes[i] = BusNode(st.bus.model.name, i, free=sorted(st.free_slots(reserved) + freed),
                                     rp_functions=st.free_root_port_functions())
         for i, b in prep.problem.buses.items():
@@ -105,8 +109,8 @@ class _Unfolder:
         self.wanted.setdefault(gi, []).append(Target(bus, slot, fn))
 
     # -- ports (root or downstream) and what they hold
-    def fill_ports(self, pool: PortPool, make_port) -> None:
-        val = self.r.value
+    def fill_ports(self, pool: PortCounts, make_port) -> None:
+        val = _count
         for gi, x in sorted(pool.alone.items()):
             for _ in range(val(x)):
                 self.want(gi, make_port(), 0, 0)
@@ -127,8 +131,7 @@ class _Unfolder:
         moved, among interchangeable ports, to the lowest indices: libvirt's first fit. Interchangeable:
         same model, hot-plug setting and bus-number hierarchy, nothing else on them; groups pinned to
         a bus stay."""
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         alone = {k: val(x) for k, x in v.alone.items() if val(x)}
         busy = {e for e, x in v.packslots.items() if val(x)}
         busy |= {e for e, x in v.new_pcie_pci_bridge.items() if val(x)}
@@ -165,8 +168,7 @@ class _Unfolder:
         return alone
 
     def unfold(self) -> None:
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         alone = self._alone_lowest_ports_first()
         for e in sorted(self.nodes):
             node = self.nodes[e]
@@ -187,8 +189,7 @@ class _Unfolder:
         self._pool()
 
     def _root_ports(self, e: int, parent: BusNode) -> None:
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
 
         def root_port() -> BusNode:
             return self.add_controller("pcie-root-port", parent, *self.function(parent, root_port=True))
@@ -212,8 +213,7 @@ class _Unfolder:
         """Fill the new bridges: nested pci-bridges first (each in the first bridge with a free slot),
         then each bridge with the devices the solver's split gives it (planner.solver.pool: the split
         with the fewest I/O windows)."""
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         free = {id(b): list(range(1, 32)) for b in self.bridges}
         bridges = list(self.bridges)
         for _ in range(val(v.pool_pci_bridges)):
@@ -256,8 +256,8 @@ def unfold(prep: Prepared, result: SolveResult) -> Layout:
     u.unfold()
     layout = Layout(new_controllers=u.number(), dropped_controllers=sorted(u.dropped))
     layout.controllers = dict(prep.controller_places)
-    assert result.vars is not None
-    keep = {id(d.device): result.value(result.vars.keep[i])
+    assert result.counts is not None
+    keep = {id(d.device): result.counts.keep[i]
             for i, d in enumerate(prep.droppables) if d.device is not None}
     for gi, targets in u.wanted.items():
         group = prep.groups[gi]

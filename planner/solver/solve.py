@@ -24,6 +24,57 @@ from planner.solver.variables import Variables, create_variables, hotpluggable_p
 MAX_CUTS = 8
 
 
+@dataclass(frozen=True)
+class PortCounts:
+    """New ports of one kind, as solved (planner.solver.variables.PortPool's values)."""
+
+    alone: dict[int, int]
+    packed: dict[int, int]
+    pack_io: int
+    pack_noio: int
+    spare: int
+
+    def ports(self) -> list[int]:
+        return [*self.alone.values(), self.pack_io, self.pack_noio, self.spare]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the layout is unfolded from: the solution's counts, plain numbers (the fields of
+    planner.solver.variables.Variables that say what goes where), with no model or solver behind them."""
+
+    alone: dict[tuple[int, int], int]
+    packed: dict[tuple[int, int], int]
+    packslots: dict[int, int]
+    new_pci_bridges: dict[int, int]
+    new_pcie_pci_bridge: dict[int, int]
+    root_ports: dict[int, PortCounts]
+    rp_bridge: dict[int, int]
+    rp_switch: dict[int, int]
+    downstream: dict[int, PortCounts]
+    pool_pci_bridges: int
+    keep: dict[int, int]
+    bus_keep: dict[int, int]
+    occupied: dict[tuple[int, int], int]
+
+
+def counts_of(v: Variables, solver: cp_model.CpSolver) -> Counts:
+    def val(x) -> int:
+        return int(solver.Value(x)) if x is not None else 0
+
+    def each(xs: dict) -> dict:
+        return {k: val(x) for k, x in xs.items()}
+
+    def ports(pools: dict) -> dict[int, PortCounts]:
+        return {p: PortCounts(each(pool.alone), each(pool.packed), val(pool.pack_io), val(pool.pack_noio),
+                              val(pool.spare)) for p, pool in pools.items()}
+
+    return Counts(each(v.alone), each(v.packed), each(v.packslots), each(v.new_pci_bridges),
+                  each(v.new_pcie_pci_bridge), ports(v.root_ports), each(v.rp_bridge), each(v.rp_switch),
+                  ports(v.downstream), val(v.pool_pci_bridges), each(v.keep), each(v.bus_keep),
+                  each(v.occupied))
+
+
 @dataclass
 class SolveResult:
     status: str  # OPTIMAL | FEASIBLE
@@ -38,6 +89,7 @@ class SolveResult:
     io_units: int | None = None  # firmware I/O space the layout needs (32-byte units; None: no budget)
     io_budget: int = 0
     io_cuts: int = 0  # plans cut off because their new bridges' real I/O windows did not fit
+    counts: Counts | None = None  # what goes where: the layout is unfolded from this alone
 
     def value(self, x) -> int:
         assert self.solution
@@ -225,7 +277,8 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
     every = range(len(model.Proto().variables))  # the result keeps values, not the solver
     solution = tuple(solver.Value(model.GetIntVarFromProtoIndex(i)) for i in every)
-    return SolveResult(name, obj, bound, gap, seconds, values, v, solution, pool, io, v.io_budget, cuts)
+    return SolveResult(name, obj, bound, gap, seconds, values, v, solution, pool, io, v.io_budget, cuts,
+                       counts_of(v, solver))
 
 
 def _validate(model: cp_model.CpModel) -> None:
