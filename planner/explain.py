@@ -23,10 +23,11 @@ from planner.solver.solve import hotpluggable_count
 from planner.xmlio import InputError
 
 
-def explain(exc: Infeasible, original: etree._ElementTree, problem: Problem, prep: Prepared,
-            options: PlanOptions) -> None:
-    """Add to exc what further solves can tell: how many devices can be hot-pluggable, how many I/O-BAR
-    devices fit the firmware, how many reserved places can be kept, and the --replan hint."""
+def explain(exc: Infeasible, original: etree._ElementTree, prep: Prepared, options: PlanOptions) -> None:
+    """Add to exc what further solves of the input as given (original) can tell: how many devices can
+    be hot-pluggable, how many I/O-BAR devices fit the firmware, how many reserved places can be kept,
+    and the --replan hint."""
+    problem = prep.problem
     if any(d.hotplug_rule == "yes" for d in problem.devices):
         exc.add([_hotplug_limit(original, options)])
     elif problem.firmware is not None and exc.unanswered(Limit.IO_SPACE):

@@ -129,7 +129,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
             result = _without_io_budget(prep, options)
             io_budget_dropped = True
     except Infeasible as exc:
-        explain(exc, original, problem, prep, options)
+        explain(exc, original, prep, options)
         raise
     layout = unfold(prep, result)
     apply_prepared(prep, layout)
