@@ -84,6 +84,10 @@ class Infeasible(Exception):
         roles = {r.role for r in self.explained if r.limit is limit}
         return Role.CONFLICT in roles and Role.LARGEST not in roles
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from the typed reasons, not from Exception's args (the joined text), e.g. by a worker
+        return type(self), (self.explained,)
+
     def kinds(self) -> list[dict[str, str]]:
         """For --json: the limit and role of each reason, in the order of the reasons."""
         return [{"limit": r.limit.value, "role": r.role.value} for r in self.explained]

@@ -85,3 +85,15 @@ def test_reasons_keep_their_text() -> None:
     assert exc.explained[1] == Reason(Limit.OTHER, "b")
     assert not exc.unanswered(Limit.SLOTS) and not exc.unanswered(Limit.RESERVE)
     assert exc.kinds()[2] == {"limit": "slots", "role": "largest"}
+
+
+def test_a_pickled_refusal_keeps_its_typed_reasons() -> None:
+    """A refusal that crosses a process boundary (fleet's workers) arrives as it was made."""
+    import pickle
+
+    from planner.api import InfeasibleError
+
+    for cls in (Infeasible, InfeasibleError):
+        exc = cls([Reason(Limit.RESERVE, "reserve (disk=1): 1 empty hot-pluggable PCIe ports"), "plain"])
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is cls and back.explained == exc.explained and str(back) == str(exc)
