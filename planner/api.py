@@ -21,6 +21,7 @@ import contextlib
 import copy
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,7 +30,7 @@ from lxml import etree
 
 from planner.attach import NotHotpluggable
 from planner.cli_options import plan_options
-from planner.errors import ExitCode, Infeasible, InternalError
+from planner.errors import ExitCode, Infeasible, InternalError, Reason
 from planner.metrics import Headroom, Place
 from planner.options import PlanOptions
 from planner.xmlio import InputError, parse_domain_bytes, parse_xml_bytes, serialize, serialize_text
@@ -68,9 +69,13 @@ class BadInputError(PciplanError, InputError):
 
 
 class InfeasibleError(PciplanError, Infeasible):
-    """The request cannot be met: the reasons name the devices and limits in conflict (exit 3)."""
+    """The request cannot be met: the reasons name the devices and limits in conflict (exit 3);
+    `explained` types each of them (planner.errors.Reason: its limit and role)."""
 
     exit_code = ExitCode.INFEASIBLE
+
+    def __init__(self, reasons: Sequence[Reason | str]):
+        Infeasible.__init__(self, reasons)  # reasons is Infeasible's view of the typed ones
 
 
 class NotHotpluggableError(PciplanError):
@@ -232,7 +237,7 @@ def _guarded(fn, *args, **kwargs):
     except InputError as exc:
         raise BadInputError([str(exc)]) from exc
     except Infeasible as exc:
-        raise InfeasibleError(list(exc.reasons)) from exc
+        raise InfeasibleError(exc.explained) from exc
     except NotHotpluggable as exc:
         raise NotHotpluggableError([str(exc)]) from exc
     except InternalError as exc:

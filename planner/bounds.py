@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from planner.errors import Infeasible
+from planner.errors import Infeasible, Limit, Reason, Role
 from planner.facts import FUNCTIONS, IO_UNIT, IO_WINDOW_UNITS, MAX_BUS_NUMBERS, PORTS, SLOTS_PER_BUS
 from planner.prepare import Group, Prepared
 from planner.solver.variables import pcie_ok
@@ -84,19 +84,21 @@ def io_bound(prep: Prepared) -> None:
     fit = max(0, n_big - -(-(need - budget) // sizes[big]))
     acpi = "" if prep.problem.acpi or fw.uefi else " without ACPI"
     firmware = f"{fw.label} on {machine.family}{acpi}"
+    io = Limit.IO_SPACE
     reasons = [
-        f"I/O bound: the legacy I/O BARs these devices have wherever they go need at least "
-        f"{need * IO_UNIT} bytes of I/O space ({_describe(counts, sizes)}; "
-        f"{prep.fixed_io_units * IO_UNIT} bytes for what the guest already places); "
-        f"{firmware} has {capacity * IO_UNIT} bytes",
-        f"at most {fit} of the {n_big} × {big} fit beside the other devices",
+        Reason(io, f"I/O bound: the legacy I/O BARs these devices have wherever they go need at least "
+               f"{need * IO_UNIT} bytes of I/O space ({_describe(counts, sizes)}; "
+               f"{prep.fixed_io_units * IO_UNIT} bytes for what the guest already places); "
+               f"{firmware} has {capacity * IO_UNIT} bytes"),
+        Reason(io, f"at most {fit} of the {n_big} × {big} fit beside the other devices", Role.LARGEST),
     ]
     if machine.pcie:
-        reasons.append("suggestion: allow bus=pcie for the virtio devices (modern virtio on a PCIe port "
-                       "has no I/O BAR), or use their virtio-non-transitional models")
+        reasons.append(Reason(io, "suggestion: allow bus=pcie for the virtio devices (modern virtio on a "
+                              "PCIe port has no I/O BAR), or use their virtio-non-transitional models",
+                              Role.SUGGESTION))
     else:
-        reasons.append("suggestion: convert the guest to q35 (pciplan fleet --to-machine q35), where "
-                       "virtio devices on PCIe ports need no I/O space")
+        reasons.append(Reason(io, "suggestion: convert the guest to q35 (pciplan fleet --to-machine q35), "
+                              "where virtio devices on PCIe ports need no I/O space", Role.SUGGESTION))
     raise Infeasible(reasons)
 
 
@@ -130,10 +132,10 @@ def function_bound(prep: Prepared) -> None:
     if functions <= most:
         return
     raise Infeasible([
-        f"function bound: {functions} PCI functions to place; the existing buses have {free_slots} free "
-        f"slot(s) and there is {limit}, so at most {most} functions fit",
-        f"at most {most} of the {functions} devices (functions) can be placed; remove "
-        f"{functions - most} of them",
+        Reason(Limit.FUNCTIONS, f"function bound: {functions} PCI functions to place; the existing buses "
+               f"have {free_slots} free slot(s) and there is {limit}, so at most {most} functions fit"),
+        Reason(Limit.FUNCTIONS, f"at most {most} of the {functions} devices (functions) can be placed; "
+               f"remove {functions - most} of them", Role.LARGEST),
     ])
 
 
@@ -152,11 +154,12 @@ def bus_number_bound(prep: Prepared) -> None:
     if need <= most:
         return
     names = ", ".join(g.name for g in alone[:3])
-    raise Infeasible([
+    raise Infeasible([Reason(
+        Limit.BUS_NUMBERS,
         f"bus-number bound: {need} devices must each sit alone in a hot-pluggable PCIe port ({names}); "
         f"a port is a bus, and {left} of the {MAX_BUS_NUMBERS} bus numbers are left ({free_ports} empty "
         f"port(s) given), so at most {most} such ports can exist",
-    ])  # the planner adds the exact number that can be hot-pluggable (a relaxed solve)
+    )])  # the planner adds the exact number that can be hot-pluggable (a relaxed solve)
 
 
 def check_bounds(prep: Prepared) -> None:

@@ -38,13 +38,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from planner.facts import IO_WINDOW_UNITS
+from planner.facts import IO_WINDOW_UNITS, PORTS
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import Prepared
 from planner.solver import cpmodel as cp_model
 from planner.solver.pool import split
-from planner.solver.solve import Built, SolveResult, _exact_io_fits, build, pool_content
-from planner.solver.variables import PORTS, Variables, conventional_ok, pcie_ok
+from planner.solver.solve import Built, SolveResult, _exact_io_fits, build, counts_of, pool_content
+from planner.solver.variables import Variables, conventional_ok, pcie_ok
 
 FUNCTIONS = 8
 SLOTS_PER_BRIDGE = 31
@@ -144,8 +144,8 @@ def prove(prep: Prepared, options: PlanOptions, built: Built, layout: dict[int, 
         "unlike_libvirt": solver.Value(lv.unlike_libvirt),
         "spare_shortfall": solver.Value(v.spare_shortfall),
     }
-    return SolveResult("OPTIMAL", obj, obj, 0.0, time.perf_counter() - start, values_of, v, solver, pool,
-                       io, v.io_budget, 0)
+    return SolveResult("OPTIMAL", obj, obj, 0.0, time.perf_counter() - start, values_of, v, tuple(values),
+                       pool, io, v.io_budget, 0, counts_of(v, solver))
 
 
 def _outside(prep: Prepared, options: PlanOptions) -> str:

@@ -184,7 +184,10 @@ def _refuse(exc: Exception, as_json: bool, one_line: bool = False) -> NoReturn:
         reasons = list(getattr(exc, "reasons", [str(exc)]))
         typer.echo(f"pciplan: error: {'; '.join(reasons)}", err=True)
     if as_json:
-        typer.echo(json.dumps({"error": {"code": int(code), "reasons": reasons}}, indent=2))
+        error: dict = {"code": int(code), "reasons": reasons}
+        if isinstance(exc, Infeasible):  # what each reason is about, so a caller never parses the text
+            error["limits"] = exc.kinds()
+        typer.echo(json.dumps({"error": error}, indent=2))
     raise typer.Exit(code)
 
 

@@ -107,7 +107,7 @@ class Device:
         return self.facts.io_units + sum(m.facts.io_units for m in self.companions)
 
 
-@dataclass
+@dataclass(frozen=True)  # read once; prepare plans on its own copy (planner.prepare._working_copy)
 class Problem:
     machine: Machine
     tree: etree._ElementTree

@@ -7,11 +7,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from planner.domain import Device, PciAddress
+from planner.errors import InternalError
 from planner.facts import FUNCTIONS, PORTS
 from planner.prepare import Prepared
-from planner.solver.pool import split
-from planner.solver.solve import SolveResult, pool_content
-from planner.solver.variables import PortPool, group_allowed_on, needs_port_window
+from planner.solver.solve import PortCounts, SolveResult
+from planner.solver.variables import group_allowed_on, needs_port_window
 
 
 @dataclass(eq=False)
@@ -49,19 +49,23 @@ class Layout:
     moved: list[tuple[Device, PciAddress, PciAddress | None]] = field(default_factory=list)
 
 
+def _count(x: int | None) -> int:
+    return x or 0
+
+
 class _Unfolder:
     def __init__(self, prep: Prepared, result: SolveResult):
         self.prep = prep
         self.r = result
-        self.v = result.vars
+        assert result.counts is not None
+        self.v = result.counts  # plain numbers: the layout never reads the model or the solver
         self.nodes: dict[int, BusNode] = {}
         reserved = prep.problem.machine.reserved_slots
-        assert self.v is not None
-        self.dropped = {c for c, k in self.v.bus_keep.items() if not result.value(k)}
+        self.dropped = {c for c, k in self.v.bus_keep.items() if not k}
         for i, st in sorted(prep.states.items()):
             if i in self.dropped:
                 continue
-            freed = [s for s in st.optional_slots() if not result.value(self.v.occupied[i, s])]
+            freed = [s for s in st.optional_slots() if not self.v.occupied[i, s]]
             self.nodes[i] = BusNode(st.bus.model.name, i, free=sorted(st.free_slots(reserved) + freed),
                                     rp_functions=st.free_root_port_functions())
         for i, b in prep.problem.buses.items():
@@ -104,8 +108,8 @@ class _Unfolder:
         self.wanted.setdefault(gi, []).append(Target(bus, slot, fn))
 
     # -- ports (root or downstream) and what they hold
-    def fill_ports(self, pool: PortPool, make_port) -> None:
-        val = self.r.value
+    def fill_ports(self, pool: PortCounts, make_port) -> None:
+        val = _count
         for gi, x in sorted(pool.alone.items()):
             for _ in range(val(x)):
                 self.want(gi, make_port(), 0, 0)
@@ -126,8 +130,7 @@ class _Unfolder:
         moved, among interchangeable ports, to the lowest indices: libvirt's first fit. Interchangeable:
         same model, hot-plug setting and bus-number hierarchy, nothing else on them; groups pinned to
         a bus stay."""
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         alone = {k: val(x) for k, x in v.alone.items() if val(x)}
         busy = {e for e, x in v.packslots.items() if val(x)}
         busy |= {e for e, x in v.new_pcie_pci_bridge.items() if val(x)}
@@ -164,8 +167,7 @@ class _Unfolder:
         return alone
 
     def unfold(self) -> None:
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         alone = self._alone_lowest_ports_first()
         for e in sorted(self.nodes):
             node = self.nodes[e]
@@ -186,8 +188,7 @@ class _Unfolder:
         self._pool()
 
     def _root_ports(self, e: int, parent: BusNode) -> None:
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
 
         def root_port() -> BusNode:
             return self.add_controller("pcie-root-port", parent, *self.function(parent, root_port=True))
@@ -211,8 +212,7 @@ class _Unfolder:
         """Fill the new bridges: nested pci-bridges first (each in the first bridge with a free slot),
         then each bridge with the devices the solver's split gives it (planner.solver.pool: the split
         with the fewest I/O windows)."""
-        v, val = self.v, self.r.value
-        assert v is not None
+        v, val = self.v, _count
         free = {id(b): list(range(1, 32)) for b in self.bridges}
         bridges = list(self.bridges)
         for _ in range(val(v.pool_pci_bridges)):
@@ -220,9 +220,10 @@ class _Unfolder:
             nested = self.add_controller("pci-bridge", parent, free[id(parent)].pop(0), 0)
             bridges.append(nested)
             free[id(nested)] = list(range(1, 32))
-        pool = self.r.pool
+        pool = self.r.pool  # the split solve checked against the firmware's I/O space
         if pool is None or len(pool.alone) != len(bridges):
-            pool = split(pool_content(self.prep, v, self.r.solver), io_matters=v.io_used is not None)
+            raise InternalError(f"the solver's split of the new bridges has {len(pool.alone) if pool else 0} "
+                                f"bridge(s), the layout {len(bridges)}; please report it")
         for k, bridge in enumerate(bridges):
             items: list[list[int]] = [[gi] for gi, n in sorted(pool.alone[k].items()) for _ in range(n)]
             packed = [gi for gi, n in sorted(pool.packed[k].items()) for _ in range(n)]
@@ -254,8 +255,8 @@ def unfold(prep: Prepared, result: SolveResult) -> Layout:
     u.unfold()
     layout = Layout(new_controllers=u.number(), dropped_controllers=sorted(u.dropped))
     layout.controllers = dict(prep.controller_places)
-    assert result.vars is not None
-    keep = {id(d.device): result.value(result.vars.keep[i])
+    assert result.counts is not None
+    keep = {id(d.device): result.counts.keep[i]
             for i, d in enumerate(prep.droppables) if d.device is not None}
     for gi, targets in u.wanted.items():
         group = prep.groups[gi]

@@ -4,14 +4,15 @@ into interchangeable groups (identical requirements), which is what keeps the mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
 from planner.domain import Bus, Device, PciAddress, Problem, endpoint_of
-from planner.errors import Infeasible
+from planner.errors import Infeasible, Limit, Reason
 from planner.facts import EXPANDERS, IO_UNIT, IO_WINDOW_UNITS, PORTS, controller_models, device_class
-from planner.options import RESERVE_DEFAULT_MODEL, PlanOptions
+from planner.options import OBJECTIVE_DEFAULT, RESERVE_DEFAULT_MODEL, PlanOptions
 from planner.replan import mark_replan
 from planner.xmlio import InputError
 
@@ -110,8 +111,11 @@ class Group:
         return f"{len(self.devices)} × {'/'.join(kinds)} ({', '.join(bits)})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
+    """What the solver is given. Its problem is prepare's own copy of the one it was handed (marked for
+    --replan, devices on virtio-mmio left out, expander buses added); no later stage changes it."""
+
     problem: Problem
     states: dict[int, BusState]
     groups: list[Group]
@@ -127,7 +131,16 @@ class Prepared:
     reserve_pcie: int = 0  # --reserve: empty hot-pluggable PCIe ports to keep (hard)
     reserve_pci: int = 0  # --reserve: free hot-pluggable conventional slots to keep (hard)
     reserve_what: str = ""  # the reservations in words, for messages
-    pcie_before_controllers: bool = True  # the objective order ranks "pcie" above "controllers"
+    objective_order: tuple[str, ...] = OBJECTIVE_DEFAULT  # levels 2-5, resolved once (options, rules)
+    spare_pcie: int = 0  # empty hot-pluggable PCIe ports wished for (the option, else the machine's)
+    spare_pci: int = 0  # free hot-pluggable conventional slots wished for (likewise)
+    # --replan: elements of the controllers removed before solving, taken out when the plan is written
+    removed_elements: tuple[etree._Element, ...] = ()
+
+    @property
+    def pcie_before_controllers(self) -> bool:
+        """Does the objective order rank "pcie" above "controllers"?"""
+        return self.objective_order.index("pcie") < self.objective_order.index("controllers")
 
     def hierarchy_of(self, index: int) -> int:
         """The expander bus (or 0 for the root) whose bus-number range holds this bus."""
@@ -304,10 +317,11 @@ def _hotplug_mode(d: Device, options: PlanOptions, hotplug_possible: bool) -> st
     if d.hotplug_rule == "yes" and not (d.address is not None and not d.droppable):
         why = f"hotplug=yes for {d.label} ({d.hotplug_rule_from})"
         if not d.hotplug or d.companions:
-            raise Infeasible([f"{why}: libvirt cannot hot-plug a {d.kind} of this model"])
+            raise Infeasible([Reason(Limit.HOTPLUG, f"{why}: libvirt cannot hot-plug a {d.kind} of this "
+                                     "model")])
         if not hotplug_possible:
-            raise Infeasible([f"{why}: this pc guest has no <acpi/>, so its root bus cannot hot-plug; "
-                              "add <features><acpi/></features>"])
+            raise Infeasible([Reason(Limit.HOTPLUG, f"{why}: this pc guest has no <acpi/>, so its root bus "
+                                     "cannot hot-plug; add <features><acpi/></features>")])
         return "prefer" if options.relax_hotplug else "yes"
     if d.hotplug_rule == "no":
         return "no"
@@ -367,7 +381,8 @@ def _fixed_io(problem: Problem, states: dict[int, BusState]) -> tuple[int, int]:
 
 def _add_expander_buses(problem: Problem) -> None:
     """An expander bus bound to each guest NUMA node a numa rule names, unless the guest has one; it is
-    placed like a user controller, and its busNr is chosen after solving (planner.render)."""
+    placed like a user controller, and its busNr is chosen after solving (planner.render). Its element
+    joins the document when the plan is written (planner.render.apply_prepared)."""
     machine = problem.machine
     wanted = sorted({d.numa_rule for d in problem.devices if d.numa_rule is not None and d.address is None})
     have = {b.numa_node for b in problem.buses.values() if b.model.name in EXPANDERS}
@@ -376,20 +391,14 @@ def _add_expander_buses(problem: Problem) -> None:
             continue
         if not machine.pxb:
             who = next(d.label for d in problem.devices if d.numa_rule == node)
-            raise Infeasible([f"numa={node} for {who}: machine family {machine.family} has no expander "
-                              "bus to bind devices to a NUMA node"])
+            raise Infeasible([Reason(Limit.NUMA, f"numa={node} for {who}: machine family {machine.family} "
+                                     "has no expander bus to bind devices to a NUMA node")])
         index = max(problem.buses) + 1
         model = controller_models()[machine.pxb]
         el = etree.Element("controller", type="pci", index=str(index), model=machine.pxb)
         etree.SubElement(el, "model", name=model.qemu)
         target = etree.SubElement(el, "target")
         etree.SubElement(target, "node").text = str(node)
-        devices = problem.tree.getroot().find("devices")
-        pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
-        anchor = pci[-1] if pci else devices[-1]
-        el.tail = anchor.tail
-        anchor.tail = anchor.tail if anchor.tail is not None else "\n"
-        anchor.addnext(el)
         label = f"controller pci index={index} ({machine.pxb}, NUMA node {node})"
         problem.buses[index] = Bus(index, model, el, None, model.hotplug, label, None, added=True,
                                    numa_node=node, new_expander=True)
@@ -397,7 +406,7 @@ def _add_expander_buses(problem: Problem) -> None:
 
 
 def _move_to_mmio(problem: Problem) -> list[Device]:
-    """bus=mmio: the device leaves PCI for a virtio-mmio transport (virt machines, virtio devices);
+    """bus=mmio: the devices that leave PCI for a virtio-mmio transport (virt machines, virtio devices);
     QEMU's virt machine has a fixed number of them."""
     moved = []
     for d in problem.devices:
@@ -413,11 +422,10 @@ def _move_to_mmio(problem: Problem) -> list[Device]:
         moved.append(d)
     total = len(problem.mmio_devices) + len(moved)
     if total > problem.machine.mmio_transports:
-        raise Infeasible([f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
-                          f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
-                          f"{problem.machine.mmio_transports} virtio-mmio transports"])
-    problem.devices = [d for d in problem.devices if d not in moved]
-    problem.mmio_devices += [d.label for d in moved]
+        raise Infeasible([Reason(
+            Limit.VIRTIO_MMIO, f"{total} devices on virtio-mmio ({', '.join(d.label for d in moved[:3])}"
+            f"{' …' if len(moved) > 3 else ''}); QEMU's virt machine on this architecture has "
+            f"{problem.machine.mmio_transports} virtio-mmio transports")])
     return moved
 
 
@@ -438,11 +446,29 @@ def check_options(options: PlanOptions) -> None:
 MAX_SPARE = 255  # as the policy and the metadata allow (a PCI domain has 256 bus numbers)
 
 
+def _working_copy(problem: Problem) -> Problem:
+    """prepare's own copy of the problem, which it marks and changes; the caller's stays as read. The
+    XML elements are shared: only render writes the document."""
+    buses = {i: copy.copy(b) for i, b in problem.buses.items()}
+    devices = []
+    for d in problem.devices:
+        d = copy.copy(d)
+        d.companions = [copy.copy(m) for m in d.companions]
+        devices.append(d)
+    return replace(problem, buses=buses, devices=devices, notes=list(problem.notes),
+                   mmio_devices=list(problem.mmio_devices))
+
+
 def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
+    """The solver's view of problem (which is left as it is) under options; options.objective_order is
+    read here once."""
     options = options or PlanOptions()
     check_options(options)
-    lost, removed = mark_replan(problem) if options.replan else ([], [])
+    problem = _working_copy(problem)
+    lost, gone = mark_replan(problem) if options.replan else ([], [])
     mmio = _move_to_mmio(problem)
+    problem = replace(problem, devices=[d for d in problem.devices if d not in mmio],
+                      mmio_devices=problem.mmio_devices + [d.label for d in mmio])
     _add_expander_buses(problem)
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
@@ -472,9 +498,19 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     reserve_pcie, reserve_pci = reserved_places(problem, options.reserve)
     what = ", ".join(f"{k}={n}" for k, n in options.reserve)
+    machine = problem.machine
+    # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
+    # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
+    # slot only where hot-plug works. --spare-pcie 0 / --spare-pci 0 opt out.
+    spare_pcie = machine.spare_pcie_ports if options.spare_pcie is None else options.spare_pcie
+    spare_pci = options.spare_pci
+    if spare_pci is None:
+        spare_pci = machine.spare_pci_slots if problem.root.hotplug else 0
     return Prepared(problem, states, ordered, device_places, controller_places,
-                    *_fixed_io(problem, states), drops, mmio, lost, removed, reserve_pcie,
-                    reserve_pci, what)
+                    *_fixed_io(problem, states), drops, mmio, lost, [b.index for b in gone], reserve_pcie,
+                    reserve_pci, what, objective_order=options.objective_order or OBJECTIVE_DEFAULT,
+                    spare_pcie=spare_pcie, spare_pci=spare_pci,
+                    removed_elements=tuple(b.element for b in gone if b.element is not None))
 
 
 def reserved_places(problem: Problem, reserve: tuple[tuple[str, int], ...]) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from planner.domain import PciAddress, Problem
 from planner.errors import InternalError
 from planner.facts import PORTS, controller_models
 from planner.layout import BusNode, Layout
+from planner.prepare import Prepared
 from planner.xmlio import remove_element
 
 
@@ -119,6 +120,45 @@ def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]],
         for a in addrs:
             if int(a.get("function"), 0) == 0 and a.get("multifunction") is None:
                 a.set("multifunction", "on")
+
+
+def apply_prepared(prep: Prepared, layout: Layout) -> None:
+    """The document edits prepare decided, made now that the plan is written: the controllers --replan
+    removed before solving leave it; the expander buses added for numa rules join it after the last
+    PCI controller, each with a busNr range just large enough for the buses below it, from the top
+    down (below the lowest busNr the guest already had)."""
+    problem = prep.problem
+    devices = problem.tree.getroot().find("devices")
+    for el in prep.removed_elements:
+        if el.getparent() is devices:
+            remove_element(el)
+    ours = sorted(b.index for b in problem.buses.values() if b.new_expander)
+    for index in ours:
+        el = problem.buses[index].element
+        assert el is not None
+        pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
+        anchor = pci[-1] if pci else devices[-1]
+        el.tail = anchor.tail
+        anchor.tail = anchor.tail if anchor.tail is not None else "\n"
+        anchor.addnext(el)
+    if not ours:
+        return
+    size = dict.fromkeys(ours, 0)
+    for b in problem.buses.values():
+        h = prep.hierarchy_of(b.index)
+        if h in size:
+            size[h] += b.model.buses
+    for node in layout.new_controllers:
+        parent = node.parent
+        while parent is not None and parent.index not in size:
+            parent = parent.parent
+        if parent is not None:
+            size[parent.index] += 1
+    given = [b.bus_nr for b in problem.buses.values() if b.bus_nr is not None]
+    upper = min(given, default=255)
+    for index in ours:
+        upper -= size[index]
+        problem.buses[index].element.find("target").set("busNr", str(upper))
 
 
 def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | None = None) -> None:

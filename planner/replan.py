@@ -5,17 +5,17 @@ range, so kept indices stay contiguous and no device on a kept controller change
 
 from __future__ import annotations
 
-from planner.domain import Device, PciAddress, Problem
+from planner.domain import Bus, Device, PciAddress, Problem
 from planner.facts import EXPANDERS, ROOTS
-from planner.xmlio import remove_element
 
 NOT_MANAGED = ROOTS + EXPANDERS
 
 
-def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list[int]]:
-    """Mark droppable controllers and devices; remove the controllers that must go. Returns the devices
-    whose address is lost whatever the plan (their controller had to go), with that address, and the
-    removed indices."""
+def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list[Bus]]:
+    """Mark droppable controllers and devices of problem (prepare's own copy); take the controllers that
+    must go out of it. Returns the devices whose address is lost whatever the plan (their controller had
+    to go), with that address, and the removed controllers (their elements leave the document when it
+    is written: planner.render.apply_prepared)."""
     buses = problem.buses
     fixed_top = max((i for i, b in buses.items() if b.model.name in NOT_MANAGED), default=0)
     managed = sorted(i for i, b in buses.items() if b.model.name not in NOT_MANAGED)
@@ -28,11 +28,7 @@ def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list
             removed.append(i)
         elif i > fixed_top:
             buses[i].droppable = True
-    devices_el = problem.tree.getroot().find("devices")
-    for i in removed:
-        el = buses.pop(i).element
-        if el is not None and el.getparent() is devices_el:
-            remove_element(el)
+    gone = [buses.pop(i) for i in removed]
     lost = []
     for d in problem.devices:
         if d.bus_pin is not None and d.bus_pin in removed:
@@ -46,7 +42,7 @@ def mark_replan(problem: Problem) -> tuple[list[tuple[Device, PciAddress]], list
                 m.address = None
         elif not _machine_fixed(problem, d):
             d.droppable = True
-    return lost, removed
+    return lost, gone
 
 
 def _machine_fixed(problem: Problem, d) -> bool:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lxml import etree
 
-from planner.domain import Device, Problem
-from planner.options import BUS_CHOICES, DEVICE_KINDS, OBJECTIVE_DEFAULT
+from planner.domain import Device, Problem, read_problem
+from planner.options import BUS_CHOICES, DEVICE_KINDS, OBJECTIVE_DEFAULT, PlanOptions
 from planner.xmlio import InputError
 
 NAMESPACE = "urn:pciplan:constraints:1"
@@ -293,3 +293,24 @@ def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
                         d.numa_rule = host_numa_cell(problem, d, rule.where)
     return [f"{r.where} matches no device" for s in sources for r in s.rules
             if not r.matched and not r.where.startswith("--bus")]
+
+
+def read_with_rules(tree: etree._ElementTree, options: PlanOptions) -> tuple[Problem, PlanOptions, list[str]]:
+    """The problem with the user's rules applied (policy < metadata < command line), the options with
+    the spare counts, reservations and objective order they set resolved once, and the warnings."""
+    problem = read_problem(tree, options.firmware)
+    policy = from_policy(options.policy) if options.policy else RuleSet()
+    metadata = from_metadata(tree) if options.use_metadata else RuleSet()
+    flags = from_flags(options.hotplug_kinds, options.no_hotplug_kinds, options.bus, options.host_numa)
+    warnings = apply(problem, [policy, metadata, flags])
+    spare_pcie = options.spare_pcie
+    spare_pci = options.spare_pci
+    order = options.objective_order
+    reserve = {**policy.reserve, **metadata.reserve, **dict(options.reserve)}
+    for src in (metadata, policy):
+        spare_pcie = src.spare_pcie if spare_pcie is None else spare_pcie
+        spare_pci = src.spare_pci if spare_pci is None else spare_pci
+        order = src.objective if order is None else order
+    return problem, replace(options, spare_pcie=spare_pcie, spare_pci=spare_pci,
+                            objective_order=order or OBJECTIVE_DEFAULT,
+                            reserve=tuple(sorted(reserve.items()))), warnings

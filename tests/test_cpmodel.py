@@ -160,7 +160,7 @@ def test_one_tiebreak_solve_picks_what_two_stages_pick(path: Path, monkeypatch):
         monkeypatch.setattr(solve_module, "COMBINED_LIMIT", limit)
         problem, options, _ = _read(parse_domain(str(path)), PlanOptions())
         result = solve(prepare(problem, options), options)
-        return tuple(result.solver._values), result.values
+        return result.solution, result.values
 
     combined, stages = values(1 << 60), values(0)
     assert combined == stages

@@ -143,6 +143,9 @@ def test_plan_json_error_objects_for_2_3_and_4(tmp_path: Path) -> None:
     assert r.returncode == 3
     error = json.loads(r.stdout)["error"]
     assert error["code"] == 3 and any("interface[1]" in reason for reason in error["reasons"])
+    # each reason typed, in the same order: the limit it is about and what it says of it
+    assert len(error["limits"]) == len(error["reasons"])
+    assert {"limit": "placement", "role": "conflict"} in error["limits"]
     assert not out.exists()
 
     # a hostdev pinned behind bus 0x99 on pc: libvirt's index fills are more bridges than SeaBIOS has

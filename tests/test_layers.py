@@ -18,7 +18,8 @@ COMMANDS = {"planner.cli", "planner.cli_options", "planner.cli_startup", "planne
 # The planning pipeline and what it stands on: domain -> prepare -> solver -> layout -> render, with
 # plan orchestrating, and the facts, metrics and XML layers below.
 PIPELINE = {"planner.domain", "planner.prepare", "planner.layout", "planner.render", "planner.plan",
-            "planner.ties", "planner.bounds", "planner.certificate", "planner.greedy", "planner.metrics",
+            "planner.explain", "planner.ties", "planner.bounds", "planner.certificate", "planner.greedy",
+            "planner.metrics",
             "planner.rules", "planner.replan", "planner.convert", "planner.facts", "planner.options",
             "planner.errors", "planner.xmlio", "planner.xmltext", "planner.solver"}
 CHECKER = "planner.check"

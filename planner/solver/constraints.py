@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from planner.errors import Limit, Reason
 from planner.facts import (
     EXPANDERS,
     FUNCTIONS,
@@ -22,16 +23,18 @@ from planner.solver.variables import Variables, needs_port_window, new_bridges, 
 
 @dataclass
 class Assumptions:
-    """Assumption literal -> the plain-words reason shown when it is part of an infeasible core."""
+    """Assumption literal -> the reason shown when it is part of an infeasible core: the limit it
+    enforces, typed here where the constraint is added, and its plain words."""
 
-    literals: dict[int, str] = field(default_factory=dict)
+    literals: dict[int, Reason] = field(default_factory=dict)
     groups: dict[int, int] = field(default_factory=dict)  # literal -> the device group it places
+    full_buses: dict[int, str] = field(default_factory=dict)  # literal -> a bus with no free slot
     model: cp_model.CpModel | None = None
 
-    def new(self, reason: str) -> cp_model.IntVar:
+    def new(self, limit: Limit, reason: str) -> cp_model.IntVar:
         assert self.model is not None
         lit = self.model.NewBoolVar(f"assume_{len(self.literals)}")
-        self.literals[lit.Index()] = reason
+        self.literals[lit.Index()] = Reason(limit, reason)
         return lit
 
 
@@ -47,7 +50,7 @@ def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) ->
         for pool in [*v.root_ports.values(), *v.downstream.values()]:
             terms += [x for i, x in [*pool.alone.items(), *pool.packed.items()] if i == gi]
         terms += [x for i, x in [*v.pool_alone.items(), *v.pool_packed.items()] if i == gi]
-        lit = why.new(f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
+        lit = why.new(Limit.PLACEMENT, f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
                       + (" …" if g.size > 4 else "") + " must each get a place")
         kept = [v.keep[i] for i in (prep.droppable_of(d) for d in g.devices) if i is not None]
         model.Add(_sum(terms) + _sum(kept) == g.size).OnlyEnforceIf(lit)
@@ -90,7 +93,9 @@ def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions)
             whole_children.append(v.new_pci_bridges[e])
         if e in v.new_pcie_pci_bridge:
             whole_children.append(v.new_pcie_pci_bridge[e])
-        lit = why.new(f"{st.bus.label} has {most} free slot(s)")
+        lit = why.new(Limit.SLOTS, f"{st.bus.label} has {most} free slot(s)")
+        if most == 0:
+            why.full_buses[lit.Index()] = st.bus.label
         slots = _sum(alone + whole_children) + v.packslots[e]
         model.Add(_sum(packed) <= FUNCTIONS * v.packslots[e]).OnlyEnforceIf(lit)
         if e in v.root_ports:
@@ -124,7 +129,7 @@ def new_port_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> 
         ds = v.downstream[p].ports()
         model.Add(_sum(ds) <= 32 * v.rp_switch[p])
         model.Add(v.rp_switch[p] <= _sum(ds))  # a switch without downstream ports is waste
-    lit = why.new("new bridges offer 31 slots each")
+    lit = why.new(Limit.SLOTS, "new bridges offer 31 slots each")
     nb = new_bridges(v)
     # A pci-bridge nested in a slot of a new bridge takes that slot and offers 31 more; nesting needs
     # at least one bridge that is not nested (any number can then hang below it).
@@ -209,16 +214,17 @@ def io_window_budget(model, prep: Prepared, v: Variables, why: Assumptions) -> N
     counts += new_bridges(v)
     budget = max(capacity, prep.fixed_io_units)  # never make a given layout worse than it is
     acpi = "" if prep.problem.acpi or fw.uefi else " without ACPI"
-    lit = why.new(f"the firmware's I/O space ({fw.io_max} bytes for bridge windows and I/O BARs, "
-                  f"{fw.label} on {prep.problem.machine.family}{acpi}; "
+    lit = why.new(Limit.IO_SPACE, f"the firmware's I/O space ({fw.io_max} bytes for bridge windows and I/O "
+                  f"BARs, {fw.label} on {prep.problem.machine.family}{acpi}; "
                   f"{prep.fixed_io_units * 32} used by the given layout)")
     v.io_used = fixed + _sum(terms)
     v.io_budget = budget
     model.Add(v.io_used <= budget).OnlyEnforceIf(lit)
     if fw.max_windows:
         pads = ", empty hot-plug ports included: each gets one as padding" if fw.pads_spares else ""
-        lit = why.new(f"{fw.label} on {prep.problem.machine.family} sets up at most {fw.max_windows} "
-                      f"bridge/port I/O windows{pads} ({prep.fixed_io_windows} used by the given layout)")
+        lit = why.new(Limit.IO_WINDOWS, f"{fw.label} on {prep.problem.machine.family} sets up at most "
+                      f"{fw.max_windows} bridge/port I/O windows{pads} ({prep.fixed_io_windows} used by the "
+                      "given layout)")
         model.Add(_sum(counts) <= max(fw.max_windows, prep.fixed_io_windows)).OnlyEnforceIf(lit)
 
 
@@ -256,10 +262,10 @@ def bus_number_limits(model, prep: Prepared, v: Variables, why: Assumptions) -> 
     buses = prep.problem.buses
     used = sum(b.model.buses for b in buses.values() if not b.droppable)
     new = new_controllers(v) + [buses[c].model.buses * k for c, k in v.bus_keep.items()]
-    lit = why.new(f"a PCI domain has {MAX_BUS_NUMBERS} bus numbers ({used} already used)")
+    lit = why.new(Limit.BUS_NUMBERS, f"a PCI domain has {MAX_BUS_NUMBERS} bus numbers ({used} already used)")
     model.Add(used + _sum(new) <= MAX_BUS_NUMBERS).OnlyEnforceIf(lit)
     top = max([i for i, b in buses.items() if not b.droppable])
-    lit = why.new(f"controller indices end at {MAX_INDEX} (highest given: {top})")
+    lit = why.new(Limit.CONTROLLER_INDEX, f"controller indices end at {MAX_INDEX} (highest given: {top})")
     model.Add(top + _sum(new_controllers(v)) + _sum(v.bus_keep.values()) <= MAX_INDEX).OnlyEnforceIf(lit)
     _bus_nr_partition(model, prep, v, why)
 
@@ -308,7 +314,7 @@ def _bus_nr_partition(model, prep: Prepared, v: Variables, why: Assumptions) -> 
         fixed[0] += fixed.pop(h, 0)
     for h, lim in limit.items():
         name = "the root bus" if h == 0 else prep.problem.buses[h].label
-        lit = why.new(f"bus numbers of {name} must fit its busNr range ({lim})")
+        lit = why.new(Limit.BUS_NR_RANGE, f"bus numbers of {name} must fit its busNr range ({lim})")
         # A given layout that already overflows its range is the user's; we only add nothing there.
         model.Add(fixed[h] + _sum(count[h]) <= max(lim, fixed[h])).OnlyEnforceIf(lit)
 
@@ -352,7 +358,7 @@ def spare_ports(model, prep: Prepared, v: Variables, spare_pcie: int, spare_pci:
     for need, have, what in ((prep.reserve_pcie, empty_ports, "empty hot-pluggable PCIe ports"),
                              (prep.reserve_pci, free_pci_slots, "free hot-pluggable conventional PCI slots")):
         if need and why is not None:
-            lit = why.new(f"reserve ({prep.reserve_what}): {need} {what}")
+            lit = why.new(Limit.RESERVE, f"reserve ({prep.reserve_what}): {need} {what}")
             model.Add(_sum(have) >= need).OnlyEnforceIf(lit)
     assert v.spare_shortfall is not None
     model.Add(v.spare_shortfall == _sum(shortfalls))

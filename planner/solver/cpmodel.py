@@ -410,6 +410,16 @@ class _Parameters:
         return " ".join(out)
 
 
+def value_in(values: tuple[int, ...] | list[int], x: Any) -> int:
+    """The value of a variable or linear expression in a solution (the values of every variable, by
+    index): what CpSolver.Value answers, without the solver."""
+    if isinstance(x, IntVar):
+        return values[x._index]
+    if isinstance(x, LinearExpr):
+        return x._const + sum(k * values[i] for i, k in x._terms.items())
+    return int(x)
+
+
 class CpSolver:
     def __init__(self) -> None:
         self.parameters = _Parameters()
@@ -431,12 +441,7 @@ class CpSolver:
     def Value(self, x: Any) -> int:  # noqa: N802
         if not self._values:
             raise RuntimeError("CpSolver.Value: no solution")
-        if isinstance(x, IntVar):
-            return self._values[x._index]
-        if isinstance(x, LinearExpr):
-            vals = self._values
-            return x._const + sum(k * vals[i] for i, k in x._terms.items())
-        return int(x)
+        return value_in(self._values, x)
 
     def ObjectiveValue(self) -> float:  # noqa: N802
         return self._objective

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from planner.errors import Infeasible, InternalError
+from planner.errors import Infeasible, InternalError, Limit, Reason, Role
 from planner.facts import IO_WINDOW_UNITS
-from planner.options import OBJECTIVE_DEFAULT, PlanOptions
+from planner.options import PlanOptions
 from planner.prepare import Prepared
 from planner.solver import constraints as c
 from planner.solver import cpmodel as cp_model
@@ -24,6 +24,57 @@ from planner.solver.variables import Variables, create_variables, hotpluggable_p
 MAX_CUTS = 8
 
 
+@dataclass(frozen=True)
+class PortCounts:
+    """New ports of one kind, as solved (planner.solver.variables.PortPool's values)."""
+
+    alone: dict[int, int]
+    packed: dict[int, int]
+    pack_io: int
+    pack_noio: int
+    spare: int
+
+    def ports(self) -> list[int]:
+        return [*self.alone.values(), self.pack_io, self.pack_noio, self.spare]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the layout is unfolded from: the solution's counts, plain numbers (the fields of
+    planner.solver.variables.Variables that say what goes where), with no model or solver behind them."""
+
+    alone: dict[tuple[int, int], int]
+    packed: dict[tuple[int, int], int]
+    packslots: dict[int, int]
+    new_pci_bridges: dict[int, int]
+    new_pcie_pci_bridge: dict[int, int]
+    root_ports: dict[int, PortCounts]
+    rp_bridge: dict[int, int]
+    rp_switch: dict[int, int]
+    downstream: dict[int, PortCounts]
+    pool_pci_bridges: int
+    keep: dict[int, int]
+    bus_keep: dict[int, int]
+    occupied: dict[tuple[int, int], int]
+
+
+def counts_of(v: Variables, solver: cp_model.CpSolver) -> Counts:
+    def val(x) -> int:
+        return int(solver.Value(x)) if x is not None else 0
+
+    def each(xs: dict) -> dict:
+        return {k: val(x) for k, x in xs.items()}
+
+    def ports(pools: dict) -> dict[int, PortCounts]:
+        return {p: PortCounts(each(pool.alone), each(pool.packed), val(pool.pack_io), val(pool.pack_noio),
+                              val(pool.spare)) for p, pool in pools.items()}
+
+    return Counts(each(v.alone), each(v.packed), each(v.packslots), each(v.new_pci_bridges),
+                  each(v.new_pcie_pci_bridge), ports(v.root_ports), each(v.rp_bridge), each(v.rp_switch),
+                  ports(v.downstream), val(v.pool_pci_bridges), each(v.keep), each(v.bus_keep),
+                  each(v.occupied))
+
+
 @dataclass
 class SolveResult:
     status: str  # OPTIMAL | FEASIBLE
@@ -32,16 +83,17 @@ class SolveResult:
     gap: float
     seconds: float
     values: dict[str, int] = field(default_factory=dict)  # per objective level
-    vars: Variables | None = None
-    solver: cp_model.CpSolver | None = None
+    vars: Variables | None = None  # the model's variables: names of the quantities in the solution
+    solution: tuple[int, ...] = ()  # every variable's value, by index (no solver is kept)
     pool: PoolSplit | None = None  # how the new bridges share the pooled devices
     io_units: int | None = None  # firmware I/O space the layout needs (32-byte units; None: no budget)
     io_budget: int = 0
     io_cuts: int = 0  # plans cut off because their new bridges' real I/O windows did not fit
+    counts: Counts | None = None  # what goes where: the layout is unfolded from this alone
 
     def value(self, x) -> int:
-        assert self.solver is not None
-        return int(self.solver.Value(x)) if x is not None else 0
+        assert self.solution
+        return int(cp_model.value_in(self.solution, x)) if x is not None else 0
 
 
 def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions) -> list[int]:
@@ -64,17 +116,18 @@ def _minimal_core(model: cp_model.CpModel, core: list[int], options: PlanOptions
     return keep
 
 
-def _collapse_full_buses(reasons: list[str]) -> list[str]:
-    """Many full buses in a core are one limit: name it once (with the first few of them)."""
-    full = [r.removesuffix(" has 0 free slot(s)") for r in reasons if r.endswith(" has 0 free slot(s)")]
+def _core_reasons(why: c.Assumptions, core: list[int]) -> list[Reason]:
+    """The reasons of a core's literals; many full buses in a core are one limit: named once (with
+    the first few of them)."""
+    full = [why.full_buses[i] for i in core if i in why.full_buses]
     if len(full) <= 3:
-        return reasons
+        return [why.literals[i] for i in core]
     shown = ", ".join(full[:3]) + f" and {len(full) - 3} more"
-    rest = [r for r in reasons if not r.endswith(" has 0 free slot(s)")]
-    return rest + [f"{len(full)} existing buses have no free slot ({shown})"]
+    rest = [why.literals[i] for i in core if i not in why.full_buses]
+    return rest + [Reason(Limit.SLOTS, f"{len(full)} existing buses have no free slot ({shown})")]
 
 
-def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
+def _relaxations(prep: Prepared, groups: list[int]) -> list[Reason]:
     """What the user could allow for the groups in the infeasible core."""
     out = []
     for gi in groups:
@@ -92,7 +145,7 @@ def _relaxations(prep: Prepared, groups: list[int]) -> list[str]:
             out.append(f"suggestion: drop connection={k.connection} for {who}")
         if k.numa is not None:
             out.append(f"suggestion: drop numa={k.numa} for {who}")
-    return out
+    return [Reason(Limit.PLACEMENT, text, Role.SUGGESTION) for text in out]
 
 
 @dataclass
@@ -112,20 +165,8 @@ def build(prep: Prepared, options: PlanOptions, validate: bool = True) -> Built:
     """The CP-SAT model of prep, checked with CP-SAT's own validation (InternalError if it fails;
     validate=False skips it, and with it the import of OR-Tools: planner.certificate only reads the
     model)."""
-    machine = prep.problem.machine
-    # Hot-plug headroom by default: every q35/virt plan ends with an empty hot-pluggable port, whether
-    # or not anything else is added (libvirt leaves one whenever it adds ports); a spare conventional
-    # slot only where hot-plug works. --spare-pcie 0 / --spare-pci 0 opt out.
-    spare_pcie = options.spare_pcie
-    if spare_pcie is None:
-        spare_pcie = machine.spare_pcie_ports
-    spare_pci = options.spare_pci
-    if spare_pci is None:
-        spare_pci = machine.spare_pci_slots if prep.problem.root.hotplug else 0
-    if not machine.pcie:
-        spare_pcie = 0
-    order = options.objective_order or OBJECTIVE_DEFAULT
-    prep.pcie_before_controllers = order.index("pcie") < order.index("controllers")
+    spare_pcie = prep.spare_pcie if prep.problem.machine.pcie else 0  # the spares prepare resolved
+    spare_pci = prep.spare_pci
     model = cp_model.CpModel()
     why = c.Assumptions(model=model)
     v = create_variables(model, prep)
@@ -136,7 +177,7 @@ def build(prep: Prepared, options: PlanOptions, validate: bool = True) -> Built:
     c.io_window_budget(model, prep, v, why)
     c.bus_number_limits(model, prep, v, why)
     c.spare_ports(model, prep, v, spare_pcie, spare_pci, why)
-    lv = levels(prep, v, options.objective_order or OBJECTIVE_DEFAULT)
+    lv = levels(prep, v, prep.objective_order)  # resolved once, by prepare
     stages = objective_stages(model, lv)
     model.Minimize(stages[0])
     model.AddAssumptions([model.GetBoolVarFromProtoIndex(i) for i in why.literals])
@@ -192,9 +233,9 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
                 c.loose_pool_windows(model, prep, v)
                 exact = False
             elif cuts > MAX_CUTS or time.perf_counter() - start > options.time_limit:
-                raise Infeasible([f"no layout within the firmware's I/O space found after {cuts} "
-                                  f"refinements of the new bridges' I/O windows in {options.time_limit:g} s; "
-                                  "raise --time-limit"])
+                raise Infeasible([Reason(Limit.IO_SPACE, f"no layout within the firmware's I/O space found "
+                                         f"after {cuts} refinements of the new bridges' I/O windows in "
+                                         f"{options.time_limit:g} s; raise --time-limit")])
         if number and status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             # a later stage ran out of time: the earlier stage's layout stands, not proven best below
             solver, status, proven = before, cp_model.FEASIBLE, False
@@ -209,11 +250,11 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
         status = cp_model.FEASIBLE
     if status == cp_model.INFEASIBLE:
         core = _minimal_core(model, solver.SufficientAssumptionsForInfeasibility(), options)
-        reasons = _collapse_full_buses([why.literals[i] for i in core]) or ["the constraints admit no layout"]
+        reasons = _core_reasons(why, core) or [Reason(Limit.OTHER, "the constraints admit no layout")]
         raise Infeasible(reasons + _relaxations(prep, [why.groups[i] for i in core if i in why.groups]))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise Infeasible([f"no layout found within {options.time_limit:g} s (solver status "
-                          f"{solver.StatusName(status)}); raise --time-limit"])
+        raise Infeasible([Reason(Limit.TIME, f"no layout found within {options.time_limit:g} s (solver "
+                                 f"status {solver.StatusName(status)}); raise --time-limit")])
     obj = solver.Value(stages[-1])  # exact: the stages stay below 2**53
     bound = int(round(solver.BestObjectiveBound()))
     gap = 0.0 if obj == 0 else abs(obj - bound) / abs(obj)
@@ -240,7 +281,10 @@ def solve(prep: Prepared, options: PlanOptions) -> SolveResult:
     io = None
     if v.io_used is not None:
         io = solver.Value(v.io_used) + IO_WINDOW_UNITS * (pool.total_windows - solver.Value(v.pool_windows))
-    return SolveResult(name, obj, bound, gap, seconds, values, v, solver, pool, io, v.io_budget, cuts)
+    every = range(len(model.Proto().variables))  # the result keeps values, not the solver
+    solution = tuple(solver.Value(model.GetIntVarFromProtoIndex(i)) for i in every)
+    return SolveResult(name, obj, bound, gap, seconds, values, v, solution, pool, io, v.io_budget, cuts,
+                       counts_of(v, solver))
 
 
 def _validate(model: cp_model.CpModel) -> None:
