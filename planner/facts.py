@@ -457,7 +457,7 @@ def target_libvirt_source() -> tuple[LibvirtVersion, str]:
             try:
                 _target = (parse_libvirt_version(env), f"${LIBVIRT_VERSION_ENV}")
             except ValueError as exc:
-                from planner.errors import InputError
+                from planner.xmlio import InputError
 
                 raise InputError(f"${LIBVIRT_VERSION_ENV}: {exc}") from None
         else:

@@ -311,3 +311,14 @@ def test_check_boot_without_the_firmware_files_is_refused_naming_them(tmp_path: 
     assert r.returncode == ExitCode.BAD_INPUT, err
     assert err.startswith("pciplan: error: real stack not available: firmware OVMF: ") and \
         f"{gone}/OVMF_CODE_4M.fd" in err, err
+
+
+def test_a_bad_libvirt_version_in_the_environment_is_bad_input(tmp_path: Path) -> None:
+    """$PCIPLAN_LIBVIRT_VERSION that is no version: exit 2 naming the variable (it was an ImportError
+    reported as an internal error, exit 5)."""
+    out = tmp_path / "out.xml"
+    r = run("plan", str(GUEST), "-o", str(out), env={"PCIPLAN_LIBVIRT_VERSION": "bogus"})
+    assert r.returncode == ExitCode.BAD_INPUT, r.stderr
+    err = one_line(r)
+    assert err.startswith("pciplan: ") and "$PCIPLAN_LIBVIRT_VERSION" in err, err
+    assert not out.exists()
