@@ -91,17 +91,21 @@ def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, probl
         return False
     if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
         return False  # libvirt's greedy costs more than the plan itself there, and ties are rare
-    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
-    if not greedy_plan_tree(libvirt_tree).ok:
-        return False
-    theirs = _keyed(libvirt_tree)
     chosen = [el for d in problem.devices if d.address is None and d.bus_pin is None
               for m in [d, *d.companions] for el in [m.element, *m.mirrors]]
     chosen += [b.element for b in problem.buses.values()
                if b.index != 0 and b.address is None and b.bus_pin is None and b.element is not None]
+    known = set(problem.buses)
+    if not chosen and not _new_controllers(tree, known):
+        # pciplan chose nothing (a planned guest planned again): no change to take over, and libvirt's
+        # new controllers, if any, cannot match pciplan's none; below, that is a False too
+        return False
+    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
+    if not greedy_plan_tree(libvirt_tree).ok:
+        return False
+    theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
-    known = set(problem.buses)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     changes = _changes(_keyed(trial), theirs, planned)
     new_ours = _new_controllers(trial, known)

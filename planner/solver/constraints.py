@@ -84,10 +84,16 @@ def bus_capacity_left(prep: Prepared, v: Variables, e: int):
 def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """Free slots of each existing bus: one per lone device or whole-slot child, 8 functions per
     packed slot; new root ports may also fill free functions of slots that hold only root ports."""
+    alone_on: dict[int, list] = defaultdict(list)  # by bus, in the variables' order
+    for (b, _), x in v.alone.items():
+        alone_on[b].append(x)
+    packed_on: dict[int, list] = defaultdict(list)
+    for (b, _), x in v.packed.items():
+        packed_on[b].append(x)
     for e, st in prep.states.items():
         free, most = bus_capacity_left(prep, v, e)
-        alone = [x for (b, _), x in v.alone.items() if b == e]
-        packed = [x for (b, _), x in v.packed.items() if b == e]
+        alone = alone_on.get(e, [])
+        packed = packed_on.get(e, [])
         whole_children = []
         if e in v.new_pci_bridges:
             whole_children.append(v.new_pci_bridges[e])
