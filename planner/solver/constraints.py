@@ -44,12 +44,17 @@ def _sum(xs) -> cp_model.LinearExpr:
 
 def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """Each device of each group is placed exactly once."""
+    # each group's terms in the order of the variables (existing buses, new ports, new bridges)
+    terms_of: dict[int, list] = defaultdict(list)
+    for (_, i), x in [*v.alone.items(), *v.packed.items()]:
+        terms_of[i].append(x)
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        for i, x in [*pool.alone.items(), *pool.packed.items()]:
+            terms_of[i].append(x)
+    for i, x in [*v.pool_alone.items(), *v.pool_packed.items()]:
+        terms_of[i].append(x)
     for gi, g in enumerate(prep.groups):
-        placed = [*v.alone.items(), *v.packed.items()]
-        terms = [x for (_, i), x in placed if i == gi]
-        for pool in [*v.root_ports.values(), *v.downstream.values()]:
-            terms += [x for i, x in [*pool.alone.items(), *pool.packed.items()] if i == gi]
-        terms += [x for i, x in [*v.pool_alone.items(), *v.pool_packed.items()] if i == gi]
+        terms = terms_of.get(gi, [])
         lit = why.new(Limit.PLACEMENT, f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
                       + (" …" if g.size > 4 else "") + " must each get a place")
         kept = [v.keep[i] for i in (prep.droppable_of(d) for d in g.devices) if i is not None]
