@@ -778,9 +778,9 @@ class _Greedy:
         lower = [c for c in controllers if c.get("type") == "pci" and int(c.get("index", "0"), 0) < index]
         anchor = lower[-1] if lower else (controllers[-1] if controllers else None)
         if anchor is None:
-            _insert_child(self.devices_el, el, len(self.devices_el))
+            self.devices_el.append(el)
         else:
-            _insert_child(self.devices_el, el, self.devices_el.index(anchor) + 1)
+            anchor.addnext(el)
         return el
 
     def _write_back(self) -> None:
@@ -840,12 +840,7 @@ class _Greedy:
         """libvirt lists the primary video first."""
         if len(self.videos) < 2 or self.videos[0] is self.devices_el.findall("video")[0]:
             return
-        primary = self.videos[0]
-        first = self.devices_el.findall("video")[0]
-        tail = primary.tail
-        remove_element(primary)
-        primary.tail = tail
-        first.addprevious(primary)
+        self.devices_el.findall("video")[0].addprevious(self.videos[0])
 
     def controllers_added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -854,39 +849,10 @@ class _Greedy:
         return out
 
 
-def _indent_of(el: etree._Element) -> str:
-    """The whitespace that starts el's line."""
-    prev = el.getprevious()
-    parent = el.getparent()
-    ws = prev.tail if prev is not None else (parent.text if parent is not None else None)
-    return ws.rsplit("\n", 1)[-1] if ws and ws.strip() == "" and "\n" in ws else ""
-
-
-def _insert_child(parent: etree._Element, child: etree._Element, position: int) -> None:
-    """Insert child at position, one indentation step in from parent, keeping the others' layout."""
-    inner = _indent_of(parent) + "  "
-    if len(parent) == 0:
-        parent.text = "\n" + inner
-        child.tail = "\n" + _indent_of(parent)
-        parent.append(child)
-        return
-    if position >= len(parent):
-        last = parent[-1]
-        child.tail = last.tail
-        last.tail = "\n" + inner
-        parent.append(child)
-        return
-    parent.insert(position, child)
-    child.tail = "\n" + inner
-    if position == 0:
-        parent.text = "\n" + inner
-
-
 def _set_address(el: etree._Element, addr: PciAddress, multi: bool) -> None:
     a = el.find("address")
     if a is None:
-        a = etree.Element("address")
-        _insert_child(el, a, len(el))
+        a = etree.SubElement(el, "address")
     keep_multi = a.get("multifunction")
     a.attrib.clear()
     a.set("type", "pci")
@@ -906,7 +872,7 @@ def _child(el: etree._Element, tag: str) -> etree._Element:
     if child is None:
         child = etree.Element(tag)
         model = el.find("model")
-        _insert_child(el, child, el.index(model) + 1 if tag == "target" and model is not None else 0)
+        el.insert(el.index(model) + 1 if tag == "target" and model is not None else 0, child)
     return child
 
 
@@ -964,7 +930,7 @@ def _add_implicit_video(devices: etree._Element, tree: etree._ElementTree) -> No
     video = etree.Element("video")
     etree.SubElement(video, "model", type=machine.default_video, heads="1", primary="yes")
     after = [c for c in devices if c.tag in ("graphics", "sound", "audio")]
-    _insert_child(devices, video, devices.index(after[-1]) + 1)
+    after[-1].addnext(video)
 
 
 def _index_controllers(devices: etree._Element) -> None:

@@ -159,11 +159,8 @@ def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Ele
     pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
     anchor = max(pci, key=lambda c: int(c.get("index") or "0", 0)) if pci else None
     if controllers and anchor is not None:
-        indent = anchor.tail if anchor.tail and not anchor.tail.strip() else "\n    "
         for c in controllers:
             el = copy.deepcopy(c)
-            el.tail = anchor.tail
-            anchor.tail = indent
             anchor.addnext(el)
             anchor = el
     elif controllers:
