@@ -203,12 +203,16 @@ def _fits(bus_index: int, bus_flags: int, dev_flags: int) -> bool:
     return bool(dev_flags & bus_flags & TYPES_MASK)
 
 
+def _at(addr: PciAddress) -> str:
+    """The start of libvirt's messages about an address (made only when a message is)."""
+    return f"The device at PCI address {_addr_str(addr)}"
+
+
 def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: bool) -> str | None:
     """virDomainPCIAddressFlagsCompatible: None when the device may sit on the bus, else libvirt's reason."""
-    s = _addr_str(addr)
     if dev_flags & INTEGRATED:
         if addr.bus != 0:
-            return f"The device at PCI address {s} needs to be an integrated device (bus=0)"
+            return _at(addr) + " needs to be an integrated device (bus=0)"
         bus_flags |= AUTOASSIGN  # an integrated device may sit on pcie-root
     if from_config:
         # a user-given address may put a PCI device on a PCIe slot and vice versa, a pci-bridge anywhere
@@ -218,17 +222,17 @@ def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: b
             if dev_flags & bit:
                 dev_flags |= like
     elif dev_flags & AUTOASSIGN and not bus_flags & AUTOASSIGN:
-        return (f"The device at PCI address {s} was auto-assigned this address, but the PCI controller "
+        return (_at(addr) + f" was auto-assigned this address, but the PCI controller "
                 f"with index='{addr.bus}' doesn't allow auto-assignment")
     if dev_flags & HOTPLUGGABLE and not bus_flags & HOTPLUGGABLE:
-        return (f"The device at PCI address {s} requires hotplug capability, but the PCI controller "
+        return (_at(addr) + f" requires hotplug capability, but the PCI controller "
                 f"with index='{addr.bus}' doesn't support hotplug")
     if not dev_flags & bus_flags & TYPES_MASK:
         wanted = next((name for bit, name in _CONNECT_NAMES if dev_flags & bit), None)
         if wanted is None:
-            return (f"The device at PCI address {s} has unrecognized connection type flags "
+            return (_at(addr) + " has unrecognized connection type flags "
                     f"0x{dev_flags & TYPES_MASK:02x}")
-        return (f"The device at PCI address {s} cannot be plugged into the PCI controller with "
+        return (_at(addr) + f" cannot be plugged into the PCI controller with "
                 f"index='{addr.bus}'. It requires a controller that accepts a {wanted}.")
     return None
 
@@ -240,21 +244,20 @@ class _AddressSet:
 
     # virDomainPCIAddressValidate
     def validate(self, addr: PciAddress, flags: int, from_config: bool) -> None:
-        s = _addr_str(addr)
         kind = XML_ERROR if from_config else "internal error: "
         if addr.bus >= len(self.buses):
-            raise GreedyError(
-                f"Invalid PCI address {s}. Only PCI buses up to {len(self.buses) - 1} are available", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. Only PCI buses up to "
+                              f"{len(self.buses) - 1} are available", kind)
         bus = self.buses[addr.bus]
         reason = _compatible(addr, bus.flags, flags, from_config)
         if reason:
             raise GreedyError(reason, kind)
         if bus.min_slot and addr.slot < bus.min_slot:
-            raise GreedyError(f"Invalid PCI address {s}. slot must be >= {bus.min_slot}", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. slot must be >= {bus.min_slot}", kind)
         if addr.slot > bus.max_slot:
-            raise GreedyError(f"Invalid PCI address {s}. slot must be <= {bus.max_slot}", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. slot must be <= {bus.max_slot}", kind)
         if addr.function > 7:
-            raise GreedyError(f"Invalid PCI address {s}. function must be <= 7", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. function must be <= 7", kind)
 
     def slot_in_use(self, addr: PciAddress) -> bool:
         return bool(self.buses[addr.bus].functions[addr.slot])
