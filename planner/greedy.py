@@ -743,8 +743,10 @@ class _Greedy:
         if d.model == "ich9-uhci1":
             self.multi_on.add(id(d))
 
-    def run(self) -> None:
-        """qemuDomainAssignPCIAddresses."""
+    def run(self, proceed: Callable[[dict[int, str]], bool] | None = None) -> bool:
+        """qemuDomainAssignPCIAddresses. proceed: asked after the dry run with the controllers libvirt
+        adds (index -> model, final: the real assignment adds no bus); False stops there, with nothing
+        assigned. Returns whether it went on."""
         nbuses = self.max_idx + 1
         # Pass 1: a dry run that only finds out how many buses are needed.
         addrs = self._address_set(nbuses, dry_run=True)
@@ -765,12 +767,15 @@ class _Greedy:
                                        ctype="pci", index=index)
                 addrs.reserve_next(CONTROLLER_CONNECT[model])
             index += 1
+        if proceed is not None and not proceed(dict(self.added)):
+            return False
         nbuses = len(addrs.buses)
         # Pass 2: the real assignment on the final bus count; nothing may grow now.
         addrs = self._address_set(nbuses, dry_run=False)
         self._chipset(addrs)
         self._assign_devices(addrs)
         self._write_back()
+        return True
 
     # -------------------------------------------------------------- writing
 
@@ -958,9 +963,12 @@ def greedy_plan(xml: str) -> GreedyResult:
     return result
 
 
-def greedy_plan_tree(tree: etree._ElementTree) -> GreedyResult:
+def greedy_plan_tree(tree: etree._ElementTree,
+                     proceed: Callable[[dict[int, str]], bool] | None = None) -> GreedyResult:
     """greedy_plan on a parsed domain, completed in place (its xml stays None): for callers that go on
-    with the tree, so nothing is written out and parsed again."""
+    with the tree, so nothing is written out and parsed again. proceed: asked after libvirt's dry run
+    with the PCI controllers libvirt adds (index -> model); when it says False the plan stops there
+    (not ok: a caller that only wants a layout with those controllers is spared the rest)."""
     start = time.perf_counter()
     try:
         devices = tree.getroot().find("devices")
@@ -969,7 +977,9 @@ def greedy_plan_tree(tree: etree._ElementTree) -> GreedyResult:
             _add_implicit_video(devices, tree)
         original = list(devices.findall("controller")) if devices is not None else []
         planner = _Greedy(tree, original)
-        planner.run()
+        if not planner.run(proceed):
+            return GreedyResult(False, "stopped after the dry run", None, planner.controllers_added(),
+                                time.perf_counter() - start)
     except (InputError, GreedyError) as exc:
         return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
     return GreedyResult(True, None, None, planner.controllers_added(), time.perf_counter() - start)

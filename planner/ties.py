@@ -100,19 +100,25 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     chosen += [b.element for b in problem.buses.values()
                if b.index != 0 and b.address is None and b.bus_pin is None and b.element is not None]
     known = set(problem.buses)
-    if not chosen and not _new_controllers(tree, known):
+    new_ours = _new_controllers(tree, known)
+    if not chosen and not new_ours:
         # pciplan chose nothing (a planned guest planned again): no change to take over, and libvirt's
         # new controllers, if any, cannot match pciplan's none: below, that is a None too
         return None
+
+    def as_many_new(added: dict[int, str]) -> bool:
+        # libvirt's new controllers are those it adds at an index pciplan's problem does not have (the
+        # input's own are all in it): fewer or more than pciplan's is no tie, so its assignment is spared
+        return sum(1 for index in added if index not in known) == len(new_ours)
+
     libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
-    if not greedy_plan_tree(libvirt_tree).ok:
+    if not greedy_plan_tree(libvirt_tree, as_many_new).ok:
         return None
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     changes = _changes(_keyed(trial), theirs, planned)
-    new_ours = _new_controllers(trial, known)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return None
