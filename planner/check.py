@@ -311,6 +311,7 @@ class _Skip(Exception):
     """Internal: this element cannot be judged further."""
 
 
+@functools.lru_cache(maxsize=4096)  # a document repeats the same few values ("0x00", "0x1") many times
 def _parse_number(text: str) -> int:
     # libvirt reads these with strtoul base 0: 0x.. hex, leading 0 octal, else decimal.
     text = text.strip()

@@ -6,6 +6,7 @@ it knows nothing of the solver.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -129,9 +130,14 @@ class Problem:
 # ---------------------------------------------------------------- small XML helpers
 
 
+@functools.lru_cache(maxsize=4096)  # a document repeats the same few values many times
+def _number(value: str) -> int:
+    return int(value, 0)
+
+
 def _int(value: str | None, what: str) -> int:
     try:
-        return int(value or "0", 0)
+        return _number(value or "0")
     except ValueError:
         raise InputError(f"{what}: '{value}' is not a number") from None
 

@@ -203,12 +203,16 @@ def _fits(bus_index: int, bus_flags: int, dev_flags: int) -> bool:
     return bool(dev_flags & bus_flags & TYPES_MASK)
 
 
+def _at(addr: PciAddress) -> str:
+    """The start of libvirt's messages about an address (made only when a message is)."""
+    return f"The device at PCI address {_addr_str(addr)}"
+
+
 def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: bool) -> str | None:
     """virDomainPCIAddressFlagsCompatible: None when the device may sit on the bus, else libvirt's reason."""
-    s = _addr_str(addr)
     if dev_flags & INTEGRATED:
         if addr.bus != 0:
-            return f"The device at PCI address {s} needs to be an integrated device (bus=0)"
+            return _at(addr) + " needs to be an integrated device (bus=0)"
         bus_flags |= AUTOASSIGN  # an integrated device may sit on pcie-root
     if from_config:
         # a user-given address may put a PCI device on a PCIe slot and vice versa, a pci-bridge anywhere
@@ -218,17 +222,17 @@ def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: b
             if dev_flags & bit:
                 dev_flags |= like
     elif dev_flags & AUTOASSIGN and not bus_flags & AUTOASSIGN:
-        return (f"The device at PCI address {s} was auto-assigned this address, but the PCI controller "
+        return (_at(addr) + f" was auto-assigned this address, but the PCI controller "
                 f"with index='{addr.bus}' doesn't allow auto-assignment")
     if dev_flags & HOTPLUGGABLE and not bus_flags & HOTPLUGGABLE:
-        return (f"The device at PCI address {s} requires hotplug capability, but the PCI controller "
+        return (_at(addr) + f" requires hotplug capability, but the PCI controller "
                 f"with index='{addr.bus}' doesn't support hotplug")
     if not dev_flags & bus_flags & TYPES_MASK:
         wanted = next((name for bit, name in _CONNECT_NAMES if dev_flags & bit), None)
         if wanted is None:
-            return (f"The device at PCI address {s} has unrecognized connection type flags "
+            return (_at(addr) + " has unrecognized connection type flags "
                     f"0x{dev_flags & TYPES_MASK:02x}")
-        return (f"The device at PCI address {s} cannot be plugged into the PCI controller with "
+        return (_at(addr) + f" cannot be plugged into the PCI controller with "
                 f"index='{addr.bus}'. It requires a controller that accepts a {wanted}.")
     return None
 
@@ -240,21 +244,20 @@ class _AddressSet:
 
     # virDomainPCIAddressValidate
     def validate(self, addr: PciAddress, flags: int, from_config: bool) -> None:
-        s = _addr_str(addr)
         kind = XML_ERROR if from_config else "internal error: "
         if addr.bus >= len(self.buses):
-            raise GreedyError(
-                f"Invalid PCI address {s}. Only PCI buses up to {len(self.buses) - 1} are available", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. Only PCI buses up to "
+                              f"{len(self.buses) - 1} are available", kind)
         bus = self.buses[addr.bus]
         reason = _compatible(addr, bus.flags, flags, from_config)
         if reason:
             raise GreedyError(reason, kind)
         if bus.min_slot and addr.slot < bus.min_slot:
-            raise GreedyError(f"Invalid PCI address {s}. slot must be >= {bus.min_slot}", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. slot must be >= {bus.min_slot}", kind)
         if addr.slot > bus.max_slot:
-            raise GreedyError(f"Invalid PCI address {s}. slot must be <= {bus.max_slot}", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. slot must be <= {bus.max_slot}", kind)
         if addr.function > 7:
-            raise GreedyError(f"Invalid PCI address {s}. function must be <= 7", kind)
+            raise GreedyError(f"Invalid PCI address {_addr_str(addr)}. function must be <= 7", kind)
 
     def slot_in_use(self, addr: PciAddress) -> bool:
         return bool(self.buses[addr.bus].functions[addr.slot])
@@ -740,8 +743,10 @@ class _Greedy:
         if d.model == "ich9-uhci1":
             self.multi_on.add(id(d))
 
-    def run(self) -> None:
-        """qemuDomainAssignPCIAddresses."""
+    def run(self, proceed: Callable[[dict[int, str]], bool] | None = None) -> bool:
+        """qemuDomainAssignPCIAddresses. proceed: asked after the dry run with the controllers libvirt
+        adds (index -> model, final: the real assignment adds no bus); False stops there, with nothing
+        assigned. Returns whether it went on."""
         nbuses = self.max_idx + 1
         # Pass 1: a dry run that only finds out how many buses are needed.
         addrs = self._address_set(nbuses, dry_run=True)
@@ -762,12 +767,15 @@ class _Greedy:
                                        ctype="pci", index=index)
                 addrs.reserve_next(CONTROLLER_CONNECT[model])
             index += 1
+        if proceed is not None and not proceed(dict(self.added)):
+            return False
         nbuses = len(addrs.buses)
         # Pass 2: the real assignment on the final bus count; nothing may grow now.
         addrs = self._address_set(nbuses, dry_run=False)
         self._chipset(addrs)
         self._assign_devices(addrs)
         self._write_back()
+        return True
 
     # -------------------------------------------------------------- writing
 
@@ -778,9 +786,9 @@ class _Greedy:
         lower = [c for c in controllers if c.get("type") == "pci" and int(c.get("index", "0"), 0) < index]
         anchor = lower[-1] if lower else (controllers[-1] if controllers else None)
         if anchor is None:
-            _insert_child(self.devices_el, el, len(self.devices_el))
+            self.devices_el.append(el)
         else:
-            _insert_child(self.devices_el, el, self.devices_el.index(anchor) + 1)
+            anchor.addnext(el)
         return el
 
     def _write_back(self) -> None:
@@ -840,12 +848,7 @@ class _Greedy:
         """libvirt lists the primary video first."""
         if len(self.videos) < 2 or self.videos[0] is self.devices_el.findall("video")[0]:
             return
-        primary = self.videos[0]
-        first = self.devices_el.findall("video")[0]
-        tail = primary.tail
-        remove_element(primary)
-        primary.tail = tail
-        first.addprevious(primary)
+        self.devices_el.findall("video")[0].addprevious(self.videos[0])
 
     def controllers_added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -854,39 +857,10 @@ class _Greedy:
         return out
 
 
-def _indent_of(el: etree._Element) -> str:
-    """The whitespace that starts el's line."""
-    prev = el.getprevious()
-    parent = el.getparent()
-    ws = prev.tail if prev is not None else (parent.text if parent is not None else None)
-    return ws.rsplit("\n", 1)[-1] if ws and ws.strip() == "" and "\n" in ws else ""
-
-
-def _insert_child(parent: etree._Element, child: etree._Element, position: int) -> None:
-    """Insert child at position, one indentation step in from parent, keeping the others' layout."""
-    inner = _indent_of(parent) + "  "
-    if len(parent) == 0:
-        parent.text = "\n" + inner
-        child.tail = "\n" + _indent_of(parent)
-        parent.append(child)
-        return
-    if position >= len(parent):
-        last = parent[-1]
-        child.tail = last.tail
-        last.tail = "\n" + inner
-        parent.append(child)
-        return
-    parent.insert(position, child)
-    child.tail = "\n" + inner
-    if position == 0:
-        parent.text = "\n" + inner
-
-
 def _set_address(el: etree._Element, addr: PciAddress, multi: bool) -> None:
     a = el.find("address")
     if a is None:
-        a = etree.Element("address")
-        _insert_child(el, a, len(el))
+        a = etree.SubElement(el, "address")
     keep_multi = a.get("multifunction")
     a.attrib.clear()
     a.set("type", "pci")
@@ -906,7 +880,7 @@ def _child(el: etree._Element, tag: str) -> etree._Element:
     if child is None:
         child = etree.Element(tag)
         model = el.find("model")
-        _insert_child(el, child, el.index(model) + 1 if tag == "target" and model is not None else 0)
+        el.insert(el.index(model) + 1 if tag == "target" and model is not None else 0, child)
     return child
 
 
@@ -964,7 +938,7 @@ def _add_implicit_video(devices: etree._Element, tree: etree._ElementTree) -> No
     video = etree.Element("video")
     etree.SubElement(video, "model", type=machine.default_video, heads="1", primary="yes")
     after = [c for c in devices if c.tag in ("graphics", "sound", "audio")]
-    _insert_child(devices, video, devices.index(after[-1]) + 1)
+    after[-1].addnext(video)
 
 
 def _index_controllers(devices: etree._Element) -> None:
@@ -989,9 +963,12 @@ def greedy_plan(xml: str) -> GreedyResult:
     return result
 
 
-def greedy_plan_tree(tree: etree._ElementTree) -> GreedyResult:
+def greedy_plan_tree(tree: etree._ElementTree,
+                     proceed: Callable[[dict[int, str]], bool] | None = None) -> GreedyResult:
     """greedy_plan on a parsed domain, completed in place (its xml stays None): for callers that go on
-    with the tree, so nothing is written out and parsed again."""
+    with the tree, so nothing is written out and parsed again. proceed: asked after libvirt's dry run
+    with the PCI controllers libvirt adds (index -> model); when it says False the plan stops there
+    (not ok: a caller that only wants a layout with those controllers is spared the rest)."""
     start = time.perf_counter()
     try:
         devices = tree.getroot().find("devices")
@@ -1000,7 +977,9 @@ def greedy_plan_tree(tree: etree._ElementTree) -> GreedyResult:
             _add_implicit_video(devices, tree)
         original = list(devices.findall("controller")) if devices is not None else []
         planner = _Greedy(tree, original)
-        planner.run()
+        if not planner.run(proceed):
+            return GreedyResult(False, "stopped after the dry run", None, planner.controllers_added(),
+                                time.perf_counter() - start)
     except (InputError, GreedyError) as exc:
         return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
     return GreedyResult(True, None, None, planner.controllers_added(), time.perf_counter() - start)

@@ -7,13 +7,46 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from lxml import etree
 
-from planner.check import WARNING_RULES, check_domain
-from planner.domain import Bus, PciAddress, read_problem
+from planner.check import WARNING_RULES, Violation, check_domain
+from planner.domain import Bus, PciAddress, Problem, read_problem
 from planner.facts import PORTS, ROOTS
-from planner.show import build_tree, summary
+from planner.show import Node, build_tree, summary
+
+
+class DocumentViews:
+    """A completed document as the checker, `pciplan show` and the domain reader see it, each view
+    computed once when first asked for: valid while the document is not changed (whoever changes it
+    makes new views)."""
+
+    def __init__(self, tree: etree._ElementTree, firmware: str | None = None) -> None:
+        self.tree = tree
+        self.firmware = firmware
+
+    def for_equal(self, tree: etree._ElementTree) -> DocumentViews:
+        """The views of tree, a document equal to this one (the same elements, attributes and text in
+        the same order), with whatever was computed here: the views read only those."""
+        views = DocumentViews(tree, self.firmware)
+        views.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("tree", "firmware")})
+        return views
+
+    @cached_property
+    def pci_tree(self) -> Node:
+        return build_tree(self.tree, self.firmware)
+
+    @cached_property
+    def problem(self) -> Problem:
+        # read_problem completes the document it reads: a plain copy of the elements will do (no
+        # need to write the text out and parse it again); only read, never written
+        return read_problem(etree.ElementTree(copy.deepcopy(self.tree.getroot())))
+
+    @cached_property
+    def violations(self) -> list[Violation]:
+        """Everything `pciplan check` says of it, warnings included."""
+        return check_domain(self.tree, firmware=self.firmware)
 
 
 @dataclass
@@ -38,23 +71,21 @@ def pci_controllers(tree: etree._ElementTree) -> Counter:
                    if c.get("type") == "pci" and c.get("model") not in ROOTS)
 
 
-def measure(before: etree._ElementTree, after: etree._ElementTree,
+def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentViews,
             firmware: str | None = None) -> LayoutMetrics:
     """The same metrics for any completed layout, whoever made it (judged for firmware, or the
-    guest's own)."""
+    guest's own). after may come as its views (then judged for the views' firmware)."""
+    views = after if isinstance(after, DocumentViews) else DocumentViews(after, firmware)
+    after = views.tree
     added = pci_controllers(after) - pci_controllers(before)
-    root = build_tree(after, firmware)
-    counts = summary(root)
+    counts = summary(views.pci_tree)
     on_pci = 0
-    # read_problem completes the document it reads: a plain copy of the elements will do (no need to
-    # write the text out and parse it again)
-    problem = read_problem(etree.ElementTree(copy.deepcopy(after.getroot())))
+    problem = views.problem
     for d in problem.devices:
         a = d.address
         if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
             on_pci += 1
-    violations = [f"{v.rule}: {v.message}" for v in check_domain(after, firmware=firmware)
-                  if v.rule not in WARNING_RULES]
+    violations = [f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES]
     return LayoutMetrics(
         ok=True,
         controllers_added=dict(sorted(added.items())),
@@ -116,9 +147,9 @@ class Headroom:
         return {"pcie_ports": self.pcie_ports, "pci_slots": self.pci_slots}
 
 
-def headroom(tree: etree._ElementTree) -> Headroom:
+def headroom(tree: etree._ElementTree | DocumentViews) -> Headroom:
     """The live hot-plug places of an addressed guest, by kind of place."""
-    problem = read_problem(etree.ElementTree(copy.deepcopy(tree.getroot())))  # only read: no text layer
+    problem = (tree if isinstance(tree, DocumentViews) else DocumentViews(tree)).problem
     used = occupied(problem.tree)
     reserved = problem.machine.reserved_slots
     ports = slots = 0

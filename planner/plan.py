@@ -15,7 +15,7 @@ from planner.errors import Infeasible
 from planner.explain import explain, replan_change
 from planner.facts import IO_UNIT, ROOTS
 from planner.layout import unfold
-from planner.metrics import Headroom, headroom
+from planner.metrics import DocumentViews, Headroom, headroom
 from planner.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.prepare import prepare
 from planner.render import apply_prepared, render, set_virtio_mmio
@@ -144,18 +144,21 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     total = sum(1 + len(d.companions) for d in problem.devices)
     notes = converted + problem.notes + [f"warning: {w}" for w in warnings]
     tied_to_libvirt = False
+    written = DocumentViews(tree)  # the views the tie, the check and the counts below all read
     if not options.replan and not converted:
         # the spares prepare resolved; the reservations are places the tie must keep too
         spare_pci, spare_pcie = max(prep.spare_pci, prep.reserve_pci), max(prep.spare_pcie, prep.reserve_pcie)
-        if prefer_libvirt(tree, original, problem, spare_pci, spare_pcie):
+        rewritten = prefer_libvirt(written, original, problem, spare_pci, spare_pcie)
+        if rewritten is not None:
             notes.append("ties with libvirt's own layout: libvirt's addresses written")
             tied_to_libvirt = True
+            written = rewritten
             added = Counter(c.get("model") for c in tree.getroot().iterfind("devices/controller[@type='pci']")
                             if int(c.get("index"), 0) not in problem.buses)
             added.update(b.model.name for b in problem.buses.values() if b.added)
-    errors, warns = _self_check(tree, problem, original, options)
+    errors, warns = _self_check(written, problem, original, options)
     levels = dict(result.values)
-    levels["hotplug_wanted"], hot = _hotplug_written(tree, prep)
+    levels["hotplug_wanted"], hot = _hotplug_written(written, prep)
     levels["hotplug_lost"] = levels["hotplug_wanted"] - hot  # devices only: spare_shortfall is its own
     io_units = result.io_units
     if (tied_to_libvirt and io_units is not None) or io_budget_dropped:
@@ -163,8 +166,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         # are not the model's: report what the written layout needs
         from planner.check import io_space_needed
 
-        written = io_space_needed(tree)
-        io_units = None if written is None else -(-written[0] // IO_UNIT)
+        needed = io_space_needed(tree)
+        io_units = None if needed is None else -(-needed[0] // IO_UNIT)
     return PlanSummary(
         machine=problem.machine.family,
         status=result.status,
@@ -182,7 +185,7 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
         check_errors=errors,
         check_warnings=warns,
         # a layout that breaks a rule (the firmware cannot set it all up) promises no place
-        headroom=None if errors else headroom(tree),
+        headroom=None if errors else headroom(written),
         io_bytes=None if io_units is None else io_units * IO_UNIT,
         io_budget_bytes=None if io_units is None else _io_budget_units(prep, result) * IO_UNIT,
         io_cuts=result.io_cuts,
@@ -210,14 +213,14 @@ def _io_budget_units(prep, result) -> int:
     return result.io_budget or (fw.io_capacity_units() if fw is not None else 0)
 
 
-def _hotplug_written(tree: etree._ElementTree, prep) -> tuple[int, int]:
+def _hotplug_written(written: DocumentViews, prep) -> tuple[int, int]:
     """The devices the plan placed that prefer a hot-pluggable place, and how many of them the
     written layout gives one, counted as `pciplan show` counts (whoever chose the addresses: the
     solver, the tie with libvirt, or --replan keeping them)."""
-    from planner.show import ENDPOINT, build_tree
+    from planner.show import ENDPOINT
 
     wanting = [d for g in prep.groups if g.key.prefers_hotplug for d in g.devices]
-    hot = {(n.bus, n.slot, n.function) for n in build_tree(tree).walk() if n.kind == ENDPOINT and n.hotplug}
+    hot = {(n.bus, n.slot, n.function) for n in written.pci_tree.walk() if n.kind == ENDPOINT and n.hotplug}
     count = 0
     for d in wanting:
         a = d.element.find("address")
@@ -227,16 +230,16 @@ def _hotplug_written(tree: etree._ElementTree, prep) -> tuple[int, int]:
     return len(wanting), count
 
 
-def _self_check(tree: etree._ElementTree, problem, original: etree._ElementTree,
+def _self_check(written: DocumentViews, problem, original: etree._ElementTree,
                 options: PlanOptions) -> tuple[list[str], list[str]]:
     """Run the independent checker on the plan, so that plan says what check would say. An error there
     comes from the input's pinned addresses: name them, and say what --replan would do about it."""
-    from planner.check import WARNING_RULES, check_domain
+    from planner.check import WARNING_RULES
 
     pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
         c.get("model") not in ROOTS for c in original.getroot().iterfind(
             "devices/controller[@type='pci']"))
-    found = check_domain(tree)  # warnings too, whoever chose the addresses: plan says what check says
+    found = written.violations  # warnings too, whoever chose the addresses: plan says what check says
     warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]
     bad = [v for v in found if v.rule not in WARNING_RULES]
     if not bad:

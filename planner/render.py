@@ -13,18 +13,11 @@ from planner.prepare import Prepared
 from planner.xmlio import remove_element
 
 
-def _append_child(parent: etree._Element, child: etree._Element) -> None:
-    """Append child as the last element of parent. Its line and indentation are the serializer's
-    business (planner/xmltext.py), not the tree's whitespace."""
-    parent.append(child)
-
-
 def set_virtio_mmio(el: etree._Element) -> None:
     """<address type='virtio-mmio'/> in place of any address the element had."""
     addr = el.find("address")
     if addr is None:
-        addr = etree.Element("address")
-        _append_child(el, addr)
+        addr = etree.SubElement(el, "address")
     addr.attrib.clear()
     addr.set("type", "virtio-mmio")
 
@@ -33,8 +26,7 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
     """Write a complete address (libvirt's form); a given multifunction value is kept."""
     addr = el.find("address")
     if addr is None:
-        addr = etree.Element("address")
-        _append_child(el, addr)
+        addr = etree.SubElement(el, "address")  # laid out by the writer (planner/xmltext.py)
     keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
     for k in list(addr.attrib):
         del addr.attrib[k]
@@ -88,7 +80,7 @@ def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_
         if address is not None:
             address.addprevious(child)
         else:
-            _append_child(el, child)
+            el.append(child)
 
 
 def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
@@ -138,8 +130,6 @@ def apply_prepared(prep: Prepared, layout: Layout) -> None:
         assert el is not None
         pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
         anchor = pci[-1] if pci else devices[-1]
-        el.tail = anchor.tail
-        anchor.tail = anchor.tail if anchor.tail is not None else "\n"
         anchor.addnext(el)
     if not ours:
         return

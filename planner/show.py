@@ -9,6 +9,7 @@ SeaBIOS I/O windows) come from planner.check, the independent checker, so both t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import io
 import math
@@ -147,6 +148,7 @@ class Node:
 # Reading the XML
 
 
+@functools.lru_cache(maxsize=4096)  # a document repeats the same few values many times
 def _number(text: str | None) -> int | None:
     # libvirt reads addresses with strtoul base 0: 0x.. hex, a leading 0 octal, else decimal
     if text is None:

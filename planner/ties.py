@@ -16,7 +16,7 @@ from lxml import etree
 
 from planner.domain import PciAddress, Problem
 from planner.greedy import greedy_plan_tree
-from planner.metrics import measure
+from planner.metrics import DocumentViews, measure
 from planner.render import set_pci_address
 from planner.xmlio import remove_element
 
@@ -68,7 +68,8 @@ def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
             a.get("multifunction") == "on")
 
 
-def _comparable(before: etree._ElementTree, after: etree._ElementTree, spare_pci: int, spare_pcie: int):
+def _comparable(before: etree._ElementTree, after: etree._ElementTree | DocumentViews, spare_pci: int,
+                spare_pcie: int):
     """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
     solver's), plus the checker's errors."""
     m = measure(before, after)
@@ -77,45 +78,60 @@ def _comparable(before: etree._ElementTree, after: etree._ElementTree, spare_pci
             tuple(m.rule_violations))
 
 
-def prefer_libvirt(tree: etree._ElementTree, original: etree._ElementTree, problem: Problem,
-                   spare_pci: int, spare_pcie: int) -> bool:
+def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
+                   spare_pci: int, spare_pcie: int) -> DocumentViews | None:
     """Rewrite what pciplan chose (never an address the input gave) with libvirt's layout when that
     ties with pciplan's: device addresses, the places of the input's unaddressed controllers, and
-    the new PCI controllers. Returns whether it did."""
+    the new PCI controllers. written: pciplan's document and its views (measured here, so that the
+    caller reads them again if the document stays). Returns the views of the document it rewrote, or
+    None when it left it as it was."""
+    tree = written.tree
     if problem.mmio_devices:
-        return False
+        return None
     if any(d.hotplug_rule or d.bus_rule or d.numa_rule is not None or d.connection_rule
            for d in problem.devices):
-        return False  # libvirt knows nothing of pciplan's rules
+        return None  # libvirt knows nothing of pciplan's rules
     if any(b.new_expander for b in problem.buses.values()):
-        return False
+        return None
     if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
-        return False  # libvirt's greedy costs more than the plan itself there, and ties are rare
-    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
-    if not greedy_plan_tree(libvirt_tree).ok:
-        return False
-    theirs = _keyed(libvirt_tree)
+        return None  # libvirt's greedy costs more than the plan itself there, and ties are rare
     chosen = [el for d in problem.devices if d.address is None and d.bus_pin is None
               for m in [d, *d.companions] for el in [m.element, *m.mirrors]]
     chosen += [b.element for b in problem.buses.values()
                if b.index != 0 and b.address is None and b.bus_pin is None and b.element is not None]
+    known = set(problem.buses)
+    new_ours = _new_controllers(tree, known)
+    if not chosen and not new_ours:
+        # pciplan chose nothing (a planned guest planned again): no change to take over, and libvirt's
+        # new controllers, if any, cannot match pciplan's none: below, that is a None too
+        return None
+
+    def as_many_new(added: dict[int, str]) -> bool:
+        # libvirt's new controllers are those it adds at an index pciplan's problem does not have (the
+        # input's own are all in it): fewer or more than pciplan's is no tie, so its assignment is spared
+        return sum(1 for index in added if index not in known) == len(new_ours)
+
+    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
+    if not greedy_plan_tree(libvirt_tree, as_many_new).ok:
+        return None
+    theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
-    known = set(problem.buses)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     changes = _changes(_keyed(trial), theirs, planned)
-    new_ours = _new_controllers(trial, known)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
-        return False
+        return None
     if len(new_ours) != len(new_theirs):
-        return False  # more or fewer controllers: no tie (and no need to measure)
+        return None  # more or fewer controllers: no tie (and no need to measure)
     _apply(trial, changes, new_theirs, known)
     spares = (spare_pci, spare_pcie)
-    if _comparable(original, trial, *spares) != _comparable(original, tree, *spares):
-        return False  # libvirt's layout is worse for pciplan's objective: keep pciplan's
+    measured = DocumentViews(trial)
+    if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
+        return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
+    # the same changes on the document trial was copied from: an equal document, so trial's views
     _apply(tree, changes, new_theirs, known)
-    return True
+    return measured.for_equal(tree)
 
 
 def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
@@ -149,11 +165,8 @@ def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Ele
     pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
     anchor = max(pci, key=lambda c: int(c.get("index") or "0", 0)) if pci else None
     if controllers and anchor is not None:
-        indent = anchor.tail if anchor.tail and not anchor.tail.strip() else "\n    "
         for c in controllers:
             el = copy.deepcopy(c)
-            el.tail = anchor.tail
-            anchor.tail = indent
             anchor.addnext(el)
             anchor = el
     elif controllers:

@@ -30,7 +30,6 @@ _TOKEN = re.compile(
     r"|(?P<start><(?P<name>[^\s/>!?]+)(?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*\s*(?P<empty>/?)>)",
     re.S,
 )
-_KINDS = ("comment", "cdata", "pi", "doctype", "end", "start")
 _ATTR = re.compile(r"(\s+)([^\s=/>]+)(\s*=\s*)([\"'])(.*?)\4", re.S)
 _ENCODING = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 _XML_NS = "http://www.w3.org/XML/1998/namespace"
@@ -42,7 +41,10 @@ def _blank(s: str | None) -> bool:
 
 def _same(a: str | None, b: str | None) -> bool:
     """Equal text, where all-whitespace texts are layout and equal to each other."""
-    return (a or "") == (b or "") or (_blank(a) and _blank(b))
+    return a == b or (a or "") == (b or "") or (_blank(a) and _blank(b))
+
+
+_SPECIAL = re.compile("[&<>\n\r\t\"']")
 
 
 def escape_text(s: str) -> str:
@@ -50,11 +52,13 @@ def escape_text(s: str) -> str:
 
 
 def escape_attr(s: str, quote: str) -> str:
+    if _SPECIAL.search(s) is None:  # most values: nothing to escape
+        return s
     s = escape_text(s).replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
     return s.replace(quote, "&apos;" if quote == "'" else "&quot;")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Span:
     """One node of the source: where it is, and what lxml made of it at parse time."""
 
@@ -74,7 +78,7 @@ class _Span:
     next: object = None  # the node that followed it in the source (None: it was the last child)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
     kind: str
     start: int
@@ -121,7 +125,7 @@ def _frames(text: str) -> _Frame:
     top = _Frame("document", 0, len(text))
     stack = [top]
     for m in _TOKEN.finditer(text):
-        kind = next(k for k in _KINDS if m.group(k) is not None)
+        kind = m.lastgroup  # the outer group: it closes after the groups nested in it
         if kind in ("comment", "pi"):
             stack[-1].children.append(_Frame(kind, m.start(), m.end()))
         elif kind == "start":
@@ -143,27 +147,31 @@ def _line_indent(text: str, pos: int) -> str:
     return before if before.strip() == "" else ""
 
 
-def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> None:
+def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
     span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name,
-                 _line_indent(text, frame.start), parent=parent)
+                 _line_indent(text, frame.start), parent=parent, text=node.text)
     spans[node] = span
     if frame.kind != "element":
-        span.text = node.text
-        return
-    kids = list(node)
-    if len(kids) != len(frame.children):
-        raise ValueError(f"<{frame.name}>: {len(frame.children)} children in the text, {len(kids)} in lxml's")
+        return span
+    kids = tuple(node)
+    cframes = frame.children
+    if len(kids) != len(cframes):
+        raise ValueError(f"<{frame.name}>: {len(cframes)} children in the text, {len(kids)} in lxml's")
     span.attrib = tuple(node.attrib.items())
-    span.text = node.text
-    span.children = tuple(kids)
+    span.children = kids
     inner_end = frame.close if frame.close is not None else frame.tag_end
-    span.text_raw = text[frame.tag_end:frame.children[0].start if frame.children else inner_end]
-    for i, (child, cframe) in enumerate(zip(kids, frame.children, strict=True)):
-        _tie(text, cframe, child, node, spans)
-        following = frame.children[i + 1].start if i + 1 < len(kids) else inner_end
-        spans[child].tail = child.tail
-        spans[child].tail_raw = text[cframe.end:following]
-        spans[child].next = kids[i + 1] if i + 1 < len(kids) else None
+    span.text_raw = text[frame.tag_end:cframes[0].start if cframes else inner_end]
+    last = len(kids) - 1
+    for i, child in enumerate(kids):
+        cframe = cframes[i]
+        kid = _tie(text, cframe, child, node, spans)
+        kid.tail = child.tail
+        if i < last:
+            kid.tail_raw = text[cframe.end:cframes[i + 1].start]
+            kid.next = kids[i + 1]
+        else:
+            kid.tail_raw = text[cframe.end:inner_end]
+    return span
 
 
 def source_map(text: str, root: etree._Element, encoding: str, bom: bytes) -> Source | None:
@@ -208,20 +216,23 @@ class Writer:
         self.unit = source.unit if source is not None else "  "
         self.quote = source.quote if source is not None else "'"
         self._dirty: dict = {}
+        self._quotes: dict = {}  # parent element -> the quote character its new children take
 
     # -- what changed ------------------------------------------------------------------------------
 
     def dirty(self, node) -> bool:
-        if node in self._dirty:
-            return self._dirty[node]
+        changed = self._dirty.get(node)
+        if changed is not None:
+            return changed
         span = self.spans[node]
         if not isinstance(node.tag, str):
             changed = node.text != span.text
         else:
-            kids = list(node)
-            changed = (tuple(node.attrib.items()) != span.attrib or tuple(kids) != span.children
-                       or not _same(node.text, span.text)
-                       or any(not _same(k.tail, self.spans[k].tail) or self.dirty(k) for k in kids))
+            changed = (tuple(node) != span.children or tuple(node.attrib.items()) != span.attrib
+                       or not _same(node.text, span.text))
+            if not changed:  # the same children: is any of them changed, or its tail?
+                spans = self.spans
+                changed = any(not _same(k.tail, spans[k].tail) or self.dirty(k) for k in span.children)
         self._dirty[node] = changed
         return changed
 
@@ -342,8 +353,14 @@ class Writer:
 
     def _quote_near(self, node: etree._Element) -> str:
         """The quote character of the nearest written ancestor that has attributes."""
-        assert self.src is not None or not self.spans
         parent = node.getparent()
+        quote = self._quotes.get(parent)
+        if quote is None:
+            quote = self._quotes[parent] = self._quote_above(parent)
+        return quote
+
+    def _quote_above(self, parent: etree._Element | None) -> str:
+        assert self.src is not None or not self.spans
         while parent is not None:
             span = self.spans.get(parent)
             if span is not None:
@@ -361,12 +378,16 @@ class Writer:
             return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
         name = _qname(node.tag, node)
         q = self._quote_near(node)
-        parent = node.getparent()
-        inherited = parent.nsmap if parent is not None else {}
-        declared = [(f"xmlns:{p}" if p else "xmlns", uri) for p, uri in node.nsmap.items()
-                    if inherited.get(p) != uri]
-        attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
-        attrs += "".join(f" {_qname(k, node)}={q}{escape_attr(v, q)}{q}" for k, v in node.attrib.items())
+        nsmap = node.nsmap  # in scope here, inherited ones included: mostly none
+        attrs = ""
+        if nsmap:
+            parent = node.getparent()
+            inherited = parent.nsmap if parent is not None else {}
+            declared = [(f"xmlns:{p}" if p else "xmlns", uri) for p, uri in nsmap.items()
+                        if inherited.get(p) != uri]
+            attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
+        attrs += "".join(f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
+                         for k, v in node.attrib.items())
         kids = list(node)
         text = None if _blank(node.text) else node.text
         if not kids:

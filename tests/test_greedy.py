@@ -395,3 +395,25 @@ def test_known_difference_crypto_is_dropped_by_libvirt(real_stack: EmbeddedLibvi
     assert ours.find("devices/crypto") is not None and "<crypto" not in (theirs or ""), \
         KNOWN_DIFFERENCES["q35-crypto"]
     assert ours.find("devices/crypto/address") is None
+
+
+@pytest.mark.parametrize("machine", ["q35", "pc", "virt"])
+def test_dry_run_hook_sees_the_controllers_the_plan_adds(machine: str) -> None:
+    """greedy_plan_tree's proceed hook gets, after the dry run, exactly the controllers the finished plan
+    has added (planner.ties skips the assignment on that count); saying False stops with nothing
+    assigned."""
+    from planner.greedy import greedy_plan_tree
+    from planner.xmlio import parse_domain_bytes
+
+    xml = domain_xml(machine, nics(9) + "<controller type='usb' model='qemu-xhci'/>")
+    seen: list[dict[int, str]] = []
+    tree = parse_domain_bytes(xml)
+    full = greedy_plan_tree(tree, lambda added: seen.append(added) is None)
+    assert full.ok and len(seen) == 1
+    added = {int(c.get("index")): c.get("model") for c in tree.getroot().iterfind("devices/controller")
+             if c.get("type") == "pci" and c.get("model") not in ("pcie-root", "pci-root")}
+    assert seen[0] == added
+    stopped_tree = parse_domain_bytes(xml)
+    stopped = greedy_plan_tree(stopped_tree, lambda _added: False)
+    assert not stopped.ok
+    assert stopped_tree.getroot().find("devices/interface/address") is None

@@ -173,3 +173,34 @@ def test_gap_filling_ports_take_a_chassis_no_other_port_has() -> None:
     ports = tree.getroot().iterfind("devices/controller[@type='pci'][@model='pcie-root-port']")
     chassis = [c.find("target").get("chassis") for c in ports]
     assert len(chassis) == len(set(chassis)) >= 3
+
+
+def test_summary_of_generated_guests_is_what_their_written_bytes_show() -> None:
+    """plan reads its checks, hot-plug counts and headroom from views computed once (and, after a tie
+    with libvirt, from the views of the equal document it measured): they must be those of the bytes
+    written, read afresh. Ties must be among the guests, or the reuse is not tested."""
+    import random
+
+    from fleetgen import typical_guest
+
+    from planner.metrics import headroom
+    from planner.show import ENDPOINT
+
+    rng = random.Random(11)
+    tied = 0
+    for n in range(36):
+        tree, s = plan_bytes(typical_guest(n, rng).encode())
+        tied += any("ties with libvirt" in note for note in s.notes)
+        written = parse_domain_bytes(text(tree))
+        found = check_domain(written)
+        assert s.check_warnings == [f"{v.element}: {v.message} [{v.rule}]" for v in found
+                                    if v.rule in WARNING_RULES]
+        assert s.check_errors == [f"{v.element}: {v.message} [{v.rule}]" for v in found
+                                  if v.rule not in WARNING_RULES]
+        assert s.headroom == headroom(written)
+        shown = summary(build_tree(written))["hotplug_endpoints"]
+        hot = sum(1 for n in build_tree(written).walk() if n.kind == ENDPOINT and n.hotplug)
+        assert shown == hot
+        # every device wanting hot-plug here is a NIC or disk, all of them endpoints
+        assert s.levels["hotplug_wanted"] - s.levels["hotplug_lost"] == hot
+    assert tied >= 5

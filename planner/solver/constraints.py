@@ -44,12 +44,17 @@ def _sum(xs) -> cp_model.LinearExpr:
 
 def place_every_device(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """Each device of each group is placed exactly once."""
+    # each group's terms in the order of the variables (existing buses, new ports, new bridges)
+    terms_of: dict[int, list] = defaultdict(list)
+    for (_, i), x in [*v.alone.items(), *v.packed.items()]:
+        terms_of[i].append(x)
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        for i, x in [*pool.alone.items(), *pool.packed.items()]:
+            terms_of[i].append(x)
+    for i, x in [*v.pool_alone.items(), *v.pool_packed.items()]:
+        terms_of[i].append(x)
     for gi, g in enumerate(prep.groups):
-        placed = [*v.alone.items(), *v.packed.items()]
-        terms = [x for (_, i), x in placed if i == gi]
-        for pool in [*v.root_ports.values(), *v.downstream.values()]:
-            terms += [x for i, x in [*pool.alone.items(), *pool.packed.items()] if i == gi]
-        terms += [x for i, x in [*v.pool_alone.items(), *v.pool_packed.items()] if i == gi]
+        terms = terms_of.get(gi, [])
         lit = why.new(Limit.PLACEMENT, f"{g.name}: {', '.join(d.label for d in g.devices[:4])}"
                       + (" …" if g.size > 4 else "") + " must each get a place")
         kept = [v.keep[i] for i in (prep.droppable_of(d) for d in g.devices) if i is not None]
@@ -84,10 +89,16 @@ def bus_capacity_left(prep: Prepared, v: Variables, e: int):
 def existing_bus_capacity(model, prep: Prepared, v: Variables, why: Assumptions) -> None:
     """Free slots of each existing bus: one per lone device or whole-slot child, 8 functions per
     packed slot; new root ports may also fill free functions of slots that hold only root ports."""
+    alone_on: dict[int, list] = defaultdict(list)  # by bus, in the variables' order
+    for (b, _), x in v.alone.items():
+        alone_on[b].append(x)
+    packed_on: dict[int, list] = defaultdict(list)
+    for (b, _), x in v.packed.items():
+        packed_on[b].append(x)
     for e, st in prep.states.items():
         free, most = bus_capacity_left(prep, v, e)
-        alone = [x for (b, _), x in v.alone.items() if b == e]
-        packed = [x for (b, _), x in v.packed.items() if b == e]
+        alone = alone_on.get(e, [])
+        packed = packed_on.get(e, [])
         whole_children = []
         if e in v.new_pci_bridges:
             whole_children.append(v.new_pci_bridges[e])
