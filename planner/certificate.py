@@ -30,7 +30,11 @@ compares certified plans with the solver's on generated guests (bytes and the wh
 tests/test_recorded_outputs.py the recorded corpus's outputs with those written before.
 
 Also covered: a guest with nothing left to place (every device addressed: a planned guest planned
-again), whatever its controllers, rules or objective order; the layout is then "add nothing".
+again), whatever its controllers, rules or objective order; the layout is then "add nothing" but the
+missing spare ports. Its result is mostly worked out from prep alone (planned_again: the same levels,
+objective, I/O units and counts, without building the model, which is most of the cost of a fleet's
+second pass); where that short path is not sure it answers None and the model decides as above.
+tests/test_certificate.py compares the two field by field.
 """
 
 from __future__ import annotations
