@@ -589,7 +589,9 @@ def planned_again(prep: Prepared, start: float | None = None) -> SolveResult | N
     cap = {e: 8 * free[e] + len(prep.states[e].free_root_port_functions()) for e in accepts_rp}
     new = 103 * sum(cap.values()) + sum(free.values()) + len(free) + 255  # every controller variable
     magnitude = {"moved": 0, "hotplug": MAX_SHORTFALL, "pcie": 0, "controllers": new, "buses": new,
-                 "slots": sum(64 + 2 * n + 1 for n in free.values()), "libvirt": 34 * len(hot_ports)}
+                 # new ports below an expander bus count on slots too (objective.levels)
+                 "slots": sum(64 + 2 * n + 1 for n in free.values()) + 103 * sum(cap.values()),
+                 "libvirt": 34 * len(hot_ports)}
     if sum(weights[name] * magnitude[name] for name in order) >= SAFE_MAGNITUDE:
         return None
     objective = sum(weights[name] * level[name] for name in order)

@@ -246,6 +246,15 @@ def _documents() -> list[tuple[str, bytes]]:
         out.append((f"{name} planned", serialize(tree)))
     for name, xml, options in GUESTS[::2]:
         out.append((f"{name} planned", _plan(xml, options, certify=True)[0]))
+    # many ports, and an expander bus with ports of its own: the objective's weights grow
+    ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'/>" for i in range(1, 200))
+    pxb = ("<controller type='pci' index='200' model='pcie-expander-bus'><target busNr='220'><node>0</node>"
+           "</target></controller><controller type='pci' index='201' model='pcie-root-port'>"
+           "<address type='pci' bus='200' slot='0'/></controller>")
+    for extra in ("", pxb):
+        xml = _domain("q35", "<controller type='pci' index='0' model='pcie-root'/>" + ports + extra)
+        xml = xml.replace("<os>", "<cpu><numa><cell id='0' cpus='0' memory='1048576'/></numa></cpu><os>")
+        out.append((f"ports{extra and ' and expander'} planned", _plan(xml, PlanOptions(), certify=True)[0]))
     return out
 
 
