@@ -28,17 +28,18 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
     if addr is None:
         addr = etree.SubElement(el, "address")  # laid out by the writer (planner/xmltext.py)
     keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    items = [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{a.bus:02x}"), ("slot", f"0x{a.slot:02x}"),
+             ("function", f"0x{a.function:x}")]
+    if multifunction and a.function == 0:
+        items.append(("multifunction", "on"))
+    elif keep_mf is not None:
+        items.append(("multifunction", keep_mf))
+    if addr.items() == items:
+        return  # already so, in this order (a planned guest planned again): nothing to rewrite
     for k in list(addr.attrib):
         del addr.attrib[k]
-    addr.set("type", "pci")
-    addr.set("domain", "0x0000")
-    addr.set("bus", f"0x{a.bus:02x}")
-    addr.set("slot", f"0x{a.slot:02x}")
-    addr.set("function", f"0x{a.function:x}")
-    if multifunction and a.function == 0:
-        addr.set("multifunction", "on")
-    elif keep_mf is not None:
-        addr.set("multifunction", keep_mf)
+    for k, value in items:
+        addr.set(k, value)
 
 
 def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:

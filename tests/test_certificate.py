@@ -220,3 +220,73 @@ def test_a_certified_plan_does_not_import_ortools() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=subprocess_env())
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _compared(result) -> dict:
+    """A SolveResult's fields the plan reads (the model's variables and solution, and the time, aside)."""
+    return {k: getattr(result, k) for k in ("status", "objective", "bound", "gap", "values", "pool",
+                                            "io_units", "io_budget", "io_cuts", "counts")}
+
+
+def _documents() -> list[tuple[str, bytes]]:
+    """Recorded corpus inputs (every fourth, for time) and their planned outputs, and the planned
+    outputs of this file's guests: documents with nothing left to place, and some with devices."""
+    from recorded import corpus
+
+    out = []
+    for i, (name, data) in enumerate(corpus(shared=False)):
+        if i % 4:
+            continue
+        out.append((name, data))
+        try:
+            tree = parse_domain_bytes(data)
+            planner.plan.plan_tree(tree, PlanOptions())
+        except Exception:  # noqa: BLE001 - broken and infeasible guests have no output to plan again
+            continue
+        out.append((f"{name} planned", serialize(tree)))
+    for name, xml, options in GUESTS[::2]:
+        out.append((f"{name} planned", _plan(xml, options, certify=True)[0]))
+    # many ports, and an expander bus with ports of its own: the objective's weights grow
+    ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'/>" for i in range(1, 200))
+    pxb = ("<controller type='pci' index='200' model='pcie-expander-bus'><target busNr='220'><node>0</node>"
+           "</target></controller><controller type='pci' index='201' model='pcie-root-port'>"
+           "<address type='pci' bus='200' slot='0'/></controller>")
+    for extra in ("", pxb):
+        xml = _domain("q35", "<controller type='pci' index='0' model='pcie-root'/>" + ports + extra)
+        xml = xml.replace("<os>", "<cpu><numa><cell id='0' cpus='0' memory='1048576'/></numa></cpu><os>")
+        out.append((f"ports{extra and ' and expander'} planned", _plan(xml, PlanOptions(), certify=True)[0]))
+    return out
+
+
+def test_planned_again_without_the_model_is_the_models_result() -> None:
+    """The short path for a guest with nothing to place (certificate.planned_again, no model built)
+    gives what the model-based certificate gives, field by field, under options that move its levels
+    (spares, firmware budgets, objective orders, reservations); and it decides most such cases."""
+    variants = [PlanOptions(), PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=5),
+                PlanOptions(spare_pcie=40), PlanOptions(spare_pci=2), PlanOptions(spare_pci=40),
+                PlanOptions(firmware="ovmf", spare_pcie=9), PlanOptions(firmware="seabios"),
+                PlanOptions(firmware="none"),
+                PlanOptions(objective_order=("controllers", "hotplug", "pcie", "buses")),
+                PlanOptions(reserve=(("interface", 2),))]
+    both = short = model_only = 0
+    for name, data in _documents():
+        for n, options in enumerate(variants):
+            try:
+                tree = parse_domain_bytes(data)
+                problem, resolved, _ = planner.plan._read(tree, options)
+                prep = prepare(problem, resolved)
+            except Exception:  # noqa: BLE001 - guests these options make invalid or infeasible
+                continue
+            if prep.groups or certificate._outside(prep, resolved):
+                continue
+            mine = certificate.planned_again(prep)
+            theirs = certificate.by_model(prep, resolved)
+            if mine is not None:
+                assert theirs is not None, (name, n)
+                assert _compared(mine) == _compared(theirs), (name, n)
+                both += 1
+            elif theirs is not None:
+                model_only += 1
+            short += mine is not None
+    assert both >= 300, (both, model_only)
+    assert model_only <= 0.1 * both, (both, model_only)
