@@ -69,9 +69,9 @@ def tie_rate(count: int = 60) -> tuple[int, int]:
     sys.path.insert(0, str(REPO / "tests"))
     from fleetgen import typical_guest
 
-    from planner.options import PlanOptions
-    from planner.plan import plan_tree
-    from planner.xmlio import parse_domain_bytes
+    from planner.facts.options import PlanOptions
+    from planner.pipeline.plan import plan_tree
+    from planner.xml.xmlio import parse_domain_bytes
 
     rng = random.Random(7)
     tied = 0
@@ -93,7 +93,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "planner"), str(REPO / "models")],
                    env=env, check=True, stdout=subprocess.DEVNULL)
-    pciplan = [sys.executable, "-m", "planner.cli", "plan"]
+    pciplan = [sys.executable, "-m", "planner.commands.cli", "plan"]
     plan_env = dict(env)
     if args.planner:
         plan_env["PYTHONPATH"] = os.pathsep.join([args.planner, *filter(None, [env.get("PYTHONPATH")])])

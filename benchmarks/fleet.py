@@ -12,7 +12,7 @@ passes each:
   libvirt itself wrote (second pass); the loop alone (the driver is opened, and each emulator's
   capabilities probed, before the clock starts).
 Prints guests per second for each, and pciplan's rate divided by libvirt's, and how many guests of each pass
-the optimality certificate (planner/certificate.py) planned without a solve; --json FILE records them
+the optimality certificate (planner/pipeline/certificate.py) planned without a solve; --json FILE records them
 (README's fleet table is benchmarks/results/fleet-generated.json and fleet-realworld.json, which
 tests/test_readme_figures.py checks against it).
 """
@@ -41,7 +41,7 @@ from fleetgen import write_fleet  # noqa: E402
 
 def pciplan_pass(argv: list[str], jobs: int) -> tuple[float, float, int, int]:
     """Whole-command seconds, the batch's own seconds, files, files changed."""
-    cmd = [sys.executable, "-m", "planner.cli", "fleet", *argv, "--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "planner.commands.cli", "fleet", *argv, "--jobs", str(jobs)]
     start = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - start
@@ -99,13 +99,13 @@ def libvirt_pass(conn, libvirt, guests: list[str]) -> tuple[float, list[str], in
 
 
 def certified_share(files: list[Path]) -> tuple[int, int]:
-    """(guests planned without a solve: planner.certificate proved the plan optimal, guests planned),
+    """(guests planned without a solve: planner.pipeline.certificate proved the plan optimal, guests planned),
     by planning each file once more in this process (not timed)."""
-    from planner import certificate
-    from planner.errors import Infeasible
-    from planner.options import PlanOptions
-    from planner.plan import plan_tree
-    from planner.xmlio import InputError, parse_domain_bytes
+    from planner.facts.errors import Infeasible
+    from planner.facts.options import PlanOptions
+    from planner.pipeline import certificate
+    from planner.pipeline.plan import plan_tree
+    from planner.xml.xmlio import InputError, parse_domain_bytes
 
     before, planned = certificate.STATS.certified, 0
     for path in files:

@@ -4,12 +4,12 @@ generated guest against libvirt's define of the same guest, one core each, in on
     python -m benchmarks.fleet_classes [--guests 900] [--json FILE] [--plot FILE.png]
 
 The guests are tests/fleetgen.py's typical guests (1-32 NICs and disks on q35, pc and aarch64 virt).
-Each is timed alone, after a warm-up: pciplan as one fleet worker plans a file (planner.fleet.plan_one:
-read, parse, plan, serialize; --dry-run, so no write), libvirt 9.0 through the embedded QEMU driver as
-defineXML + XMLDesc(inactive) + undefine. Rows: guests per second of each on one core, their ratio, and
-the share of guests the optimality certificate (planner/certificate.py) planned without a CP-SAT solve.
-Per-guest rates leave out what a whole `pciplan fleet` adds (start-up, workers, writes): benchmarks/fleet.py
-measures that.
+Each is timed alone, after a warm-up: pciplan as one fleet worker plans a file
+(planner.commands.fleet.plan_one: read, parse, plan, serialize; --dry-run, so no write), libvirt 9.0 through
+the embedded QEMU driver as defineXML + XMLDesc(inactive) + undefine. Rows: guests per second of each on one
+core, their ratio, and the share of guests the optimality certificate (planner/pipeline/certificate.py)
+planned without a CP-SAT solve. Per-guest rates leave out what a whole `pciplan fleet` adds (start-up,
+workers, writes): benchmarks/fleet.py measures that.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def listed_devices(xml: str) -> int:
 
 def time_pciplan(paths: list[Path]) -> list[tuple[float, bool]]:
     """Seconds to plan each file as a fleet worker does, and whether the certificate planned it."""
-    from planner import certificate
-    from planner.fleet import plan_one
-    from planner.options import PlanOptions
+    from planner.commands.fleet import plan_one
+    from planner.facts.options import PlanOptions
+    from planner.pipeline import certificate
 
     options = PlanOptions()
     for p in paths[:30]:  # warm-up: caches, lazy imports

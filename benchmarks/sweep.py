@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from planner.errors import Infeasible
-from planner.options import PlanOptions
-from planner.plan import plan_tree
-from planner.xmlio import parse_domain_bytes, serialize
+from planner.facts.errors import Infeasible
+from planner.facts.options import PlanOptions
+from planner.pipeline.plan import plan_tree
+from planner.xml.xmlio import parse_domain_bytes, serialize
 
 MACHINES = {"q35": "x86_64", "pc": "x86_64", "virt": "aarch64"}
 MIXES = {"all": frozenset(), "half": frozenset({"disk"}), "none": frozenset({"disk", "interface"})}
@@ -80,7 +80,7 @@ def greedy_backend():
 
         return "libvirt 9.0 (embedded driver)", run
     except Exception:  # noqa: BLE001 - no libvirt here: fall back to the re-implementation
-        from planner.greedy import greedy_plan
+        from planner.pipeline.greedy import greedy_plan
 
         def run_builtin(xml: str) -> tuple[bool, str | None, int | None]:
             r = greedy_plan(xml)
@@ -127,7 +127,8 @@ def cli_seconds(repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        cmd = [sys.executable, "-m", "planner.cli", "plan", str(src), "-o", "/tmp/pciplan-bench-out.xml"]
+        cmd = [sys.executable, "-m", "planner.commands.cli", "plan", str(src), "-o",
+               "/tmp/pciplan-bench-out.xml"]
         subprocess.run(cmd, check=True, capture_output=True)
         best = min(best, time.perf_counter() - start)
     return best

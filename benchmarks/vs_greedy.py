@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from guestgen import guest_xml, random_shape  # noqa: E402
 
-from planner.compare import compare, versus_greedy  # noqa: E402
-from planner.metrics import objective_vector  # noqa: E402
+from planner.commands.compare import compare, versus_greedy  # noqa: E402
+from planner.pipeline.metrics import objective_vector  # noqa: E402
 
 
 def run(guests: int, seed: int, time_limit: float) -> dict:

@@ -38,16 +38,16 @@ def tool_missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-# Every child Python the tests start (`python -m planner.cli` and `-c` probes, most with cwd=REPO) keeps the
-# working directory off sys.path, so it imports the installed package as the tests do, whatever env it
-# is given on top of this process's.
+# Every child Python the tests start (`python -m planner.commands.cli` and `-c` probes, most with cwd=REPO)
+# keeps the working directory off sys.path, so it imports the installed package as the tests do, whatever env
+# it is given on top of this process's.
 os.environ["PYTHONSAFEPATH"] = "1"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child Python that runs pciplan (`python -m planner.cli` in the checkout):
-    PYTHONSAFEPATH keeps `-m` and `-c` from putting the working directory first on sys.path, so the child
-    imports the same installed package as the tests."""
+    """The environment for a child Python that runs pciplan (`python -m planner.commands.cli` in the
+    checkout): PYTHONSAFEPATH keeps `-m` and `-c` from putting the working directory first on sys.path, so the
+    child imports the same installed package as the tests."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return {**env, "PYTHONSAFEPATH": "1", **extra}
 
@@ -113,8 +113,8 @@ def pytest_configure(config) -> None:
             f"planner was imported from the checkout ({planner.__file__}), not from the installed package: "
             "run the suite as .venv/bin/pytest (python -m pytest puts the working directory on sys.path), "
             "or install editable with PCIPLAN_EDITABLE=1 bash .ci/setup")
-    # A child `python -m planner.cli` started in the checkout, as the CLI tests start it, must import the
-    # installed package too.
+    # A child `python -m planner.commands.cli` started in the checkout, as the CLI tests start it, must import
+    # the installed package too.
     child = subprocess.run([sys.executable, "-c", "import planner; print(planner.__file__)"], cwd=REPO,
                            env=subprocess_env(), capture_output=True, text=True, timeout=60, check=True)
     if from_checkout(child.stdout.strip()):

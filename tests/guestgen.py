@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from conftest import disk_letters
 
-from planner.check import WARNING_RULES, check_domain
-from planner.greedy import greedy_plan
-from planner.xmlio import parse_domain_bytes, serialize
+from planner.checker.check import WARNING_RULES, check_domain
+from planner.pipeline.greedy import greedy_plan
+from planner.xml.xmlio import parse_domain_bytes, serialize
 
 ARCH = {"q35": "x86_64", "pc": "x86_64", "virt": "aarch64"}
 NIC_MODELS = {"x86_64": ["virtio", "e1000", "e1000e", "rtl8139"], "aarch64": ["virtio", "e1000"]}

@@ -1,15 +1,15 @@
 """The solver's I/O count against the checker's, device by device: where they differ, which kind of
 device and why. The solver counts each device's I/O BAR from the model's catalogue
-(models/devices.toml) in 32-byte units; the checker from its own table (planner/check.py). Everything
+(models/devices.toml) in 32-byte units; the checker from its own table (planner/checker/check.py). Everything
 else (root-bus BARs, 4 KiB windows of bridges and ports, the new bridges' split) must agree exactly."""
 
 from __future__ import annotations
 
 from lxml import etree
 
-from planner import check
-from planner.domain import read_problem
-from planner.facts import IO_UNIT
+from planner.checker import check
+from planner.facts.facts import IO_UNIT
+from planner.pipeline.domain import read_problem
 
 # The kinds of per-device difference found on the bundled examples, test guests and shared cases.
 # Every one makes the solver count more than the checker (stricter, never unsafe).

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from lxml import etree
 
-from planner.check import WARNING_RULES, check_domain
-from planner.options import PlanOptions
-from planner.plan import PlanSummary, plan_tree
-from planner.xmlio import parse_domain, parse_domain_bytes, serialize
+from planner.checker.check import WARNING_RULES, check_domain
+from planner.facts.options import PlanOptions
+from planner.pipeline.plan import PlanSummary, plan_tree
+from planner.xml.xmlio import parse_domain, parse_domain_bytes, serialize
 
 
 def plan_bytes(data: bytes, **options) -> tuple[etree._ElementTree, PlanSummary]:

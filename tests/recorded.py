@@ -82,10 +82,10 @@ def corpus(shared: bool = True) -> Iterator[tuple[str, bytes]]:
 
 def outcome(data: bytes) -> dict:
     """What `pciplan plan` does with this input: the written bytes' hash, the status, the exit status."""
-    from planner.errors import ExitCode, Infeasible
-    from planner.options import PlanOptions
-    from planner.plan import plan_tree
-    from planner.xmlio import InputError, parse_domain_bytes, serialize
+    from planner.facts.errors import ExitCode, Infeasible
+    from planner.facts.options import PlanOptions
+    from planner.pipeline.plan import plan_tree
+    from planner.xml.xmlio import InputError, parse_domain_bytes, serialize
 
     try:
         tree = parse_domain_bytes(data)

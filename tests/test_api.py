@@ -1,5 +1,5 @@
-"""planner.api: the library the commands run. Its bytes are the command's bytes; its refusals carry the
-command's reasons and exit status; the README's example runs as written."""
+"""planner.commands.api: the library the commands run. Its bytes are the command's bytes; its refusals carry
+the command's reasons and exit status; the README's example runs as written."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from conftest import GUESTS, REPO, nics, subprocess_env
 
-from planner import api
-from planner.errors import ExitCode
-from planner.options import PlanOptions
-from planner.xmlio import parse_domain_bytes, serialize
+from planner.commands import api
+from planner.facts.errors import ExitCode
+from planner.facts.options import PlanOptions
+from planner.xml.xmlio import parse_domain_bytes, serialize
 
 GUEST = REPO / "examples" / "q35-server.xml"
 NIC = b"<interface type='network'><source network='default'/><model type='virtio'/></interface>"
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], input=stdin, capture_output=True,
-                          cwd=REPO, env=subprocess_env(), timeout=300)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], input=stdin,
+                          capture_output=True, cwd=REPO, env=subprocess_env(), timeout=300)
 
 
 def readme_block(heading: str, language: str) -> str:

@@ -11,8 +11,8 @@ from conftest import REPO, nics, subprocess_env
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.attach import NotHotpluggable, live_places
-from planner.xmlio import InputError, parse_xml_bytes
+from planner.commands.attach import NotHotpluggable, live_places
+from planner.xml.xmlio import InputError, parse_xml_bytes
 
 VIRTIO_NIC = (b"<interface type='network'>\n  <source network='default'/>\n  <model type='virtio'/>\n"
               b"</interface>\n")
@@ -20,8 +20,8 @@ E1000 = b"<interface type='network'><source network='default'/><model type='e100
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, cwd=REPO,
-                          env=subprocess_env(), timeout=120)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], capture_output=True,
+                          cwd=REPO, env=subprocess_env(), timeout=120)
 
 
 def planned(guest_xml, machine: str, devices: str, **options) -> bytes:
@@ -155,9 +155,9 @@ def test_attach_live_until_none_is_left(real_stack, guest_xml, machine, devices,
     and then libvirt's own automatic addressing finds no place either."""
     from realstack import require_emulator
 
-    from planner.domain import read_pci_address
-    from planner.render import set_pci_address
-    from planner.xmlio import serialize_text
+    from planner.pipeline.domain import read_pci_address
+    from planner.pipeline.render import set_pci_address
+    from planner.xml.xmlio import serialize_text
 
     if machine == "virt":
         require_emulator("aarch64")

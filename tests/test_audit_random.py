@@ -1,5 +1,5 @@
 """Mutations of planned files that no catalogue names: hypothesis draws where and how to change a planned
-file, and `pciplan diff`'s audit (planner/audit.py) must report every one. (Apart from
+file, and `pciplan diff`'s audit (planner/commands/audit.py) must report every one. (Apart from
 tests/test_minimal_diff.py: CI runs that file at the lowest dependency versions, without hypothesis.)"""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cheap bounds (planner/bounds.py): an impossible guest is refused at once, naming the bound and the
+"""Cheap bounds (planner/pipeline/bounds.py): an impossible guest is refused at once, naming the bound and the
 largest number that fits; and each bound is a true lower bound, so it never refuses a plannable guest."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from conftest import nics
 from guestgen import Shape, fresh_xml
 from planning import plan_bytes
 
-from planner.bounds import io_lower_bound
-from planner.domain import read_problem
-from planner.errors import Infeasible
-from planner.facts import IO_UNIT
-from planner.prepare import prepare
-from planner.xmlio import parse_domain_bytes
+from planner.facts.errors import Infeasible
+from planner.facts.facts import IO_UNIT
+from planner.pipeline.bounds import io_lower_bound
+from planner.pipeline.domain import read_problem
+from planner.pipeline.prepare import prepare
+from planner.xml.xmlio import parse_domain_bytes
 
 
 def test_io_bound_refuses_the_271_disk_pc_guest_at_once() -> None:

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, libvirt_manifest, needs_shared, shared_cases, test_guests
 from planning import new_errors, plan_bytes, plan_file, text
 
-from planner.xmlio import InputError, parse_domain
+from planner.xml.xmlio import InputError, parse_domain
 
 VIRT_INSTALL = shared_cases("virt-install")
 LIBVIRT = shared_cases("libvirt")

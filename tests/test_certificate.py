@@ -1,4 +1,4 @@
-"""The optimality certificate (planner/certificate.py) against the solver: wherever it proves a plan
+"""The optimality certificate (planner/pipeline/certificate.py) against the solver: wherever it proves a plan
 optimal without CP-SAT, the solver's plan of the same guest is the same, byte for byte (the XML and
 the whole summary: status, objective, every level, bound, gap, I/O space, notes), and it proves a
 meaningful share of typical guests. A layout that misses a bound is never certified."""
@@ -15,25 +15,25 @@ from conftest import REPO, subprocess_env
 from fleetgen import typical_guest
 from guestgen import fresh_xml, random_shape
 
-import planner.plan
-from planner import certificate
-from planner.options import PlanOptions
-from planner.prepare import prepare
-from planner.solver.solve import build
-from planner.xmlio import parse_domain_bytes, serialize
+import planner.pipeline.plan
+from planner.facts.options import PlanOptions
+from planner.pipeline import certificate
+from planner.pipeline.prepare import prepare
+from planner.pipeline.solver.solve import build
+from planner.xml.xmlio import parse_domain_bytes, serialize
 
 
 def _plan(xml: str, options: PlanOptions, certify: bool) -> tuple[bytes, dict, bool]:
     """(written bytes, summary without its timing, whether the certificate decided) of one plan."""
     before = certificate.STATS.certified
-    original = planner.plan.certify
+    original = planner.pipeline.plan.certify
     if not certify:
-        planner.plan.certify = lambda prep, options: None
+        planner.pipeline.plan.certify = lambda prep, options: None
     try:
         tree = parse_domain_bytes(xml.encode())
-        summary = planner.plan.plan_tree(tree, options)
+        summary = planner.pipeline.plan.plan_tree(tree, options)
     finally:
-        planner.plan.certify = original
+        planner.pipeline.plan.certify = original
     data = summary.as_json()
     data.pop("solve_seconds")
     return serialize(tree), data, certificate.STATS.certified > before
@@ -154,7 +154,7 @@ def test_addressed_guests_that_lack_spare_ports_get_them_as_the_solver_adds_them
 
 def _prepared(xml: str, options: PlanOptions | None = None):
     tree = parse_domain_bytes(xml.encode())
-    problem, options, _ = planner.plan._read(tree, options or PlanOptions())
+    problem, options, _ = planner.pipeline.plan._read(tree, options or PlanOptions())
     prep = prepare(problem, options)
     return prep, options, build(prep, options, validate=False)
 
@@ -186,7 +186,7 @@ def test_a_layout_that_misses_a_bound_is_not_certified() -> None:
 def test_libvirts_suboptimal_layout_is_not_what_is_certified() -> None:
     """On the typical q35 guest libvirt's greedy spends a root port on the USB controller: the
     certificate proves pciplan's layout, which has fewer controllers, and the plan says no tie."""
-    from planner.greedy import greedy_plan
+    from planner.pipeline.greedy import greedy_plan
 
     xml, data, certified = _plan(Q35, PlanOptions(), certify=True)
     assert certified
@@ -214,7 +214,7 @@ def test_guests_outside_the_certificate_go_to_the_solver(what: str, guest_xml) -
 
 
 def test_a_certified_plan_does_not_import_ortools() -> None:
-    code = ("import sys\nfrom pathlib import Path\nfrom planner.api import plan\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom planner.commands.api import plan\n"
             f"assert plan(Path({str(REPO / 'examples' / 'q35-server.xml')!r})).status == 'optimal'\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ortools', 'numpy', 'pandas')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -240,7 +240,7 @@ def _documents() -> list[tuple[str, bytes]]:
         out.append((name, data))
         try:
             tree = parse_domain_bytes(data)
-            planner.plan.plan_tree(tree, PlanOptions())
+            planner.pipeline.plan.plan_tree(tree, PlanOptions())
         except Exception:  # noqa: BLE001 - broken and infeasible guests have no output to plan again
             continue
         out.append((f"{name} planned", serialize(tree)))
@@ -273,7 +273,7 @@ def test_planned_again_without_the_model_is_the_models_result() -> None:
         for n, options in enumerate(variants):
             try:
                 tree = parse_domain_bytes(data)
-                problem, resolved, _ = planner.plan._read(tree, options)
+                problem, resolved, _ = planner.pipeline.plan._read(tree, options)
                 prep = prepare(problem, resolved)
             except Exception:  # noqa: BLE001 - guests these options make invalid or infeasible
                 continue

@@ -1,4 +1,4 @@
-"""Tests of planner.check, the independent PCI rule checker.
+"""Tests of planner.checker.check, the independent PCI rule checker.
 
 Most cases are small domain XML snippets with the exact rule ids the checker must report and libvirt
 9.0's own verdict on defining them. The verdicts are re-checked against the real libvirt by the
@@ -15,7 +15,7 @@ from conftest import SHARED, SHARED_MISSING, domain_xml, libvirt_manifest
 from lxml import etree
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.check import (
+from planner.checker.check import (
     RULES,
     WARNING_RULES,
     Violation,
@@ -23,7 +23,7 @@ from planner.check import (
     classify,
     machine_family,
 )
-from planner.xmlio import parse_domain, parse_domain_bytes
+from planner.xml.xmlio import parse_domain, parse_domain_bytes
 
 LIBVIRT_CASES = SHARED / "cases" / "libvirt"
 
@@ -859,7 +859,7 @@ def test_io_space_packed_and_integrated() -> None:
 def test_io_space_counts_pci_serial_bar() -> None:
     """pci-serial has an 8-byte I/O BAR 0 (QEMU hw/char/serial-pci.c; models/devices.toml says 8 too):
     the checker looked for a model attribute <serial> does not have and counted 0."""
-    from planner.check import io_space_needed
+    from planner.checker.check import io_space_needed
 
     def serials(count: int) -> str:
         return "".join(f"<serial type='pty'><target type='pci-serial'/>"

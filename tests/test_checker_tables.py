@@ -1,4 +1,4 @@
-"""The checker keeps its own hand-written tables (planner/check.py imports nothing of the planner: it
+"""The checker keeps its own hand-written tables (planner/checker/check.py imports nothing of the planner: it
 is the second opinion). These tests hold them against the catalogue in models/*.toml, so that a fact
 changed on one side only fails here. Every difference that is meant is listed below with its reason;
 anything else that differs is drift, and the test names the table and the entry."""
@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO
 from lxml import etree
 
-from planner import check, facts
+from planner.checker import check
+from planner.facts import facts
 
 # The checker names machine families arch-first, the catalogue machine-first. Both names are in
 # outputs (show's root label says "pcie-root (aarch64-virt)", plan's messages "machine family

@@ -14,8 +14,8 @@ GUEST = REPO / "examples" / "q35-server.xml"
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], input=stdin, capture_output=True,
-                          cwd=REPO, env=subprocess_env(), timeout=120)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], input=stdin,
+                          capture_output=True, cwd=REPO, env=subprocess_env(), timeout=120)
 
 
 def test_plan_to_file_and_check_it(tmp_path: Path) -> None:
@@ -142,8 +142,8 @@ def test_works_without_the_libvirt_binding(tmp_path: Path) -> None:
     env = subprocess_env(PYTHONPATH=str(hidden))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, cwd=REPO,
-                              env=env, timeout=120)
+        return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], capture_output=True,
+                              cwd=REPO, env=env, timeout=120)
 
     out = tmp_path / "planned.xml"
     assert cli("plan", str(GUEST), "-o", str(out)).returncode == 0

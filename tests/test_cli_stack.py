@@ -16,7 +16,7 @@ from conftest import nics
 from realstack import real_stack_fixture  # noqa: F401
 from test_cli import GOLDEN, NIC, run
 
-from planner.xmlio import parse_xml_bytes
+from planner.xml.xmlio import parse_xml_bytes
 
 # ---------------------------------------------------------------- attach --connect, on the embedded driver
 
@@ -33,7 +33,7 @@ def test_attach_connect_domain_device_on_an_embedded_libvirt(guest_xml, tmp_path
     that libvirt with the device where pciplan put it; the live path says the guest is not running."""
     from realstack import require_emulator, stack_unavailable
 
-    from planner import api
+    from planner.commands import api
     from planner.stack.driver import _prepare_root, default_root
 
     if shutil.which("virsh") is None:
@@ -76,8 +76,8 @@ def test_attach_connect_live_on_a_running_guest(real_stack, guest_xml, tmp_path:
     live XML and picks a place that libvirt's live attach (attachDeviceFlags LIVE) accepts."""
     from typer.testing import CliRunner
 
-    from planner import api
-    from planner.cli import app
+    from planner.commands import api
+    from planner.commands.cli import app
 
     planned = api.plan(guest_xml("q35", devices=nics(2)), api.options(spare_pcie=1)).xml
     nic = tmp_path / "nic.xml"

@@ -1,5 +1,5 @@
-"""planner.cli_startup's option converter gives the values typer's pydantic-based converter gives, and
-leaves what it does not know to typer."""
+"""planner.commands.cli_startup's option converter gives the values typer's pydantic-based converter gives,
+and leaves what it does not know to typer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.cli_startup import _Slow, convert
+from planner.commands.cli_startup import _Slow, convert
 
 adapters = pytest.importorskip("typer._adapters", reason="typer before 0.2x converts without pydantic")
 from typer.models import OptionInfo  # noqa: E402

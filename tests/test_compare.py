@@ -8,7 +8,7 @@ import sys
 
 from conftest import GUESTS, REPO, domain_xml, nics, subprocess_env
 
-from planner.compare import compare
+from planner.commands.compare import compare
 
 
 def _guest(machine: str, devices: str) -> bytes:
@@ -40,7 +40,7 @@ def test_greedy_breaks_the_firmware_budget_where_pciplan_does_not() -> None:
 
 def test_compare_command_json_and_plot(tmp_path) -> None:
     out = tmp_path / "cmp.png"
-    cmd = [sys.executable, "-m", "planner.cli", "compare", str(GUESTS), "--json", "--plot", str(out)]
+    cmd = [sys.executable, "-m", "planner.commands.cli", "compare", str(GUESTS), "--json", "--plot", str(out)]
     env = subprocess_env()
     r = subprocess.run(cmd, capture_output=True, cwd=REPO, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -56,7 +56,7 @@ def test_compare_command_json_and_plot(tmp_path) -> None:
 def test_compare_shows_each_objective_level_in_the_order_used() -> None:
     """Per level, pciplan versus greedy, in the guest's own order, so "fewer controllers" is never read
     without the levels above it."""
-    from planner.compare import LEVEL_NAMES, table_rows
+    from planner.commands.compare import LEVEL_NAMES, table_rows
 
     ns = "xmlns:pciplan='urn:pciplan:constraints:1'"
     meta = (f"<metadata><pciplan:constraints {ns}><pciplan:objective order='controllers,hotplug,pcie,buses'/>"

@@ -7,9 +7,9 @@ from conftest import controllers, disks, nics
 from lxml import etree
 from planning import errors, plan_bytes, text
 
-from planner.check import check_domain
-from planner.errors import Infeasible
-from planner.xmlio import parse_domain_bytes
+from planner.checker.check import check_domain
+from planner.facts.errors import Infeasible
+from planner.xml.xmlio import parse_domain_bytes
 
 Q35_BARE = "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n"
 

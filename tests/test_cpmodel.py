@@ -1,4 +1,4 @@
-"""planner.solver.cpmodel writes the same CP-SAT models as OR-Tools' own builder (cp_model), and the
+"""planner.pipeline.solver.cpmodel writes the same CP-SAT models as OR-Tools' own builder (cp_model), and the
 plan path never imports pandas or numpy.
 
 The planner's model code runs twice per guest, once on each builder; every model handed to the solver
@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import GUESTS, REPO
 
-from planner.errors import Infeasible
-from planner.options import PlanOptions
-from planner.plan import _read
-from planner.prepare import prepare
-from planner.solver import cpmodel
-from planner.xmlio import parse_domain, parse_domain_bytes
+from planner.facts.errors import Infeasible
+from planner.facts.options import PlanOptions
+from planner.pipeline.plan import _read
+from planner.pipeline.prepare import prepare
+from planner.pipeline.solver import cpmodel
+from planner.xml.xmlio import parse_domain, parse_domain_bytes
 
 ortools_cp = pytest.importorskip("ortools.sat.python.cp_model")
 cmh = pytest.importorskip("ortools.sat.python.cp_model_helper")
@@ -60,7 +60,7 @@ def _models(tree, builder, monkeypatch) -> list[tuple[str, str]]:
 
     seen: list[tuple[str, str]] = []
     for name in MODULES:
-        monkeypatch.setattr(importlib.import_module(f"planner.solver.{name}"), "cp_model", builder)
+        monkeypatch.setattr(importlib.import_module(f"planner.pipeline.solver.{name}"), "cp_model", builder)
     solver_class = builder.CpSolver
     original = solver_class.Solve
 
@@ -72,7 +72,7 @@ def _models(tree, builder, monkeypatch) -> list[tuple[str, str]]:
         return original(self, model, *args)
 
     monkeypatch.setattr(solver_class, "Solve", recording)
-    from planner.solver.solve import solve
+    from planner.pipeline.solver.solve import solve
 
     problem, options, _ = _read(tree, PlanOptions())
     with contextlib.suppress(Infeasible):
@@ -136,7 +136,7 @@ def test_solves_and_reads_values():
 
 def test_plan_path_imports_neither_pandas_nor_numpy(tmp_path):
     out = tmp_path / "out.xml"
-    code = ("import sys; from planner.cli import main; sys.argv = ['pciplan', 'plan', "
+    code = ("import sys; from planner.commands.cli import main; sys.argv = ['pciplan', 'plan', "
             f"{str(REPO / 'examples' / 'q35-server.xml')!r}, '-o', {str(out)!r}]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'numpy', 'pydantic')))")
@@ -152,9 +152,9 @@ def test_one_tiebreak_solve_picks_what_two_stages_pick(path: Path, monkeypatch):
     the layout the two stages one after the other give."""
     import sys
 
-    from planner.solver.solve import solve
+    from planner.pipeline.solver.solve import solve
 
-    solve_module = sys.modules["planner.solver.solve"]
+    solve_module = sys.modules["planner.pipeline.solver.solve"]
 
     def values(limit: int) -> tuple:
         monkeypatch.setattr(solve_module, "COMBINED_LIMIT", limit)

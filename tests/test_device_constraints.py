@@ -9,7 +9,7 @@ from lxml import etree
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.errors import Infeasible
+from planner.facts.errors import Infeasible
 
 BARE = "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n"
 
@@ -164,7 +164,7 @@ def test_policy_file_and_precedence(guest_xml, tmp_path) -> None:
 
 
 def test_rule_errors_and_warnings(guest_xml, tmp_path) -> None:
-    from planner.xmlio import InputError
+    from planner.xml.xmlio import InputError
 
     for bad, word in (("<pciplan:rule kind='interface' hotplug='maybe'/>", "hotplug='maybe'"),
                       ("<pciplan:rule colour='red' hotplug='no'/>", "unknown attribute 'colour'"),
@@ -280,7 +280,7 @@ def test_mmio_transports_are_counted(guest_xml) -> None:
 
 
 def test_mmio_only_on_virt_and_only_for_virtio(guest_xml) -> None:
-    from planner.xmlio import InputError
+    from planner.xml.xmlio import InputError
 
     with pytest.raises(InputError):
         plan_bytes(guest_xml("q35", nics(1)), bus="mmio")
@@ -347,7 +347,7 @@ def test_host_numa_auto_follows_the_host_device(guest_xml, tmp_path, monkeypatch
 
 
 def test_host_numa_without_a_matching_cell(guest_xml, tmp_path, monkeypatch) -> None:
-    from planner.xmlio import InputError
+    from planner.xml.xmlio import InputError
 
     _sysfs(tmp_path, "0000:06:12.5", 5)
     monkeypatch.setenv("PCIPLAN_SYSFS_ROOT", str(tmp_path))

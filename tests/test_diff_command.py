@@ -11,15 +11,15 @@ from pathlib import Path
 
 from conftest import REPO
 
-from planner.errors import ExitCode
+from planner.facts.errors import ExitCode
 
 EXAMPLE = REPO / "examples" / "q35-server.xml"
 GOLDEN = REPO / "tests" / "golden" / "q35-server.xml"
 
 
 def run(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", "diff", *map(str, args)], input=stdin,
-                          capture_output=True, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", "diff", *map(str, args)],
+                          input=stdin, capture_output=True, cwd=REPO, timeout=120)
 
 
 def test_planned_file_passes() -> None:
@@ -94,9 +94,10 @@ def test_a_broken_planned_file_is_a_change_not_bad_input(tmp_path: Path) -> None
 
 def test_the_audit_shares_nothing_with_the_planner() -> None:
     """A checker: importing it loads no stage of the planning pipeline (only the XML reading helpers)."""
-    probe = ("import json, sys, planner.audit; "
+    probe = ("import json, sys, planner.commands.audit; "
              "print(json.dumps(sorted(m for m in sys.modules if m.startswith('planner.'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
                             check=True)
     modules = set(json.loads(loaded.stdout))
-    assert modules <= {"planner.audit", "planner.xmlio", "planner.xmltext"}, modules
+    assert modules <= {"planner.commands", "planner.commands.audit", "planner.xml", "planner.xml.xmlio",
+                       "planner.xml.xmltext"}, modules

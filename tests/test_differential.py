@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.check import check_domain
-from planner.xmlio import parse_domain_bytes
+from planner.checker.check import check_domain
+from planner.xml.xmlio import parse_domain_bytes
 
 pytestmark = pytest.mark.realstack
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, nics, subprocess_env
 
-from planner.errors import ExitCode
+from planner.facts.errors import ExitCode
 
 GUEST = REPO / "examples" / "q35-server.xml"
 PLANNED = REPO / "tests" / "golden" / "q35-server.xml"
@@ -21,9 +21,9 @@ NIC = b"<interface type='network'><source network='default'/><model type='virtio
 
 def run(*args: str, prelude: str = "", env: dict[str, str] | None = None,
         stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """pciplan as the console script runs it (planner.cli.main), after prelude (to break things)."""
+    """pciplan as the console script runs it (planner.commands.cli.main), after prelude (to break things)."""
     code = (f"import sys\n{prelude}\nsys.argv = ['pciplan', *sys.argv[1:]]\n"
-            "from planner.cli import main\nmain()\n")
+            "from planner.commands.cli import main\nmain()\n")
     return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, cwd=REPO,
                           env=subprocess_env(**(env or {})), timeout=300)
 
@@ -236,12 +236,12 @@ def test_show_picture_flag_and_suffix_must_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("command", "patch"), [
-    (["plan", "{guest}", "-o", "{out}"], "planner.plan.plan_tree"),
-    (["check", "{planned}"], "planner.check.check_domain"),
-    (["show", "{planned}"], "planner.show.build_tree"),
-    (["compare", "{guest}"], "planner.compare.table_rows"),
-    (["attach", "{planned}", "{nic}"], "planner.attach.live_places"),
-    (["fleet", "{guest}", "--dry-run", "--jobs", "1"], "planner.fleet.collect"),
+    (["plan", "{guest}", "-o", "{out}"], "planner.pipeline.plan.plan_tree"),
+    (["check", "{planned}"], "planner.checker.check.check_domain"),
+    (["show", "{planned}"], "planner.pipeline.show.build_tree"),
+    (["compare", "{guest}"], "planner.commands.compare.table_rows"),
+    (["attach", "{planned}", "{nic}"], "planner.commands.attach.live_places"),
+    (["fleet", "{guest}", "--dry-run", "--jobs", "1"], "planner.commands.fleet.collect"),
 ], ids=["plan", "check", "show", "compare", "attach", "fleet"])
 def test_a_defect_is_one_line_and_exit_5(files, command, patch) -> None:
     """An exception pciplan did not expect (here: injected into a function the command calls) is a
@@ -263,9 +263,9 @@ def test_a_defect_is_one_line_and_exit_5(files, command, patch) -> None:
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path: Path) -> None:
     """Ctrl-C (a real SIGINT, in the middle of planning): one line, 130, nothing written."""
-    prelude = ("import os, signal, time, planner.plan\ndef _interrupted(*a, **k):\n"
+    prelude = ("import os, signal, time, planner.pipeline.plan\ndef _interrupted(*a, **k):\n"
                "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(10)\n"
-               "planner.plan.plan_tree = _interrupted\n")
+               "planner.pipeline.plan.plan_tree = _interrupted\n")
     out = tmp_path / "out.xml"
     r = run("plan", str(GUEST), "-o", str(out), prelude=prelude)
     assert r.returncode == ExitCode.INTERRUPTED
@@ -283,10 +283,12 @@ def test_many_nics_still_plan(tmp_path: Path) -> None:
 
 
 def test_internal_error_of_the_planner_is_exit_5_and_json(tmp_path: Path) -> None:
-    """planner.errors.InternalError (say CP-SAT called the model invalid) is pciplan's defect: one line
+    """planner.facts.errors.InternalError (say CP-SAT called the model invalid) is pciplan's defect: one line
     that says so, exit 5, and with --json an error object with code 5."""
-    prelude = ("import planner.plan\nfrom planner.errors import InternalError\ndef _invalid(*a, **k):\n"
-               "    raise InternalError('CP-SAT says MODEL_INVALID')\nplanner.plan.plan_tree = _invalid\n")
+    prelude = ("import planner.pipeline.plan\nfrom planner.facts.errors import InternalError\n"
+               "def _invalid(*a, **k):\n"
+               "    raise InternalError('CP-SAT says MODEL_INVALID')\n"
+               "planner.pipeline.plan.plan_tree = _invalid\n")
     out = tmp_path / "out.xml"
     r = run("plan", str(GUEST), "-o", str(out), prelude=prelude)
     assert r.returncode == ExitCode.INTERNAL and not out.exists()

@@ -17,13 +17,13 @@ from planning import plan_bytes, text
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 from typer.testing import CliRunner
 
-from planner.check import check_domain
-from planner.cli import app
-from planner.domain import read_problem
-from planner.errors import Infeasible
-from planner.show import build_tree, summary
+from planner.checker.check import check_domain
+from planner.commands.cli import app
+from planner.facts.errors import Infeasible
+from planner.pipeline.domain import read_problem
+from planner.pipeline.show import build_tree, summary
 from planner.stack import EmbeddedLibvirt
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.xml.xmlio import InputError, parse_domain_bytes
 
 realstack = pytest.mark.realstack
 OVMF_MS = "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>"
@@ -141,7 +141,7 @@ def test_seabios_pc_budget_is_exact(tmp_path) -> None:
     result = CliRunner().invoke(app, ["plan", str(path)])
     assert result.exit_code == 3
     assert "SeaBIOS on pc without ACPI" in result.output
-    # the cheap I/O bound (planner/bounds.py) refuses it before the model is built
+    # the cheap I/O bound (planner/pipeline/bounds.py) refuses it before the model is built
     limit = re.search(r"at most (\d+) of the 300 × disk virtio fit", result.output)
     assert limit is not None and 280 <= int(limit.group(1)) < 300, result.output
 
@@ -301,7 +301,8 @@ def test_a_firmware_is_one_toml_entry_for_the_planner(monkeypatch) -> None:
     with no Python change: where SeaBIOS gets a pcie-to-pci-bridge (a 4 KiB window), it gets none."""
     import copy
 
-    from planner import api, facts
+    from planner.commands import api
+    from planner.facts import facts
 
     table = copy.deepcopy(facts._firmware_table())
     table["tinybios"] = copy.deepcopy(table["seabios"])
@@ -370,7 +371,7 @@ def _pciplan(env: dict[str, str], *args: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], env=env, capture_output=True,
                           text=True, cwd=REPO, timeout=600)
 
 

@@ -22,13 +22,13 @@ from fleetgen import write_fleet
 from planning import errors, new_errors, plan_file, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.xmlio import parse_domain
+from planner.xml.xmlio import parse_domain
 
 ENV = subprocess_env()
 
 
 def fleet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", "fleet", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", "fleet", *args], capture_output=True,
                           cwd=REPO, env=ENV, timeout=timeout)
 
 
@@ -96,7 +96,7 @@ def test_ctrl_c_at_any_moment_stops_within_seconds_with_summary_and_report(tmp_p
         src.mkdir()
         for name in sorted(originals)[:count]:
             (src / name).write_bytes(originals[name])
-        cmd = [sys.executable, "-m", "planner.cli", "fleet", str(src), "--in-place", "--no-backup",
+        cmd = [sys.executable, "-m", "planner.commands.cli", "fleet", str(src), "--in-place", "--no-backup",
                "--jobs", str(jobs), "--report", str(report)]
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
@@ -217,8 +217,8 @@ def test_disk_full_in_process(tmp_path: Path, monkeypatch) -> None:
     """The same without a mount: the writer reports ENOSPC from the fourth file on."""
     from typer.testing import CliRunner
 
-    from planner import fleet as fl
-    from planner.cli import app
+    from planner.commands import fleet as fl
+    from planner.commands.cli import app
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_fleet(src, 8)
@@ -247,7 +247,7 @@ def test_a_report_that_cannot_be_written_at_the_end_is_said_in_one_line(tmp_path
     report's failure is one line, exit 1 (no traceback)."""
     from typer.testing import CliRunner
 
-    import planner.cli as cli
+    import planner.commands.cli as cli
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_fleet(src, 2)
@@ -344,8 +344,8 @@ def test_a_failing_dask_worker_fails_its_files_and_the_batch_goes_on(tmp_path: P
     for Dask missing here."""
     from distributed import LocalCluster
 
-    import planner.fleet as fl
-    from planner.options import PlanOptions
+    import planner.commands.fleet as fl
+    from planner.facts.options import PlanOptions
 
     def broken_worker(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'planner.models'")
@@ -366,8 +366,8 @@ def test_a_failing_dask_worker_fails_its_files_and_the_batch_goes_on(tmp_path: P
 def test_connect_plans_live_domains_and_defines_the_changed_ones(real_stack, tmp_path: Path) -> None:
     """Against libvirt's embedded driver: domains defined there are read, planned, diffed, and with
     define written back; a second pass changes nothing."""
-    from planner.fleet import plan_domains
-    from planner.options import PlanOptions
+    from planner.commands.fleet import plan_domains
+    from planner.facts.options import PlanOptions
 
     conn = real_stack._conn
     src = tmp_path / "in"
@@ -445,8 +445,8 @@ def _addr_key(el) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("path", PC_GUESTS, ids=lambda p: p.name)
 def test_to_machine_q35_converts_and_keeps_the_order_of_nics_and_disks(path: Path) -> None:
-    from planner.options import PlanOptions
-    from planner.plan import plan_tree
+    from planner.facts.options import PlanOptions
+    from planner.pipeline.plan import plan_tree
 
     tree = parse_domain(path)
     summary = plan_tree(tree, PlanOptions(to_machine="q35"))
@@ -474,8 +474,8 @@ def test_to_machine_q35_converts_and_keeps_the_order_of_nics_and_disks(path: Pat
 def test_converted_guests_define_and_boot(real_stack, path: Path) -> None:
     from test_realstack_plans import _boot, _fixpoint
 
-    from planner.options import PlanOptions
-    from planner.plan import plan_tree
+    from planner.facts.options import PlanOptions
+    from planner.pipeline.plan import plan_tree
 
     tree = parse_domain(path)
     plan_tree(tree, PlanOptions(to_machine="q35"))

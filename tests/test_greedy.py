@@ -1,4 +1,4 @@
-"""planner.greedy: the re-implementation of libvirt 9.0's PCI address assignment.
+"""planner.pipeline.greedy: the re-implementation of libvirt 9.0's PCI address assignment.
 
 The realstack tier defines the same inputs in real libvirt 9.0 (embedded driver) and requires the same
 verdict, the same PCI controllers and the same address for every device: the test guests, every shared
@@ -18,7 +18,7 @@ from conftest import domain_xml, libvirt_manifest, nics, shared_cases, test_gues
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
-from planner.greedy import GreedyResult, greedy_plan
+from planner.pipeline.greedy import GreedyResult, greedy_plan
 from planner.stack import EmbeddedLibvirt
 
 realstack = pytest.mark.realstack
@@ -400,10 +400,10 @@ def test_known_difference_crypto_is_dropped_by_libvirt(real_stack: EmbeddedLibvi
 @pytest.mark.parametrize("machine", ["q35", "pc", "virt"])
 def test_dry_run_hook_sees_the_controllers_the_plan_adds(machine: str) -> None:
     """greedy_plan_tree's proceed hook gets, after the dry run, exactly the controllers the finished plan
-    has added (planner.ties skips the assignment on that count); saying False stops with nothing
+    has added (planner.pipeline.ties skips the assignment on that count); saying False stops with nothing
     assigned."""
-    from planner.greedy import greedy_plan_tree
-    from planner.xmlio import parse_domain_bytes
+    from planner.pipeline.greedy import greedy_plan_tree
+    from planner.xml.xmlio import parse_domain_bytes
 
     xml = domain_xml(machine, nics(9) + "<controller type='usb' model='qemu-xhci'/>")
     seen: list[dict[int, str]] = []

@@ -1,5 +1,5 @@
 """Infeasibility reasons are typed where they are made (the limit and what the line says of it), and
-planner.explain picks its further searches by that type, never by the reasons' text."""
+planner.pipeline.explain picks its further searches by that type, never by the reasons' text."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pytest
 from conftest import disks, nics
 from planning import plan_bytes
 
-from planner import explain as explain_module
-from planner import plan as plan_module
-from planner.errors import Infeasible, Limit, Reason, Role
-from planner.options import PlanOptions
-from planner.prepare import prepare
-from planner.rules import read_with_rules
-from planner.solver.solve import build
-from planner.xmlio import parse_domain_bytes
+from planner.facts.errors import Infeasible, Limit, Reason, Role
+from planner.facts.options import PlanOptions
+from planner.pipeline import explain as explain_module
+from planner.pipeline import plan as plan_module
+from planner.pipeline.prepare import prepare
+from planner.pipeline.rules import read_with_rules
+from planner.pipeline.solver.solve import build
+from planner.xml.xmlio import parse_domain_bytes
 
 
 def kinds(exc: Infeasible) -> list[tuple[Limit, Role]]:
@@ -92,7 +92,7 @@ def test_a_pickled_refusal_keeps_its_typed_reasons() -> None:
     """A refusal that crosses a process boundary (fleet's workers) arrives as it was made."""
     import pickle
 
-    from planner.api import InfeasibleError
+    from planner.commands.api import InfeasibleError
 
     for cls in (Infeasible, InfeasibleError):
         exc = cls([Reason(Limit.RESERVE, "reserve (disk=1): 1 empty hot-pluggable PCIe ports"), "plain"])

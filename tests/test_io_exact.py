@@ -1,5 +1,5 @@
 """Exact firmware I/O in the solver: every bridge window is the sum of the I/O BARs below it rounded up
-to 4 KiB, the new bridges' included (planner/solver/pool.py splits the pooled devices over them with
+to 4 KiB, the new bridges' included (planner/pipeline/solver/pool.py splits the pooled devices over them with
 the fewest windows; a plan whose real split does not fit is cut off and solved again). So the plan
 needs no more bridges than libvirt's greedy where that layout is valid, and the solver's count and the
 checker's agree on every plan but for per-device BAR sizes, each kind with its reason (tests/iocount.py)."""
@@ -13,12 +13,12 @@ from iocount import REASONS, differences
 from planning import errors, plan_bytes, plan_file, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.check import io_space_needed
-from planner.errors import Infeasible
-from planner.facts import IO_UNIT
-from planner.greedy import greedy_plan
-from planner.solver.pool import PoolContent, rooms, split
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.checker.check import io_space_needed
+from planner.facts.errors import Infeasible
+from planner.facts.facts import IO_UNIT
+from planner.pipeline.greedy import greedy_plan
+from planner.pipeline.solver.pool import PoolContent, rooms, split
+from planner.xml.xmlio import InputError, parse_domain_bytes
 
 DISK, NIC, HEAVY = 4, 1, 8  # I/O BARs in 32-byte units: virtio-blk 128 B, virtio-net 32 B, rtl8139 256 B
 
@@ -95,7 +95,7 @@ ALL = (sorted(p for p in (test_guests()[0].parents[2] / "examples").glob("*.xml"
 
 
 # Inputs pciplan refuses on purpose (tests/test_cases.py says why); any other refusal fails here.
-TIE = "ties with libvirt's own layout: libvirt's addresses written"  # planner/plan.py's note
+TIE = "ties with libvirt's own layout: libvirt's addresses written"  # planner/pipeline/plan.py's note
 REFUSED = {"440fx-wrong-root.xml", "aarch64-virtio-pci-manual-addresses.xml", "pci-expander-bus-bad-node.xml",
            "pcie-expander-bus-bad-bus.xml", "pcie-root-port-too-many.xml", "q35-dmi-bad-address1.xml",
            "watchdog-q35-multiple.xml"}
@@ -178,8 +178,8 @@ def test_devices_at_conventional_root_slots_pay_their_io_on_the_root_bus(guest_x
     """The primary video and an ich9 USB set go to their conventional root-bus slots before solving;
     their I/O BARs (qxl 32 bytes, three UHCI companions 32 each) still count against SeaBIOS's space.
     Missing them made a 767-device q35 plan 96 bytes over what the checker counts."""
-    from planner.domain import read_problem
-    from planner.prepare import prepare
+    from planner.pipeline.domain import read_problem
+    from planner.pipeline.prepare import prepare
 
     usb = ("<controller type='usb' index='0' model='ich9-ehci1'/>"
            + "".join(f"<controller type='usb' index='0' model='ich9-uhci{i}'>"

@@ -1,6 +1,7 @@
-"""The layers of planner/, as an import graph read from the source (every import, lazy ones inside
-functions included): no cycle; the pipeline imports no command; the checker imports nothing of the
-planner (its independence is what makes it a judge)."""
+"""The layers of planner/ are its folders. Their import graph, read from the source (every import,
+lazy ones inside functions included): no cycle; each folder imports only the folders below it (the
+pipeline no command); the checker imports nothing of the planner (its independence is what makes it a
+judge)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from conftest import REPO
 
 PACKAGE = REPO / "planner"
 
-# The commands and their own libraries: they may use the pipeline, never the other way round.
-COMMANDS = {"planner.cli", "planner.cli_options", "planner.cli_startup", "planner.api", "planner.fleet",
-            "planner.compare", "planner.attach", "planner.audit"}
-# The planning pipeline and what it stands on: domain -> prepare -> solver -> layout -> render, with
-# plan orchestrating, and the facts, metrics and XML layers below.
-PIPELINE = {"planner.domain", "planner.prepare", "planner.layout", "planner.render", "planner.plan",
-            "planner.explain", "planner.ties", "planner.bounds", "planner.certificate", "planner.greedy",
-            "planner.metrics",
-            "planner.rules", "planner.replan", "planner.convert", "planner.facts", "planner.options",
-            "planner.errors", "planner.xmlio", "planner.xmltext", "planner.solver"}
-CHECKER = "planner.check"
+# The layers are the folders of planner/: a module's layer is the folder it sits in. Each folder may
+# import only its own modules and the folders listed for it (a lazy import inside a function counts).
+ALLOWED = {
+    "planner.checker": set(),  # the independent judge: nothing of the planner
+    "planner.xml": set(),
+    "planner.facts": {"planner.xml", "planner.stack"},  # the libvirt installed: asked of the stack's binding
+    "planner.stack": {"planner.facts", "planner.xml", "planner.checker"},
+    "planner.pipeline": {"planner.facts", "planner.xml", "planner.checker"},
+    "planner.commands": {"planner.pipeline", "planner.stack", "planner.facts", "planner.xml",
+                         "planner.checker"},
+}
+COMMANDS = {"planner.commands"}
+PIPELINE = {"planner.pipeline"}
+CHECKER = "planner.checker"
 
 
 def modules() -> dict[str, Path]:
@@ -97,10 +101,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read() -> None:
     """The reader sees the imports it must: a lazy one inside a function, and `from pkg import sub`."""
     edges = graph()
-    assert "planner.plan" in edges["planner.cli"] or "planner.api" in edges["planner.cli"]
-    assert "planner.solver.cpmodel" in edges["planner.solver.variables"]
-    assert "planner.solver" not in edges["planner.solver.variables"]  # the package's __init__ is not it
-    assert "planner.stack.model" in edges["planner.facts"]  # a lazy import inside a function
+    cli = edges["planner.commands.cli"]
+    assert "planner.pipeline.plan" in cli or "planner.commands.api" in cli
+    assert "planner.pipeline.solver.cpmodel" in edges["planner.pipeline.solver.variables"]
+    assert "planner.pipeline.solver" not in edges["planner.pipeline.solver.variables"]  # not its __init__
+    assert "planner.stack.model" in edges["planner.facts.facts"]  # a lazy import inside a function
 
 
 def test_no_import_cycle() -> None:
@@ -116,12 +121,29 @@ def test_the_pipeline_imports_no_command(module: str) -> None:
     assert sorted(m for m in graph()[module] if layer(m, COMMANDS)) == []
 
 
+def folder_of(module: str) -> str | None:
+    return next((f for f in ALLOWED if layer(module, {f})), None)
+
+
 def test_the_checker_imports_nothing_of_the_planner() -> None:
-    assert graph()[CHECKER] == set()
+    edges = graph()
+    outside = sorted(d for m in edges if folder_of(m) == CHECKER for d in edges[m] if folder_of(d) != CHECKER)
+    assert outside == []
 
 
-def test_every_module_has_a_layer_or_is_a_known_library() -> None:
-    """A new module is put in a layer (or named here), so the contracts above cover it."""
-    libraries = {"planner", "planner.show", "planner.libvirt_stack", CHECKER}
-    unplaced = sorted(m for m in graph() if not layer(m, COMMANDS | PIPELINE | libraries | {"planner.stack"}))
-    assert unplaced == []
+@pytest.mark.parametrize("module", sorted(m for m in graph() if folder_of(m)))
+def test_each_folder_imports_only_the_folders_below_it(module: str) -> None:
+    """The pipeline never imports a command, the facts and the XML never the pipeline, and so on."""
+    own = folder_of(module)
+    assert own is not None
+    assert sorted(m for m in graph()[module] if folder_of(m) not in {own, *ALLOWED[own]}) == []
+
+
+def test_every_module_sits_in_a_layer_folder() -> None:
+    """planner/ holds only its package marker; a new module goes into the folder of its layer."""
+    assert sorted(m for m in graph() if m != "planner" and folder_of(m) is None) == []
+
+
+def test_the_folders_are_exactly_the_layers() -> None:
+    folders = {f"planner.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ALLOWED)

@@ -20,9 +20,9 @@ from conftest import REPO, domain_xml, libvirt_manifest, shared_cases, test_gues
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner import check as checker
-from planner import facts
-from planner.facts import (
+from planner.checker import check as checker
+from planner.facts import facts
+from planner.facts.facts import (
     LibvirtVersion,
     device_class,
     parse_libvirt_version,
@@ -30,7 +30,7 @@ from planner.facts import (
     targeting_libvirt,
 )
 from planner.stack import DefineResult, StackUnavailable, diff_layouts
-from planner.xmlio import parse_domain_bytes
+from planner.xml.xmlio import parse_domain_bytes
 
 V90, V113 = LibvirtVersion(9, 0), LibvirtVersion(11, 3)
 REQUIRE_ENV = "PCIPLAN_REQUIRE_LIBVIRT11"
@@ -191,8 +191,8 @@ def test_checker_judges_for_the_libvirt_the_planner_targets(monkeypatch) -> None
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     full.pop(facts.LIBVIRT_VERSION_ENV, None)
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, env=full, timeout=120, check=False)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *args], capture_output=True,
+                          text=True, cwd=REPO, env=full, timeout=120, check=False)
 
 
 def test_cli_libvirt_version_flag(tmp_path) -> None:
@@ -399,7 +399,7 @@ def test_plan_for_90_is_not_enough_for_113(chroot_stack) -> None:
 def test_transitional_input_models_are_refused_as_libvirt_113_refuses_them(chroot_stack, model) -> None:
     """QEMU has no transitional virtio-input devices: libvirt 11.3 refuses these models as 9.0 does
     (models/devices.toml marks them refused), and a plan for 11.3 refuses them too."""
-    from planner.xmlio import InputError
+    from planner.xml.xmlio import InputError
 
     data = guest(f"<input type='keyboard' bus='virtio' model='{model}'/>")
     result = chroot_stack.define(data.decode())
@@ -449,7 +449,8 @@ def test_plan_for_113_boots_in_qemu_10_as_planned(chroot_stack, source) -> None:
     KIND_GUESTS["interface:e1000"][0] + CRYPTO + KIND_GUESTS["interface:virtio"][0],
 ], ids=["crypto", "virtio-sound", "both-and-ich9", "crypto-among-nics"])
 def test_builtin_greedy_for_113_matches_libvirt_113(chroot_stack, devices) -> None:
-    """compare's greedy side (libvirt's algorithm, planner/greedy.py) places what 11.3 places, as 11.3."""
+    """compare's greedy side (libvirt's algorithm, planner/pipeline/greedy.py) places what 11.3 places, as
+    11.3."""
     from test_greedy import compare
 
     with targeting_libvirt(V113):

@@ -373,8 +373,8 @@ def test_input_models_libvirt_refuses_are_the_catalogues(real_stack: EmbeddedLib
     """Every virtio input model models/devices.toml names: libvirt 9.0 defines it (for every input type,
     passthrough too) exactly when the catalogue does not mark it refused, and plan refuses a marked one
     with one line naming the device (the catalogue listed the two transitional models as PCI devices)."""
-    from planner import api
-    from planner.facts import catalogue_keys, device_class
+    from planner.commands import api
+    from planner.facts.facts import catalogue_keys, device_class
 
     models = [key.split(":", 1)[1] for key in catalogue_keys()
               if key.startswith("input:") and key.count(":") == 1 and not key.endswith(":*")]

@@ -1,6 +1,6 @@
 """The output is the input plus pciplan's own changes, byte for byte: `pciplan diff guest.xml planned.xml`
-(planner/audit.py) finds nothing else on every guest we have, and finds every other change we can make.
-Quoting, attribute order, whitespace, comments, other applications' metadata, the declaration and the
+(planner/commands/audit.py) finds nothing else on every guest we have, and finds every other change we can
+make. Quoting, attribute order, whitespace, comments, other applications' metadata, the declaration and the
 encoding stay as written."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from conftest import GUESTS, REPO, SHARED, nics, shared_cases, test_guests
 from lxml import etree
 from planning import plan_bytes, text
 
-from planner.audit import Change, audit
-from planner.errors import Infeasible
-from planner.xmlio import InputError
+from planner.commands.audit import Change, audit
+from planner.facts.errors import Infeasible
+from planner.xml.xmlio import InputError
 
 EXAMPLES = sorted((REPO / "examples").glob("*.xml"))
 SHARED_CASES = sorted(p for folder in ("virt-install", "libvirt") for p in shared_cases(folder))
@@ -335,7 +335,7 @@ def test_a_new_child_before_a_glued_first_child_goes_on_a_line_of_its_own() -> N
     child goes on a line of its own, and so does the child (never <new/><old/>)."""
     from lxml import etree
 
-    from planner.xmlio import parse_xml_bytes, serialize
+    from planner.xml.xmlio import parse_xml_bytes, serialize
 
     tree = parse_xml_bytes(b"<domain>\n  <devices><disk/>\n    <interface/>\n  </devices>\n</domain>\n")
     devices = tree.getroot().find("devices")

@@ -15,15 +15,15 @@ from conftest import disk_letters
 from guestgen import Shape, fresh_xml
 from planning import plan_bytes
 
-from planner.bounds import check_bounds
-from planner.errors import Infeasible
-from planner.greedy import greedy_plan
-from planner.options import OBJECTIVE_DEFAULT, PlanOptions
-from planner.plan import _read
-from planner.prepare import prepare
-from planner.solver.objective import SAFE_MAGNITUDE, magnitude
-from planner.solver.solve import build
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.facts.errors import Infeasible
+from planner.facts.options import OBJECTIVE_DEFAULT, PlanOptions
+from planner.pipeline.bounds import check_bounds
+from planner.pipeline.greedy import greedy_plan
+from planner.pipeline.plan import _read
+from planner.pipeline.prepare import prepare
+from planner.pipeline.solver.objective import SAFE_MAGNITUDE, magnitude
+from planner.pipeline.solver.solve import build
+from planner.xml.xmlio import InputError, parse_domain_bytes
 
 NEW = {
     "disk": "<disk type='file' device='disk'><source file='/images/n{i}.img'/>"
@@ -143,9 +143,9 @@ def test_an_invalid_model_is_an_internal_error_exit_5(monkeypatch, tmp_path) -> 
     overflow again (one weighted sum, whatever its size)."""
     from typer.testing import CliRunner
 
-    from planner.cli import app
-    from planner.errors import ExitCode
-    from planner.solver import objective
+    from planner.commands.cli import app
+    from planner.facts.errors import ExitCode
+    from planner.pipeline.solver import objective
 
     source, out = tmp_path / "g.xml", tmp_path / "out.xml"
     source.write_bytes(partial_guest("q35", 200, 400))

@@ -11,7 +11,7 @@ from conftest import REPO, controllers, disks, nics, subprocess_env
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.xmlio import InputError
+from planner.xml.xmlio import InputError
 
 CONTROLLERS_FIRST = ("controllers", "hotplug", "pcie", "buses")
 WATCHDOG = "    <watchdog model='i6300esb' action='reset'/>"
@@ -71,7 +71,7 @@ def test_a_bad_order_is_refused(guest_xml) -> None:
     with pytest.raises(InputError, match="each exactly once"):
         plan_bytes(guest(guest_xml, meta))
     example = str(REPO / "examples" / "q35-server.xml")
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "plan", example,
+    r = subprocess.run([sys.executable, "-m", "planner.commands.cli", "plan", example,
                         "--objective-order", "controllers,pcie"], capture_output=True, cwd=REPO,
                        env=subprocess_env(), timeout=120)
     assert r.returncode == 2 and b"--objective-order" in r.stderr
@@ -82,7 +82,7 @@ def test_controllers_first_plan_is_a_libvirt_fixpoint_and_boots(real_stack, gues
     """The trade-off is real: libvirt defines the controllers-first layout unchanged (everything an
     integrated endpoint, the conventional watchdog too), QEMU runs it with the planned tree and
     SeaBIOS sets it up."""
-    from planner.libvirt_stack import verify
+    from planner.stack import verify
 
     tree, _ = plan_bytes(guest(guest_xml), objective_order=CONTROLLERS_FIRST)
     report = verify(text(tree).decode(), boot=True, firmware=True, hotplug=True, seconds=20.0)

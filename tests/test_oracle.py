@@ -39,13 +39,14 @@ from oracle_space import (
 )
 from weaken import drop_checker_rule, weaken_model
 
-from planner import check, facts
-from planner.check import WARNING_RULES, check_domain
-from planner.errors import Infeasible
-from planner.metrics import measure
-from planner.options import OBJECTIVE_DEFAULT, PlanOptions
-from planner.plan import plan_tree
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.checker import check
+from planner.checker.check import WARNING_RULES, check_domain
+from planner.facts import facts
+from planner.facts.errors import Infeasible
+from planner.facts.options import OBJECTIVE_DEFAULT, PlanOptions
+from planner.pipeline.metrics import measure
+from planner.pipeline.plan import plan_tree
+from planner.xml.xmlio import InputError, parse_domain_bytes
 
 MOST = 5  # new controllers the oracle enumerates at least
 CEILING = 7  # ... and at most, when pciplan's plan has more than MOST

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from planning import new_errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.xmlio import parse_domain_bytes
+from planner.xml.xmlio import parse_domain_bytes
 
 MACHINES = {"q35": "x86_64", "pc": "x86_64", "virt": "aarch64", "virt-riscv": "riscv64"}
 

@@ -17,8 +17,8 @@ from conftest import GUESTS, REPO, disks, nics, test_guests
 from guestgen import Shape, fresh_xml
 from planning import plan_bytes
 
-from planner.compare import compare
-from planner.errors import Infeasible
+from planner.commands.compare import compare
+from planner.facts.errors import Infeasible
 
 README = (REPO / "README.md").read_text()
 RESULTS = REPO / "benchmarks" / "results"
@@ -41,8 +41,8 @@ def block_after(marker: str, fence: str = "```") -> str:
 
 
 def cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "planner.commands.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 # ---------------------------------------------------------------- the objective and the space it is over
@@ -566,7 +566,7 @@ def test_transitional_virtio_on_pc_does_not_fit(guest_xml) -> None:
 def test_option_defaults() -> None:
     import inspect
 
-    from planner.cli import plan
+    from planner.commands.cli import plan
 
     defaults = {k: v.default for k, v in inspect.signature(plan).parameters.items()}
     limit = passage(r"`--time-limit S`: solver time limit in seconds, above 0 \(default (\d+)\)")
@@ -585,8 +585,8 @@ def test_option_defaults() -> None:
 # ---------------------------------------------------------------- constants and smaller examples
 
 def test_constants_the_readme_quotes() -> None:
-    from planner.facts import FUNCTIONS, MAX_BUS_NUMBERS, MAX_INDEX
-    from planner.solver.solve import MAX_CUTS
+    from planner.facts.facts import FUNCTIONS, MAX_BUS_NUMBERS, MAX_INDEX
+    from planner.pipeline.solver.solve import MAX_CUTS
     from planner.stack.firmware import UEFI_SECONDS
     from planner.stack.model import MAX_HOTPLUG_PROBES
 
@@ -597,9 +597,9 @@ def test_constants_the_readme_quotes() -> None:
     m = passage(r"\| bus numbers per PCI domain \| (\d+) \(every port or bridge takes one; a "
                 r"pci-expander-bus takes (\d+), for its internal pci-bridge\)")
     assert int(m[1]) == MAX_BUS_NUMBERS
-    # the checker counts the bus numbers on its own (planner/check.py)
+    # the checker counts the bus numbers on its own (planner/checker/check.py)
     assert f'own = {m[2]} if controller.model == "pci-expander-bus" else 1' in \
-        (REPO / "planner" / "check.py").read_text()
+        (REPO / "planner" / "checker" / "check.py").read_text()
     assert int(passage(r"\| controller index \| ≤ (\d+) \|")[1]) == MAX_INDEX
     m = passage(r"\| functions per slot / slots per bridge \| (\d+) / (\d+) ")
     assert int(m[1]) == FUNCTIONS
@@ -750,7 +750,7 @@ def test_small_bars_padding_and_solver_notes() -> None:
     m = passage(r"the solver counts in (\d+)-byte units \(PIIX IDE (\d+), pci-serial (\d+)\)")
     assert devices["controller:ide:*"]["io_bytes"] == int(m[2]) < int(m[1])
     assert devices["serial:pci-serial"]["io_bytes"] == int(m[3]) < int(m[1])
-    from planner.facts import IO_UNIT
+    from planner.facts.facts import IO_UNIT
 
     assert int(m[1]) == IO_UNIT
     m = passage(r"pads every hot-plug-capable bridge with (\d+) KiB of I/O, (\d+) MiB of memory")
@@ -798,7 +798,7 @@ def test_firmware_apertures_and_measured_spares() -> None:
 
 
 def test_function_bound_and_ehci_function() -> None:
-    from planner.facts import FUNCTIONS, SLOTS_PER_BUS
+    from planner.facts.facts import FUNCTIONS, SLOTS_PER_BUS
 
     m = passage(r"the functions to place, against (\d+) per free slot plus (\d+) per bus number left")
     assert (int(m[1]), int(m[2])) == (FUNCTIONS, FUNCTIONS * SLOTS_PER_BUS)

@@ -12,7 +12,7 @@ from planning import plan_bytes, plan_file, text
 from realstack import REQUIRE_ENV, real_stack_fixture, stack_unavailable  # noqa: F401
 
 from planner.stack import diff_layouts
-from planner.xmlio import parse_domain_bytes
+from planner.xml.xmlio import parse_domain_bytes
 
 pytestmark = pytest.mark.realstack
 

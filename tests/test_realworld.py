@@ -13,9 +13,9 @@ from realstack import real_stack_fixture  # noqa: F401
 from test_realstack_plans import _fixpoint
 from typer.testing import CliRunner
 
-from planner.cli import app
-from planner.facts import device_class
-from planner.xmlio import InputError, parse_domain_bytes
+from planner.commands.cli import app
+from planner.facts.facts import device_class
+from planner.xml.xmlio import InputError, parse_domain_bytes
 
 pytestmark = pytest.mark.realstack
 
@@ -313,7 +313,7 @@ def test_pc_without_acpi_gets_one_slot_per_device_like_libvirt(real_stack) -> No
 
 
 def _addresses(xml: str) -> dict[tuple, str]:
-    from planner.ties import _keyed, _pci
+    from planner.pipeline.ties import _keyed, _pci
 
     out = {}
     for k, el in _keyed(parse_domain_bytes(xml.encode())).items():
@@ -325,7 +325,7 @@ def _addresses(xml: str) -> dict[tuple, str]:
 
 def _levels(before: bytes, xml: str) -> tuple:
     """Levels 2-5 of pciplan's objective as the completed layout shows them."""
-    from planner.metrics import measure
+    from planner.pipeline.metrics import measure
 
     m = measure(parse_domain_bytes(before), parse_domain_bytes(xml.encode()))
     return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
@@ -370,8 +370,8 @@ def test_where_libvirts_layout_is_optimal_pciplan_writes_it(real_stack) -> None:
 
 
 def test_fleet_reports_pinned_layouts_that_break_a_rule(tmp_path) -> None:
-    from planner import fleet
-    from planner.options import PlanOptions
+    from planner.commands import fleet
+    from planner.facts.options import PlanOptions
 
     path = tmp_path / "hd99.xml"
     path.write_bytes(guest("pc", "<hostdev mode='subsystem' type='pci' managed='yes'><source>"

@@ -9,8 +9,8 @@ from conftest import disks, nics
 from planning import errors, plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.errors import Infeasible
-from planner.xmlio import InputError
+from planner.facts.errors import Infeasible
+from planner.xml.xmlio import InputError
 
 NS = "xmlns:pciplan='urn:pciplan:constraints:1'"
 
@@ -68,7 +68,7 @@ def test_reserved_ports_take_hot_plugged_devices(real_stack, guest_xml) -> None:
     """The reserved places are real: libvirt defines the plan unchanged, QEMU runs it, SeaBIOS sets it
     up, and a NIC hot-plugs live into every empty port and into the bridge (the probe tries each empty
     port and one free slot per bridge)."""
-    from planner.libvirt_stack import verify
+    from planner.stack import verify
 
     tree, summary = plan_bytes(guest_xml("q35", devices=nics(2)),
                                reserve=(("interface", 3), ("interface:e1000", 2)))

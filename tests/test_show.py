@@ -11,10 +11,19 @@ from pathlib import Path
 import pytest
 from conftest import disks, domain_xml, nics, tool_missing
 
-from planner import show
-from planner.plan import plan_tree
-from planner.show import BUS, ENDPOINT, Node, PictureError, build_tree, render_dot, render_text, summary
-from planner.xmlio import parse_domain_bytes
+from planner.pipeline import show
+from planner.pipeline.plan import plan_tree
+from planner.pipeline.show import (
+    BUS,
+    ENDPOINT,
+    Node,
+    PictureError,
+    build_tree,
+    render_dot,
+    render_text,
+    summary,
+)
+from planner.xml.xmlio import parse_domain_bytes
 
 DOT = show._dot_binary()
 needs_dot = pytest.mark.usefixtures("dot_installed")

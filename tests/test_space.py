@@ -10,11 +10,11 @@ from lxml import etree
 from planning import errors, plan_bytes
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.check import RULES, SPACE_EXCLUDED, SPACE_RULES, WARNING_RULES, check_domain
-from planner.facts import controller_models, space_exclusions
-from planner.libvirt_stack import diff_layouts
-from planner.metrics import measure, objective_vector
-from planner.xmlio import parse_domain_bytes, serialize
+from planner.checker.check import RULES, SPACE_EXCLUDED, SPACE_RULES, WARNING_RULES, check_domain
+from planner.facts.facts import controller_models, space_exclusions
+from planner.pipeline.metrics import measure, objective_vector
+from planner.stack import diff_layouts
+from planner.xml.xmlio import parse_domain_bytes, serialize
 
 DISKS = "".join(f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/s{i}.img'/>"
                 f"<target dev='vd{c}' bus='virtio'/></disk>" for i, c in enumerate("abcd"))

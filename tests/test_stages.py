@@ -12,13 +12,13 @@ from conftest import GUESTS, REPO, disks, nics
 from lxml import etree
 from test_device_constraints import numa_guest
 
-from planner.layout import unfold
-from planner.options import PlanOptions
-from planner.prepare import prepare
-from planner.rules import read_with_rules
-from planner.solver import solve
-from planner.solver.cpmodel import CpSolver
-from planner.xmlio import parse_domain_bytes
+from planner.facts.options import PlanOptions
+from planner.pipeline.layout import unfold
+from planner.pipeline.prepare import prepare
+from planner.pipeline.rules import read_with_rules
+from planner.pipeline.solver import solve
+from planner.pipeline.solver.cpmodel import CpSolver
+from planner.xml.xmlio import parse_domain_bytes
 
 
 def snapshot(obj: object, seen: frozenset[int] = frozenset()) -> object:

@@ -11,10 +11,10 @@ from conftest import domain_xml
 from planning import plan_bytes, text
 from realstack import real_stack_fixture  # noqa: F401
 
-from planner.check import WARNING_RULES, check_domain
-from planner.show import build_tree, summary
+from planner.checker.check import WARNING_RULES, check_domain
+from planner.pipeline.show import build_tree, summary
 from planner.stack import diff_layouts
-from planner.xmlio import parse_domain_bytes
+from planner.xml.xmlio import parse_domain_bytes
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "q35-server.xml"
 
@@ -183,8 +183,8 @@ def test_summary_of_generated_guests_is_what_their_written_bytes_show() -> None:
 
     from fleetgen import typical_guest
 
-    from planner.metrics import headroom
-    from planner.show import ENDPOINT
+    from planner.pipeline.metrics import headroom
+    from planner.pipeline.show import ENDPOINT
 
     rng = random.Random(11)
     tied = 0

@@ -21,18 +21,18 @@ from iocount import differences
 from planning import errors
 from weaken import drop_checker_rule, weaken_model
 
-from planner.check import io_space_needed
-from planner.compare import Comparison, compare, versus_greedy
-from planner.errors import Infeasible
-from planner.facts import IO_UNIT
-from planner.metrics import objective_vector
-from planner.plan import plan_tree
-from planner.xmlio import parse_domain_bytes
+from planner.checker.check import io_space_needed
+from planner.commands.compare import Comparison, compare, versus_greedy
+from planner.facts.errors import Infeasible
+from planner.facts.facts import IO_UNIT
+from planner.pipeline.metrics import objective_vector
+from planner.pipeline.plan import plan_tree
+from planner.xml.xmlio import parse_domain_bytes
 
 SEED = int(os.environ.get("PCIPLAN_VS_GREEDY_SEED", random.SystemRandom().randrange(1 << 31)))
 PER_MACHINE = 12
 MACHINES = sorted(ARCH)
-TIE = "ties with libvirt's own layout: libvirt's addresses written"  # planner/plan.py's note
+TIE = "ties with libvirt's own layout: libvirt's addresses written"  # planner/pipeline/plan.py's note
 
 
 def shapes(seed: int, per_machine: int = PER_MACHINE) -> list[Shape]:

@@ -171,7 +171,7 @@ def test_the_wheel_alone_imports_every_module_and_loads_every_data_file(wheel: P
         f"for name in {modules!r}:",
         "    module = importlib.import_module(name)",
         f"    assert module.__file__.startswith({str(unpacked)!r}), module.__file__",
-        "from planner import check, facts",
+        "from planner.checker import check; from planner.facts import facts",
         "facts.space_exclusions(), facts.controller_models(), facts.machines(), facts.catalogue_keys()",
         "facts._firmware_table(), check._space_exclusions()",
     ])

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from ortools.sat.python import cp_model
 
-from planner import check
-from planner.prepare import Prepared
-from planner.solver import constraints
-from planner.solver.variables import Variables
+from planner.checker import check
+from planner.pipeline.prepare import Prepared
+from planner.pipeline.solver import constraints
+from planner.pipeline.solver.variables import Variables
 
 
 def _no_pcie_to_pci_bridge(model: cp_model.CpModel, prep: Prepared, v: Variables) -> None:

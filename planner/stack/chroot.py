@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.facts import LibvirtVersion, parse_libvirt_version
+from planner.facts.facts import LibvirtVersion, parse_libvirt_version
 from planner.stack.boot import compare_placements, parse_qtree, prepare_for_boot
 from planner.stack.model import (
     EMULATORS,

@@ -20,8 +20,8 @@ from typing import IO, Any
 
 from lxml import etree
 
-from planner.check import firmware_label, guest_firmware, machine_family
-from planner.facts import LibvirtVersion, installed_libvirt
+from planner.checker.check import firmware_label, guest_firmware, machine_family
+from planner.facts.facts import LibvirtVersion, installed_libvirt
 from planner.stack.boot import (
     _prepare,
     _probe_nic_xml,

@@ -13,7 +13,7 @@ from types import ModuleType
 
 from lxml import etree
 
-from planner.xmlio import parse_domain_bytes
+from planner.xml.xmlio import parse_domain_bytes
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 EMULATORS = {
@@ -106,7 +106,7 @@ class FirmwareResult:
 
 
 def _parse(xml: str) -> etree._Element:
-    """The <domain> root of xml; planner.xmlio.InputError when it is not a domain XML."""
+    """The <domain> root of xml; planner.xml.xmlio.InputError when it is not a domain XML."""
     return parse_domain_bytes(xml.encode()).getroot()
 
 

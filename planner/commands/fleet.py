@@ -1,0 +1,513 @@
+"""Plan many domain XMLs at once, in parallel processes: each file is planned on its own, its output
+written atomically, a failure reported and the batch carried on. Ctrl-C stops the batch between files:
+what was done is kept and reported, nothing is half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import glob
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
+from pathlib import Path
+
+from planner.facts.errors import Infeasible
+from planner.facts.options import PlanOptions
+from planner.xml.xmlio import (
+    InputError,
+    parse_domain_bytes,
+    read_input,
+    serialize,
+    serialize_text,
+    write_atomic,
+)
+
+BACKUP_SUFFIX = ".orig"
+GRACE_SECONDS = 2.0  # after Ctrl-C, how long the files being planned may take before their workers stop
+POLL_SECONDS = 0.1  # how often the parent looks at the Ctrl-C flag while it waits for workers
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str  # changed | unchanged | failed
+    output: str | None = None
+    reason: str = ""
+    solver: str = ""  # optimal | feasible
+    seconds: float = 0.0
+    addresses_kept: int = 0
+    addresses_moved: int = 0
+    controllers_added: int = 0
+    controllers_removed: int = 0
+    moved: list[str] = field(default_factory=list)
+    check_errors: list[str] = field(default_factory=list)  # what `pciplan check` says (pinned layouts)
+    headroom_pcie: int | None = None  # empty PCIe hot-plug ports left (pciplan attach --count)
+    headroom_pci: int | None = None  # free hot-pluggable conventional slots left
+
+
+def collect(paths: Iterable[str]) -> list[Path]:
+    """Files, directories (their *.xml) and glob patterns, each file once, in a stable order."""
+    out: list[Path] = []
+    for p in paths:
+        matches = [Path(m) for m in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
+        for m in matches:
+            if m.is_dir():
+                out += sorted(m.glob("*.xml"))
+            else:
+                out.append(m)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _pci_addresses(tree) -> int:
+    """Complete PCI addresses the input had (before planning)."""
+    return sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
+
+
+class Interrupt:
+    """Ctrl-C as a flag: the SIGINT handler only sets it and the batch looks at it between steps, so the
+    signal never raises an exception inside the pool's locks or half-way through a write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+
+
+class SchedulerUnreachable(Exception):
+    """--scheduler: the Dask scheduler cannot be reached, so no file can be planned."""
+
+
+class DaskMissing(Exception):
+    """--scheduler: Dask's distributed package is not installed here."""
+
+
+@dataclass
+class Batch:
+    results: list[FileResult]  # the files done, in the order given
+    interrupted: bool = False  # Ctrl-C stopped the batch: the files not in results were not touched
+
+
+def preload() -> None:
+    """Import the planning modules in the parent: the workers are forked from it and share them instead
+    of each paying the imports (about half a second per worker)."""
+    import planner.checker.check
+    import planner.commands.compare
+    import planner.pipeline.plan
+    import planner.pipeline.ties  # noqa: F401
+
+
+def plan_one(path: str, target: str | None, options: PlanOptions, dry_run: bool, backup: bool) -> FileResult:
+    """Plan one file and write its output. Never raises for one file: the reason is in the result."""
+    result, data, raw = _plan(path, target, options, dry_run)
+    return _write(result, data, raw, target, backup)
+
+
+def _plan(path: str, target: str | None, options: PlanOptions,
+          dry_run: bool) -> tuple[FileResult, bytes | None, bytes]:
+    """The result, and the bytes to write to target (None: nothing to write), and the input's bytes."""
+    from planner.pipeline.plan import plan_tree
+
+    start = time.perf_counter()
+    raw = b""
+    try:
+        raw, name = read_input(path)
+        tree = parse_domain_bytes(raw, name)
+        given = _pci_addresses(tree)
+        summary = plan_tree(tree, options)
+        data = serialize(tree)
+    except (InputError, Infeasible, OSError) as exc:
+        reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
+        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start), None, raw
+    except Exception as exc:  # noqa: BLE001 - a defect of pciplan on one guest must not stop the batch
+        reason = f"internal error (a defect of pciplan, please report it): {type(exc).__name__}: {exc}"
+        return FileResult(path, "failed", reason=reason, seconds=time.perf_counter() - start), None, raw
+    changed = data != raw
+    result = FileResult(
+        path, "changed" if changed else "unchanged", target, solver=summary.status.lower(),
+        seconds=time.perf_counter() - start, addresses_moved=len(summary.moved),
+        addresses_kept=max(0, given - len(summary.moved)),
+        controllers_added=sum(summary.controllers_added.values()),
+        controllers_removed=summary.controllers_removed, moved=summary.moved,
+        check_errors=summary.check_errors, **_headroom(summary),
+    )
+    write = not dry_run and target is not None and (changed or target != path)
+    return result, data if write else None, raw
+
+
+def _write(result: FileResult, data: bytes | None, raw: bytes, target: str | None,
+           backup: bool) -> FileResult:
+    """Write the planned bytes (and the first backup of a file planned in place); a file that cannot be
+    written (read-only, disk full) is a failed file, with nothing half-written."""
+    if data is None or target is None:
+        return result
+    path = result.path
+    for where, what in ((path + BACKUP_SUFFIX, raw), (target, data)):
+        if where != target and not (backup and target == path and not os.path.exists(where)):
+            continue  # the first original is kept as the backup, never overwritten
+        try:
+            write_atomic(where, what)
+        except OSError as exc:
+            result.status, result.output = "failed", None
+            result.reason = f"cannot write {where}: {exc.strerror or exc}"
+            return result
+    return result
+
+
+def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
+        dry_run: bool = False, backup: bool = True,
+        progress: Callable[[FileResult], None] | None = None,
+        scheduler: str | None = None, interrupt: Interrupt | None = None) -> Batch:
+    """Plan every file, in local processes or on a Dask cluster (scheduler address); results in the
+    order of files. With Dask the workers must see the same paths (a shared file system).
+
+    Ctrl-C (SIGINT) stops the batch within about GRACE_SECONDS: no new file starts, the files being
+    planned get that long to finish, then their workers stop; the Batch holds what was done."""
+    def target(p: Path) -> str | None:
+        if in_place:
+            return str(p)
+        return str(out_dir / p.name) if out_dir is not None else None
+
+    interrupt = interrupt or Interrupt()
+    in_main = _in_main_thread()  # only the main thread may set signal handlers
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if in_main:
+        interrupt.install()
+    tasks = [(str(p), target(p)) for p in files]
+    results: dict[int, FileResult] = {}
+
+    def done(index: int, result: FileResult) -> None:
+        results[index] = result
+        if progress:
+            progress(result)
+
+    try:
+        if out_dir is not None and not dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if scheduler is not None:
+            _run_dask(scheduler, tasks, options, dry_run, backup, interrupt, done)
+        elif jobs <= 1:
+            for index, (path, to) in enumerate(tasks):
+                if interrupt.requested:
+                    break
+                with _sigint_held():
+                    result = plan_one(path, to, options, dry_run, backup)
+                    if in_main:
+                        interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
+                done(index, result)
+        else:
+            preload()
+            _run_local(tasks, options, jobs, dry_run, backup, interrupt, done)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if not dry_run:
+            _sync_folders({Path(to).parent for _, to in tasks if to is not None})
+    return Batch([results[i] for i in sorted(results)], interrupted=interrupt.requested)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back (it stays pending) while CP-SAT runs here: its own handler would cut the solve
+    short, and afterwards it leaves SIGINT at the default action (kill), not at the handler it found."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _sync_folders(folders: set[Path]) -> None:
+    """One fsync per output folder at the end, not one per file: the renames of the batch are durable
+    (each file's own bytes were synced before its rename)."""
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ local processes
+
+def _worker(conn: Connection, options: PlanOptions, dry_run: bool, backup: bool) -> None:
+    """A worker process: plans the files the parent sends, one at a time, until it sends None."""
+    # Ctrl-C is the parent's to handle, between files. The worker was forked with SIGINT blocked and it
+    # stays blocked: CP-SAT puts its own SIGINT handler in place during each solve (a Ctrl-C would cut
+    # the solve short) and resets SIGINT to the default action after it, so ignoring it is not enough.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        path, target = task
+        result, data, raw = _plan(path, target, options, dry_run)
+        # The parent's stop (SIGTERM) waits until the file is written and reported, so that the parent
+        # knows every file that was written; planning itself may be stopped at any point.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            conn.send(_write(result, data, raw, target, backup))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Worker:
+    """One worker process and its pipe; task is the index of the file it is planning (None: idle)."""
+
+    def __init__(self, ctx, options: PlanOptions, dry_run: bool, backup: bool) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, options, dry_run, backup), daemon=True)
+        with _sigint_held():  # the child starts with SIGINT blocked (see _worker)
+            self.process.start()
+        child.close()  # closed before the next fork, so that only this worker holds it: EOF when it dies
+        self.task: int | None = None
+        self.alive = True
+
+    def give(self, index: int, task: tuple[str, str | None]) -> bool:
+        try:
+            self.conn.send(task)
+        except OSError:
+            self.alive = False
+            self.process.join(1.0)
+            return False
+        self.task = index
+        return True
+
+    def collect(self, path: str) -> FileResult:
+        """The result of the file being planned; a worker that died instead fails that file."""
+        try:
+            result = self.conn.recv()
+        except (EOFError, OSError):
+            self.alive = False
+            self.process.join(1.0)
+            code = self.process.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            result = FileResult(path, "failed", reason=f"the worker process died ({how}) while planning it")
+        self.task = None
+        return result
+
+    def quit(self) -> None:
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+
+
+def _run_local(tasks: list[tuple[str, str | None]], options: PlanOptions, jobs: int, dry_run: bool,
+               backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
+    # fork: the workers share the parent's imported planner (see preload); frozen objects are never
+    # touched by the workers' garbage collector, so their pages stay shared instead of being copied
+    ctx = multiprocessing.get_context("fork")
+    gc.freeze()
+    todo = list(range(len(tasks)))[::-1]  # popped from the end: the files in the order given
+    workers: list[_Worker] = []
+    try:
+        while not interrupt.requested:
+            for w in workers:
+                if w.task is None and todo and w.give(todo[-1], tasks[todo[-1]]):
+                    todo.pop()
+            workers = [w for w in workers if w.alive]
+            if todo and len(workers) < jobs and not interrupt.requested:
+                workers.append(_Worker(ctx, options, dry_run, backup))
+                continue
+            busy = {w.conn: w for w in workers if w.task is not None}
+            if not busy:
+                return
+            for conn in wait_ready(list(busy), timeout=POLL_SECONDS):
+                w = busy[conn]
+                index = w.task
+                done(index, w.collect(tasks[index][0]))
+    finally:
+        _stop_workers(workers, tasks, done)
+
+
+def _stop_workers(workers: list[_Worker], tasks: list[tuple[str, str | None]],
+                  done: Callable[[int, FileResult], None]) -> None:
+    """Stop every worker. A busy one may finish its file within GRACE_SECONDS; then it is terminated:
+    SIGTERM waits while it writes (planner.xml.xmlio.write_atomic) and reports, so its file is either
+    written and reported or not touched."""
+    for w in workers:
+        if w.task is None:
+            w.quit()
+    deadline = time.monotonic() + GRACE_SECONDS
+    busy = {w.conn: w for w in workers if w.task is not None and w.alive}
+    while busy and time.monotonic() < deadline:
+        for conn in wait_ready(list(busy), timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+            w = busy.pop(conn)
+            index = w.task
+            done(index, w.collect(tasks[index][0]))
+            w.quit()
+    for w in busy.values():
+        w.process.terminate()
+    for w in busy.values():
+        w.process.join(5.0)
+        if w.conn.poll():  # it was writing when it was told to stop: the file is written, report it
+            index = w.task
+            result = w.collect(tasks[index][0])
+            if result.status != "failed" or not result.reason.startswith("the worker process died"):
+                done(index, result)
+    for w in workers:
+        w.process.join(1.0)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+    for w in busy.values():  # a worker killed in the middle of a write leaves only its temporary file
+        target = tasks[w.task][1] if w.task is not None else None
+        if target is not None:
+            for tmp in Path(target).parent.glob(f".{Path(target).name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------- Dask
+
+def _run_dask(scheduler: str, tasks: list[tuple[str, str | None]], options: PlanOptions, dry_run: bool,
+              backup: bool, interrupt: Interrupt, done: Callable[[int, FileResult], None]) -> None:
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise DaskMissing from None
+    try:
+        client = Client(scheduler)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachable(str(exc)) from None
+    with client:
+        # The workers' working directory is not ours: they get absolute paths, the report the given ones.
+        futures = {client.submit(plan_one, os.path.abspath(path), to and os.path.abspath(to), options,
+                                 dry_run, backup, pure=False): i
+                   for i, (path, to) in enumerate(tasks)}
+        finished = dask_completed(futures)
+        while not finished.is_empty():
+            if interrupt.requested:
+                client.cancel(list(futures))
+                return
+            batch = finished.next_batch(block=False)
+            for fut in batch:
+                path, to = tasks[futures[fut]]
+                try:
+                    result = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the worker itself failed (its Python, its pciplan)
+                    done(futures[fut], FileResult(path, "failed", reason=f"the Dask worker failed: "
+                                                  f"{type(exc).__name__}: {exc}"))
+                    continue
+                done(futures[fut], replace(result, path=path, output=None if result.output is None else to))
+            if not batch:
+                time.sleep(POLL_SECONDS)
+
+
+def totals(results: list[FileResult], wall: float) -> dict:
+    planned = [r for r in results if r.status != "failed"]
+    return {
+        "files": len(results),
+        "planned": len(planned),
+        "changed": sum(r.status == "changed" for r in results),
+        "unchanged": sum(r.status == "unchanged" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "addresses_kept": sum(r.addresses_kept for r in planned),
+        "addresses_moved": sum(r.addresses_moved for r in planned),
+        "controllers_added": sum(r.controllers_added for r in planned),
+        "controllers_removed": sum(r.controllers_removed for r in planned),
+        "with_check_errors": sum(bool(r.check_errors) for r in planned),
+        "seconds_total": round(wall, 3),
+        "seconds_per_file": round(sum(r.seconds for r in results) / max(1, len(results)), 4),
+        "files_per_second": round(len(results) / wall, 1) if wall else None,
+    }
+
+
+def _headroom(summary) -> dict[str, int | None]:
+    room = summary.headroom
+    return {"headroom_pcie": room.pcie_ports if room else None,
+            "headroom_pci": room.pci_slots if room else None}
+
+
+def report_rows(results: list[FileResult], flat: bool = True) -> list[dict]:
+    """One row per file; flat (for CSV) joins the lists with "; ", otherwise (JSON) they stay lists."""
+    rows = []
+    for r in results:
+        row = asdict(r)
+        if flat:
+            row["moved"] = "; ".join(r.moved)
+            row["check_errors"] = "; ".join(r.check_errors)
+        rows.append(row)
+    return rows
+
+
+def plan_domains(conn, names: list[str] | None, options: PlanOptions, define: bool,
+                 interrupt: Interrupt | None = None) -> list[FileResult]:
+    """Live libvirt: plan the persistent (inactive) XML of each defined domain, or of the named ones;
+    with define, write back only the domains whose XML changed. FileResult.output holds a unified diff.
+    An interrupt stops between domains: the results are those done."""
+    import difflib
+
+    import libvirt
+
+    from planner.pipeline.plan import plan_tree
+
+    if names:
+        try:
+            domains = [conn.lookupByName(n) for n in names]
+        except libvirt.libvirtError as exc:
+            raise InputError(f"--domain: {exc.get_error_message()}") from None
+    else:
+        domains = conn.listAllDomains()
+    results = []
+    for dom in sorted(domains, key=lambda d: d.name()):
+        if interrupt is not None and interrupt.requested:
+            break
+        start = time.perf_counter()
+        before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        name = f"domain {dom.name()}"
+        try:
+            tree = parse_domain_bytes(before.encode(), name)
+            given = sum(1 for a in tree.getroot().iterfind("devices/*/address[@type='pci']") if a.get("slot"))
+            with _sigint_held():
+                summary = plan_tree(tree, options)
+                if interrupt is not None and _in_main_thread():
+                    interrupt.install()  # CP-SAT leaves SIGINT at its default (kill) after a solve
+        except (InputError, Infeasible) as exc:
+            reason = "; ".join(exc.reasons) if isinstance(exc, Infeasible) else str(exc)
+            results.append(FileResult(name, "failed", reason=reason, seconds=time.perf_counter() - start))
+            continue
+        after = serialize_text(tree)
+        changed = after.strip() != before.strip()
+        diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                            f"{dom.name()} (libvirt)", f"{dom.name()} (planned)"))
+        if changed and define:
+            try:
+                conn.defineXML(after)
+            except libvirt.libvirtError as exc:
+                results.append(FileResult(name, "failed", reason=f"libvirt refused the plan: "
+                                          f"{exc.get_error_message()}", seconds=time.perf_counter() - start))
+                continue
+        results.append(FileResult(
+            name, "changed" if changed else "unchanged", diff if changed else None,
+            solver=summary.status.lower(), seconds=time.perf_counter() - start,
+            addresses_moved=len(summary.moved), addresses_kept=max(0, given - len(summary.moved)),
+            controllers_added=sum(summary.controllers_added.values()),
+            controllers_removed=summary.controllers_removed, moved=summary.moved,
+            check_errors=summary.check_errors, **_headroom(summary)))
+    return results

@@ -1,0 +1,173 @@
+"""How good a completed layout is, whoever made it (pciplan, libvirt's greedy, the user), and what it
+can still take live: the objective's levels as the checker's view of the XML measures them, and the
+free hot-plug places. plan, ties, compare, show, fleet and attach all take their counts from here."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from lxml import etree
+
+from planner.checker.check import WARNING_RULES, Violation, check_domain
+from planner.facts.facts import PORTS, ROOTS
+from planner.pipeline.domain import Bus, PciAddress, Problem, read_problem
+from planner.pipeline.show import Node, build_tree, summary
+
+
+class DocumentViews:
+    """A completed document as the checker, `pciplan show` and the domain reader see it, each view
+    computed once when first asked for: valid while the document is not changed (whoever changes it
+    makes new views)."""
+
+    def __init__(self, tree: etree._ElementTree, firmware: str | None = None) -> None:
+        self.tree = tree
+        self.firmware = firmware
+
+    def for_equal(self, tree: etree._ElementTree) -> DocumentViews:
+        """The views of tree, a document equal to this one (the same elements, attributes and text in
+        the same order), with whatever was computed here: the views read only those."""
+        views = DocumentViews(tree, self.firmware)
+        views.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("tree", "firmware")})
+        return views
+
+    @cached_property
+    def pci_tree(self) -> Node:
+        return build_tree(self.tree, self.firmware)
+
+    @cached_property
+    def problem(self) -> Problem:
+        # read_problem completes the document it reads: a plain copy of the elements will do (no
+        # need to write the text out and parse it again); only read, never written
+        return read_problem(etree.ElementTree(copy.deepcopy(self.tree.getroot())))
+
+    @cached_property
+    def violations(self) -> list[Violation]:
+        """Everything `pciplan check` says of it, warnings included."""
+        return check_domain(self.tree, firmware=self.firmware)
+
+
+@dataclass
+class LayoutMetrics:
+    ok: bool
+    error: str | None = None
+    seconds: float = 0.0
+    controllers_added: dict[str, int] = field(default_factory=dict)
+    controllers_total: int = 0
+    bus_numbers: int = 0
+    hotplug_devices: int = 0
+    pcie_on_conventional: int = 0
+    spare_hotplug_ports: int = 0
+    spare_hotplug_slots: int = 0
+    rule_violations: list[str] = field(default_factory=list)  # incl. SeaBIOS I/O space
+    status: str = ""  # solver status (pciplan only)
+
+
+def pci_controllers(tree: etree._ElementTree) -> Counter:
+    """PCI controllers by model, the root excepted (both planners add it when missing)."""
+    return Counter(c.get("model") for c in tree.getroot().iter("controller")
+                   if c.get("type") == "pci" and c.get("model") not in ROOTS)
+
+
+def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentViews,
+            firmware: str | None = None) -> LayoutMetrics:
+    """The same metrics for any completed layout, whoever made it (judged for firmware, or the
+    guest's own). after may come as its views (then judged for the views' firmware)."""
+    views = after if isinstance(after, DocumentViews) else DocumentViews(after, firmware)
+    after = views.tree
+    added = pci_controllers(after) - pci_controllers(before)
+    counts = summary(views.pci_tree)
+    on_pci = 0
+    problem = views.problem
+    for d in problem.devices:
+        a = d.address
+        if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
+            on_pci += 1
+    violations = [f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES]
+    return LayoutMetrics(
+        ok=True,
+        controllers_added=dict(sorted(added.items())),
+        controllers_total=sum(pci_controllers(after).values()),
+        bus_numbers=counts["bus_numbers_used"],
+        hotplug_devices=counts["hotplug_endpoints"],
+        pcie_on_conventional=on_pci,
+        spare_hotplug_ports=counts["spare_hotplug_ports"],
+        spare_hotplug_slots=counts["spare_hotplug_slots"],
+        rule_violations=violations,
+    )
+
+
+def objective_vector(m: LayoutMetrics, machine: str) -> tuple[int, int, int, int]:
+    """pciplan's objective levels L2–L5, measured on any layout: devices not in a hot-pluggable slot
+    (as a negative count) plus a missing spare port or slot, PCIe-capable devices on conventional PCI,
+    controllers added, bus numbers used. Smaller is better, compared left to right."""
+    added = sum(m.controllers_added.values())
+    if machine == "pc":
+        short = 1 if m.spare_hotplug_slots == 0 else 0
+    else:  # pciplan's default headroom: one empty hot-pluggable PCIe port, always
+        short = 1 if m.spare_hotplug_ports == 0 else 0
+    return (short - m.hotplug_devices, m.pcie_on_conventional, added, m.bus_numbers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Free hot-plug places (pciplan attach, headroom)
+
+
+@dataclass(frozen=True)
+class Place:
+    address: PciAddress
+    bus: str  # the controller that offers the slot
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.bus})"
+
+
+def occupied(tree: etree._ElementTree) -> set[tuple[int, int]]:
+    used = set()
+    for a in tree.getroot().iterfind("devices/*/address[@type='pci']"):
+        if a.get("slot") is not None:
+            used.add((int(a.get("bus", "0"), 0), int(a.get("slot"), 0)))
+    return used
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What a planned guest can still take live: empty PCIe hot-plug ports (each one PCIe device) and
+    free slots of hot-pluggable conventional buses (each one conventional device)."""
+
+    pcie_ports: int
+    pci_slots: int
+
+    def __str__(self) -> str:
+        return f"{self.pcie_ports} PCIe device(s), {self.pci_slots} conventional PCI device(s)"
+
+    def as_json(self) -> dict[str, int]:
+        return {"pcie_ports": self.pcie_ports, "pci_slots": self.pci_slots}
+
+
+def headroom(tree: etree._ElementTree | DocumentViews) -> Headroom:
+    """The live hot-plug places of an addressed guest, by kind of place."""
+    problem = (tree if isinstance(tree, DocumentViews) else DocumentViews(tree)).problem
+    used = occupied(problem.tree)
+    reserved = problem.machine.reserved_slots
+    ports = slots = 0
+    for b in problem.buses.values():
+        ports += len(free_slots(reserved, b, used, pcie=True))
+        slots += len(free_slots(reserved, b, used, pcie=False))
+    return Headroom(ports, slots)
+
+
+def free_slots(reserved: frozenset[int], b: Bus, used: set[tuple[int, int]], pcie: bool) -> list[Place]:
+    if not b.hotplug:
+        return []
+    if pcie:
+        if b.model.name in PORTS and (b.index, 0) not in used:
+            return [Place(PciAddress(b.index, 0, 0), b.label)]
+        return []
+    if not b.model.conventional:
+        return []
+    return [Place(PciAddress(b.index, slot, 0), b.label)
+            for slot in range(b.model.first_slot, b.model.last_slot + 1)
+            if (b.index, slot) not in used and not (b.index == 0 and slot in reserved)]

@@ -1,0 +1,185 @@
+"""Ties go to libvirt's choice. When pciplan's objective cannot tell its own layout from the one libvirt
+would write (same controllers, bus numbers, hot-pluggable devices, PCIe devices on PCIe, spare slots
+and ports, no rule broken), write libvirt's: a user who compares then sees a difference only where it
+buys something.
+
+libvirt's layout comes from the built-in greedy (planner/pipeline/greedy.py, libvirt 9.0's algorithm). Only
+the addresses are taken over, element by element, and libvirt's new PCI controllers replace pciplan's, so
+the user's document stays the user's document.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from lxml import etree
+
+from planner.pipeline.domain import PciAddress, Problem
+from planner.pipeline.greedy import greedy_plan_tree
+from planner.pipeline.metrics import DocumentViews, measure
+from planner.pipeline.render import set_pci_address
+from planner.xml.xmlio import remove_element
+
+MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
+
+
+def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
+    """What names a device across the two documents (libvirt's parser reorders controllers and disks,
+    fills in default models, lists the primary video first and forgets aliases that are not ua-)."""
+    alias = el.find("alias")
+    if alias is not None and (alias.get("name") or "").startswith("ua-"):
+        return (el.tag, "alias", alias.get("name"))
+    if el.tag == "controller":
+        model = el.get("model")
+        companion = model if model is not None and model.startswith("ich9-") else None
+        return (el.tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
+    mac = el.find("mac")
+    if mac is not None and mac.get("address"):
+        return (el.tag, "mac", mac.get("address").lower())
+    target = el.find("target")
+    if el.tag == "disk" and target is not None and target.get("dev"):
+        return (el.tag, "dev", target.get("dev"))
+    if el is primary:
+        return (el.tag, "primary")
+    return (el.tag,)
+
+
+def _keyed(tree: etree._ElementTree) -> dict[tuple, etree._Element]:
+    """Elements by key and occurrence, in document order."""
+    out: dict[tuple, etree._Element] = {}
+    seen: dict[tuple, int] = {}
+    videos = tree.getroot().findall("devices/video")
+    marked = [v for v in videos if v.find("model") is not None and v.find("model").get("primary") == "yes"]
+    primary = (marked or videos or [None])[0]
+    for el in tree.getroot().find("devices"):
+        if not isinstance(el.tag, str):
+            continue
+        k = _key(el, primary)
+        seen[k] = seen.get(k, 0) + 1
+        out[(*k, seen[k])] = el
+    return out
+
+
+def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
+    a = el.find("address")
+    if a is None or a.get("type") != "pci":
+        return None
+    return (PciAddress(int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function"), 0)),
+            a.get("multifunction") == "on")
+
+
+def _comparable(before: etree._ElementTree, after: etree._ElementTree | DocumentViews, spare_pci: int,
+                spare_pcie: int):
+    """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
+    solver's), plus the checker's errors."""
+    m = measure(before, after)
+    return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
+            min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
+            tuple(m.rule_violations))
+
+
+def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
+                   spare_pci: int, spare_pcie: int) -> DocumentViews | None:
+    """Rewrite what pciplan chose (never an address the input gave) with libvirt's layout when that
+    ties with pciplan's: device addresses, the places of the input's unaddressed controllers, and
+    the new PCI controllers. written: pciplan's document and its views (measured here, so that the
+    caller reads them again if the document stays). Returns the views of the document it rewrote, or
+    None when it left it as it was."""
+    tree = written.tree
+    if problem.mmio_devices:
+        return None
+    if any(d.hotplug_rule or d.bus_rule or d.numa_rule is not None or d.connection_rule
+           for d in problem.devices):
+        return None  # libvirt knows nothing of pciplan's rules
+    if any(b.new_expander for b in problem.buses.values()):
+        return None
+    if sum(1 + len(d.companions) for d in problem.devices) > MAX_DEVICES:
+        return None  # libvirt's greedy costs more than the plan itself there, and ties are rare
+    chosen = [el for d in problem.devices if d.address is None and d.bus_pin is None
+              for m in [d, *d.companions] for el in [m.element, *m.mirrors]]
+    chosen += [b.element for b in problem.buses.values()
+               if b.index != 0 and b.address is None and b.bus_pin is None and b.element is not None]
+    known = set(problem.buses)
+    new_ours = _new_controllers(tree, known)
+    if not chosen and not new_ours:
+        # pciplan chose nothing (a planned guest planned again): no change to take over, and libvirt's
+        # new controllers, if any, cannot match pciplan's none: below, that is a None too
+        return None
+
+    def as_many_new(added: dict[int, str]) -> bool:
+        # libvirt's new controllers are those it adds at an index pciplan's problem does not have (the
+        # input's own are all in it): fewer or more than pciplan's is no tie, so its assignment is spared
+        return sum(1 for index in added if index not in known) == len(new_ours)
+
+    libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
+    if not greedy_plan_tree(libvirt_tree, as_many_new).ok:
+        return None
+    theirs = _keyed(libvirt_tree)
+    chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
+    planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
+    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
+    changes = _changes(_keyed(trial), theirs, planned)
+    new_theirs = _new_controllers(libvirt_tree, known)
+    if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
+        return None
+    if len(new_ours) != len(new_theirs):
+        return None  # more or fewer controllers: no tie (and no need to measure)
+    _apply(trial, changes, new_theirs, known)
+    spares = (spare_pci, spare_pcie)
+    measured = DocumentViews(trial)
+    if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
+        return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
+    # the same changes on the document trial was copied from: an equal document, so trial's views
+    _apply(tree, changes, new_theirs, known)
+    return measured.for_equal(tree)
+
+
+def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
+             planned: set[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
+    """(key, libvirt's address, multifunction) for every element pciplan placed; None when libvirt
+    places one of them differently in kind (not on PCI, or not at all)."""
+    out = []
+    for k in planned:
+        el, other = ours.get(k), theirs.get(k)
+        if el is None or other is None or _pci(el) is None:
+            return None
+        got = _pci(other)
+        if got is None:
+            return None
+        if got != _pci(el):
+            out.append((k, *got))
+    return sorted(out, key=str)
+
+
+def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._Element]:
+    return sorted((c for c in tree.getroot().iterfind("devices/controller[@type='pci']")
+                   if int(c.get("index") or "0", 0) not in known), key=lambda c: int(c.get("index"), 0))
+
+
+def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Element],
+           known: set[int]) -> None:
+    """Put libvirt's new PCI controllers in place of pciplan's, after the last PCI controller the
+    input had, and libvirt's addresses on the elements pciplan placed."""
+    for c in _new_controllers(tree, known):
+        remove_element(c)
+    pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
+    anchor = max(pci, key=lambda c: int(c.get("index") or "0", 0)) if pci else None
+    if controllers and anchor is not None:
+        for c in controllers:
+            el = copy.deepcopy(c)
+            anchor.addnext(el)
+            anchor = el
+    elif controllers:
+        return  # no root to anchor on cannot happen after read_problem; keep pciplan's layout then
+    keyed = _keyed(tree)
+    for k, a, mf in changes:
+        _set(keyed[k], a, mf)
+
+
+def _set(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
+    set_pci_address(el, a)
+    addr = el.find("address")
+    if "multifunction" in addr.attrib:
+        del addr.attrib["multifunction"]
+    if multifunction:
+        addr.set("multifunction", "on")

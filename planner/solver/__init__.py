@@ -1,5 +1,0 @@
-"""CP-SAT model of the topology, in small units: variables, constraints, objective, solve."""
-
-from planner.solver.solve import SolveResult, solve
-
-__all__ = ["SolveResult", "solve"]
