@@ -391,6 +391,30 @@ def test_fleet_throughput_is_the_recorded_run() -> None:
         assert which == "first" or run["changed"] == 0
 
 
+def test_fleet_classes_table_is_the_recorded_run() -> None:
+    """README's per-class table is benchmarks/results/fleet-classes.json, which `python -m
+    benchmarks.fleet_classes --json FILE` writes (rates on one core each, their ratio, the certified
+    share), and the plot it names is there."""
+    record = json.loads((RESULTS / "fleet-classes.json").read_text())
+    rows = re.findall(r"^\| (q35|pc|virt) \| (\d+-\d+) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+)× \| (\d+)% \|$",
+                      README, re.M)
+    assert len(rows) == len(record["rows"]) == 9, rows
+    for (machine, devices, guests, mine, theirs, ratio, certified), r in zip(rows, record["rows"], strict=True):
+        assert (machine, devices, int(guests)) == (r["machine"], r["devices"], r["guests"])
+        assert (int(mine), int(theirs)) == (round(r["pciplan"]), round(r["libvirt"]))
+        assert ratio == f"{r['pciplan'] / r['libvirt']:.2f}"
+        assert certified == f"{r['certified'] / r['guests']:.0%}".rstrip("%")
+    assert "benchmarks/results/fleet-classes.png" in README
+    assert (RESULTS / "fleet-classes.png").stat().st_size > 0
+
+
+def test_whole_command_on_readme_command_1s_example_is_the_recorded_run() -> None:
+    """The README's figure for command 1's guest (examples/q35-server.xml) is benchmarks/results/cli.json's."""
+    example = json.loads((RESULTS / "cli.json").read_text())["example"]
+    m = passage(r"`examples/q35-server.xml`[^\n]*?: ([\d.]+) s wall, ([\d.]+) s CPU, ([\d.]+) MiB peak")
+    assert m.groups() == (f"{example['wall']:.3f}", f"{example['cpu']:.3f}", f"{example['peak_mib']:.1f}")
+
+
 # ---------------------------------------------------------------- firmware
 
 FIRMWARE_ROWS = {"SeaBIOS, pc": ("seabios", "pc"), "SeaBIOS, q35": ("seabios", "q35"),
