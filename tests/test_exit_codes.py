@@ -324,3 +324,15 @@ def test_a_bad_libvirt_version_in_the_environment_is_bad_input(tmp_path: Path) -
     err = one_line(r)
     assert err.startswith("pciplan: ") and "$PCIPLAN_LIBVIRT_VERSION" in err, err
     assert not out.exists()
+
+
+def test_a_ctrl_c_after_the_command_is_done_does_not_kill_its_exit(tmp_path: Path) -> None:
+    """A Ctrl-C that arrives while the interpreter shuts down (CPython puts SIGINT back to its default
+    action then) killed a finished command (fleet: summary printed, then status -2 instead of 0). Here
+    the shutdown is simulated by an exit handler that does what the interpreter does and is then hit."""
+    prelude = ("import atexit, os, signal\ndef _late():\n    signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+               "    os.kill(os.getpid(), signal.SIGINT)\natexit.register(_late)\n")
+    out = tmp_path / "out.xml"
+    r = run("plan", str(GUEST), "-o", str(out), prelude=prelude)
+    assert r.returncode == ExitCode.OK, (r.returncode, r.stderr)
+    assert out.exists()

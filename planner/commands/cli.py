@@ -63,6 +63,10 @@ def guarded(run: Callable[[], Any]) -> NoReturn:
     else:
         if code == ExitCode.INTERRUPTED and interrupted:
             typer.echo("pciplan: interrupted", err=True)
+    # The command is over and its status known. A Ctrl-C from now on is held back (and dropped at exit):
+    # while the interpreter shuts down, SIGINT is back at its default action and would kill the process
+    # instead of letting it exit with that status (fleet: the summary printed, exit 0, then killed).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     sys.exit(int(code or 0))
 
 
