@@ -482,3 +482,42 @@ def test_converted_guests_define_and_boot(real_stack, path: Path) -> None:
     xml = text(tree).decode()
     _fixpoint(real_stack, xml)
     _boot(xml)
+
+
+def test_workers_write_planned_files_together_and_stop_between_files(tmp_path: Path, monkeypatch) -> None:
+    """A worker writes (fsyncs back to back) and reports several planned files at once, and on Ctrl-C
+    it starts no new file of its chunk: every file is written exactly when it is reported."""
+    import planner.commands.fleet as fl
+    from planner.facts.options import PlanOptions
+
+    src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "commits"
+    write_fleet(src, 80)
+    commit = fl._commit
+
+    def logged(conn, pending, backup):  # the workers are forked after this: they run it too
+        with open(log, "a") as fh:
+            fh.write(f"{len(pending)}\n")
+        commit(conn, pending, backup)
+
+    monkeypatch.setattr(fl, "_commit", logged)
+    monkeypatch.setattr(fl, "COMMIT_SECONDS", 10.0)  # a commit per chunk
+    files = fl.collect([str(src)])
+    batch = fl.run(files, out_dir=out, in_place=False, options=PlanOptions(), jobs=2)
+    sizes = [int(n) for n in log.read_text().split()]
+    assert len(batch.results) == 80 and sum(sizes) == 80
+    assert max(sizes) > 1 and len(sizes) < 80, sizes  # grouped, not one commit per file
+    assert len(list(out.glob("*.xml"))) == 80 and not list(out.glob(".*.tmp"))
+
+    shutil.rmtree(out)
+    monkeypatch.setattr(fl, "COMMIT_SECONDS", 0.0)  # a commit per file
+    interrupt = fl.Interrupt()
+
+    def stop_after_first(_result) -> None:
+        interrupt.requested = True
+
+    batch = fl.run(files, out_dir=out, in_place=False, options=PlanOptions(), jobs=2,
+                   progress=stop_after_first, interrupt=interrupt)
+    # each worker was given 10 files (fl._chunk_size): one finished, the other ones in progress at most
+    assert batch.interrupted and 0 < len(batch.results) <= 3, len(batch.results)
+    assert sorted(p.name for p in out.glob("*.xml")) == sorted(Path(r.path).name for r in batch.results)
+    assert not list(out.glob(".*.tmp"))
