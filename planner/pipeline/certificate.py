@@ -256,7 +256,7 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
         return values[x._index] if x is not None else 0
 
     def total(xs) -> int:
-        return sum(values[x._index] for x in xs)
+        return sum([values[x._index] for x in xs])
 
     groups = prep.groups
     placed = [0] * len(groups)  # place_every_device
@@ -311,8 +311,6 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
         in_bridges = [*v.pool_alone.items(), *v.pool_packed.items()]
         io_pooled = sum(io_of[gi] * values[x._index] for gi, x in in_bridges)
         windows = max(bridges, _ceil(io_pooled, IO_WINDOW_UNITS))
-        if windows > upper[v.pool_windows._index]:  # type: ignore[union-attr]
-            return None
         io_used = st.io_units + sum(io_of[gi] * values[x._index] for (_, gi), x in on_root)
         counted = 0
         for pool in pools:
@@ -340,9 +338,10 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
             short += max(0, want - have)
     # the levels, their bound and the objective in one stage (bounded by every level's own magnitude)
     assert v.spare_shortfall is not None and v.pool_bridges is not None and v.pool_windows is not None
-    values[v.spare_shortfall._index] = short
-    values[v.pool_bridges._index] = bridges
-    values[v.pool_windows._index] = windows
+    for x, n in ((v.spare_shortfall, short), (v.pool_bridges, bridges), (v.pool_windows, windows)):
+        if n > upper[x._index]:
+            return None  # beyond the variable's domain (_complete: no completion)
+        values[x._index] = n
     terms = _level_terms(prep, v)
     level: dict[str, int] = {}
     magnitude: dict[str, int] = {}  # of each level's expression over the variables' domains (at most)
