@@ -297,7 +297,7 @@ def test_direct_without_the_model_is_the_models_result() -> None:
     what the model-based certificate gives, field by field, over the recorded corpus's inputs, this
     file's guests and typical generated guests under options that move its levels (spares, firmware
     budgets, reservations, objective orders); and it decides nearly every such guest by_model
-    certifies."""
+    certifies. Where it says by_model would not certify a guest, by_model does not, for that reason."""
     from recorded import corpus
 
     variants = [PlanOptions(), PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=3), PlanOptions(spare_pci=2),
@@ -316,7 +316,7 @@ def test_direct_without_the_model_is_the_models_result() -> None:
             devices += "".join(f"<interface type='user'><model type='{'e1000' if i % 2 else 'virtio'}'/>"
                                "</interface>" for i in range(n // 4))
             documents.append((f"large-{machine}-{n}", _domain(machine, devices).encode()))
-    both = model_only = 0
+    both = model_only = refused = 0
     for name, xml in documents:
         for n, options in enumerate(variants[:1] if name.startswith("fleet") else variants):
             try:
@@ -326,8 +326,14 @@ def test_direct_without_the_model_is_the_models_result() -> None:
             except Exception:  # noqa: BLE001 - guests these options make invalid
                 continue
             mine = certificate.direct(prep, resolved)
+            before = dict(certificate.STATS.reasons)
             theirs = certificate.by_model(prep, resolved)
-            if mine is not None:
+            if isinstance(mine, str):  # sure that by_model does not certify it, and why
+                assert theirs is None, (name, n, mine)
+                missed = {k for k, count in certificate.STATS.reasons.items() if count != before.get(k, 0)}
+                assert missed == {mine}, (name, n, mine, missed)
+                refused += 1
+            elif mine is not None:
                 assert theirs is not None, (name, n)
                 assert _compared(mine) == _compared(theirs), (name, n)
                 both += 1
@@ -335,3 +341,4 @@ def test_direct_without_the_model_is_the_models_result() -> None:
                 model_only += 1
     assert both >= 1500, (both, model_only)
     assert model_only <= 0.02 * both, (both, model_only)
+    assert refused >= 50, refused

@@ -137,7 +137,11 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
             STATS.certified += 1
             return planned
     # the typical guest (the root bus alone): settled without the model where the short path is sure
-    result = direct(prep, options, start) or by_model(prep, options, start)
+    result = direct(prep, options, start)
+    if isinstance(result, str):  # by_model would not certify it either, for this reason
+        _miss(result)
+        return None
+    result = result or by_model(prep, options, start)
     if result is not None:
         STATS.certified += 1
     return result
@@ -221,14 +225,16 @@ def _level_terms(prep: Prepared, v: Variables) -> dict[str, Terms]:
             "slots": (0, slots, []), "libvirt": (n, [], [x for xs in fills.values() for x in xs])}
 
 
-def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> SolveResult | None:
+def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> SolveResult | str | None:
     """by_model's result for a guest whose only bus is the root (the typical guest), worked out without
     the model: the variables numbered as create_variables makes them, the same shape, construction
     and bounds, and the model's constraints, the completion of the derived counts (_complete: empty
     slots as large, shortfalls and I/O windows as small as they can be) and the levels written out for
-    these numbers. None where this short path is not sure (then by_model decides): more buses than
-    the root, a constraint the layout does not meet, a level above its bound, or weights that might
-    not fit one objective stage. tests/test_certificate.py compares it with by_model field by field."""
+    these numbers. Where by_model would not certify either, the reason it would give (a string: the
+    same shape or construction fails, a constraint does not hold, a level misses its bound). None
+    where this short path is not sure (then by_model decides): more buses than the root, a layout
+    value beyond its variable's domain, or weights that might not fit one objective stage.
+    tests/test_certificate.py compares it with by_model field by field, and the reasons too."""
     start = time.perf_counter() if start is None else start
     problem = prep.problem
     if not prep.groups or len(prep.states) != 1 or len(problem.buses) != 1 or _outside(prep, options):
@@ -241,10 +247,10 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     frame = _Frame(v, prep.spare_pcie if problem.machine.pcie else 0, prep.spare_pci)
     shape = _shape(prep, frame)
     if shape is None:
-        return None
+        return "group"
     layout = _construct(prep, frame, shape)
     if layout is None:
-        return None
+        return "room"
     upper = numbering.upper
     values = [0] * len(upper)
     for i, n in layout.items():
@@ -270,37 +276,37 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     for gi, x in pooled:
         placed[gi] += values[x._index]
     if placed != [g.size for g in groups]:
-        return None
+        return "infeasible"
     # existing_bus_capacity (the root bus)
     free = len(st.free_slots(problem.machine.reserved_slots))
     packslots = val(v.packslots[0])
     if total(v.packed.values()) > FUNCTIONS * packslots:
-        return None
+        return "infeasible"
     used = total(v.alone.values()) + val(v.new_pci_bridges.get(0)) + packslots
     if 0 in v.root_ports:
         ports = total(v.root_ports[0].ports()) + val(v.rp_bridge[0]) + val(v.rp_switch[0])
         if ports > FUNCTIONS * val(v.rpslots[0]) + len(st.free_root_port_functions()):
-            return None
+            return "infeasible"
         used += val(v.rpslots[0])
     if used > free:
-        return None
+        return "infeasible"
     # new_port_capacity
     for pool in pools:
         packed = total(pool.packed.values())
         packed_io = total(x for gi, x in pool.packed.items() if needs_port_window(groups[gi]))
         packs = val(pool.pack_io) + val(pool.pack_noio)
         if packed_io > FUNCTIONS * val(pool.pack_io) or packed > FUNCTIONS * packs or packs > packed:
-            return None
+            return "infeasible"
     for p, pool in v.downstream.items():
         if not val(v.rp_switch[p]) <= total(pool.ports()) <= 32 * val(v.rp_switch[p]):
-            return None
+            return "infeasible"
     bridges = total(new_bridges(v))  # the model's pool_bridges
     nested = val(v.pool_pci_bridges)
     pool_slots = total(v.pool_alone.values()) + val(v.pool_packslots) + nested
     if pool_slots > SLOTS_PER_BRIDGE * bridges or nested > 255 * (bridges - nested):
-        return None
+        return "infeasible"
     if total(v.pool_packed.values()) > FUNCTIONS * val(v.pool_packslots):
-        return None
+        return "infeasible"
     # io_window_budget: the root bus's I/O, the new ports' windows and the new bridges' (least) windows
     fw = problem.firmware
     io_used: int | None = None
@@ -321,9 +327,9 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
         io_used += IO_WINDOW_UNITS * (counted + windows)
         budget = max(fw.io_capacity_units(), prep.fixed_io_units)
         if io_used > budget:
-            return None
+            return "infeasible"
         if fw.max_windows and counted + bridges > max(fw.max_windows, prep.fixed_io_windows):
-            return None
+            return "infeasible"
     # spare_ports: the root's empty slots as many as it has left, the shortfalls as small as they can be
     have_pcie = sum(val(pool.spare) for pool in pools)
     have_pci = SLOTS_PER_BRIDGE * bridges - total(v.pool_alone.values()) - val(v.pool_packslots) - nested
@@ -340,7 +346,7 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     assert v.spare_shortfall is not None and v.pool_bridges is not None and v.pool_windows is not None
     for x, n in ((v.spare_shortfall, short), (v.pool_bridges, bridges), (v.pool_windows, windows)):
         if n > upper[x._index]:
-            return None  # beyond the variable's domain (_complete: no completion)
+            return "infeasible"  # beyond the variable's domain: no completion
         values[x._index] = n
     terms = _level_terms(prep, v)
     level: dict[str, int] = {}
@@ -351,13 +357,14 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     # bus_number_limits (no expander bus here: no busNr ranges)
     new = level["controllers"]
     if sum(b.model.buses for b in problem.buses.values()) + new > MAX_BUS_NUMBERS:
-        return None
+        return "infeasible"
     if max(problem.buses) + new > MAX_INDEX:
-        return None
+        return "infeasible"
     bounds = _bounds(prep, frame, shape)
     order = ("moved", *prep.objective_order, "slots", "libvirt")
-    if any(level[name] != bounds[name] for name in order):
-        return None
+    for name in order:
+        if level[name] != bounds[name]:
+            return f"bound {name}"
     devices = sum(g.size for g in groups)
     most = {"moved": devices + MAX_NEW, "hotplug": devices + MAX_SHORTFALL, "pcie": devices,
             "controllers": MAX_NEW, "buses": MAX_NEW, "slots": MAX_SLOTS, "libvirt": terms["libvirt"][0]}
@@ -373,7 +380,7 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     if io_used is not None:
         io = io_used + IO_WINDOW_UNITS * (pool_split.total_windows - windows)
         if pool_split.total_windows > windows and io > budget:
-            return None  # _exact_io_fits
+            return "io"  # _exact_io_fits
     values_of = {"addresses_moved": level["moved"], "hotplug_wanted": terms["hotplug"][0],
                  "hotplug_lost": level["hotplug"], "pcie_on_pci": level["pcie"],
                  "controllers_added": level["controllers"], "bus_numbers_added": level["buses"],
