@@ -35,6 +35,12 @@ missing spare ports. Its result is mostly worked out from prep alone (planned_ag
 objective, I/O units and counts, without building the model, which is most of the cost of a fleet's
 second pass); where that short path is not sure it answers None and the model decides as above.
 tests/test_certificate.py compares the two field by field.
+
+The typical guest (the root bus its only bus) is settled without building the model too (direct):
+its variables are only numbered as the model numbers them, the same shape, construction and bounds
+are used, and the model's constraints, the completion of the derived counts and the levels are
+worked out for the layout's numbers; where that short path is not sure it answers None and the model
+decides as above. tests/test_certificate.py compares it with by_model field by field.
 """
 
 from __future__ import annotations
@@ -56,10 +62,19 @@ from planner.pipeline.solver.solve import (
     SolveResult,
     _exact_io_fits,
     build,
+    counts_in,
     counts_of,
     pool_content,
 )
-from planner.pipeline.solver.variables import Variables, conventional_ok, pcie_ok
+from planner.pipeline.solver.variables import (
+    Variables,
+    conventional_ok,
+    create_variables,
+    needs_port_window,
+    new_bridges,
+    new_controllers,
+    pcie_ok,
+)
 
 FUNCTIONS = 8
 SLOTS_PER_BRIDGE = 31
@@ -90,6 +105,19 @@ class _Shape:
     either: list[int] = field(default_factory=list)  # no wish, conventional: root bus or a new bridge
 
 
+@dataclass
+class _Frame:
+    """What the certificate reads of a built model (Built has the same fields): its variables and the
+    spare ports and slots it wishes for. The model-free path (direct) makes one without a model."""
+
+    vars: Variables
+    spare_pcie: int
+    spare_pci: int
+
+
+Frame = Built | _Frame
+
+
 def _miss(reason: str) -> None:
     STATS.reasons[reason] = STATS.reasons.get(reason, 0) + 1
 
@@ -108,7 +136,12 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
         if planned is not None:
             STATS.certified += 1
             return planned
-    result = by_model(prep, options, start)
+    # the typical guest (the root bus alone): settled without the model where the short path is sure
+    result = direct(prep, options, start)
+    if isinstance(result, str):  # by_model would not certify it either, for this reason
+        _miss(result)
+        return None
+    result = result or by_model(prep, options, start)
     if result is not None:
         STATS.certified += 1
     return result
@@ -127,6 +160,234 @@ def by_model(prep: Prepared, options: PlanOptions, start: float | None = None) -
         _miss("room")
         return None
     return prove(prep, options, built, layout, start)
+
+
+class _Numbering:
+    """What create_variables needs of a model, without the model: its variables are numbered as the
+    model numbers them (create_variables makes the model's first ones) and keep their upper bounds; the
+    one constraint it adds is dropped (direct works that count out itself)."""
+
+    def __init__(self) -> None:
+        self.upper: list[int] = []
+
+    def NewIntVar(self, lb: int, ub: int, name: str) -> cp_model.IntVar:  # noqa: N802 (the model's name)
+        self.upper.append(ub)
+        return cp_model.IntVar(self, len(self.upper) - 1, name)  # type: ignore[arg-type]
+
+    def NewBoolVar(self, name: str) -> cp_model.IntVar:  # noqa: N802
+        return self.NewIntVar(0, 1, name)
+
+    def Add(self, ct) -> None:  # noqa: N802
+        return None
+
+
+Terms = tuple[int, list[cp_model.IntVar], list[cp_model.IntVar]]
+
+
+def _level_terms(prep: Prepared, v: Variables) -> dict[str, Terms]:
+    """Each level of planner.pipeline.solver.objective.levels as (constant, variables added, variables
+    subtracted): the same sums written out term by term, for a guest without --replan (no keep
+    variables)."""
+    groups = prep.groups
+    states = prep.states
+    preferring = {gi for gi, g in enumerate(groups) if g.key.prefers_hotplug}
+    wanted = sum(groups[gi].size for gi in preferring)
+    hot = [x for (e, gi), x in v.alone.items() if gi in preferring and states[e].bus.hotplug]
+    for pool in [*v.root_ports.values(), *v.downstream.values()]:
+        hot += [x for gi, x in pool.alone.items() if gi in preferring]
+    hot += [x for gi, x in v.pool_alone.items() if gi in preferring]
+    assert v.spare_shortfall is not None
+    conventional = {e: st.bus.model.conventional for e, st in states.items()}
+    placed = [*v.alone.items(), *v.packed.items()]
+    pcie = [x for (e, gi), x in placed if groups[gi].key.endpoint == "pcie" and conventional[e]]
+    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
+    pcie += [x for gi, x in pooled if groups[gi].key.endpoint == "pcie"]
+    controllers = new_controllers(v)
+    ports = {e for e, st in states.items() if st.bus.model.name in PORTS and st.bus.hotplug}
+    slots = [x for e, x in v.packslots.items() if e not in ports] + list(v.rpslots.values())
+    slots += [x for (e, _), x in v.alone.items() if e not in ports] + list(v.new_pci_bridges.values())
+    slots += [x for e, x in v.new_pcie_pci_bridge.items() if e not in ports]
+    slots += [x for e, x in v.packslots.items() if states[e].bus.hotplug]
+    for p, pool in v.root_ports.items():
+        if prep.hierarchy_of(p) != 0:
+            slots += [*pool.ports(), v.rp_bridge[p], v.rp_switch[p], *v.downstream[p].ports()]
+    fills: dict[int, list] = {e: [] for e in ports}
+    for (e, _), x in v.alone.items():
+        if e in fills:
+            fills[e].append(x)
+    for table in (v.packslots, v.new_pcie_pci_bridge):
+        for e, x in table.items():
+            if e in fills:
+                fills[e].append(x)
+    n = sum(1 for xs in fills.values() if xs)
+    return {"moved": (len(prep.lost), [], []), "hotplug": (wanted, [v.spare_shortfall], hot),
+            "pcie": (0, pcie, []), "controllers": (0, controllers, []), "buses": (0, controllers, []),
+            "slots": (0, slots, []), "libvirt": (n, [], [x for xs in fills.values() for x in xs])}
+
+
+def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> SolveResult | str | None:
+    """by_model's result for a guest whose only bus is the root (the typical guest), worked out without
+    the model: the variables numbered as create_variables makes them, the same shape, construction
+    and bounds, and the model's constraints, the completion of the derived counts (_complete: empty
+    slots as large, shortfalls and I/O windows as small as they can be) and the levels written out for
+    these numbers. Where by_model would not certify either, the reason it would give (a string: the
+    same shape or construction fails, a constraint does not hold, a level misses its bound). None
+    where this short path is not sure (then by_model decides): more buses than the root, a layout
+    value beyond its variable's domain, or weights that might not fit one objective stage.
+    tests/test_certificate.py compares it with by_model field by field, and the reasons too."""
+    start = time.perf_counter() if start is None else start
+    problem = prep.problem
+    if not prep.groups or len(prep.states) != 1 or len(problem.buses) != 1 or _outside(prep, options):
+        return None
+    st = prep.states[0]
+    if st.optional_slots():
+        return None
+    numbering = _Numbering()
+    v = create_variables(numbering, prep)  # type: ignore[arg-type]
+    frame = _Frame(v, prep.spare_pcie if problem.machine.pcie else 0, prep.spare_pci)
+    shape = _shape(prep, frame)
+    if shape is None:
+        return "group"
+    layout = _construct(prep, frame, shape)
+    if layout is None:
+        return "room"
+    upper = numbering.upper
+    values = [0] * len(upper)
+    for i, n in layout.items():
+        if not 0 <= n <= upper[i]:
+            return None
+        values[i] = n
+
+    def val(x) -> int:
+        return values[x._index] if x is not None else 0
+
+    def total(xs) -> int:
+        return sum([values[x._index] for x in xs])
+
+    groups = prep.groups
+    placed = [0] * len(groups)  # place_every_device
+    on_root = [*v.alone.items(), *v.packed.items()]
+    for (_, gi), x in on_root:
+        placed[gi] += values[x._index]
+    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
+    pools = [*v.root_ports.values(), *v.downstream.values()]
+    for pool in pools:
+        pooled += [*pool.alone.items(), *pool.packed.items()]
+    for gi, x in pooled:
+        placed[gi] += values[x._index]
+    if placed != [g.size for g in groups]:
+        return "infeasible"
+    # existing_bus_capacity (the root bus)
+    free = len(st.free_slots(problem.machine.reserved_slots))
+    packslots = val(v.packslots[0])
+    if total(v.packed.values()) > FUNCTIONS * packslots:
+        return "infeasible"
+    used = total(v.alone.values()) + val(v.new_pci_bridges.get(0)) + packslots
+    if 0 in v.root_ports:
+        ports = total(v.root_ports[0].ports()) + val(v.rp_bridge[0]) + val(v.rp_switch[0])
+        if ports > FUNCTIONS * val(v.rpslots[0]) + len(st.free_root_port_functions()):
+            return "infeasible"
+        used += val(v.rpslots[0])
+    if used > free:
+        return "infeasible"
+    # new_port_capacity
+    for pool in pools:
+        packed = total(pool.packed.values())
+        packed_io = total(x for gi, x in pool.packed.items() if needs_port_window(groups[gi]))
+        packs = val(pool.pack_io) + val(pool.pack_noio)
+        if packed_io > FUNCTIONS * val(pool.pack_io) or packed > FUNCTIONS * packs or packs > packed:
+            return "infeasible"
+    for p, pool in v.downstream.items():
+        if not val(v.rp_switch[p]) <= total(pool.ports()) <= 32 * val(v.rp_switch[p]):
+            return "infeasible"
+    bridges = total(new_bridges(v))  # the model's pool_bridges
+    nested = val(v.pool_pci_bridges)
+    pool_slots = total(v.pool_alone.values()) + val(v.pool_packslots) + nested
+    if pool_slots > SLOTS_PER_BRIDGE * bridges or nested > 255 * (bridges - nested):
+        return "infeasible"
+    if total(v.pool_packed.values()) > FUNCTIONS * val(v.pool_packslots):
+        return "infeasible"
+    # io_window_budget: the root bus's I/O, the new ports' windows and the new bridges' (least) windows
+    fw = problem.firmware
+    io_used: int | None = None
+    budget = 0
+    windows = 0  # pool_windows: bound below by the budget's constraints only
+    if fw is not None and fw.io_capacity_units() > 0:
+        io_of = [g.key.io_units for g in groups]
+        in_bridges = [*v.pool_alone.items(), *v.pool_packed.items()]
+        io_pooled = sum(io_of[gi] * values[x._index] for gi, x in in_bridges)
+        windows = max(bridges, _ceil(io_pooled, IO_WINDOW_UNITS))
+        io_used = st.io_units + sum(io_of[gi] * values[x._index] for (_, gi), x in on_root)
+        counted = 0
+        for pool in pools:
+            with_io = [x for gi, x in pool.alone.items() if needs_port_window(groups[gi])] + [pool.pack_io]
+            if fw.pads_spares:
+                with_io.append(pool.spare)
+            counted += total(with_io)
+        io_used += IO_WINDOW_UNITS * (counted + windows)
+        budget = max(fw.io_capacity_units(), prep.fixed_io_units)
+        if io_used > budget:
+            return "infeasible"
+        if fw.max_windows and counted + bridges > max(fw.max_windows, prep.fixed_io_windows):
+            return "infeasible"
+    # spare_ports: the root's empty slots as many as it has left, the shortfalls as small as they can be
+    have_pcie = sum(val(pool.spare) for pool in pools)
+    have_pci = SLOTS_PER_BRIDGE * bridges - total(v.pool_alone.values()) - val(v.pool_packslots) - nested
+    if st.bus.hotplug and free:
+        if st.bus.model.name in PORTS:
+            have_pcie += free - used
+        elif st.bus.model.conventional:
+            have_pci += free - used
+    short = 0
+    for want, have in ((frame.spare_pcie, have_pcie), (frame.spare_pci, have_pci)):
+        if want:
+            short += max(0, want - have)
+    # the levels, their bound and the objective in one stage (bounded by every level's own magnitude)
+    assert v.spare_shortfall is not None and v.pool_bridges is not None and v.pool_windows is not None
+    for x, n in ((v.spare_shortfall, short), (v.pool_bridges, bridges), (v.pool_windows, windows)):
+        if n > upper[x._index]:
+            return "infeasible"  # beyond the variable's domain: no completion
+        values[x._index] = n
+    terms = _level_terms(prep, v)
+    level: dict[str, int] = {}
+    magnitude: dict[str, int] = {}  # of each level's expression over the variables' domains (at most)
+    for name, (const, plus, minus) in terms.items():
+        level[name] = const + sum([values[x._index] for x in plus]) - sum([values[x._index] for x in minus])
+        magnitude[name] = abs(const) + sum([upper[x._index] for x in [*plus, *minus]])
+    # bus_number_limits (no expander bus here: no busNr ranges)
+    new = level["controllers"]
+    if sum(b.model.buses for b in problem.buses.values()) + new > MAX_BUS_NUMBERS:
+        return "infeasible"
+    if max(problem.buses) + new > MAX_INDEX:
+        return "infeasible"
+    bounds = _bounds(prep, frame, shape)
+    order = ("moved", *prep.objective_order, "slots", "libvirt")
+    for name in order:
+        if level[name] != bounds[name]:
+            return f"bound {name}"
+    devices = sum(g.size for g in groups)
+    most = {"moved": devices + MAX_NEW, "hotplug": devices + MAX_SHORTFALL, "pcie": devices,
+            "controllers": MAX_NEW, "buses": MAX_NEW, "slots": MAX_SLOTS, "libvirt": terms["libvirt"][0]}
+    weights = lexicographic_weights(order, most)
+    # the weighted sum's magnitude (objective.magnitude, what objective_stages bounds) is at most this
+    if sum(weights[name] * magnitude[name] for name in order) >= SAFE_MAGNITUDE:
+        return None  # objective_stages might split the objective
+    objective = sum(weights[name] * level[name] for name in order)
+    solver = cp_model.CpSolver()
+    solver._values = values
+    pool_split = split(pool_content(prep, v, solver), io_matters=io_used is not None)
+    io = None
+    if io_used is not None:
+        io = io_used + IO_WINDOW_UNITS * (pool_split.total_windows - windows)
+        if pool_split.total_windows > windows and io > budget:
+            return "io"  # _exact_io_fits
+    values_of = {"addresses_moved": level["moved"], "hotplug_wanted": terms["hotplug"][0],
+                 "hotplug_lost": level["hotplug"], "pcie_on_pci": level["pcie"],
+                 "controllers_added": level["controllers"], "bus_numbers_added": level["buses"],
+                 "root_slots_used": level["slots"], "unlike_libvirt": level["libvirt"],
+                 "spare_shortfall": short}
+    return SolveResult("OPTIMAL", objective, objective, 0.0, time.perf_counter() - start, values_of, None, (),
+                       pool_split, io, budget, 0, counts_in(v, values))
 
 
 def prove(prep: Prepared, options: PlanOptions, built: Built, layout: dict[int, int],
@@ -197,7 +458,7 @@ def _outside(prep: Prepared, options: PlanOptions) -> str:
     return ""
 
 
-def _shape(prep: Prepared, built: Built) -> _Shape | None:
+def _shape(prep: Prepared, built: Frame) -> _Shape | None:
     """Each group by where it can go without a cost on a level above the root bus's slots (None when a
     group fits none of these)."""
     v = built.vars
@@ -254,7 +515,7 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _bridge_functions(built: Built, shape: _Shape, prep: Prepared) -> int:
+def _bridge_functions(built: Frame, shape: _Shape, prep: Prepared) -> int:
     """Functions the one new bridge can take packed, beside its lone devices and the spare slots."""
     if not shape.bridge:
         return 0
@@ -262,7 +523,7 @@ def _bridge_functions(built: Built, shape: _Shape, prep: Prepared) -> int:
     return FUNCTIONS * max(0, SLOTS_PER_BRIDGE - lone - built.spare_pci)
 
 
-def _root_packed(prep: Prepared, built: Built, shape: _Shape) -> int:
+def _root_packed(prep: Prepared, built: Frame, shape: _Shape) -> int:
     """Devices that must be packed on the root bus: those with no other place, and the conventional
     ones without a wish beyond what the new bridge can take."""
     forced = sum(prep.groups[gi].size for gi in shape.root)
@@ -270,7 +531,7 @@ def _root_packed(prep: Prepared, built: Built, shape: _Shape) -> int:
     return forced + max(0, either - _bridge_functions(built, shape, prep))
 
 
-def _root_ports(prep: Prepared, built: Built, shape: _Shape) -> int:
+def _root_ports(prep: Prepared, built: Frame, shape: _Shape) -> int:
     """New root ports: one per device wanting a PCIe hot-plug port beyond the existing empty ports,
     the spare ports, and the one that holds the new bridge."""
     spare = built.spare_pcie if prep.problem.machine.pcie else 0
@@ -278,7 +539,7 @@ def _root_ports(prep: Prepared, built: Built, shape: _Shape) -> int:
     return lone + spare + (1 if shape.bridge else 0)
 
 
-def _new_spares(prep: Prepared, built: Built) -> int:
+def _new_spares(prep: Prepared, built: Frame) -> int:
     """Spare PCIe ports wished for beyond the existing empty hot-pluggable ports."""
     reserved = prep.problem.machine.reserved_slots
     empty = sum(len(st.free_slots(reserved)) for st in prep.states.values()
@@ -286,7 +547,7 @@ def _new_spares(prep: Prepared, built: Built) -> int:
     return max(0, built.spare_pcie - empty)
 
 
-def _spares_only(prep: Prepared, built: Built) -> dict[int, int] | None:
+def _spares_only(prep: Prepared, built: Frame) -> dict[int, int] | None:
     """Nothing to place: the missing spare ports as new root ports on the root bus (None where they
     could go elsewhere too: below an expander bus)."""
     spares = _new_spares(prep, built)
@@ -305,7 +566,7 @@ def _spares_only(prep: Prepared, built: Built) -> dict[int, int] | None:
     return out
 
 
-def _construct(prep: Prepared, built: Built, shape: _Shape) -> dict[int, int] | None:
+def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
     """Values of the layout variables (every other layout variable 0), or None when the root bus has
     no room for them."""
     if not prep.groups:
@@ -376,7 +637,7 @@ def _construct(prep: Prepared, built: Built, shape: _Shape) -> dict[int, int] | 
     return out
 
 
-def _bounds(prep: Prepared, built: Built, shape: _Shape) -> dict[str, int]:
+def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
     """A lower bound of each level, each valid among the layouts optimal on the levels above it.
 
     - moved: 0 (a count). Without --replan nothing given may move.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planner.facts.errors import Infeasible, InternalError, Limit, Reason, Role
@@ -60,8 +61,17 @@ class Counts:
 
 
 def counts_of(v: Variables, solver: cp_model.CpSolver) -> Counts:
+    return _counts(v, lambda x: int(solver.Value(x)))
+
+
+def counts_in(v: Variables, values: list[int]) -> Counts:
+    """counts_of for a solution given as every variable's value by index (no solver)."""
+    return _counts(v, lambda x: values[x.Index()])
+
+
+def _counts(v: Variables, value: Callable[[cp_model.IntVar], int]) -> Counts:
     def val(x) -> int:
-        return int(solver.Value(x)) if x is not None else 0
+        return value(x) if x is not None else 0
 
     def each(xs: dict) -> dict:
         return {k: val(x) for k, x in xs.items()}
