@@ -8,6 +8,7 @@ CI reads a quarter of the corpus; PCIPLAN_RECORDED_FULL=1 reads all of it."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 from collections import Counter
@@ -17,6 +18,7 @@ from fleetgen import typical_guest
 from lxml import etree
 from recorded import corpus
 
+from planner.checker.check import io_space_needed
 from planner.facts.errors import Infeasible
 from planner.facts.options import PlanOptions
 from planner.pipeline.domain import read_problem
@@ -95,40 +97,69 @@ def _guests() -> Iterator[tuple[str, bytes]]:
         yield f"typical/{n}", typical_guest(n, rng).encode()
 
 
-def test_counts_on_the_tree_equal_the_domain_readers() -> None:
-    met: Counter = Counter()
+@functools.cache
+def _documents() -> list[tuple[str, str, etree._ElementTree]]:
+    """(guest, what, document): each guest as given, as planned, and the planned one's variants."""
+    out = []
     for name, data in _guests():
         try:
             given = parse_domain_bytes(data, name)
         except InputError:
             continue
-        documents = [("given", given)]
+        out.append((name, "given", given))
         planned = copy.deepcopy(given)
         try:
             plan_tree(planned, PlanOptions())
-            documents += list(_variants(planned))
         except (InputError, Infeasible):
-            pass
-        for what, tree in documents:
-            want = _read(tree)
-            views = DocumentViews(tree)
-            try:
-                got = (headroom(views), measure(tree, views).pcie_on_conventional)
-            except (InputError, ValueError) as exc:
-                got = type(exc).__name__
-            assert got == want, f"{name} ({what}): tree {got}, domain reader {want}"
-            met["stale"] += what.startswith("stale")
-            if isinstance(got, str):
-                met["refused"] += 1
-            elif views.plain:
-                met["given" if what == "given" else "planned"] += 1
-                met["variant"] += what not in ("given", "planned")
-                if got[0].pcie_ports and got[0].pci_slots:
-                    met["ports and slots"] += 1
-                if got[1]:
-                    met["pcie on conventional"] += 1
+            continue
+        out += [(name, what, tree) for what, tree in _variants(planned)]
+    return out
+
+
+def test_counts_on_the_tree_equal_the_domain_readers() -> None:
+    met: Counter = Counter()
+    for name, what, tree in _documents():
+        want = _read(tree)
+        views = DocumentViews(tree)
+        try:
+            got = (headroom(views), measure(tree, views).pcie_on_conventional)
+        except (InputError, ValueError) as exc:
+            got = type(exc).__name__
+        assert got == want, f"{name} ({what}): tree {got}, domain reader {want}"
+        met["stale"] += what.startswith("stale")
+        if isinstance(got, str):
+            met["refused"] += 1
+        elif views.plain:
+            met["given" if what == "given" else "planned"] += 1
+            met["variant"] += what not in ("given", "planned")
+            if got[0].pcie_ports and got[0].pci_slots:
+                met["ports and slots"] += 1
+            if got[1]:
+                met["pcie on conventional"] += 1
     # the tree answered for many documents, with both kinds of place, as given, planned and varied
     assert met["planned"] > 200 and met["given"] > 0 and met["variant"] > 100, met
     assert met["ports and slots"] > 30, met
     assert met["pcie on conventional"] > 0, met  # where the reader classes the devices: it answers
     assert met["stale"] > 50 and met["refused"] > 50, met  # where the tree must not answer: it does not
+
+
+def test_the_checks_io_space_is_io_space_needed() -> None:
+    """DocumentViews.io_space_needed (plan's I/O space after a tie with libvirt) takes the check's own
+    reading; where the check set an address aside it reads the document again: the same answer."""
+    met: Counter = Counter()
+    for name, what, tree in _documents():
+        variants = [(tree, None, what)]
+        bad = copy.deepcopy(tree)
+        addresses = [a for a in bad.getroot().iterfind("devices/*/address[@type='pci']")
+                     if a.getparent().tag != "controller"]
+        for address in addresses:  # PCI domain 1: the rules set the devices aside, io_space_needed not
+            address.set("domain", "0x0001")
+        if addresses:
+            variants.append((bad, None, "domain 1"))
+        for document, firmware, kind in variants + [(tree, "ovmf", what + ", ovmf")]:
+            views = DocumentViews(document, firmware)
+            got, want = views.io_space_needed, io_space_needed(document, firmware)
+            assert got == want, f"{name} ({kind}): views {got}, io_space_needed {want}"
+            met["from the check" if views.checked.io_known else "read again"] += 1
+            met["budget"] += views.checked.io_known and got is not None
+    assert met["budget"] > 500 and met["read again"] > 50, met

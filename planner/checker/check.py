@@ -602,6 +602,8 @@ class _Checker:
         self.users: list[PciUser] = []
         self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
         self.numa_cells = len(root.findall("cpu/numa/cell"))
+        self.io_found: tuple[int, int, int, int] | None = None  # io_space(), as the I/O rule found it
+        self.skipped = False  # an address the rules could not use was set aside before io_space()
 
     def flag(self, element: str, rule: str, message: str) -> None:
         assert rule in RULES, rule
@@ -848,6 +850,7 @@ class _Checker:
                 self._check_address(user, addr)
             except _Skip:
                 user.address = None  # unusable for the layout checks below
+                self.skipped = True
 
     def _check_address(self, user: PciUser, addr: PciAddress) -> None:
         if addr.domain != 0:
@@ -1141,7 +1144,7 @@ class _Checker:
     # -- firmware budgets ----------------------------------------------------------------------
 
     def _check_io_windows(self) -> None:
-        found = self.io_space()
+        found = self.io_found = self.io_space()
         if found is None:
             return
         total, space, windows, max_windows = found
@@ -1323,5 +1326,27 @@ def check_domain(
     controllers without index and a missing root controller are flagged too: planner output must be
     final. Without it only what the XML states is judged.
     """
+    return check_document(tree_or_root, require_complete=require_complete, firmware=firmware).violations
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one reading of a document gives: check_domain's violations and, where it can tell,
+    io_space_needed's answer for the same firmware (io_known is False where an address the rules set
+    aside, which io_space_needed still counts, makes the two readings part)."""
+
+    violations: list[Violation]
+    io_space: tuple[int, int] | None
+    io_known: bool
+
+
+def check_document(
+    tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True,
+    firmware: str | None = None,
+) -> Checked:
+    """check_domain's violations, with io_space_needed's answer from the same reading."""
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
-    return _Checker(root, require_complete, firmware).run()
+    checker = _Checker(root, require_complete, firmware)
+    violations = checker.run()
+    found = checker.io_found
+    return Checked(violations, None if found is None else found[:2], not checker.skipped)

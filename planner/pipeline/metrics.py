@@ -11,7 +11,14 @@ from functools import cached_property
 
 from lxml import etree
 
-from planner.checker.check import CONVENTIONAL_BRIDGES, WARNING_RULES, Violation, check_domain
+from planner.checker.check import (
+    CONVENTIONAL_BRIDGES,
+    WARNING_RULES,
+    Checked,
+    Violation,
+    check_document,
+    io_space_needed,
+)
 from planner.facts.facts import PORTS, ROOTS
 from planner.pipeline.domain import Bus, PciAddress, Problem, read_problem
 from planner.pipeline.show import BUS, ENDPOINT, Node, build_tree, summary
@@ -44,9 +51,20 @@ class DocumentViews:
         return read_problem(etree.ElementTree(copy.deepcopy(self.tree.getroot())))
 
     @cached_property
+    def checked(self) -> Checked:
+        return check_document(self.tree, firmware=self.firmware)
+
+    @cached_property
     def violations(self) -> list[Violation]:
         """Everything `pciplan check` says of it, warnings included."""
-        return check_domain(self.tree, firmware=self.firmware)
+        return self.checked.violations
+
+    @cached_property
+    def io_space_needed(self) -> tuple[int, int] | None:
+        """check.io_space_needed of the document (for the views' firmware): from the check's own
+        reading where that can tell, without reading the document again."""
+        checked = self.checked
+        return checked.io_space if checked.io_known else io_space_needed(self.tree, self.firmware)
 
     @cached_property
     def plain(self) -> bool:
