@@ -31,6 +31,7 @@ from planner.pipeline.metrics import (
     pcie_on_conventional,
 )
 from planner.pipeline.plan import plan_tree
+from planner.pipeline.show import Node, build_tree
 from planner.xml.xmlio import InputError, parse_domain_bytes
 
 FULL = os.environ.get("PCIPLAN_RECORDED_FULL") == "1"
@@ -163,3 +164,22 @@ def test_the_checks_io_space_is_io_space_needed() -> None:
             met["from the check" if views.checked.io_known else "read again"] += 1
             met["budget"] += views.checked.io_known and got is not None
     assert met["budget"] > 500 and met["read again"] > 50, met
+
+
+def test_the_views_tree_is_shows_tree_without_labels() -> None:
+    """DocumentViews.pci_tree leaves the labels out (build_tree's labels=False): everything else is the
+    tree `pciplan show` draws."""
+
+    def nodes(root: Node) -> list[dict]:
+        every = list(root.walk()) + [n for top in root.unaddressed for n in top.walk()]
+        return [{k: v for k, v in vars(n).items() if k not in ("label", "children", "unaddressed")}
+                | {"children": len(n.children), "root": n is root}
+                for n in every]
+
+    labelled = 0
+    for name, what, tree in _documents():
+        shown, counted = build_tree(tree), DocumentViews(tree).pci_tree
+        assert nodes(counted) == nodes(shown), f"{name} ({what})"
+        assert all(n.label == "" for n in counted.walk() if n is not counted)
+        labelled += sum(1 for n in shown.walk() if n.label)
+    assert labelled > 1000

@@ -42,7 +42,8 @@ class DocumentViews:
 
     @cached_property
     def pci_tree(self) -> Node:
-        return build_tree(self.tree, self.firmware)
+        """The PCI tree `pciplan show` draws, without its labels: the views count, never show."""
+        return build_tree(self.tree, self.firmware, labels=False)
 
     @cached_property
     def problem(self) -> Problem:
