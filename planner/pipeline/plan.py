@@ -221,7 +221,7 @@ def _hotplug_written(written: DocumentViews, prep) -> tuple[int, int]:
     hot = {(n.bus, n.slot, n.function) for n in written.pci_tree.walk() if n.kind == ENDPOINT and n.hotplug}
     count = 0
     for d in wanting:
-        a = d.element.find("address")
+        a = next(d.element.iterchildren("address"), None)  # find("address"), without ElementPath's cost
         if a is not None and a.get("type") == "pci" and (
                 int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
             count += 1
