@@ -305,6 +305,10 @@ class PciController:
     index: int
     model: str
     user: PciUser | None  # None for the root
+    target: etree._Element | None = None  # its <target>, read once: several rules look at it
+
+
+ADDRESS_FIELDS = ("domain", "bus", "slot", "function")
 
 
 class _Skip(Exception):
@@ -326,8 +330,13 @@ def _lower(value: str | None) -> str | None:
     return value.lower() if value is not None else None
 
 
+def _child(elem: etree._Element, tag: str) -> etree._Element | None:
+    """elem.find(tag) for a plain tag name, without ElementPath's cost (it adds up over a fleet)."""
+    return next(elem.iterchildren(tag), None)
+
+
 def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
-    found = elem.find(child)
+    found = _child(elem, child)
     return found.get(attr) if found is not None else None
 
 
@@ -593,6 +602,8 @@ class _Checker:
         self.users: list[PciUser] = []
         self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
         self.numa_cells = len(root.findall("cpu/numa/cell"))
+        self.io_found: tuple[int, int, int, int] | None = None  # io_space(), as the I/O rule found it
+        self.skipped = False  # an address the rules could not use was set aside before io_space()
 
     def flag(self, element: str, rule: str, message: str) -> None:
         assert rule in RULES, rule
@@ -626,32 +637,38 @@ class _Checker:
         positions: dict[str, int] = defaultdict(int)
         used_index: dict[str, set[int]] = defaultdict(set)
         for elem in children:
-            if elem.tag == "controller" and elem.get("index") is not None:
-                with contextlib.suppress(ValueError):
-                    used_index[elem.get("type", "")].add(_parse_number(elem.get("index", "")))
+            if elem.tag == "controller":
+                text = elem.get("index")
+                if text is None:
+                    continue
+                try:
+                    number = _parse_number(text)
+                except ValueError:
+                    continue
+                used_index[elem.get("type", "")].add(number)
         for elem in children:
-            positions[elem.tag] += 1
-            name = _describe(elem, positions[elem.tag])
-            if elem.tag == "console":
+            tag = elem.tag
+            positions[tag] += 1
+            if tag == "console":
                 continue  # a serial console mirrors the first <serial>: same device, same address
-            if elem.tag == "controller" and elem.get("type") == "pci":
-                self._collect_pci_controller(elem, name, used_index["pci"])
+            if tag == "controller" and elem.get("type") == "pci":
+                self._collect_pci_controller(elem, _describe(elem, positions[tag]), used_index["pci"])
                 continue
             kind = classify(elem, self.family)
-            addr_elem = elem.find("address")
+            addr_elem = _child(elem, "address")
             if kind is None:
                 if addr_elem is None or addr_elem.get("type") != "pci":
                     continue
                 if _dropped_by_libvirt(elem):
-                    self.flag(name, "stale-address", "has a PCI address libvirt drops: this device never "
-                              "takes one; it occupies nothing")
+                    self.flag(_describe(elem, positions[tag]), "stale-address", "has a PCI address libvirt "
+                              "drops: this device never takes one; it occupies nothing")
                     continue
                 # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
                 kind = _CONVENTIONAL
             if addr_elem is not None and addr_elem.get("type") == "unassigned":
                 continue  # hostdev given to the guest without a guest PCI address
-            user = PciUser(elem, name, ENDPOINT, kind)
-            self._read_address(user)
+            user = PciUser(elem, _describe(elem, positions[tag]), ENDPOINT, kind)
+            self._read_address(user, addr_elem)
             self.users.append(user)
 
     def _collect_pci_controller(self, elem: etree._Element, name: str, used: set[int]) -> None:
@@ -688,42 +705,37 @@ class _Checker:
         user = None
         if model not in ROOT_MODELS:
             user = PciUser(elem, name, model, _PCIE_NO_IO, index=index)
-            self._read_address(user)
+            self._read_address(user, _child(elem, "address"))
             self.users.append(user)
         if index in self.controllers:
             self.flag(name, "index-duplicate", f"PCI controller index {index} is used twice")
             return
-        self.controllers[index] = PciController(elem, name, index, model, user)
+        self.controllers[index] = PciController(elem, name, index, model, user, _child(elem, "target"))
 
-    def _read_address(self, user: PciUser) -> None:
-        addr_elem = user.element.find("address")
+    def _read_address(self, user: PciUser, addr_elem: etree._Element | None) -> None:
+        """user's address from addr_elem, its element's <address> child (or None)."""
         if addr_elem is None:
             user.incomplete = "needs a PCI address but has none"
             return
-        user.address_type = addr_elem.get("type")
+        get = addr_elem.get
+        user.address_type = get("type")
         if user.address_type != "pci":
             return
-        fields = ("domain", "bus", "slot", "function")
-        missing = [k for k in fields if addr_elem.get(k) is None]
+        given = (get("domain"), get("bus"), get("slot"), get("function"))
         try:
-            values = {k: _parse_number(addr_elem.get(k) or "0") for k in fields}
+            domain, bus, slot, function = [_parse_number(text or "0") for text in given]
         except ValueError:
             self.flag(user.name, "bad-address", "PCI address has a value that is not a number")
             user.incomplete = "has an unreadable PCI address"
             return
-        if values["domain"] == 0 and values["bus"] == 0 and values["slot"] == 0:
+        if domain == 0 and bus == 0 and slot == 0:
             # libvirt treats domain=bus=slot=0 as "no address" and assigns one
             user.incomplete = "has a PCI address libvirt treats as empty (bus 0 slot 0 is the host bridge)"
             return
-        if missing:
+        if None in given:
+            missing = [k for k, text in zip(ADDRESS_FIELDS, given, strict=True) if text is None]
             user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
-        user.address = PciAddress(
-            values["domain"],
-            values["bus"],
-            values["slot"],
-            values["function"],
-            addr_elem.get("multifunction"),
-        )
+        user.address = PciAddress(domain, bus, slot, function, get("multifunction"))
 
     # -- controllers ---------------------------------------------------------------------------
 
@@ -783,7 +795,7 @@ class _Checker:
             )
 
     def _check_target(self, controller: PciController) -> None:
-        target = controller.element.find("target")
+        target = controller.target
         if target is None:
             return
         for option, models in TARGET_OPTIONS.items():
@@ -804,7 +816,7 @@ class _Checker:
                 if not low <= number <= high:
                     rule = "busnr-range" if option == "busNr" else "target-range"
                     self.flag(controller.name, rule, f"{option}='{value}' is out of range {low}-{high}")
-        node = target.find("node")
+        node = _child(target, "node")
         if node is not None:
             if controller.model not in PXB_MODELS:
                 self.flag(
@@ -838,6 +850,7 @@ class _Checker:
                 self._check_address(user, addr)
             except _Skip:
                 user.address = None  # unusable for the layout checks below
+                self.skipped = True
 
     def _check_address(self, user: PciUser, addr: PciAddress) -> None:
         if addr.domain != 0:
@@ -1012,7 +1025,7 @@ class _Checker:
         for index, controller in sorted(self.controllers.items()):
             if controller.model not in PORT_MODELS:
                 continue
-            target = controller.element.find("target")
+            target = controller.target
             text = target.get("chassis") if target is not None else None
             try:
                 chassis = _parse_number(text) if text is not None else index  # libvirt: chassis = index
@@ -1053,7 +1066,7 @@ class _Checker:
         result: dict[int, int] = {}
         lowest = 256
         for controller in self.controllers.values():
-            text = _child_attr(controller.element, "target", "busNr")
+            text = controller.target.get("busNr") if controller.target is not None else None
             if text is not None:
                 with contextlib.suppress(ValueError):
                     lowest = min(lowest, _parse_number(text))
@@ -1061,7 +1074,7 @@ class _Checker:
         for index, controller in in_document_order:
             if controller.model not in PXB_MODELS:
                 continue
-            text = _child_attr(controller.element, "target", "busNr")
+            text = controller.target.get("busNr") if controller.target is not None else None
             if text is None:
                 if lowest <= 2:
                     self.flag(controller.name, "busnr-range", "no busNr and libvirt cannot choose one")
@@ -1131,7 +1144,7 @@ class _Checker:
     # -- firmware budgets ----------------------------------------------------------------------
 
     def _check_io_windows(self) -> None:
-        found = self.io_space()
+        found = self.io_found = self.io_space()
         if found is None:
             return
         total, space, windows, max_windows = found
@@ -1173,15 +1186,18 @@ class _Checker:
             if c.user is not None and c.user.address is not None and c.index != 0:
                 children[c.user.address.bus].append(c)
         seen: set[int] = set()
+        bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus: the walks below repeat
 
         def need(index: int) -> int:
             if index in seen:
                 return 0  # a loop, flagged elsewhere
             seen.add(index)
-            model = self.controllers[index].model if index in self.controllers else ""
-            port = model in PORT_MODELS
-            total = sum(_io_bar_bytes(u, on_pcie_port=port, family=self.family or "")
-                        for u in on_bus.get(index, []))
+            total = bars.get(index)
+            if total is None:
+                model = self.controllers[index].model if index in self.controllers else ""
+                port = model in PORT_MODELS
+                total = bars[index] = sum(_io_bar_bytes(u, on_pcie_port=port, family=self.family or "")
+                                          for u in on_bus.get(index, []))
             for c in children.get(index, []):
                 total += window(c)
             return total
@@ -1222,7 +1238,7 @@ class _Checker:
         """A root/downstream port with nothing below and hot-plug on: UEFI pads it with I/O."""
         if on_bus.get(c.index) or children.get(c.index):
             return False
-        return _child_attr(c.element, "target", "hotplug") != "off"
+        return c.target is None or c.target.get("hotplug") != "off"
 
     def _check_mmio(self) -> None:
         limit = MMIO_TRANSPORTS.get(self.family or "")
@@ -1310,5 +1326,27 @@ def check_domain(
     controllers without index and a missing root controller are flagged too: planner output must be
     final. Without it only what the XML states is judged.
     """
+    return check_document(tree_or_root, require_complete=require_complete, firmware=firmware).violations
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one reading of a document gives: check_domain's violations and, where it can tell,
+    io_space_needed's answer for the same firmware (io_known is False where an address the rules set
+    aside, which io_space_needed still counts, makes the two readings part)."""
+
+    violations: list[Violation]
+    io_space: tuple[int, int] | None
+    io_known: bool
+
+
+def check_document(
+    tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True,
+    firmware: str | None = None,
+) -> Checked:
+    """check_domain's violations, with io_space_needed's answer from the same reading."""
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
-    return _Checker(root, require_complete, firmware).run()
+    checker = _Checker(root, require_complete, firmware)
+    violations = checker.run()
+    found = checker.io_found
+    return Checked(violations, None if found is None else found[:2], not checker.skipped)

@@ -11,10 +11,17 @@ from functools import cached_property
 
 from lxml import etree
 
-from planner.checker.check import WARNING_RULES, Violation, check_domain
+from planner.checker.check import (
+    CONVENTIONAL_BRIDGES,
+    WARNING_RULES,
+    Checked,
+    Violation,
+    check_document,
+    io_space_needed,
+)
 from planner.facts.facts import PORTS, ROOTS
 from planner.pipeline.domain import Bus, PciAddress, Problem, read_problem
-from planner.pipeline.show import Node, build_tree, summary
+from planner.pipeline.show import BUS, ENDPOINT, Node, build_tree, summary
 
 
 class DocumentViews:
@@ -35,7 +42,8 @@ class DocumentViews:
 
     @cached_property
     def pci_tree(self) -> Node:
-        return build_tree(self.tree, self.firmware)
+        """The PCI tree `pciplan show` draws, without its labels: the views count, never show."""
+        return build_tree(self.tree, self.firmware, labels=False)
 
     @cached_property
     def problem(self) -> Problem:
@@ -44,9 +52,32 @@ class DocumentViews:
         return read_problem(etree.ElementTree(copy.deepcopy(self.tree.getroot())))
 
     @cached_property
+    def checked(self) -> Checked:
+        return check_document(self.tree, firmware=self.firmware)
+
+    @cached_property
     def violations(self) -> list[Violation]:
         """Everything `pciplan check` says of it, warnings included."""
-        return check_domain(self.tree, firmware=self.firmware)
+        return self.checked.violations
+
+    @cached_property
+    def io_space_needed(self) -> tuple[int, int] | None:
+        """check.io_space_needed of the document (for the views' firmware): from the check's own
+        reading where that can tell, without reading the document again."""
+        checked = self.checked
+        return checked.io_space if checked.io_known else io_space_needed(self.tree, self.firmware)
+
+    @cached_property
+    def plain(self) -> bool:
+        """The checker finds no error and no stale address here, and the PCI tree hangs every
+        controller below the root: every PCI address is complete and on a bus a controller gives,
+        indexes have no gaps, duplicates or loops, and the domain reader would drop no address. Then
+        the tree and the domain reader see the same buses and the same occupied slots, and the counts
+        below come from the tree, without reading the document again (tests/test_metrics.py compares
+        both over the corpus)."""
+        if any(v.rule not in WARNING_RULES or v.rule == "stale-address" for v in self.violations):
+            return False
+        return not any(n.kind == BUS for top in self.pci_tree.unaddressed for n in top.walk())
 
 
 @dataclass
@@ -79,12 +110,9 @@ def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentView
     after = views.tree
     added = pci_controllers(after) - pci_controllers(before)
     counts = summary(views.pci_tree)
-    on_pci = 0
-    problem = views.problem
-    for d in problem.devices:
-        a = d.address
-        if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
-            on_pci += 1
+    on_pci = _pcie_on_conventional_plain(views)
+    if on_pci is None:
+        on_pci = pcie_on_conventional(views.problem)
     violations = [f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES]
     return LayoutMetrics(
         ok=True,
@@ -97,6 +125,32 @@ def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentView
         spare_hotplug_slots=counts["spare_hotplug_slots"],
         rule_violations=violations,
     )
+
+
+def pcie_on_conventional(problem: Problem) -> int:
+    """PCIe-capable devices (as the domain reader classes them) on a conventional bus."""
+    on_pci = 0
+    for d in problem.devices:
+        a = d.address
+        if d.endpoint == "pcie" and a is not None and problem.buses[a.bus].model.conventional:
+            on_pci += 1
+    return on_pci
+
+
+def _pcie_on_conventional_plain(views: DocumentViews) -> int | None:
+    """pcie_on_conventional without reading the document again where the answer is 0 for sure: a
+    plain document on a pci-root machine (no device there is PCIe, domain.endpoint_of), or one with
+    no device on a conventional bus. None where the domain reader must class the devices."""
+    if not views.plain:
+        return None
+    root = views.pci_tree
+    if root.model == "pci-root":
+        return 0
+    for bus in root.walk():
+        if bus.kind == BUS and (bus.model in CONVENTIONAL_BRIDGES or bus.model == "pci-root") and any(
+                c.kind == ENDPOINT for c in bus.children):
+            return None
+    return 0
 
 
 def objective_vector(m: LayoutMetrics, machine: str) -> tuple[int, int, int, int]:
@@ -148,8 +202,28 @@ class Headroom:
 
 
 def headroom(tree: etree._ElementTree | DocumentViews) -> Headroom:
-    """The live hot-plug places of an addressed guest, by kind of place."""
-    problem = (tree if isinstance(tree, DocumentViews) else DocumentViews(tree)).problem
+    """The live hot-plug places of an addressed guest, by kind of place. Given its views, a plain
+    document (DocumentViews.plain) is counted on the PCI tree, as `pciplan show` counts spare ports
+    and free slots."""
+    if isinstance(tree, DocumentViews) and tree.plain:
+        return headroom_of_tree(tree.pci_tree)
+    return headroom_of_problem((tree if isinstance(tree, DocumentViews) else DocumentViews(tree)).problem)
+
+
+def headroom_of_tree(root: Node) -> Headroom:
+    """Empty hot-pluggable ports and free slots of hot-pluggable conventional buses, on the tree: the
+    same as headroom_of_problem where the document is plain (show's hot-pluggable buses with free
+    slots are all conventional, its spare ports are the empty hot-pluggable ones)."""
+    ports = slots = 0
+    for n in root.walk():
+        if n.kind == BUS:
+            ports += 1 if n.spare else 0
+            slots += n.free_slots
+    return Headroom(ports, slots)
+
+
+def headroom_of_problem(problem: Problem) -> Headroom:
+    """The same counts as the domain reader sees the document (for any document it reads)."""
     used = occupied(problem.tree)
     reserved = problem.machine.reserved_slots
     ports = slots = 0

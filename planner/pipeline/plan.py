@@ -163,10 +163,8 @@ def plan_tree(tree: etree._ElementTree, options: PlanOptions | None = None) -> P
     io_units = result.io_units
     if (tied_to_libvirt and io_units is not None) or io_budget_dropped:
         # libvirt's layout is no worse for the objective and within the budget, but its I/O windows
-        # are not the model's: report what the written layout needs
-        from planner.checker.check import io_space_needed
-
-        needed = io_space_needed(tree)
+        # are not the model's: report what the written layout needs (written's views are tree's)
+        needed = written.io_space_needed
         io_units = None if needed is None else -(-needed[0] // IO_UNIT)
     return PlanSummary(
         machine=problem.machine.family,
@@ -223,7 +221,7 @@ def _hotplug_written(written: DocumentViews, prep) -> tuple[int, int]:
     hot = {(n.bus, n.slot, n.function) for n in written.pci_tree.walk() if n.kind == ENDPOINT and n.hotplug}
     count = 0
     for d in wanting:
-        a = d.element.find("address")
+        a = next(d.element.iterchildren("address"), None)  # find("address"), without ElementPath's cost
         if a is not None and a.get("type") == "pci" and (
                 int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
             count += 1

@@ -164,8 +164,13 @@ def _number(text: str | None) -> int | None:
         return None
 
 
-def _attr(el: etree._Element, path: str, name: str) -> str | None:
-    found = el.find(path)
+def _child(el: etree._Element, tag: str) -> etree._Element | None:
+    """el.find(tag) for a plain tag name, without ElementPath's cost (a fleet reads many trees)."""
+    return next(el.iterchildren(tag), None)
+
+
+def _attr(el: etree._Element, tag: str, name: str) -> str | None:
+    found = _child(el, tag)
     return found.get(name) if found is not None else None
 
 
@@ -202,11 +207,21 @@ def _describe_device(el: etree._Element, family: str) -> str:
     return text + (f" (alias {alias})" if alias else "")
 
 
+def _controller_target(el: etree._Element) -> tuple[int | None, int | None]:
+    """A PCI controller's NUMA node and busNr (pxb only)."""
+    target = _child(el, "target")
+    if target is None:
+        return None, None
+    node = _child(target, "node")
+    node_text = None if node is None else node.text or ""  # as findtext: "" for an empty <node/>
+    return (_number(node_text) if node_text is not None else None), _number(target.get("busNr"))
+
+
 def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[str, int | None, int | None]:
     """Label of a PCI controller, with its NUMA node and busNr (pxb only)."""
     details: list[str] = []
-    target = el.find("target")
-    numa_node = bus_nr = None
+    target = _child(el, "target")
+    numa_node, bus_nr = _controller_target(el)
     if target is not None:
         chassis, port = target.get("chassis"), _number(target.get("port"))
         if chassis is not None:
@@ -215,11 +230,8 @@ def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[st
             details.append(f"port {port:#x}")
         if target.get("chassisNr") is not None:
             details.append(f"chassisNr {target.get('chassisNr')}")
-        bus_nr = _number(target.get("busNr"))
         if bus_nr is not None:
             details.append(f"busNr {bus_nr}")
-        node_text = target.findtext("node")
-        numa_node = _number(node_text) if node_text is not None else None
         if numa_node is not None:
             details.append(f"NUMA node {numa_node}")
         if target.get("hotplug") == "off":
@@ -232,15 +244,16 @@ def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[st
 
 def _read_address(el: etree._Element) -> tuple[tuple[int, int, int] | None, str]:
     """(bus, slot, function), or None and why the device counts as unaddressed."""
-    addr = el.find("address")
+    addr = _child(el, "address")
     if addr is None:
         return None, ""
-    if addr.get("type") != "pci":
-        return None, f"{addr.get('type')} address"
-    bus, slot, function = (_number(addr.get(k, "0")) for k in ("bus", "slot", "function"))
+    get = addr.get
+    if get("type") != "pci":
+        return None, f"{get('type')} address"
+    bus, slot, function = _number(get("bus", "0")), _number(get("slot", "0")), _number(get("function", "0"))
     if bus is None or slot is None or function is None:
         return None, "bad PCI address"
-    if addr.get("slot") is None or (bus == 0 and slot == 0):
+    if get("slot") is None or (bus == 0 and slot == 0):
         return None, "incomplete PCI address"  # libvirt would assign one
     return (bus, slot, function), ""
 
@@ -263,9 +276,10 @@ class _Built:
     address: tuple[int, int, int] | None
 
 
-def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
+def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True) -> Node:
     """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
-    firmware: judge spare ports by this firmware instead of the one the XML boots."""
+    firmware: judge spare ports by this firmware instead of the one the XML boots. Without labels the
+    nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words)."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
     devices = domain.find("devices")
@@ -284,7 +298,10 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
             model = el.get("model") or ""
             if index == 0 and el is root_el:
                 continue
-            label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1)
+            if labels:
+                label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1)
+            else:
+                label, (numa_node, bus_nr) = "", _controller_target(el)
             node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr)
             if index is not None and index not in buses:
                 buses[index] = node
@@ -297,7 +314,8 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
         if address is None and kind is None:
             continue  # not a PCI device (serial, USB input, ...)
         io_bar = bool(kind and kind.io_bar_on_port)
-        node = Node(ENDPOINT, _describe_device(el, family), model=el.tag, io_bar=io_bar, note=why)
+        node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
+                    note=why)
         built.append(_Built(node, el, address))
 
     root_model = root_el.get("model") if root_el is not None else ROOT_MODEL.get(family, "pcie-root")
@@ -310,16 +328,24 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None) -> Node:
     for item in built:
         _attach(item, buses, root)
     _break_cycles(root, [b.node for b in built if b.node.kind == BUS])
+    nodes = []  # the tree in slot order, depth first (walk yields a node before it reads its children)
     for node in root.walk():
-        node.children.sort(key=lambda n: (n.slot or 0, n.function or 0))
+        nodes.append(node)
+        if len(node.children) > 1:
+            node.children.sort(key=_slot_order)
     for node in root.unaddressed:
         for below in node.walk():
-            below.children.sort(key=lambda n: (n.slot or 0, n.function or 0))
-    _mark_hotplug(root, family, {id(b.node): b.element for b in built})
+            if len(below.children) > 1:
+                below.children.sort(key=_slot_order)
+    _mark_hotplug(root, nodes, family, {id(b.node): b.element for b in built})
     if family in X86_FAMILIES or firmware_pads(root.firmware):
-        _mark_io_windows(root)
-    _mark_padding(root, acpi)
+        _mark_io_windows(root, nodes)
+    _mark_padding(root, nodes, acpi)
     return root
+
+
+def _slot_order(n: Node) -> tuple[int, int]:
+    return n.slot or 0, n.function or 0
 
 
 def _attach(item: _Built, buses: dict[int, Node], root: Node) -> None:
@@ -339,13 +365,16 @@ def _attach(item: _Built, buses: dict[int, Node], root: Node) -> None:
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
     # A controller that plugs (through others) into itself never reaches the root: list it as unaddressed.
     parent_of = {id(child): node for node in controllers + [root] for child in node.children}
+    rooted: set[int] = set()  # nodes whose chain of parents ends (cutting a loop never changes that)
     for node in controllers:
         seen: set[int] = set()
         cursor: Node | None = node
-        while cursor is not None and id(cursor) not in seen:
+        while cursor is not None and id(cursor) not in seen and id(cursor) not in rooted:
             seen.add(id(cursor))
             cursor = parent_of.get(id(cursor))
-        if cursor is not None:  # came back to a node already seen: a loop
+        if cursor is None or id(cursor) in rooted:
+            rooted |= seen
+        else:  # came back to a node already seen: a loop
             loop_parent = parent_of.pop(id(node), None)
             if loop_parent is not None:
                 loop_parent.children.remove(node)
@@ -359,15 +388,17 @@ def _bus_offers_hotplug(node: Node, element: etree._Element | None) -> bool:
     return node.model in HOTPLUG_BRIDGES
 
 
-def _mark_hotplug(root: Node, family: str, elements: dict[int, etree._Element]) -> None:
-    everything = list(root.walk()) + [n for top in root.unaddressed for n in top.walk()]
+def _mark_hotplug(root: Node, nodes: list[Node], family: str, elements: dict[int, etree._Element]) -> None:
+    everything = nodes + [n for top in root.unaddressed for n in top.walk()]
     for node in everything:
         if node.kind == BUS and node is not root:
             node.hotplug = _bus_offers_hotplug(node, elements.get(id(node)))
     for bus in everything:
         if bus.kind != BUS:
             continue
-        per_slot = Counter(child.slot for child in bus.children)
+        per_slot: dict[int | None, int] = {}
+        for child in bus.children:
+            per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
         for child in bus.children:
             element = elements.get(id(child))
             if child.kind == ENDPOINT and element is not None:
@@ -378,10 +409,10 @@ def _mark_hotplug(root: Node, family: str, elements: dict[int, etree._Element]) 
             bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
 
 
-def _mark_io_windows(root: Node) -> None:
+def _mark_io_windows(root: Node, nodes: list[Node]) -> None:
     # Same count as planner.checker.check: conventional bridges always, PCIe ports only with an I/O-BAR device
     # directly on them (nested port windows add no space); under UEFI, anywhere below them.
-    for node in root.walk():
+    for node in nodes:
         if node.kind != BUS or node is root:
             continue
         if node.model in CONVENTIONAL_BRIDGES:
@@ -395,12 +426,12 @@ def _mark_io_windows(root: Node) -> None:
 
 
 
-def _mark_padding(root: Node, acpi: bool) -> None:
+def _mark_padding(root: Node, nodes: list[Node], acpi: bool) -> None:
     """Which spare ports the firmware gives I/O. UEFI (edk2) pads every empty hot-plug port with a
     4 KiB window while windows last and drops the whole padding of the rest; SeaBIOS gives an empty
     PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
     edk2 pads is its choice: the first ones in slot order are marked."""
-    spares = [n for n in root.walk() if n.spare]
+    spares = [n for n in nodes if n.spare]
     if not firmware_pads(root.firmware):
         for n in spares:
             n.padded = True if root.firmware == "seabios" else None
@@ -408,17 +439,12 @@ def _mark_padding(root: Node, acpi: bool) -> None:
     budget = firmware_budget(root.firmware, root.machine, acpi)
     if budget is None or not budget[1]:
         return
-    used = sum(1 for n in root.walk() if n.io_window and not n.spare and _on_host_bridge(root, n))
+    # windows directly on the root bus or on an expander bus (top-level ones)
+    used = sum(1 for p in nodes if p is root or p.model in PXB_MODELS
+               for n in p.children if n.io_window and not n.spare)
     left = max(0, budget[1] - used)
     for i, n in enumerate(spares):
         n.padded = i < left
-
-
-def _on_host_bridge(root: Node, node: Node) -> bool:
-    """node sits directly on the root bus or on an expander bus (its window is a top-level one)."""
-    parents = {id(c): p for p in root.walk() for c in p.children}
-    parent = parents.get(id(node))
-    return parent is not None and (parent is root or parent.model in PXB_MODELS)
 
 
 # ---------------------------------------------------------------------------------------------------
