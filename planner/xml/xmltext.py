@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ def escape_text(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+@functools.lru_cache(maxsize=4096)  # a document repeats the same few values ('pci', '0x0000') many times
 def escape_attr(s: str, quote: str) -> str:
     if _SPECIAL.search(s) is None:  # most values: nothing to escape
         return s
@@ -68,7 +70,7 @@ class _Span:
     close: int | None = None  # start of the end tag; None for a self-closing tag
     name: str = ""  # the tag as written (with its prefix)
     indent: str = ""  # the whitespace on its line before it
-    attrib: tuple[tuple[str, str], ...] = ()
+    attrib: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # as node.items() gave them
     text: str | None = None
     tail: str | None = None
     text_raw: str = ""
@@ -157,7 +159,7 @@ def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
     cframes = frame.children
     if len(kids) != len(cframes):
         raise ValueError(f"<{frame.name}>: {len(cframes)} children in the text, {len(kids)} in lxml's")
-    span.attrib = tuple(node.attrib.items())
+    span.attrib = node.items()
     span.children = kids
     inner_end = frame.close if frame.close is not None else frame.tag_end
     span.text_raw = text[frame.tag_end:cframes[0].start if cframes else inner_end]
@@ -228,9 +230,9 @@ class Writer:
         if not isinstance(node.tag, str):
             changed = node.text != span.text
         else:
-            changed = (tuple(node) != span.children or tuple(node.attrib.items()) != span.attrib
+            changed = (tuple(node) != span.children or node.items() != span.attrib
                        or not _same(node.text, span.text))
-            if not changed:  # the same children: is any of them changed, or its tail?
+            if not changed and span.children:  # the same children: is any of them changed, or its tail?
                 spans = self.spans
                 changed = any(not _same(k.tail, spans[k].tail) or self.dirty(k) for k in span.children)
         self._dirty[node] = changed
@@ -327,7 +329,7 @@ class Writer:
         body = raw[:-2] if was_empty else raw[:-1]
         ws = body[len(body.rstrip()):]
         body = body.rstrip()
-        if tuple(el.attrib.items()) != span.attrib:
+        if el.items() != span.attrib:
             body = self._attributes(el, span, body)
         return body + (ws + "/>" if empty else ">")
 
@@ -354,6 +356,8 @@ class Writer:
     def _quote_near(self, node: etree._Element) -> str:
         """The quote character of the nearest written ancestor that has attributes."""
         parent = node.getparent()
+        while parent is not None and parent not in self.spans:  # new: its quote is that of what holds it
+            parent = parent.getparent()
         quote = self._quotes.get(parent)
         if quote is None:
             quote = self._quotes[parent] = self._quote_above(parent)
@@ -370,14 +374,17 @@ class Writer:
             parent = parent.getparent()
         return self.quote
 
-    def new(self, node, indent: str) -> str:
-        """An element pciplan made: its own layout, whatever whitespace the tree holds."""
-        if isinstance(node, etree._Comment):
-            return f"<!--{node.text or ''}-->"
-        if isinstance(node, etree._ProcessingInstruction):
-            return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
-        name = _qname(node.tag, node)
-        q = self._quote_near(node)
+    def new(self, node, indent: str, quote: str | None = None) -> str:
+        """An element pciplan made: its own layout, whatever whitespace the tree holds. quote: the quote
+        character its attributes take, if the caller knows it (_quote_near)."""
+        tag = node.tag
+        if not isinstance(tag, str):
+            if isinstance(node, etree._Comment):
+                return f"<!--{node.text or ''}-->"
+            if isinstance(node, etree._ProcessingInstruction):
+                return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
+        name = _qname(tag, node)
+        q = quote or self._quote_near(node)
         nsmap = node.nsmap  # in scope here, inherited ones included: mostly none
         attrs = ""
         if nsmap:
@@ -386,16 +393,18 @@ class Writer:
             declared = [(f"xmlns:{p}" if p else "xmlns", uri) for p, uri in nsmap.items()
                         if inherited.get(p) != uri]
             attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
-        attrs += "".join(f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
-                         for k, v in node.attrib.items())
-        kids = list(node)
-        text = None if _blank(node.text) else node.text
-        if not kids:
+        attrs += "".join([f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
+                          for k, v in node.items()])
+        text = node.text
+        text = None if _blank(text) else text
+        if not len(node):
             return f"<{name}{attrs}/>" if text is None else f"<{name}{attrs}>{escape_text(text)}</{name}>"
         inner = indent + self.unit
+        before = self.nl + inner
         parts = [f"<{name}{attrs}>", escape_text(text) if text else ""]
-        for k in kids:
-            parts += [self.nl + inner, self.node(k, inner)]
+        spans = self.spans
+        for k in node:  # a new child of a new element takes the same quote as its parent
+            parts += [before, self.new(k, inner, q) if k not in spans else self.node(k, inner)]
         parts += [self.nl + indent, f"</{name}>"]
         return "".join(parts)
 
