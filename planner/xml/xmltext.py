@@ -69,7 +69,6 @@ class _Span:
     tag_end: int = 0  # end of the start tag
     close: int | None = None  # start of the end tag; None for a self-closing tag
     name: str = ""  # the tag as written (with its prefix)
-    indent: str = ""  # the whitespace on its line before it
     attrib: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # as node.items() gave them
     text: str | None = None
     tail: str | None = None
@@ -150,8 +149,8 @@ def _line_indent(text: str, pos: int) -> str:
 
 
 def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
-    span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name,
-                 _line_indent(text, frame.start), parent=parent, text=node.text)
+    span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name, parent=parent,
+                 text=node.text)
     spans[node] = span
     if frame.kind != "element":
         return span
@@ -160,9 +159,12 @@ def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
     if len(kids) != len(cframes):
         raise ValueError(f"<{frame.name}>: {len(cframes)} children in the text, {len(kids)} in lxml's")
     span.attrib = node.items()
-    span.children = kids
     inner_end = frame.close if frame.close is not None else frame.tag_end
-    span.text_raw = text[frame.tag_end:cframes[0].start if cframes else inner_end]
+    if not kids:
+        span.text_raw = text[frame.tag_end:inner_end]
+        return span
+    span.children = kids
+    span.text_raw = text[frame.tag_end:cframes[0].start]
     last = len(kids) - 1
     for i, child in enumerate(kids):
         cframe = cframes[i]
@@ -258,8 +260,9 @@ class Writer:
             parts.append(span.text_raw if node.text == span.text else escape_text(node.text or ""))
         elif tuple(kids) == span.children:
             parts.append(span.text_raw if _same(node.text, span.text) else escape_text(node.text))
+            inner = self._child_indent(span)
             for k in kids:
-                parts.append(self.node(k, self._child_indent(span)))
+                parts.append(self.node(k, inner))
                 ks = self.spans[k]
                 parts.append(ks.tail_raw if _same(k.tail, ks.tail) else escape_text(k.tail or ""))
         else:
@@ -275,7 +278,12 @@ class Writer:
     def _child_indent(self, span: _Span) -> str:
         if span.children and "\n" in span.text_raw and _blank(span.text_raw):
             return span.text_raw[span.text_raw.rfind("\n") + 1:]
-        return span.indent + self.unit
+        return self._indent(span) + self.unit
+
+    def _indent(self, span: _Span) -> str:
+        """The whitespace on the line before the node."""
+        assert self.src is not None
+        return _line_indent(self.src.text, span.start)
 
     def _relayout(self, node: etree._Element, span: _Span, kids: list) -> list[str]:
         """Children of an element whose child list changed. Each child that was there keeps the
@@ -305,7 +313,7 @@ class Writer:
             parts = [first if first is not None else span.text_raw if kept else between]
         last = self.spans[span.children[-1]].tail_raw if span.children else ""
         closing = last if span.children and _blank(last) and ("\n" in last or not block) else (
-            self.nl + span.indent if block else "")
+            self.nl + self._indent(span) if block else "")
         for i, k in enumerate(kids):
             parts.append(self.node(k, inner))
             following = kids[i + 1] if i + 1 < len(kids) else None
@@ -431,7 +439,7 @@ def write_tree(tree: etree._ElementTree, source: Source | None) -> bytes:
     writer = Writer(source)
     if source is not None and root in source.spans:
         start, end = source.root_span
-        text = source.text[:start] + writer.node(root, source.spans[root].indent) + source.text[end:]
+        text = source.text[:start] + writer.node(root, _line_indent(source.text, start)) + source.text[end:]
         return source.encode(text)
     before = list(reversed(list(root.itersiblings(preceding=True))))
     after = list(root.itersiblings())
