@@ -385,10 +385,16 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     def has_controller(ctype: str, index: int) -> bool:
         return index in present(ctype)
 
+    # The devices of each kind, in document order (devices.findall(kind) for every kind in one pass):
+    # nothing added below is a kind read here, but for controllers, which present() accounts for.
+    kinds: dict = {}
+    for el in devices:
+        kinds.setdefault(el.tag, []).append(el)
+
     # Controllers that disks, channels and consoles need: libvirt adds every index up to the highest
     # one a disk uses, and derives the index from the target name when the disk has no drive address.
     highest: dict[str, int] = {}
-    for disk in devices.findall("disk"):
+    for disk in kinds.get("disk", ()):
         tgt = disk.find("target")
         bus = tgt.get("bus") if tgt is not None else None
         if bus not in DRIVES_PER_CONTROLLER or (bus == "ide" and machine.family != "pc"):
@@ -400,7 +406,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
             idx = disk_name_index(tgt.get("dev") or "") // DRIVES_PER_CONTROLLER[bus]
         highest[bus] = max(highest.get(bus, -1), idx)
     # virDomainDefMaybeAddHostdevSCSIcontroller: the same, up to the highest SCSI hostdev's controller
-    for hd in devices.findall("hostdev"):
+    for hd in kinds.get("hostdev", ()):
         if hd.get("type") == "scsi":
             addr = hd.find("address")
             idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
@@ -412,7 +418,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     # virDomainDefMaybeAddVirtioSerialController: every virtio channel/console implies the controller
     # its virtio-serial address names (0 without one); indices in between are not filled.
     vserial: set[int] = set()
-    for el in devices.findall("channel") + devices.findall("console"):
+    for el in [*kinds.get("channel", ()), *kinds.get("console", ())]:
         t = el.find("target")
         if t is None or t.get("type") != "virtio":
             continue
@@ -423,7 +429,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
         if not has_controller("virtio-serial", idx):
             add_controller("virtio-serial", idx)
     # virDomainDefMaybeAddSmartcardController: the ccid controller a smartcard names (a USB device)
-    for card in devices.findall("smartcard"):
+    for card in kinds.get("smartcard", ()):
         addr = card.find("address")
         idx = _int(addr.get("controller"), "smartcard address") if (
             addr is not None and addr.get("type") == "ccid") else 0
@@ -435,13 +441,13 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     # when other USB controllers exist.
     if machine.implicit_usb and not has_controller("usb", 0):
         add_controller("usb", 0, machine.default_usb)
-    if devices.find("graphics") is not None and devices.find("video") is None:
+    if "graphics" in kinds and "video" not in kinds:
         # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
         video = etree.Element("video")
         etree.SubElement(video, "model", type=machine.default_video)
         _insert_device(devices, video, _BALLOON_AFTER[: _BALLOON_AFTER.index("video")])
         notes.append("added implicit video for the graphical console")
-    if machine.implicit_balloon and devices.find("memballoon") is None:
+    if machine.implicit_balloon and "memballoon" not in kinds:
         el = etree.Element("memballoon", model="virtio")
         _insert_device(devices, el, _BALLOON_AFTER)
         notes.append("added implicit memballoon model=virtio")

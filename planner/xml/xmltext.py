@@ -69,7 +69,7 @@ class _Span:
     tag_end: int = 0  # end of the start tag
     close: int | None = None  # start of the end tag; None for a self-closing tag
     name: str = ""  # the tag as written (with its prefix)
-    attrib: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # as node.items() gave them
+    attrib: list[tuple[str, str]] = field(default_factory=list)  # as node.items() gave them
     text: str | None = None
     tail: str | None = None
     text_raw: str = ""
@@ -77,17 +77,7 @@ class _Span:
     parent: etree._Element | None = None
     children: tuple = ()
     next: object = None  # the node that followed it in the source (None: it was the last child)
-
-
-@dataclass(slots=True)
-class _Frame:
-    kind: str
-    start: int
-    end: int = 0
-    tag_end: int = 0
-    close: int | None = None
-    name: str = ""
-    children: list[_Frame] = field(default_factory=list)
+    inner: list[_Span] | None = None  # the spans of its children in the text (None: not an element)
 
 
 @dataclass
@@ -122,21 +112,24 @@ def decode(data: bytes) -> tuple[str, str, bytes]:
     return data.decode(encoding), encoding, b""
 
 
-def _frames(text: str) -> _Frame:
-    top = _Frame("document", 0, len(text))
+def _frames(text: str) -> _Span:
+    """The document's nodes as spans in text (elements with the spans of their children), before
+    _tie matches them with lxml's nodes."""
+    top = _Span(0, len(text), inner=[])
     stack = [top]
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup  # the outer group: it closes after the groups nested in it
-        if kind in ("comment", "pi"):
-            stack[-1].children.append(_Frame(kind, m.start(), m.end()))
-        elif kind == "start":
-            frame = _Frame("element", m.start(), m.end(), m.end(), name=m.group("name"))
-            stack[-1].children.append(frame)
+        if kind == "start":
+            start, end = m.span()
+            span = _Span(start, end, end, name=m.group("name"), inner=[])
+            stack[-1].inner.append(span)
             if not m.group("empty"):
-                stack.append(frame)
+                stack.append(span)
         elif kind == "end":
-            frame = stack.pop()
-            frame.close, frame.end = m.start(), m.end()
+            span = stack.pop()
+            span.close, span.end = m.span()
+        elif kind in ("comment", "pi"):
+            stack[-1].inner.append(_Span(*m.span()))
     if len(stack) != 1:
         raise ValueError("unbalanced tags")
     return top
@@ -148,33 +141,33 @@ def _line_indent(text: str, pos: int) -> str:
     return before if before.strip() == "" else ""
 
 
-def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
-    span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name, parent=parent,
-                 text=node.text)
+def _tie(text: str, span: _Span, node, parent, spans: dict) -> _Span:
+    """Tie node (and what is under it) to its span from _frames, with what lxml made of it."""
+    span.parent = parent
+    span.text = node.text
     spans[node] = span
-    if frame.kind != "element":
+    inner = span.inner
+    if inner is None:  # a comment or processing instruction
         return span
     kids = tuple(node)
-    cframes = frame.children
-    if len(kids) != len(cframes):
-        raise ValueError(f"<{frame.name}>: {len(cframes)} children in the text, {len(kids)} in lxml's")
+    if len(kids) != len(inner):
+        raise ValueError(f"<{span.name}>: {len(inner)} children in the text, {len(kids)} in lxml's")
     span.attrib = node.items()
-    inner_end = frame.close if frame.close is not None else frame.tag_end
+    inner_end = span.close if span.close is not None else span.tag_end
     if not kids:
-        span.text_raw = text[frame.tag_end:inner_end]
+        span.text_raw = text[span.tag_end:inner_end]
         return span
     span.children = kids
-    span.text_raw = text[frame.tag_end:cframes[0].start]
+    span.text_raw = text[span.tag_end:inner[0].start]
     last = len(kids) - 1
     for i, child in enumerate(kids):
-        cframe = cframes[i]
-        kid = _tie(text, cframe, child, node, spans)
+        kid = _tie(text, inner[i], child, node, spans)
         kid.tail = child.tail
         if i < last:
-            kid.tail_raw = text[cframe.end:cframes[i + 1].start]
+            kid.tail_raw = text[kid.end:inner[i + 1].start]
             kid.next = kids[i + 1]
         else:
-            kid.tail_raw = text[cframe.end:inner_end]
+            kid.tail_raw = text[kid.end:inner_end]
     return span
 
 
@@ -183,7 +176,7 @@ def source_map(text: str, root: etree._Element, encoding: str, bom: bytes) -> So
     document is written entirely in pciplan's own layout)."""
     try:
         top = _frames(text)
-        elements = [f for f in top.children if f.kind == "element"]
+        elements = [f for f in top.inner if f.inner is not None]
         if len(elements) != 1 or elements[0].name.split(":")[-1] != etree.QName(root).localname:
             return None
         frame = elements[0]
