@@ -721,20 +721,23 @@ def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
         if not lookup:
             lookup, model = kind, ""  # no PCI form on this machine: the catalogue's "kind:*" says more
         facts = device_class(lookup, model)
+        address = kids.get("address")
+        if facts.cls == "none" and not (facts.refused or facts.note) and (
+                address is None or address.get("type") != "pci"):
+            continue  # no PCI device, and nothing to say about it (below: no stale address)
         label = describe(el, kind, position + 1, kids)  # 1-based, like XPath and check
         if facts.refused:  # a guest libvirt cannot define has no plan
             raise InputError(f"{label}: {facts.reason}")
         if facts.cls == "none":
             if facts.note:  # say why a device this libvirt does not place stays unaddressed
                 notes.append(f"warning: {label}: {facts.note}")
-            stale = _stale_pci_address(kids.get("address"), label, facts, notes)
+            stale = _stale_pci_address(address, label, facts, notes)
             if stale is None:
                 continue
             facts = RESERVED
-        addr, bus_pin, other = _pci_address(kids.get("address"), label)
+        addr, bus_pin, other = _pci_address(address, label)
         if other:
-            a = kids.get("address")
-            if a is not None and a.get("type") == "virtio-mmio":
+            if address is not None and address.get("type") == "virtio-mmio":
                 mmio.append(label)
             continue  # virtio-mmio, ccw, unassigned ...: not on PCI
         if facts is RESERVED and addr is None:
