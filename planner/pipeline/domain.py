@@ -135,6 +135,11 @@ def _number(value: str) -> int:
     return int(value, 0)
 
 
+@functools.lru_cache(maxsize=4096)  # so are the addresses (a PciAddress is immutable: it can be shared)
+def _address(bus: str, slot: str, function: str) -> PciAddress:
+    return PciAddress(_number(bus), _number(slot), _number(function))
+
+
 def _int(value: str | None, what: str) -> int:
     try:
         return _number(value or "0")
@@ -149,21 +154,39 @@ def _devices_element(tree: etree._ElementTree) -> etree._Element:
     return devices
 
 
+def first_children(el: etree._Element) -> dict:
+    """Each child tag -> the first child with that tag: what el.find(tag) returns, for every tag from
+    one pass over the children (a device's children are asked for several times while it is read)."""
+    kids: dict = {}
+    for c in el:
+        kids.setdefault(c.tag, c)
+    return kids
+
+
 def read_pci_address(el: etree._Element, label: str) -> tuple[PciAddress | None, int | None, bool]:
     """(full address, bus-only pin, has-non-pci-address) of a device element."""
-    addr = el.find("address")
+    return _pci_address(el.find("address"), label)
+
+
+def _pci_address(addr: etree._Element | None, label: str) -> tuple[PciAddress | None, int | None, bool]:
+    """read_pci_address, given the device's <address> element (or None)."""
     if addr is None:
         return None, None, False
-    if addr.get("type") != "pci":
+    get = addr.get
+    if get("type") != "pci":
         return None, None, True
-    if addr.get("domain") is not None and _int(addr.get("domain"), label) != 0:
-            raise InputError(f"{label}: PCI domain {addr.get('domain')}: only PCI domain 0 is available")
-    bus = addr.get("bus")
-    slot = addr.get("slot")
-    func = addr.get("function")
+    domain = get("domain")
+    if domain is not None and _int(domain, label) != 0:
+        raise InputError(f"{label}: PCI domain {domain}: only PCI domain 0 is available")
+    bus = get("bus")
+    slot = get("slot")
     if slot is None:
         return None, (_int(bus, label) if bus is not None else None), False
-    a = PciAddress(_int(bus, label), _int(slot, label), _int(func, label))
+    function = get("function")
+    try:
+        a = _address(bus or "0", slot or "0", function or "0")
+    except ValueError:  # say which value is not a number
+        a = PciAddress(_int(bus, label), _int(slot, label), _int(function, label))
     if a.bus == 0 and a.slot == 0:
         return None, None, False  # libvirt treats 0000:00:00 as "no address"
     if not (0 <= a.bus <= 255 and 0 <= a.slot <= 31 and 0 <= a.function <= 7):
@@ -172,18 +195,19 @@ def read_pci_address(el: etree._Element, label: str) -> tuple[PciAddress | None,
     return a, None, False
 
 
-def describe(el: etree._Element, kind: str, position: int) -> str:
-    """A one-line human name for a device element."""
+def describe(el: etree._Element, kind: str, position: int, kids: dict | None = None) -> str:
+    """A one-line human name for a device element (kids: its first_children, if the caller has them)."""
+    kids = first_children(el) if kids is None else kids
     bits = []
     if kind == "interface":
-        mac = el.find("mac")
-        model = el.find("model")
+        mac = kids.get("mac")
+        model = kids.get("model")
         if model is not None and model.get("type"):
             bits.append(model.get("type"))
         if mac is not None and mac.get("address"):
             bits.append(f"mac {mac.get('address')}")
     elif kind == "disk":
-        tgt = el.find("target")
+        tgt = kids.get("target")
         if tgt is not None and tgt.get("dev"):
             return f"disk {tgt.get('dev')}"
     elif kind == "controller":
@@ -201,7 +225,7 @@ def describe(el: etree._Element, kind: str, position: int) -> str:
                 + "."
                 + str(src.get("function", "0")).removeprefix("0x")
             )
-    alias = el.find("alias")
+    alias = kids.get("alias")
     if alias is not None and alias.get("name"):
         bits.append(f"alias {alias.get('name')}")
     return f"{kind}[{position}]" + (f" ({', '.join(bits)})" if bits else "")
@@ -269,14 +293,20 @@ def firmware_by_name(name: str, machine: Machine, arch: str, acpi: bool) -> Firm
 
 
 def _insert_device(devices: etree._Element, new: etree._Element, after_tags: tuple[str, ...]) -> None:
-    """Insert new after the last child whose tag is in after_tags (else at the end). Its line and
-    indentation are the serializer's business (planner/xml/xmltext.py), not the tree's whitespace."""
-    children = [c for c in devices if isinstance(c.tag, str)]
-    anchor = next((c for c in reversed(children) if c.tag in after_tags), children[-1] if children else None)
-    if anchor is None:
+    """Insert new after the last child whose tag is in after_tags (else after the last element, else at
+    the end). Its line and indentation are the serializer's business (planner/xml/xmltext.py), not the
+    tree's whitespace."""
+    last = None
+    for c in reversed(devices):  # from the end: the anchor is mostly near it
+        if isinstance(c.tag, str):
+            if c.tag in after_tags:
+                c.addnext(new)
+                return
+            last = last if last is not None else c
+    if last is None:
         devices.append(new)
     else:
-        anchor.addnext(new)
+        last.addnext(new)
 
 
 _CONTROLLER_AFTER = ("emulator", "disk", "controller")
@@ -317,30 +347,54 @@ def set_index(el: etree._Element, index: int) -> None:
 
 
 def _controllers(devices: etree._Element, ctype: str) -> list[etree._Element]:
-    return [c for c in devices.findall("controller") if c.get("type") == ctype]
+    return [c for c in devices.iterchildren("controller") if c.get("type") == ctype]
 
 
-def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str]:
-    """Add the devices libvirt adds on define, so libvirt has nothing left to add. Returns notes."""
+def _controllers_by_type(devices: etree._Element) -> dict[str | None, list[etree._Element]]:
+    """type -> the <controller> children of that type, in document order (one pass for every type)."""
+    out: dict[str | None, list[etree._Element]] = {}
+    for c in devices.iterchildren("controller"):
+        out.setdefault(c.get("type"), []).append(c)
+    return out
+
+
+def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
+                         controllers: dict[str | None, list[etree._Element]] | None = None) -> list[str]:
+    """Add the devices libvirt adds on define, so libvirt has nothing left to add. Returns notes.
+    controllers: the document's controllers by type, if the caller has them (_controllers_by_type)."""
     devices = _devices_element(tree)
     notes: list[str] = []
+    by_type = _controllers_by_type(devices) if controllers is None else controllers
+    indices: dict[str, set[int]] = {}  # type -> its controllers' indices, read when first asked for
+
+    def present(ctype: str) -> set[int]:
+        if ctype not in indices:
+            indices[ctype] = {_int(c.get("index"), "controller") for c in by_type.get(ctype, ())
+                              if c.get("index") is not None}
+        return indices[ctype]
 
     def add_controller(ctype: str, index: int, model: str | None = None) -> None:
         el = etree.Element("controller", type=ctype, index=str(index))
         if model:
             el.set("model", model)
         _insert_device(devices, el, _CONTROLLER_AFTER)
+        present(ctype).add(index)
         suffix = f" model={model}" if model else ""
         notes.append(f"added implicit controller {ctype} index={index}{suffix}")
 
     def has_controller(ctype: str, index: int) -> bool:
-        return any(_int(c.get("index"), "controller") == index for c in _controllers(devices, ctype)
-                   if c.get("index") is not None)
+        return index in present(ctype)
+
+    # The devices of each kind, in document order (devices.findall(kind) for every kind in one pass):
+    # nothing added below is a kind read here, but for controllers, which present() accounts for.
+    kinds: dict = {}
+    for el in devices:
+        kinds.setdefault(el.tag, []).append(el)
 
     # Controllers that disks, channels and consoles need: libvirt adds every index up to the highest
     # one a disk uses, and derives the index from the target name when the disk has no drive address.
     highest: dict[str, int] = {}
-    for disk in devices.findall("disk"):
+    for disk in kinds.get("disk", ()):
         tgt = disk.find("target")
         bus = tgt.get("bus") if tgt is not None else None
         if bus not in DRIVES_PER_CONTROLLER or (bus == "ide" and machine.family != "pc"):
@@ -352,7 +406,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
             idx = disk_name_index(tgt.get("dev") or "") // DRIVES_PER_CONTROLLER[bus]
         highest[bus] = max(highest.get(bus, -1), idx)
     # virDomainDefMaybeAddHostdevSCSIcontroller: the same, up to the highest SCSI hostdev's controller
-    for hd in devices.findall("hostdev"):
+    for hd in kinds.get("hostdev", ()):
         if hd.get("type") == "scsi":
             addr = hd.find("address")
             idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
@@ -364,7 +418,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
     # virDomainDefMaybeAddVirtioSerialController: every virtio channel/console implies the controller
     # its virtio-serial address names (0 without one); indices in between are not filled.
     vserial: set[int] = set()
-    for el in devices.findall("channel") + devices.findall("console"):
+    for el in [*kinds.get("channel", ()), *kinds.get("console", ())]:
         t = el.find("target")
         if t is None or t.get("type") != "virtio":
             continue
@@ -375,7 +429,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
         if not has_controller("virtio-serial", idx):
             add_controller("virtio-serial", idx)
     # virDomainDefMaybeAddSmartcardController: the ccid controller a smartcard names (a USB device)
-    for card in devices.findall("smartcard"):
+    for card in kinds.get("smartcard", ()):
         addr = card.find("address")
         idx = _int(addr.get("controller"), "smartcard address") if (
             addr is not None and addr.get("type") == "ccid") else 0
@@ -387,13 +441,13 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
     # when other USB controllers exist.
     if machine.implicit_usb and not has_controller("usb", 0):
         add_controller("usb", 0, machine.default_usb)
-    if devices.find("graphics") is not None and devices.find("video") is None:
+    if "graphics" in kinds and "video" not in kinds:
         # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
         video = etree.Element("video")
         etree.SubElement(video, "model", type=machine.default_video)
         _insert_device(devices, video, _BALLOON_AFTER[: _BALLOON_AFTER.index("video")])
         notes.append("added implicit video for the graphical console")
-    if machine.implicit_balloon and devices.find("memballoon") is None:
+    if machine.implicit_balloon and "memballoon" not in kinds:
         el = etree.Element("memballoon", model="virtio")
         _insert_device(devices, el, _BALLOON_AFTER)
         notes.append("added implicit memballoon model=virtio")
@@ -403,9 +457,10 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine) -> list[str
 # ---------------------------------------------------------------- controllers and indices
 
 
-def _assign_usb_indices(devices: etree._Element) -> None:
-    """Give unindexed USB controllers libvirt's indices: companions join the set before them."""
-    usb = _controllers(devices, "usb")
+def _assign_usb_indices(devices: etree._Element, usb: list[etree._Element] | None = None) -> None:
+    """Give unindexed USB controllers libvirt's indices: companions join the set before them.
+    usb: the USB controllers, if the caller has them."""
+    usb = _controllers(devices, "usb") if usb is None else usb
     used: dict[int, set[str]] = {}
     for c in usb:
         if c.get("index") is not None:
@@ -430,9 +485,10 @@ def _assign_usb_indices(devices: etree._Element) -> None:
         last = idx
 
 
-def _assign_indices(devices: etree._Element, ctype: str) -> None:
-    """Lowest unused index, in document order (libvirt's rule for unindexed controllers)."""
-    els = _controllers(devices, ctype)
+def _assign_indices(devices: etree._Element, ctype: str, els: list[etree._Element] | None = None) -> None:
+    """Lowest unused index, in document order (libvirt's rule for unindexed controllers). els: the
+    controllers of ctype, if the caller has them."""
+    els = _controllers(devices, ctype) if els is None else els
     used = {_int(c.get("index"), f"controller {ctype}") for c in els if c.get("index") is not None}
     for c in els:
         if c.get("index") is None:
@@ -443,15 +499,15 @@ def _assign_indices(devices: etree._Element, ctype: str) -> None:
             used.add(idx)
 
 
-def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: list[str]) -> dict[int, Bus]:
-    devices = _devices_element(tree)
+def _read_buses(tree: etree._ElementTree, devices: etree._Element, pci: list[etree._Element],
+                machine: Machine, acpi: bool, notes: list[str]) -> dict[int, Bus]:
+    """The PCI controllers (pci: the document's, in document order) as buses."""
     models = controller_models()
-    pci = _controllers(devices, "pci")
     # The root first: libvirt adds it when missing, and it must be index 0.
     for c in pci:
         if c.get("index") is None and c.get("model") in ROOTS:
             set_index(c, 0)
-    _assign_indices(devices, "pci")
+    _assign_indices(devices, "pci", pci)
     buses: dict[int, Bus] = {}
     for c in pci:
         idx = _int(c.get("index"), "controller pci")
@@ -474,11 +530,12 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
         model = models[model_name]
         if model_name in EXPANDERS and machine.pxb != model_name:
             raise InputError(f"{label}: {model_name} is not supported with machine family {machine.family}")
-        addr, bus_pin, other = read_pci_address(c, label)
+        kids = first_children(c)
+        addr, bus_pin, other = _pci_address(kids.get("address"), label)
         if other:
             raise InputError(f"{label}: a PCI controller needs a PCI address")
         hotplug = model.hotplug
-        tgt = c.find("target")
+        tgt = kids.get("target")
         if tgt is not None and tgt.get("hotplug") == "off":
             hotplug = False
         if idx == 0 and machine.acpi_root_hotplug and not acpi:
@@ -486,7 +543,7 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
         bus_nr = None
         if tgt is not None and tgt.get("busNr") is not None:
             bus_nr = _int(tgt.get("busNr"), label)
-        node = c.find("target/node")
+        node = c.find("target/node") if tgt is not None else None
         if node is not None:
             cells = len(tree.getroot().findall("cpu/numa/cell"))
             if model_name not in EXPANDERS:
@@ -506,12 +563,11 @@ def _read_buses(tree: etree._ElementTree, machine: Machine, acpi: bool, notes: l
     return buses
 
 
-def _fill_index_gaps(tree: etree._ElementTree, machine: Machine, buses: dict[int, Bus],
+def _fill_index_gaps(devices: etree._Element, machine: Machine, buses: dict[int, Bus],
                      referenced: int, notes: list[str]) -> None:
     """libvirt fills every missing index below the highest one with a default controller: do it here."""
     top = max(max(buses), referenced)
     default = machine.gap_controller
-    devices = _devices_element(tree)
     for idx in range(1, top + 1):
         if idx in buses:
             continue
@@ -526,16 +582,17 @@ def _fill_index_gaps(tree: etree._ElementTree, machine: Machine, buses: dict[int
 # ---------------------------------------------------------------- devices
 
 
-def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str]:
-    """(lookup kind, model) for the device table; ('', '') when the element never takes a PCI address."""
+def _model_of(el: etree._Element, kind: str, machine: Machine, kids: dict) -> tuple[str, str]:
+    """(lookup kind, model) for the device table; ('', '') when the element never takes a PCI address.
+    kids: the element's first_children."""
     if kind == "interface":
         if el.get("type") == "hostdev":
             return "hostdev", "pci"
-        m = el.find("model")
+        m = kids.get("model")
         model = (m.get("type") if m is not None else None) or machine.default_net
         return "interface", model.lower() if model.lower().startswith("virtio") else model
     if kind == "disk":
-        tgt = el.find("target")
+        tgt = kids.get("target")
         if tgt is None or tgt.get("bus") != "virtio":
             return "", ""
         return "disk", el.get("model") or "virtio"
@@ -568,7 +625,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
             return "hostdev", "mdev"
         return "", ""
     if kind == "video":
-        m = el.find("model")
+        m = kids.get("model")
         return "video", (m.get("type") if m is not None and m.get("type") else machine.default_video)
     if kind == "sound":
         return "sound", el.get("model") or ""
@@ -583,7 +640,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
             return f"input:{el.get('bus') or 'ps2'}", ""
         return "input", el.get("model") or "virtio"
     if kind == "filesystem":
-        drv = el.find("driver")
+        drv = kids.get("driver")
         if el.get("model") == "virtio-transitional":
             return "filesystem", "virtio-transitional"
         return "filesystem", (drv.get("type") if drv is not None and drv.get("type") else "9p")
@@ -592,7 +649,7 @@ def _model_of(el: etree._Element, kind: str, machine: Machine) -> tuple[str, str
     if kind == "shmem":
         return "shmem", "ivshmem"
     if kind == "serial":
-        tgt = el.find("target")
+        tgt = kids.get("target")
         return ("serial", "pci-serial") if tgt is not None and tgt.get("type") == "pci-serial" else ("", "")
     if kind == "crypto":
         return "crypto", el.get("model") or "virtio"
@@ -612,11 +669,11 @@ NEVER_DEVICES = frozenset({"emulator", "console"})
 RESERVED = DeviceClass(key="reserved", cls="pci", hotplug=False)
 
 
-def _stale_pci_address(el: etree._Element, label: str, facts: DeviceClass, notes: list[str]) -> str | None:
-    """A PCI address on a kind that never takes one: do what libvirt 9.0 does. Returns "keep" when the
-    address stays (reserved), None when there is nothing to plan; refuses what libvirt refuses and what
-    the catalogue does not know."""
-    addr = el.find("address")
+def _stale_pci_address(addr: etree._Element | None, label: str, facts: DeviceClass,
+                       notes: list[str]) -> str | None:
+    """A PCI address (addr: the device's <address>) on a kind that never takes one: do what libvirt 9.0
+    does. Returns "keep" when the address stays (reserved), None when there is nothing to plan; refuses
+    what libvirt refuses and what the catalogue does not know."""
     if addr is None or addr.get("type") != "pci":
         return None
     where = " ".join(f"{k}={addr.get(k)}" for k in ("bus", "slot", "function") if addr.get(k) is not None)
@@ -639,9 +696,8 @@ def endpoint_of(machine: Machine, facts: DeviceClass) -> str:
     return "pcie" if machine.pcie and facts.cls in ("virtio", "pcie") else "pci"
 
 
-def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
+def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
                   notes: list[str]) -> list[Device]:
-    devices_el = _devices_element(tree)
     out: list[Device] = []
     counters: dict[str, int] = {}
     serials: list[Device] = []
@@ -660,24 +716,28 @@ def _read_devices(tree: etree._ElementTree, machine: Machine, mmio: list[str],
             continue
         if kind in NEVER_DEVICES or (kind == "controller" and el.get("type") == "pci"):
             continue
-        lookup, model = _model_of(el, kind, machine)
+        kids = first_children(el)
+        lookup, model = _model_of(el, kind, machine, kids)
         if not lookup:
             lookup, model = kind, ""  # no PCI form on this machine: the catalogue's "kind:*" says more
         facts = device_class(lookup, model)
-        label = describe(el, kind, position + 1)  # 1-based, like XPath and check
+        address = kids.get("address")
+        if facts.cls == "none" and not (facts.refused or facts.note) and (
+                address is None or address.get("type") != "pci"):
+            continue  # no PCI device, and nothing to say about it (below: no stale address)
+        label = describe(el, kind, position + 1, kids)  # 1-based, like XPath and check
         if facts.refused:  # a guest libvirt cannot define has no plan
             raise InputError(f"{label}: {facts.reason}")
         if facts.cls == "none":
             if facts.note:  # say why a device this libvirt does not place stays unaddressed
                 notes.append(f"warning: {label}: {facts.note}")
-            stale = _stale_pci_address(el, label, facts, notes)
+            stale = _stale_pci_address(address, label, facts, notes)
             if stale is None:
                 continue
             facts = RESERVED
-        addr, bus_pin, other = read_pci_address(el, label)
+        addr, bus_pin, other = _pci_address(address, label)
         if other:
-            a = el.find("address")
-            if a is not None and a.get("type") == "virtio-mmio":
+            if address is not None and address.get("type") == "virtio-mmio":
                 mmio.append(label)
             continue  # virtio-mmio, ccw, unassigned ...: not on PCI
         if facts is RESERVED and addr is None:
@@ -758,21 +818,25 @@ def read_problem(tree: etree._ElementTree, firmware_override: str | None = None)
     if len(root.findall("devices/watchdog")) > 1:
         raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
     devices_el = _devices_element(tree)
-    user_pci = any(c.get("model") not in ROOTS for c in _controllers(devices_el, "pci"))
+    # The user's controllers by type: implicit devices add none of type pci, and add_implicit_devices
+    # keeps its own account of the others it adds.
+    controllers = _controllers_by_type(devices_el)
+    pci = controllers.get("pci", [])
+    user_pci = any(c.get("model") not in ROOTS for c in pci)
     # Index the user's controllers first: libvirt numbers them before it adds implicit ones.
-    _assign_usb_indices(devices_el)
+    _assign_usb_indices(devices_el, controllers.get("usb", []))
     for ctype in ("scsi", "sata", "ide", "virtio-serial"):
-        _assign_indices(devices_el, ctype)
-    notes = add_implicit_devices(tree, machine)
-    buses = _read_buses(tree, machine, acpi, notes)
+        _assign_indices(devices_el, ctype, controllers.get(ctype, []))
+    notes = add_implicit_devices(tree, machine, controllers)
+    buses = _read_buses(tree, devices_el, pci, machine, acpi, notes)
     mmio: list[str] = []
-    devices = _group_usb_sets(_read_devices(tree, machine, mmio, notes))
+    devices = _group_usb_sets(_read_devices(devices_el, machine, mmio, notes))
     referenced = max(
         [d.address.bus for d in devices if d.address] + [d.bus_pin for d in devices if d.bus_pin is not None]
         + [b.address.bus for b in buses.values() if b.address]
         + [b.bus_pin for b in buses.values() if b.bus_pin is not None] + [0]
     )
-    _fill_index_gaps(tree, machine, buses, referenced, notes)
+    _fill_index_gaps(devices_el, machine, buses, referenced, notes)
     _apply_fixed_and_conventions(machine, devices)
     fw = firmware_by_name(firmware_override or guest_firmware_name(root, machine, arch), machine, arch, acpi)
     return Problem(machine, tree, arch, buses, devices, acpi, numa_cells, notes, user_pci, mmio, fw)

@@ -168,7 +168,8 @@ class _Unfolder:
 
     def unfold(self) -> None:
         v, val = self.v, _count
-        alone = self._alone_lowest_ports_first()
+        alone = sorted(self._alone_lowest_ports_first().items())
+        packed = sorted(v.packed.items())
         for e in sorted(self.nodes):
             node = self.nodes[e]
             for _ in range(val(v.new_pci_bridges.get(e))):
@@ -177,11 +178,11 @@ class _Unfolder:
                 self.bridges.append(self.add_controller("pcie-to-pci-bridge", node, self.whole_slot(node), 0))
             if e in v.root_ports:
                 self._root_ports(e, node)
-            for (b, gi), x in sorted(v.packed.items()):
+            for (b, gi), x in packed:
                 if b == e:
                     for _ in range(val(x)):
                         self.want(gi, node, *self.function(node, root_port=False))
-            for (b, gi), n in sorted(alone.items()):
+            for (b, gi), n in alone:
                 if b == e:
                     for _ in range(n):
                         self.want(gi, node, self.whole_slot(node), 0)

@@ -4,8 +4,8 @@ into interchangeable groups (identical requirements), which is what keeps the mo
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from lxml import etree
 
@@ -446,14 +446,25 @@ def check_options(options: PlanOptions) -> None:
 MAX_SPARE = 255  # as the policy and the metadata allow (a PCI domain has 256 bus numbers)
 
 
+T = TypeVar("T")
+
+
+def _copy(obj: T) -> T:
+    """copy.copy of a plain dataclass instance (a Bus, a Device) without copy's generic protocol:
+    prepare copies every bus and device of every guest."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
 def _working_copy(problem: Problem) -> Problem:
     """prepare's own copy of the problem, which it marks and changes; the caller's stays as read. The
     XML elements are shared: only render writes the document."""
-    buses = {i: copy.copy(b) for i, b in problem.buses.items()}
+    buses = {i: _copy(b) for i, b in problem.buses.items()}
     devices = []
     for d in problem.devices:
-        d = copy.copy(d)
-        d.companions = [copy.copy(m) for m in d.companions]
+        d = _copy(d)
+        d.companions = [_copy(m) for m in d.companions]
         devices.append(d)
     return replace(problem, buses=buses, devices=devices, notes=list(problem.notes),
                    mmio_devices=list(problem.mmio_devices))

@@ -22,8 +22,9 @@ def set_virtio_mmio(el: etree._Element) -> None:
     addr.set("type", "virtio-mmio")
 
 
-def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> None:
-    """Write a complete address (libvirt's form); a given multifunction value is kept."""
+def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> etree._Element:
+    """Write a complete address (libvirt's form); a given multifunction value is kept. Returns the
+    <address> element."""
     addr = el.find("address")
     if addr is None:
         addr = etree.SubElement(el, "address")  # laid out by the writer (planner/xml/xmltext.py)
@@ -35,14 +36,14 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
     elif keep_mf is not None:
         items.append(("multifunction", keep_mf))
     if addr.items() == items:
-        return  # already so, in this order (a planned guest planned again): nothing to rewrite
-    for k in list(addr.attrib):
-        del addr.attrib[k]
-    for k, value in items:
-        addr.set(k, value)
+        return addr  # already so, in this order (a planned guest planned again): nothing to rewrite
+    addr.attrib.clear()
+    addr.attrib.update(items)  # in this order
+    return addr
 
 
-def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
+def _controller_element(node: BusNode, chassis: int | None) -> tuple[etree._Element, etree._Element]:
+    """The <controller> of a new controller, and its <address>."""
     m = controller_models()[node.model]
     el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
     etree.SubElement(el, "model", name=m.qemu)
@@ -54,9 +55,9 @@ def _controller_element(node: BusNode, chassis: int | None) -> etree._Element:
     elif m.target == "chassisNr":
         etree.SubElement(el, "target", chassisNr=str(node.index))
     assert node.parent is not None and node.parent.index is not None
-    etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
-                     slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
-    return el
+    address = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
+                               slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
+    return el, address
 
 
 def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_used: set[int]) -> None:
@@ -97,12 +98,15 @@ def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
 
 
 def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]],
-                        placed: list[etree._Element]) -> None:
+                        placed: list[etree._Element], written: dict[etree._Element, etree._Element]) -> None:
     """multifunction='on' on function 0 of every slot with more than one function in use. Only the
-    elements really placed count, never an address pciplan does not plan."""
+    elements really placed count, never an address pciplan does not plan. written: element -> the
+    <address> render wrote into it (the others are looked up)."""
     by_slot: dict[tuple[int, int], list[etree._Element]] = {}
     for el in placed:  # the list keeps the proxies alive, so ids are stable
-        a = el.find("address")
+        a = written.get(el)
+        if a is None:
+            a = el.find("address")
         if a is None or a.get("type") != "pci" or el.getparent() is not devices:
             continue
         key = (int(a.get("bus"), 0), int(a.get("slot"), 0))
@@ -158,21 +162,22 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
         el = problem.buses[index].element
         if el is not None and el.getparent() is not None:
             remove_element(el)
+    written: dict[etree._Element, etree._Element] = {}  # element -> its <address>, as written here
     for d in problem.devices:
         for m in [d, *d.companions]:
             a = layout.devices.get(id(m.element)) or m.address
             if a is None:
                 continue
-            set_pci_address(m.element, a, False)
+            written[m.element] = set_pci_address(m.element, a, False)
             for mirror in m.mirrors:
                 set_pci_address(mirror, a, False)
     for index, a in layout.controllers.items():
         el = problem.buses[index].element
         assert el is not None
-        set_pci_address(el, a, False)
+        written[el] = set_pci_address(el, a, False)
     for b in problem.buses.values():
         if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
-            set_pci_address(b.element, b.address, False)
+            written[b.element] = set_pci_address(b.element, b.address, False)
     fillers = [b for b in problem.buses.values() if b.added and not b.new_expander and b.element is not None]
     chassis_used = _used_chassis(problem, set(layout.dropped_controllers) | {b.index for b in fillers})
     for b in sorted(fillers, key=lambda b: b.index):  # as libvirt writes them, chassis unique
@@ -181,12 +186,15 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
             _complete_gap_filler(b.element, b.index, a, chassis_used)
     devices = problem.tree.getroot().find("devices")
     if layout.new_controllers:
-        _add_controllers(problem, layout, devices)
+        _add_controllers(problem, layout, devices, written)
     placed = [m.element for d in problem.devices for m in [d, *d.companions]]  # not the mirrors: a
-    placed += [c for c in devices.findall("controller") if c.get("type") == "pci"]  # console is no function
-    _mark_multifunction(devices, chipset or set(), placed)
+    placed += [c for c in devices.iterchildren("controller")  # console is no function
+               if c.get("type") == "pci"]
+    _mark_multifunction(devices, chipset or set(), placed, written)
     for d in problem.devices:
         for m in [d, *d.companions]:
+            if not m.mirrors:
+                continue
             source = m.element.find("address")
             for mirror in m.mirrors:  # a console carries its serial's address, multifunction included
                 target = mirror.find("address")
@@ -194,7 +202,8 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
                     target.set("multifunction", source.get("multifunction"))
 
 
-def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) -> None:
+def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element,
+                     written: dict[etree._Element, etree._Element]) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
     chassis_used = _used_chassis(problem, set(layout.dropped_controllers))
@@ -207,7 +216,8 @@ def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element) 
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)
-        el = _controller_element(node, chassis)
+        el, address = _controller_element(node, chassis)
+        written[el] = address
         if anchor is None:
             devices.append(el)
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ def escape_text(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+@functools.lru_cache(maxsize=4096)  # a document repeats the same few values ('pci', '0x0000') many times
 def escape_attr(s: str, quote: str) -> str:
     if _SPECIAL.search(s) is None:  # most values: nothing to escape
         return s
@@ -67,8 +69,7 @@ class _Span:
     tag_end: int = 0  # end of the start tag
     close: int | None = None  # start of the end tag; None for a self-closing tag
     name: str = ""  # the tag as written (with its prefix)
-    indent: str = ""  # the whitespace on its line before it
-    attrib: tuple[tuple[str, str], ...] = ()
+    attrib: list[tuple[str, str]] = field(default_factory=list)  # as node.items() gave them
     text: str | None = None
     tail: str | None = None
     text_raw: str = ""
@@ -76,17 +77,7 @@ class _Span:
     parent: etree._Element | None = None
     children: tuple = ()
     next: object = None  # the node that followed it in the source (None: it was the last child)
-
-
-@dataclass(slots=True)
-class _Frame:
-    kind: str
-    start: int
-    end: int = 0
-    tag_end: int = 0
-    close: int | None = None
-    name: str = ""
-    children: list[_Frame] = field(default_factory=list)
+    inner: list[_Span] | None = None  # the spans of its children in the text (None: not an element)
 
 
 @dataclass
@@ -121,21 +112,24 @@ def decode(data: bytes) -> tuple[str, str, bytes]:
     return data.decode(encoding), encoding, b""
 
 
-def _frames(text: str) -> _Frame:
-    top = _Frame("document", 0, len(text))
+def _frames(text: str) -> _Span:
+    """The document's nodes as spans in text (elements with the spans of their children), before
+    _tie matches them with lxml's nodes."""
+    top = _Span(0, len(text), inner=[])
     stack = [top]
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup  # the outer group: it closes after the groups nested in it
-        if kind in ("comment", "pi"):
-            stack[-1].children.append(_Frame(kind, m.start(), m.end()))
-        elif kind == "start":
-            frame = _Frame("element", m.start(), m.end(), m.end(), name=m.group("name"))
-            stack[-1].children.append(frame)
+        if kind == "start":
+            start, end = m.span()
+            span = _Span(start, end, end, name=m.group("name"), inner=[])
+            stack[-1].inner.append(span)
             if not m.group("empty"):
-                stack.append(frame)
+                stack.append(span)
         elif kind == "end":
-            frame = stack.pop()
-            frame.close, frame.end = m.start(), m.end()
+            span = stack.pop()
+            span.close, span.end = m.span()
+        elif kind in ("comment", "pi"):
+            stack[-1].inner.append(_Span(*m.span()))
     if len(stack) != 1:
         raise ValueError("unbalanced tags")
     return top
@@ -147,30 +141,33 @@ def _line_indent(text: str, pos: int) -> str:
     return before if before.strip() == "" else ""
 
 
-def _tie(text: str, frame: _Frame, node, parent, spans: dict) -> _Span:
-    span = _Span(frame.start, frame.end, frame.tag_end, frame.close, frame.name,
-                 _line_indent(text, frame.start), parent=parent, text=node.text)
+def _tie(text: str, span: _Span, node, parent, spans: dict) -> _Span:
+    """Tie node (and what is under it) to its span from _frames, with what lxml made of it."""
+    span.parent = parent
+    span.text = node.text
     spans[node] = span
-    if frame.kind != "element":
+    inner = span.inner
+    if inner is None:  # a comment or processing instruction
         return span
     kids = tuple(node)
-    cframes = frame.children
-    if len(kids) != len(cframes):
-        raise ValueError(f"<{frame.name}>: {len(cframes)} children in the text, {len(kids)} in lxml's")
-    span.attrib = tuple(node.attrib.items())
+    if len(kids) != len(inner):
+        raise ValueError(f"<{span.name}>: {len(inner)} children in the text, {len(kids)} in lxml's")
+    span.attrib = node.items()
+    inner_end = span.close if span.close is not None else span.tag_end
+    if not kids:
+        span.text_raw = text[span.tag_end:inner_end]
+        return span
     span.children = kids
-    inner_end = frame.close if frame.close is not None else frame.tag_end
-    span.text_raw = text[frame.tag_end:cframes[0].start if cframes else inner_end]
+    span.text_raw = text[span.tag_end:inner[0].start]
     last = len(kids) - 1
     for i, child in enumerate(kids):
-        cframe = cframes[i]
-        kid = _tie(text, cframe, child, node, spans)
+        kid = _tie(text, inner[i], child, node, spans)
         kid.tail = child.tail
         if i < last:
-            kid.tail_raw = text[cframe.end:cframes[i + 1].start]
+            kid.tail_raw = text[kid.end:inner[i + 1].start]
             kid.next = kids[i + 1]
         else:
-            kid.tail_raw = text[cframe.end:inner_end]
+            kid.tail_raw = text[kid.end:inner_end]
     return span
 
 
@@ -179,7 +176,7 @@ def source_map(text: str, root: etree._Element, encoding: str, bom: bytes) -> So
     document is written entirely in pciplan's own layout)."""
     try:
         top = _frames(text)
-        elements = [f for f in top.children if f.kind == "element"]
+        elements = [f for f in top.inner if f.inner is not None]
         if len(elements) != 1 or elements[0].name.split(":")[-1] != etree.QName(root).localname:
             return None
         frame = elements[0]
@@ -228,9 +225,9 @@ class Writer:
         if not isinstance(node.tag, str):
             changed = node.text != span.text
         else:
-            changed = (tuple(node) != span.children or tuple(node.attrib.items()) != span.attrib
+            changed = (tuple(node) != span.children or node.items() != span.attrib
                        or not _same(node.text, span.text))
-            if not changed:  # the same children: is any of them changed, or its tail?
+            if not changed and span.children:  # the same children: is any of them changed, or its tail?
                 spans = self.spans
                 changed = any(not _same(k.tail, spans[k].tail) or self.dirty(k) for k in span.children)
         self._dirty[node] = changed
@@ -256,8 +253,9 @@ class Writer:
             parts.append(span.text_raw if node.text == span.text else escape_text(node.text or ""))
         elif tuple(kids) == span.children:
             parts.append(span.text_raw if _same(node.text, span.text) else escape_text(node.text))
+            inner = self._child_indent(span)
             for k in kids:
-                parts.append(self.node(k, self._child_indent(span)))
+                parts.append(self.node(k, inner))
                 ks = self.spans[k]
                 parts.append(ks.tail_raw if _same(k.tail, ks.tail) else escape_text(k.tail or ""))
         else:
@@ -273,7 +271,12 @@ class Writer:
     def _child_indent(self, span: _Span) -> str:
         if span.children and "\n" in span.text_raw and _blank(span.text_raw):
             return span.text_raw[span.text_raw.rfind("\n") + 1:]
-        return span.indent + self.unit
+        return self._indent(span) + self.unit
+
+    def _indent(self, span: _Span) -> str:
+        """The whitespace on the line before the node."""
+        assert self.src is not None
+        return _line_indent(self.src.text, span.start)
 
     def _relayout(self, node: etree._Element, span: _Span, kids: list) -> list[str]:
         """Children of an element whose child list changed. Each child that was there keeps the
@@ -303,7 +306,7 @@ class Writer:
             parts = [first if first is not None else span.text_raw if kept else between]
         last = self.spans[span.children[-1]].tail_raw if span.children else ""
         closing = last if span.children and _blank(last) and ("\n" in last or not block) else (
-            self.nl + span.indent if block else "")
+            self.nl + self._indent(span) if block else "")
         for i, k in enumerate(kids):
             parts.append(self.node(k, inner))
             following = kids[i + 1] if i + 1 < len(kids) else None
@@ -327,7 +330,7 @@ class Writer:
         body = raw[:-2] if was_empty else raw[:-1]
         ws = body[len(body.rstrip()):]
         body = body.rstrip()
-        if tuple(el.attrib.items()) != span.attrib:
+        if el.items() != span.attrib:
             body = self._attributes(el, span, body)
         return body + (ws + "/>" if empty else ">")
 
@@ -354,6 +357,8 @@ class Writer:
     def _quote_near(self, node: etree._Element) -> str:
         """The quote character of the nearest written ancestor that has attributes."""
         parent = node.getparent()
+        while parent is not None and parent not in self.spans:  # new: its quote is that of what holds it
+            parent = parent.getparent()
         quote = self._quotes.get(parent)
         if quote is None:
             quote = self._quotes[parent] = self._quote_above(parent)
@@ -370,14 +375,17 @@ class Writer:
             parent = parent.getparent()
         return self.quote
 
-    def new(self, node, indent: str) -> str:
-        """An element pciplan made: its own layout, whatever whitespace the tree holds."""
-        if isinstance(node, etree._Comment):
-            return f"<!--{node.text or ''}-->"
-        if isinstance(node, etree._ProcessingInstruction):
-            return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
-        name = _qname(node.tag, node)
-        q = self._quote_near(node)
+    def new(self, node, indent: str, quote: str | None = None) -> str:
+        """An element pciplan made: its own layout, whatever whitespace the tree holds. quote: the quote
+        character its attributes take, if the caller knows it (_quote_near)."""
+        tag = node.tag
+        if not isinstance(tag, str):
+            if isinstance(node, etree._Comment):
+                return f"<!--{node.text or ''}-->"
+            if isinstance(node, etree._ProcessingInstruction):
+                return f"<?{node.target} {node.text or ''}?>" if node.text else f"<?{node.target}?>"
+        name = _qname(tag, node)
+        q = quote or self._quote_near(node)
         nsmap = node.nsmap  # in scope here, inherited ones included: mostly none
         attrs = ""
         if nsmap:
@@ -386,16 +394,18 @@ class Writer:
             declared = [(f"xmlns:{p}" if p else "xmlns", uri) for p, uri in nsmap.items()
                         if inherited.get(p) != uri]
             attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
-        attrs += "".join(f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
-                         for k, v in node.attrib.items())
-        kids = list(node)
-        text = None if _blank(node.text) else node.text
-        if not kids:
+        attrs += "".join([f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
+                          for k, v in node.items()])
+        text = node.text
+        text = None if _blank(text) else text
+        if not len(node):
             return f"<{name}{attrs}/>" if text is None else f"<{name}{attrs}>{escape_text(text)}</{name}>"
         inner = indent + self.unit
+        before = self.nl + inner
         parts = [f"<{name}{attrs}>", escape_text(text) if text else ""]
-        for k in kids:
-            parts += [self.nl + inner, self.node(k, inner)]
+        spans = self.spans
+        for k in node:  # a new child of a new element takes the same quote as its parent
+            parts += [before, self.new(k, inner, q) if k not in spans else self.node(k, inner)]
         parts += [self.nl + indent, f"</{name}>"]
         return "".join(parts)
 
@@ -422,7 +432,7 @@ def write_tree(tree: etree._ElementTree, source: Source | None) -> bytes:
     writer = Writer(source)
     if source is not None and root in source.spans:
         start, end = source.root_span
-        text = source.text[:start] + writer.node(root, source.spans[root].indent) + source.text[end:]
+        text = source.text[:start] + writer.node(root, _line_indent(source.text, start)) + source.text[end:]
         return source.encode(text)
     before = list(reversed(list(root.itersiblings(preceding=True))))
     after = list(root.itersiblings())
