@@ -112,7 +112,9 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
         return sum(1 for index in added if index not in known) == len(new_ours)
 
     libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
-    if not greedy_plan_tree(libvirt_tree, as_many_new).ok:
+    # the dry run only ever adds buses, each one a controller as_many_new is given: once more than
+    # pciplan's count of them are at indices the problem does not have, as_many_new is sure to say False
+    if not greedy_plan_tree(libvirt_tree, as_many_new, (known, len(new_ours))).ok:
         return None
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable

@@ -1,0 +1,51 @@
+"""planner.pipeline.ties's shortcuts decide as the long way does: the dry run's early stop on libvirt's
+new-controller count (greedy_plan_tree's limit), over the recorded corpus (shared cases, generated
+fleet and random guests) and more generated fleet guests."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import Counter
+
+from fleetgen import typical_guest
+from recorded import corpus
+
+import planner.pipeline.ties as ties
+from planner.facts.errors import Infeasible
+from planner.facts.options import PlanOptions
+from planner.pipeline.plan import plan_tree
+from planner.xml.xmlio import InputError, parse_domain_bytes, serialize_text
+
+
+def _guests() -> list[bytes]:
+    out = [data for name, data in corpus() if not name.startswith("sweep/")]  # sweeps: over MAX_DEVICES
+    rng = random.Random(2121)
+    out += [typical_guest(n, rng).encode() for n in range(150)]
+    return out
+
+
+def test_the_dry_run_limit_decides_as_the_whole_dry_run(monkeypatch) -> None:
+    """With the limit prefer_libvirt gives, greedy_plan_tree says ok exactly when it does without it,
+    and writes the same document; the limit stopped the dry run for many guests, and many went on."""
+    real = ties.greedy_plan_tree
+    seen: Counter[str] = Counter()
+
+    def both(tree, proceed, limit):
+        free = copy.deepcopy(tree)
+        unlimited = real(free, proceed)
+        limited = real(tree, proceed, limit)
+        assert limited.ok == unlimited.ok
+        if limited.ok:
+            assert serialize_text(tree) == serialize_text(free)
+        stopped = "stopped in the dry run" in (limited.error or "")
+        seen["stopped early" if stopped else "ok" if limited.ok else "not ok"] += 1
+        return limited
+
+    monkeypatch.setattr(ties, "greedy_plan_tree", both)
+    for data in _guests():
+        try:
+            plan_tree(parse_domain_bytes(data), PlanOptions())
+        except (InputError, Infeasible):
+            continue
+    assert seen["stopped early"] > 100 and seen["ok"] > 100, seen
