@@ -118,21 +118,26 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
         return None
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
-    planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
-    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
-    changes = _changes(_keyed(trial), theirs, planned)
+    ours = _keyed(tree)
+    planned = {k for k, el in ours.items() if id(el) in chosen_ids}
+    changes = _changes(ours, theirs, planned)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return None
     if len(new_ours) != len(new_theirs):
         return None  # more or fewer controllers: no tie (and no need to measure)
-    _apply(trial, changes, new_theirs, known)
+    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
+    # trial's device elements are tree's, copied in the same order: pair them rather than key them again
+    # (ours keeps tree's proxies alive, so their ids are stable)
+    twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), trial.getroot().find("devices"),
+                                     strict=True) if isinstance(a.tag, str)}
+    _apply(trial, changes, new_theirs, known, {k: twin[id(ours[k])] for k, _a, _mf in changes})
     spares = (spare_pci, spare_pcie)
     measured = DocumentViews(trial)
     if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
     # the same changes on the document trial was copied from: an equal document, so trial's views
-    _apply(tree, changes, new_theirs, known)
+    _apply(tree, changes, new_theirs, known, ours)
     return measured.for_equal(tree)
 
 
@@ -159,9 +164,13 @@ def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._E
 
 
 def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Element],
-           known: set[int]) -> None:
+           known: set[int], keyed: dict[tuple, etree._Element]) -> None:
     """Put libvirt's new PCI controllers in place of pciplan's, after the last PCI controller the
-    input had, and libvirt's addresses on the elements pciplan placed."""
+    input had, and libvirt's addresses on the elements pciplan placed. keyed: tree's elements by key
+    (_keyed) at least for the changes' keys; read before the controllers change, which changes none of
+    them: the controllers replaced are PCI controllers at indices the problem does not have, never
+    chosen (so never a changed key) and, without a ua- alias, keyed by their own index, so no changed
+    key's occurrence count moves either."""
     for c in _new_controllers(tree, known):
         remove_element(c)
     pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
@@ -173,7 +182,6 @@ def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Ele
             anchor = el
     elif controllers:
         return  # no root to anchor on cannot happen after read_problem; keep pciplan's layout then
-    keyed = _keyed(tree)
     for k, a, mf in changes:
         _set(keyed[k], a, mf)
 
