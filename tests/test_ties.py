@@ -1,6 +1,7 @@
 """planner.pipeline.ties's shortcuts decide as the long way does: the dry run's early stop on libvirt's
-new-controller count (greedy_plan_tree's limit), over the recorded corpus (shared cases, generated
-fleet and random guests) and more generated fleet guests."""
+new-controller count (greedy_plan_tree's limit) and the levels measured without reading the domain on
+machines without PCIe, over the recorded corpus (shared cases, generated fleet and random guests) and
+more generated fleet guests."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from recorded import corpus
 import planner.pipeline.ties as ties
 from planner.facts.errors import Infeasible
 from planner.facts.options import PlanOptions
+from planner.pipeline.metrics import measure
 from planner.pipeline.plan import plan_tree
 from planner.xml.xmlio import InputError, parse_domain_bytes, serialize_text
 
@@ -49,3 +51,27 @@ def test_the_dry_run_limit_decides_as_the_whole_dry_run(monkeypatch) -> None:
         except (InputError, Infeasible):
             continue
     assert seen["stopped early"] > 100 and seen["ok"] > 100, seen
+
+
+def test_the_levels_without_pcie_are_measures(monkeypatch) -> None:
+    """_comparable's shortcut on machines without PCIe gives metrics.measure's levels, for libvirt's
+    layout and pciplan's alike; it met many such documents (and measure met the others)."""
+    real = ties._comparable
+    seen: Counter[bool] = Counter()
+
+    def both(before, after, spare_pci, spare_pcie, pcie):
+        m = measure(before, after)
+        assert real(before, after, spare_pci, spare_pcie, pcie) == (
+            m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
+            min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
+            tuple(m.rule_violations))
+        seen[pcie] += 1
+        return real(before, after, spare_pci, spare_pcie, pcie)
+
+    monkeypatch.setattr(ties, "_comparable", both)
+    for data in _guests():
+        try:
+            plan_tree(parse_domain_bytes(data), PlanOptions())
+        except (InputError, Infeasible):
+            continue
+    assert seen[False] > 100 and seen[True] > 10, seen

@@ -14,10 +14,12 @@ import copy
 
 from lxml import etree
 
+from planner.checker.check import WARNING_RULES
 from planner.pipeline.domain import PciAddress, Problem
 from planner.pipeline.greedy import greedy_plan_tree
-from planner.pipeline.metrics import DocumentViews, measure
+from planner.pipeline.metrics import DocumentViews, measure, pci_controllers
 from planner.pipeline.render import set_pci_address
+from planner.pipeline.show import summary
 from planner.xml.xmlio import remove_element
 
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
@@ -68,14 +70,23 @@ def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
             a.get("multifunction") == "on")
 
 
-def _comparable(before: etree._ElementTree, after: etree._ElementTree | DocumentViews, spare_pci: int,
-                spare_pcie: int):
+def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int, spare_pcie: int,
+                pcie: bool):
     """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
-    solver's), plus the checker's errors."""
-    m = measure(before, after)
-    return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
-            min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
-            tuple(m.rule_violations))
+    solver's), plus the checker's errors: metrics.measure's. pcie: the machine has PCIe."""
+    if pcie:
+        m = measure(before, after)
+        return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
+                min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
+                tuple(m.rule_violations))
+    # measure's levels without its reading of the domain (after.problem), which only its count of PCIe
+    # devices on conventional PCI needs: on a machine without PCIe every device is a conventional
+    # endpoint (domain.endpoint_of), so that count is 0. tests/test_ties.py compares this with measure.
+    counts = summary(after.pci_tree)
+    return (sum(pci_controllers(after.tree).values()), counts["bus_numbers_used"],
+            counts["hotplug_endpoints"], 0, min(counts["spare_hotplug_ports"], spare_pcie),
+            min(counts["spare_hotplug_slots"], spare_pci),
+            tuple(f"{v.rule}: {v.message}" for v in after.violations if v.rule not in WARNING_RULES))
 
 
 def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
@@ -132,7 +143,7 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), trial.getroot().find("devices"),
                                      strict=True) if isinstance(a.tag, str)}
     _apply(trial, changes, new_theirs, known, {k: twin[id(ours[k])] for k, _a, _mf in changes})
-    spares = (spare_pci, spare_pcie)
+    spares = (spare_pci, spare_pcie, problem.machine.pcie)
     measured = DocumentViews(trial)
     if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
