@@ -304,7 +304,9 @@ class _AddressSet:
             b.set_model(model)
         if self.limit is not None:
             known, most = self.limit
-            self.grown += sum(1 for i in range(len(self.buses), len(self.buses) + add) if i not in known)
+            for i in range(len(self.buses), len(self.buses) + add):
+                if i not in known:
+                    self.grown += 1
             if self.grown > most:
                 raise _Stopped
         self.buses.extend(new)

@@ -28,22 +28,26 @@ MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's gre
 def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
     """What names a device across the two documents (libvirt's parser reorders controllers and disks,
     fills in default models, lists the primary video first and forgets aliases that are not ua-)."""
+    tag = el.tag
     alias = el.find("alias")
-    if alias is not None and (alias.get("name") or "").startswith("ua-"):
-        return (el.tag, "alias", alias.get("name"))
-    if el.tag == "controller":
+    if alias is not None:
+        name = alias.get("name") or ""
+        if name.startswith("ua-"):
+            return (tag, "alias", name)
+    if tag == "controller":
         model = el.get("model")
         companion = model if model is not None and model.startswith("ich9-") else None
-        return (el.tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
+        return (tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
     mac = el.find("mac")
-    if mac is not None and mac.get("address"):
-        return (el.tag, "mac", mac.get("address").lower())
-    target = el.find("target")
-    if el.tag == "disk" and target is not None and target.get("dev"):
-        return (el.tag, "dev", target.get("dev"))
+    if mac is not None and (address := mac.get("address")):
+        return (tag, "mac", address.lower())
+    if tag == "disk":
+        target = el.find("target")
+        if target is not None and (dev := target.get("dev")):
+            return (tag, "dev", dev)
     if el is primary:
-        return (el.tag, "primary")
-    return (el.tag,)
+        return (tag, "primary")
+    return (tag,)
 
 
 def _keyed(tree: etree._ElementTree) -> dict[tuple, etree._Element]:
@@ -159,12 +163,13 @@ def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Eleme
     out = []
     for k in planned:
         el, other = ours.get(k), theirs.get(k)
-        if el is None or other is None or _pci(el) is None:
+        mine = None if el is None else _pci(el)
+        if mine is None or other is None:
             return None
         got = _pci(other)
         if got is None:
             return None
-        if got != _pci(el):
+        if got != mine:
             out.append((k, *got))
     return sorted(out, key=str)
 
