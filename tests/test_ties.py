@@ -45,6 +45,7 @@ def test_the_dry_run_limit_decides_as_the_whole_dry_run(monkeypatch) -> None:
         return limited
 
     monkeypatch.setattr(ties, "greedy_plan_tree", both)
+    monkeypatch.setattr(ties, "new_buses_at_least", lambda _problem: 0)  # the dry run for every guest
     for data in _guests():
         try:
             plan_tree(parse_domain_bytes(data), PlanOptions())
@@ -75,3 +76,39 @@ def test_the_levels_without_pcie_are_measures(monkeypatch) -> None:
         except (InputError, Infeasible):
             continue
     assert seen[False] > 100 and seen[True] > 10, seen
+
+
+def test_the_lower_bound_on_libvirts_controllers_holds(monkeypatch) -> None:
+    """greedy.new_buses_at_least never exceeds what the whole dry run adds at new indices (so where it
+    exceeds pciplan's count, libvirt's count does too and there is no tie); it decided many guests, and
+    many others went on to the greedy."""
+    real_bound, real_greedy = ties.new_buses_at_least, ties.greedy_plan_tree
+    bounds: list[int] = []
+    seen: Counter[str] = Counter()
+
+    def bound(problem):
+        bounds.append(real_bound(problem))
+        return 0  # the long way for every guest: the test compares
+
+    def greedy(tree, proceed, limit):
+        known, ours = limit
+        counted: list[int] = []
+        result = real_greedy(tree, lambda added: counted.append(sum(1 for i in added if i not in known))
+                             is None and proceed(added))
+        if counted:
+            assert bounds[-1] <= counted[0]
+        else:  # libvirt gave up before the end of its dry run: no tie either way
+            assert not result.ok
+        seen["decided by the bound" if bounds[-1] > ours else "not decided"] += 1
+        if bounds[-1] > ours:
+            assert not result.ok
+        return result
+
+    monkeypatch.setattr(ties, "new_buses_at_least", bound)
+    monkeypatch.setattr(ties, "greedy_plan_tree", greedy)
+    for data in _guests():
+        try:
+            plan_tree(parse_domain_bytes(data), PlanOptions())
+        except (InputError, Infeasible):
+            continue
+    assert seen["decided by the bound"] > 50 and seen["not decided"] > 100, seen

@@ -45,6 +45,7 @@ from planner.facts.facts import ControllerModel, controller_models, device_class
 from planner.pipeline.domain import (
     Device,
     PciAddress,
+    Problem,
     _assign_indices,
     _assign_usb_indices,
     _machine,
@@ -985,6 +986,58 @@ def _index_controllers(devices: etree._Element) -> None:
     _assign_usb_indices(devices)
     for ctype in {c.get("type") or "" for c in devices.findall("controller")} - {"usb", "pci"}:
         _assign_indices(devices, ctype)
+
+
+def _plain(d: Device) -> bool:
+    """Does the dry run reserve this device of pciplan's reading with reserve_next(AUTOASSIGN |
+    PCI_DEVICE or PCIE_DEVICE) on a q35 guest? Unaddressed, not integrated, of a kind no override
+    (_Dev: SCSI without a model, hostdevs and their interfaces), chipset step (_chipset_q35,
+    _primary_video: SATA, ICH9 USB, the first ICH9 sound, the primary video) or special assignment
+    (_assign_devices: IDE 0, USB2 companions) touches."""
+    if d.address is not None or d.bus_pin is not None or d.facts.integrated:
+        return False
+    el = d.element
+    if d.kind == "interface":
+        return el.get("type") != "hostdev"
+    if d.kind == "controller":
+        ctype = el.get("type")
+        return ((ctype == "usb" and d.model not in USB2_FUNCTION) or ctype == "virtio-serial"
+                or (ctype == "scsi" and el.get("model") is not None))
+    return d.kind in ("disk", "memballoon", "rng", "input")
+
+
+def new_buses_at_least(problem: Problem) -> int:
+    """A lower bound, from pciplan's reading of the guest (read_problem, prepared), on how many PCI
+    controllers greedy_plan_tree's dry run adds at indices problem.buses does not have; 0 where it
+    does not know one. Only for a q35 guest whose only PCI controller is the root (problem.buses is
+    {0}: so no input address names another bus, read_problem would have filled it in), where it holds
+    because, in the dry run:
+    - the bus table starts with the root alone (every input controller index is in problem.buses), so
+      every bus it grows is at an index problem.buses does not have, and becomes a controller added;
+    - no user address is off bus 0, so none takes a place on a grown bus or grows one;
+    - each _plain PCIe endpoint takes reserve_next(AUTOASSIGN | PCIE_DEVICE) (q35 primes no
+      virtio-mmio): a free slot on a bus that fits, i.e. a pcie-root-port or downstream port (one slot
+      each; pcie-root has no AUTOASSIGN), so a bus of its own, and none is there at the start: one
+      grown root port each (grown one at a time, each taken by the reservation it was grown for);
+    - with one grown, the spare port (run: max_idx 0, a bus grown, pcie root) is one more such
+      reserve_next while every bus that fits is taken: one more root port;
+    - a _plain conventional device (AUTOASSIGN | PCI_DEVICE) fits none of those (pcie-root has no
+      AUTOASSIGN, root ports take no PCI device), and no bus has PCI_BRIDGE until grow builds the bridge
+      path: the first reservation of a conventional device grows a root port that only fits a
+      pcie-to-pci-bridge, and that bridge: two buses more, neither one the PCIe endpoints fit.
+    tests/test_ties.py checks the bound against the whole dry run over the corpus."""
+    if problem.machine.family != "q35" or set(problem.buses) != {0}:
+        return 0
+    pcie = conventional = 0
+    for d in problem.devices:
+        if _plain(d):
+            if d.endpoint == "pcie":
+                pcie += 1
+            else:
+                conventional += 1
+    if not pcie:
+        return 0
+    return pcie + 1 + (2 if conventional else 0)
 
 
 def greedy_plan(xml: str) -> GreedyResult:

@@ -16,7 +16,7 @@ from lxml import etree
 
 from planner.checker.check import WARNING_RULES
 from planner.pipeline.domain import PciAddress, Problem
-from planner.pipeline.greedy import greedy_plan_tree
+from planner.pipeline.greedy import greedy_plan_tree, new_buses_at_least
 from planner.pipeline.metrics import DocumentViews, measure, pci_controllers
 from planner.pipeline.render import set_pci_address
 from planner.pipeline.show import summary
@@ -120,6 +120,9 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
         # pciplan chose nothing (a planned guest planned again): no change to take over, and libvirt's
         # new controllers, if any, cannot match pciplan's none: below, that is a None too
         return None
+
+    if new_buses_at_least(problem) > len(new_ours):
+        return None  # libvirt adds more controllers than pciplan did: no tie, and no need to run it
 
     def as_many_new(added: dict[int, str]) -> bool:
         # libvirt's new controllers are those it adds at an index pciplan's problem does not have (the
