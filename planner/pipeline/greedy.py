@@ -35,7 +35,7 @@ Where a PCI hostdev's host device exists, its PCIe-ness is read from sysfs, as l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from planner.facts.facts import ControllerModel, controller_models, device_class
 from planner.pipeline.domain import (
     Device,
     PciAddress,
+    Problem,
     _assign_indices,
     _assign_usb_indices,
     _machine,
@@ -237,10 +238,17 @@ def _compatible(addr: PciAddress, bus_flags: int, dev_flags: int, from_config: b
     return None
 
 
+class _Stopped(Exception):
+    """The dry run has added more buses than the caller's limit allows."""
+
+
 class _AddressSet:
-    def __init__(self, nbuses: int, dry_run: bool) -> None:
+    def __init__(self, nbuses: int, dry_run: bool, limit: tuple[Collection[int], int] | None = None) -> None:
         self.buses = [_Bus(None) for _ in range(nbuses)]
         self.dry_run = dry_run
+        # (indices, n): stop once more than n buses were grown at indices not among indices
+        self.limit = limit
+        self.grown = 0
 
     # virDomainPCIAddressValidate
     def validate(self, addr: PciAddress, flags: int, from_config: bool) -> None:
@@ -295,14 +303,25 @@ class _AddressSet:
             first = 2
         for b in new[first:]:
             b.set_model(model)
+        if self.limit is not None:
+            known, most = self.limit
+            for i in range(len(self.buses), len(self.buses) + add):
+                if i not in known:
+                    self.grown += 1
+            if self.grown > most:
+                raise _Stopped
         self.buses.extend(new)
         return addr
 
     # virDomainPCIAddressReserveAddrInternal
     def reserve(self, addr: PciAddress, flags: int, from_config: bool) -> PciAddress:
-        if self.dry_run:
+        if self.dry_run and addr.bus >= len(self.buses):
             addr = self.grow(addr, flags)
         self.validate(addr, flags, from_config)
+        return self._take(addr, flags, from_config)
+
+    def _take(self, addr: PciAddress, flags: int, from_config: bool) -> PciAddress:
+        """Mark a validated address in use."""
         bus = self.buses[addr.bus]
         if bus.functions[addr.slot] & (1 << addr.function):
             raise GreedyError(f"Attempted double use of PCI Address {_addr_str(addr)}",
@@ -335,20 +354,22 @@ class _AddressSet:
                         return PciAddress(index, slot, free)
         return None
 
-    # virDomainPCIAddressGetNextAddr (isolation groups are all 0 outside pSeries)
-    def next_addr(self, flags: int, function: int = -1) -> PciAddress:
-        for index in range(len(self.buses)):
+    # virDomainPCIAddressReserveNextAddr with virDomainPCIAddressGetNextAddr (isolation groups are all 0
+    # outside pSeries)
+    def reserve_next(self, flags: int, function: int = -1) -> PciAddress:
+        # the hot path: an address _find_on_bus found is one validate passes (the bus fits the flags,
+        # the slot is in the bus's range, the function is 0-7), so only one on a grown bus is validated
+        aggregate = flags & AGGREGATE_SLOT
+        for index, bus in enumerate(self.buses):
+            if bus.used > bus.max_slot - bus.min_slot and not aggregate:
+                continue  # full: _find_on_bus's shortcut
             found = self._find_on_bus(index, flags, function)
             if found is not None:
-                return found
-        if self.dry_run:
+                return self._take(found, flags, False)
+        if self.dry_run:  # nothing free: a new bus
             a = self.grow(PciAddress(len(self.buses), 0, 0 if function == -1 else function), flags)
-            return PciAddress(a.bus, self.buses[a.bus].min_slot, a.function)
+            return self.reserve(PciAddress(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
         raise GreedyError("No more available PCI slots")
-
-    # virDomainPCIAddressReserveNextAddr
-    def reserve_next(self, flags: int, function: int = -1) -> PciAddress:
-        return self.reserve(self.next_addr(flags, function), flags, False)
 
 
 # ------------------------------------------------------------------ the domain as libvirt holds it
@@ -528,6 +549,7 @@ class _Greedy:
         self.controller_els = _sorted_insert(given, _controller_key) + implicit
         self.disk_els = _sorted_insert(self.devices_el.findall("disk"), _disk_key)
         self.assigned: dict[int, PciAddress] = {}  # id(_Dev) -> address written into the definition
+        self._kinds: dict[str, list[_Dev]] = {}
         self.multi_on: set[int] = set()  # id(_Dev) whose address libvirt marks multifunction='on'
 
     # -------------------------------------------------------------- reading
@@ -565,7 +587,14 @@ class _Greedy:
         return dev
 
     def _kind_list(self, kind: str) -> list[_Dev]:
-        """The devices of one libvirt list, in libvirt's order."""
+        """The devices of one libvirt list, in libvirt's order (made once: the lists do not change after
+        reading; callers only read them)."""
+        out = self._kinds.get(kind)
+        if out is None:
+            out = self._kinds[kind] = self._make_kind_list(kind)
+        return out
+
+    def _make_kind_list(self, kind: str) -> list[_Dev]:
         if kind == "controller":
             by_el = {id(d.element): d for d in self.devs if d.kind == "controller"}
             return [by_el[id(c)] for c in self.controller_els if id(c) in by_el]
@@ -592,9 +621,10 @@ class _Greedy:
 
     # -------------------------------------------------------------- the passes
 
-    def _address_set(self, nbuses: int, dry_run: bool) -> _AddressSet:
+    def _address_set(self, nbuses: int, dry_run: bool,
+                     limit: tuple[Collection[int], int] | None = None) -> _AddressSet:
         """qemuDomainPCIAddressSetCreate: bus table + every address already in the definition."""
-        addrs = _AddressSet(nbuses, dry_run)
+        addrs = _AddressSet(nbuses, dry_run, limit)
         for index, model in self.bus_models.items():
             addrs.buses[index].set_model(model, self.bus_hotplug.get(index, True))
         for index, model in self.added.items():
@@ -743,13 +773,15 @@ class _Greedy:
         if d.model == "ich9-uhci1":
             self.multi_on.add(id(d))
 
-    def run(self, proceed: Callable[[dict[int, str]], bool] | None = None) -> bool:
+    def run(self, proceed: Callable[[dict[int, str]], bool] | None = None,
+            limit: tuple[Collection[int], int] | None = None) -> bool:
         """qemuDomainAssignPCIAddresses. proceed: asked after the dry run with the controllers libvirt
         adds (index -> model, final: the real assignment adds no bus); False stops there, with nothing
-        assigned. Returns whether it went on."""
+        assigned. limit (indices, n): the dry run stops (raising _Stopped) as soon as it has grown more
+        than n buses at indices not in indices. Returns whether it went on."""
         nbuses = self.max_idx + 1
         # Pass 1: a dry run that only finds out how many buses are needed.
-        addrs = self._address_set(nbuses, dry_run=True)
+        addrs = self._address_set(nbuses, dry_run=True, limit=limit)
         self._chipset(addrs)
         if not self.pcie_root and not all(b.fully_reserved() for b in addrs.buses):
             addrs.reserve_next(AUTOASSIGN | PCI_DEVICE)  # room for a future bridge
@@ -762,13 +794,12 @@ class _Greedy:
                 model = addrs.buses[index].model
                 assert model is not None
                 self.added[index] = model
-                el = self._add_controller(index, model)
-                self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
-                                       ctype="pci", index=index)
                 addrs.reserve_next(CONTROLLER_CONNECT[model])
             index += 1
         if proceed is not None and not proceed(dict(self.added)):
             return False
+        # their elements only now (nothing above reads them), in index order as libvirt adds them
+        self._add_controllers()
         nbuses = len(addrs.buses)
         # Pass 2: the real assignment on the final bus count; nothing may grow now.
         addrs = self._address_set(nbuses, dry_run=False)
@@ -779,17 +810,25 @@ class _Greedy:
 
     # -------------------------------------------------------------- writing
 
-    def _add_controller(self, index: int, model: str) -> etree._Element:
-        """A new <controller type='pci'>, after the PCI controller of the next lower index."""
-        el = etree.Element("controller", type="pci", index=str(index), model=model)
+    def _add_controllers(self) -> None:
+        """A new <controller type='pci'> for each bus libvirt added, in index order, each after the last
+        PCI controller (in document order) of a lower index, else after the last controller."""
         controllers = self.devices_el.findall("controller")
-        lower = [c for c in controllers if c.get("type") == "pci" and int(c.get("index", "0"), 0) < index]
-        anchor = lower[-1] if lower else (controllers[-1] if controllers else None)
-        if anchor is None:
-            self.devices_el.append(el)
-        else:
-            anchor.addnext(el)
-        return el
+        # None for a controller that is not PCI: kept beside the list, so the document is read once
+        indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
+        for index in sorted(self.added):
+            model = self.added[index]
+            el = etree.Element("controller", type="pci", index=str(index), model=model)
+            at = next((pos for pos in range(len(indices) - 1, -1, -1)
+                       if indices[pos] is not None and indices[pos] < index), len(controllers) - 1)  # type: ignore[operator]
+            if at < 0:
+                self.devices_el.append(el)
+            else:
+                controllers[at].addnext(el)
+            controllers.insert(at + 1, el)
+            indices.insert(at + 1, index)
+            self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
+                                   ctype="pci", index=index)
 
     def _write_back(self) -> None:
         everyone = [*self.devs, *(self.pci[i] for i in sorted(self.pci))]
@@ -949,6 +988,58 @@ def _index_controllers(devices: etree._Element) -> None:
         _assign_indices(devices, ctype)
 
 
+def _plain(d: Device) -> bool:
+    """Does the dry run reserve this device of pciplan's reading with reserve_next(AUTOASSIGN |
+    PCI_DEVICE or PCIE_DEVICE) on a q35 guest? Unaddressed, not integrated, of a kind no override
+    (_Dev: SCSI without a model, hostdevs and their interfaces), chipset step (_chipset_q35,
+    _primary_video: SATA, ICH9 USB, the first ICH9 sound, the primary video) or special assignment
+    (_assign_devices: IDE 0, USB2 companions) touches."""
+    if d.address is not None or d.bus_pin is not None or d.facts.integrated:
+        return False
+    el = d.element
+    if d.kind == "interface":
+        return el.get("type") != "hostdev"
+    if d.kind == "controller":
+        ctype = el.get("type")
+        return ((ctype == "usb" and d.model not in USB2_FUNCTION) or ctype == "virtio-serial"
+                or (ctype == "scsi" and el.get("model") is not None))
+    return d.kind in ("disk", "memballoon", "rng", "input")
+
+
+def new_buses_at_least(problem: Problem) -> int:
+    """A lower bound, from pciplan's reading of the guest (read_problem, prepared), on how many PCI
+    controllers greedy_plan_tree's dry run adds at indices problem.buses does not have; 0 where it
+    does not know one. Only for a q35 guest whose only PCI controller is the root (problem.buses is
+    {0}: so no input address names another bus, read_problem would have filled it in), where it holds
+    because, in the dry run:
+    - the bus table starts with the root alone (every input controller index is in problem.buses), so
+      every bus it grows is at an index problem.buses does not have, and becomes a controller added;
+    - no user address is off bus 0, so none takes a place on a grown bus or grows one;
+    - each _plain PCIe endpoint takes reserve_next(AUTOASSIGN | PCIE_DEVICE) (q35 primes no
+      virtio-mmio): a free slot on a bus that fits, i.e. a pcie-root-port or downstream port (one slot
+      each; pcie-root has no AUTOASSIGN), so a bus of its own, and none is there at the start: one
+      grown root port each (grown one at a time, each taken by the reservation it was grown for);
+    - with one grown, the spare port (run: max_idx 0, a bus grown, pcie root) is one more such
+      reserve_next while every bus that fits is taken: one more root port;
+    - a _plain conventional device (AUTOASSIGN | PCI_DEVICE) fits none of those (pcie-root has no
+      AUTOASSIGN, root ports take no PCI device), and no bus has PCI_BRIDGE until grow builds the bridge
+      path: the first reservation of a conventional device grows a root port that only fits a
+      pcie-to-pci-bridge, and that bridge: two buses more, neither one the PCIe endpoints fit.
+    tests/test_ties.py checks the bound against the whole dry run over the corpus."""
+    if problem.machine.family != "q35" or set(problem.buses) != {0}:
+        return 0
+    pcie = conventional = 0
+    for d in problem.devices:
+        if _plain(d):
+            if d.endpoint == "pcie":
+                pcie += 1
+            else:
+                conventional += 1
+    if not pcie:
+        return 0
+    return pcie + 1 + (2 if conventional else 0)
+
+
 def greedy_plan(xml: str) -> GreedyResult:
     """Assign PCI addresses and add controllers exactly as libvirt 9.0 does on define."""
     start = time.perf_counter()
@@ -964,11 +1055,15 @@ def greedy_plan(xml: str) -> GreedyResult:
 
 
 def greedy_plan_tree(tree: etree._ElementTree,
-                     proceed: Callable[[dict[int, str]], bool] | None = None) -> GreedyResult:
+                     proceed: Callable[[dict[int, str]], bool] | None = None,
+                     limit: tuple[Collection[int], int] | None = None) -> GreedyResult:
     """greedy_plan on a parsed domain, completed in place (its xml stays None): for callers that go on
     with the tree, so nothing is written out and parsed again. proceed: asked after libvirt's dry run
     with the PCI controllers libvirt adds (index -> model); when it says False the plan stops there
-    (not ok: a caller that only wants a layout with those controllers is spared the rest)."""
+    (not ok: a caller that only wants a layout with those controllers is spared the rest).
+    limit (indices, n): stop (not ok) as soon as the dry run has added more than n buses at indices not
+    in indices. Every bus the dry run grows becomes a controller libvirt adds (the dry run only ever
+    adds buses), so that is as soon as proceed is sure to be given more than n such controllers."""
     start = time.perf_counter()
     try:
         devices = tree.getroot().find("devices")
@@ -977,9 +1072,12 @@ def greedy_plan_tree(tree: etree._ElementTree,
             _add_implicit_video(devices, tree)
         original = list(devices.findall("controller")) if devices is not None else []
         planner = _Greedy(tree, original)
-        if not planner.run(proceed):
+        if not planner.run(proceed, limit):
             return GreedyResult(False, "stopped after the dry run", None, planner.controllers_added(),
                                 time.perf_counter() - start)
+    except _Stopped:
+        return GreedyResult(False, "stopped in the dry run: more new buses than the limit", None, {},
+                            time.perf_counter() - start)
     except (InputError, GreedyError) as exc:
         return GreedyResult(False, str(exc), None, {}, time.perf_counter() - start)
     return GreedyResult(True, None, None, planner.controllers_added(), time.perf_counter() - start)

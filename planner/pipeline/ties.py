@@ -14,10 +14,12 @@ import copy
 
 from lxml import etree
 
+from planner.checker.check import WARNING_RULES
 from planner.pipeline.domain import PciAddress, Problem
-from planner.pipeline.greedy import greedy_plan_tree
-from planner.pipeline.metrics import DocumentViews, measure
+from planner.pipeline.greedy import greedy_plan_tree, new_buses_at_least
+from planner.pipeline.metrics import DocumentViews, measure, pci_controllers
 from planner.pipeline.render import set_pci_address
+from planner.pipeline.show import summary
 from planner.xml.xmlio import remove_element
 
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
@@ -26,22 +28,26 @@ MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's gre
 def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
     """What names a device across the two documents (libvirt's parser reorders controllers and disks,
     fills in default models, lists the primary video first and forgets aliases that are not ua-)."""
+    tag = el.tag
     alias = el.find("alias")
-    if alias is not None and (alias.get("name") or "").startswith("ua-"):
-        return (el.tag, "alias", alias.get("name"))
-    if el.tag == "controller":
+    if alias is not None:
+        name = alias.get("name") or ""
+        if name.startswith("ua-"):
+            return (tag, "alias", name)
+    if tag == "controller":
         model = el.get("model")
         companion = model if model is not None and model.startswith("ich9-") else None
-        return (el.tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
+        return (tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
     mac = el.find("mac")
-    if mac is not None and mac.get("address"):
-        return (el.tag, "mac", mac.get("address").lower())
-    target = el.find("target")
-    if el.tag == "disk" and target is not None and target.get("dev"):
-        return (el.tag, "dev", target.get("dev"))
+    if mac is not None and (address := mac.get("address")):
+        return (tag, "mac", address.lower())
+    if tag == "disk":
+        target = el.find("target")
+        if target is not None and (dev := target.get("dev")):
+            return (tag, "dev", dev)
     if el is primary:
-        return (el.tag, "primary")
-    return (el.tag,)
+        return (tag, "primary")
+    return (tag,)
 
 
 def _keyed(tree: etree._ElementTree) -> dict[tuple, etree._Element]:
@@ -68,14 +74,23 @@ def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
             a.get("multifunction") == "on")
 
 
-def _comparable(before: etree._ElementTree, after: etree._ElementTree | DocumentViews, spare_pci: int,
-                spare_pcie: int):
+def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int, spare_pcie: int,
+                pcie: bool):
     """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
-    solver's), plus the checker's errors."""
-    m = measure(before, after)
-    return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
-            min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
-            tuple(m.rule_violations))
+    solver's), plus the checker's errors: metrics.measure's. pcie: the machine has PCIe."""
+    if pcie:
+        m = measure(before, after)
+        return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
+                min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
+                tuple(m.rule_violations))
+    # measure's levels without its reading of the domain (after.problem), which only its count of PCIe
+    # devices on conventional PCI needs: on a machine without PCIe every device is a conventional
+    # endpoint (domain.endpoint_of), so that count is 0. tests/test_ties.py compares this with measure.
+    counts = summary(after.pci_tree)
+    return (sum(pci_controllers(after.tree).values()), counts["bus_numbers_used"],
+            counts["hotplug_endpoints"], 0, min(counts["spare_hotplug_ports"], spare_pcie),
+            min(counts["spare_hotplug_slots"], spare_pci),
+            tuple(f"{v.rule}: {v.message}" for v in after.violations if v.rule not in WARNING_RULES))
 
 
 def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
@@ -106,31 +121,41 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
         # new controllers, if any, cannot match pciplan's none: below, that is a None too
         return None
 
+    if new_buses_at_least(problem) > len(new_ours):
+        return None  # libvirt adds more controllers than pciplan did: no tie, and no need to run it
+
     def as_many_new(added: dict[int, str]) -> bool:
         # libvirt's new controllers are those it adds at an index pciplan's problem does not have (the
         # input's own are all in it): fewer or more than pciplan's is no tie, so its assignment is spared
         return sum(1 for index in added if index not in known) == len(new_ours)
 
     libvirt_tree = etree.ElementTree(copy.deepcopy(original.getroot()))  # no text layer: never written
-    if not greedy_plan_tree(libvirt_tree, as_many_new).ok:
+    # the dry run only ever adds buses, each one a controller as_many_new is given: once more than
+    # pciplan's count of them are at indices the problem does not have, as_many_new is sure to say False
+    if not greedy_plan_tree(libvirt_tree, as_many_new, (known, len(new_ours))).ok:
         return None
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
-    planned = {k for k, el in _keyed(tree).items() if id(el) in chosen_ids}
-    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
-    changes = _changes(_keyed(trial), theirs, planned)
+    ours = _keyed(tree)
+    planned = {k for k, el in ours.items() if id(el) in chosen_ids}
+    changes = _changes(ours, theirs, planned)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return None
     if len(new_ours) != len(new_theirs):
         return None  # more or fewer controllers: no tie (and no need to measure)
-    _apply(trial, changes, new_theirs, known)
-    spares = (spare_pci, spare_pcie)
+    trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
+    # trial's device elements are tree's, copied in the same order: pair them rather than key them again
+    # (ours keeps tree's proxies alive, so their ids are stable)
+    twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), trial.getroot().find("devices"),
+                                     strict=True) if isinstance(a.tag, str)}
+    _apply(trial, changes, new_theirs, known, {k: twin[id(ours[k])] for k, _a, _mf in changes})
+    spares = (spare_pci, spare_pcie, problem.machine.pcie)
     measured = DocumentViews(trial)
     if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
     # the same changes on the document trial was copied from: an equal document, so trial's views
-    _apply(tree, changes, new_theirs, known)
+    _apply(tree, changes, new_theirs, known, ours)
     return measured.for_equal(tree)
 
 
@@ -141,12 +166,13 @@ def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Eleme
     out = []
     for k in planned:
         el, other = ours.get(k), theirs.get(k)
-        if el is None or other is None or _pci(el) is None:
+        mine = None if el is None else _pci(el)
+        if mine is None or other is None:
             return None
         got = _pci(other)
         if got is None:
             return None
-        if got != _pci(el):
+        if got != mine:
             out.append((k, *got))
     return sorted(out, key=str)
 
@@ -157,9 +183,13 @@ def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._E
 
 
 def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Element],
-           known: set[int]) -> None:
+           known: set[int], keyed: dict[tuple, etree._Element]) -> None:
     """Put libvirt's new PCI controllers in place of pciplan's, after the last PCI controller the
-    input had, and libvirt's addresses on the elements pciplan placed."""
+    input had, and libvirt's addresses on the elements pciplan placed. keyed: tree's elements by key
+    (_keyed) at least for the changes' keys; read before the controllers change, which changes none of
+    them: the controllers replaced are PCI controllers at indices the problem does not have, never
+    chosen (so never a changed key) and, without a ua- alias, keyed by their own index, so no changed
+    key's occurrence count moves either."""
     for c in _new_controllers(tree, known):
         remove_element(c)
     pci = [c for c in tree.getroot().iterfind("devices/controller[@type='pci']")]
@@ -171,7 +201,6 @@ def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Ele
             anchor = el
     elif controllers:
         return  # no root to anchor on cannot happen after read_problem; keep pciplan's layout then
-    keyed = _keyed(tree)
     for k, a, mf in changes:
         _set(keyed[k], a, mf)
 
