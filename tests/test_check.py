@@ -1004,3 +1004,35 @@ def test_libvirt_output_is_complete_and_valid(libvirt_conn: Any) -> None:
         if found != LIBVIRT_OUTPUT_BREAKS.get(name, set()):
             problems[name] = found
     assert problems == {}
+
+
+def test_io_space_counts_a_bridge_below_a_pcie_expander_bus_once() -> None:
+    """A dmi-to-pci-bridge and a root port on a pcie-expander-bus: the bridge's window (4 KiB, SHPC
+    bridges always get one) and the port's (around the e1000e's I/O BAR) count once each. The checker
+    walked the expander bus's controllers twice and counted the bridge's window again (12352 bytes);
+    the solver's own count is the reference."""
+    from planner.checker.check import io_space_needed
+    from planner.pipeline.plan import plan_tree
+
+    xml = """<domain type='kvm'><name>pxb</name><memory>1048576</memory><vcpu>2</vcpu>
+  <cpu><numa><cell id='0' cpus='0-1' memory='1048576'/></numa></cpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>
+  <devices>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <controller type='pci' index='1' model='pcie-expander-bus'><target busNr='250'><node>0</node></target>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></controller>
+    <controller type='pci' index='2' model='pcie-root-port'>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></controller>
+    <controller type='pci' index='3' model='dmi-to-pci-bridge'>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/></controller>
+    <interface type='network'><source network='default'/><model type='e1000e'/>
+      <address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></interface>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+    given = parse_domain_bytes(xml.encode())
+    need, _space = io_space_needed(given)
+    assert need == 2 * 4096 + 64  # the two windows and the chipset's 64 bytes (q35)
+    planned = parse_domain_bytes(xml.encode())
+    summary = plan_tree(planned)
+    assert summary.check_errors == [] and summary.io_bytes == io_space_needed(planned)[0]

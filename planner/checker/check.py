@@ -1218,6 +1218,7 @@ class _Checker:
         def top_windows(index: int) -> None:
             for c in children.get(index, []):
                 if c.model == "pcie-expander-bus":
+                    seen.add(c.index)  # walked here: the loop below must not count it again
                     top_windows(c.index)
                 else:
                     top.append(window(c))
