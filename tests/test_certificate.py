@@ -342,3 +342,61 @@ def test_direct_without_the_model_is_the_models_result() -> None:
     assert both >= 1500, (both, model_only)
     assert model_only <= 0.02 * both, (both, model_only)
     assert refused >= 50, refused
+
+
+def _pc_crowded() -> list[tuple[str, str, PlanOptions]]:
+    """pc guests whose pci-root has too few free slots for the devices wanting hot-plug alone, the
+    packed slots and the spare slots (certificate._pc_bridge): hot-plug NICs and disks around the 30
+    free slots and beyond one bridge's 31, conventional sound devices without a wish (packed), under
+    spare-slot and firmware options; and typical generated pc guests that come there."""
+    out = []
+    sounds = ["ich6", "ac97", "es1370"]
+    variants = [PlanOptions(), PlanOptions(spare_pci=0), PlanOptions(spare_pci=3), PlanOptions(spare_pci=40),
+                PlanOptions(firmware="seabios"), PlanOptions(firmware="ovmf"), PlanOptions(firmware="none")]
+    rng = random.Random(31)
+    for n in range(60):
+        nics, disks, others = rng.randint(14, 40), rng.randint(0, 12), rng.choice([0, 0, 1, 3, 9, 17, 30])
+        devices = "".join(f"<interface type='user'><mac address='52:54:00:00:{n:02x}:{i:02x}'/><model "
+                          f"type='{rng.choice(['virtio', 'e1000', 'rtl8139'])}'/></interface>"
+                          for i in range(nics))
+        devices += "".join(f"<disk type='file' device='disk'><source file='/i/{n}-{i}.img'/>"
+                           f"<target dev='vd{chr(97 + i)}' bus='virtio'/></disk>" for i in range(disks))
+        devices += "".join(f"<sound model='{sounds[(i + n) % 3]}'/>" for i in range(others))
+        devices += "<controller type='usb' index='0' model='piix3-uhci'/>" if n % 2 else ""
+        options = variants[n % len(variants)]
+        out.append((f"crowded-{n}-{nics}-{disks}-{others}", _domain("pc", devices), options))
+    rng = random.Random(77)
+    for n in range(1, 1200, 3):  # typical generated guests: pc is every third
+        xml = typical_guest(n, rng)
+        out.append((f"fleet-{n}", xml, PlanOptions()))
+    return out
+
+
+def test_crowded_pc_guests_get_the_solvers_bridge() -> None:
+    """The pc guests whose root slots are too few (certificate._pc_bridge: one new pci-bridge) are
+    certified as the solver plans them, byte for byte and the whole summary; direct and by_model agree
+    on them; and the case is met often, with devices both in the bridge and left on the root."""
+    bridged = on_root = fleet = 0
+    for name, xml, options in _pc_crowded():
+        tree = parse_domain_bytes(xml.encode())
+        problem, resolved, _ = planner.pipeline.plan._read(tree, options)
+        prep = prepare(problem, resolved)
+        built = build(prep, resolved, validate=False)
+        shape = certificate._shape(prep, built)
+        if certificate._outside(prep, resolved) or shape is None:
+            continue
+        if not certificate._pc_bridge(prep, built, shape):
+            continue
+        mine = _plan(xml, options, certify=True)
+        assert mine[:2] == _plan(xml, options, certify=False)[:2], name
+        direct = certificate.direct(prep, resolved)
+        model = certificate.by_model(prep, resolved)
+        if isinstance(direct, str) or direct is None:
+            assert model is None or direct is None, (name, direct)
+        else:
+            assert model is not None and _compared(direct) == _compared(model), name
+        if mine[2]:
+            bridged += 1
+            on_root += mine[1]["objective_levels"]["root_slots_used"] > 1
+            fleet += name.startswith("fleet")
+    assert bridged >= 40 and on_root >= 10 and fleet >= 5, (bridged, on_root, fleet)

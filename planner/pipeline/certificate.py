@@ -16,12 +16,15 @@ Covered: no --replan, no rules, no reservations, the default objective order, an
 PCI controller is the root (pcie-root on q35 and aarch64 virt, pci-root on pc) - the typical guest -
 or whose other controllers are PCIe ports (and switches' upstream ports), with no more empty
 hot-pluggable ports than PCIe devices that want one and no conventional device that wants hot-plug.
+On pc, also a root bus too crowded for the devices wanting hot-plug, the packed slots and the spare
+slots: one new pci-bridge then takes the packed slots and the devices its 31 slots have room for.
 
 Why the output is the solver's, byte for byte: on these guests every optimal solution of the model
 takes the same values for what the layout is unfolded from (the bounds' arguments show that each
 level is met only by the structure built here), except which conventional devices without a hot-plug
-wish fill the free functions of the root bus's packed slots rather than the new bridge, and which
-devices take the existing empty ports; that the solver's tie-break decides by libvirt's order
+wish fill the free functions of the root bus's packed slots rather than the new bridge, which
+devices take the existing empty ports, and (crowded pc) which devices wanting hot-plug stay on the
+root; that the solver's tie-break decides by libvirt's order
 (planner.pipeline.solver.objective.libvirt_order_terms: earlier groups on existing buses of lower index first,
 a sum of distinct products that one assignment maximises), and the construction does the same. The remaining
 variables (empty slots counted for the spares, I/O windows) are completed to their least values, as
@@ -566,11 +569,58 @@ def _spares_only(prep: Prepared, built: Frame) -> dict[int, int] | None:
     return out
 
 
+def _pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> bool:
+    """pc (a hot-pluggable pci-root): whether its free slots are too few for every device wanting
+    hot-plug alone, the packed slots and the spare slots wished for (then the layout adds a bridge)."""
+    st = prep.states[0]
+    if not st.bus.model.conventional or not st.bus.hotplug:
+        return False
+    free = len(st.free_slots(prep.problem.machine.reserved_slots))
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    return hot + _ceil(_root_packed(prep, built, shape), FUNCTIONS) + built.spare_pci > free
+
+
+def _construct_pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
+    """pc, the root's slots too few (_pc_bridge): one new pci-bridge on the root holding the packed
+    slots and as many devices wanting hot-plug as its 31 slots leave room for, the others alone in
+    root slots, earliest groups first (the solver's tie-break, libvirt's order: earlier groups on
+    existing buses); None when that does not fit or a group cannot go in a bridge."""
+    v = built.vars
+    free = len(prep.states[0].free_slots(prep.problem.machine.reserved_slots))
+    packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    on_root = max(0, hot + packslots - SLOTS_PER_BRIDGE)
+    bridge = v.new_pci_bridges.get(0)
+    if packslots > SLOTS_PER_BRIDGE or 1 + on_root > free or bridge is None or v.pool_packslots is None:
+        return None
+    out: dict[int, int] = {bridge.Index(): 1}
+    for gi in shape.root:
+        if gi not in v.pool_packed:
+            return None
+        out[v.pool_packed[gi].Index()] = prep.groups[gi].size
+    if packslots:
+        out[v.pool_packslots.Index()] = packslots
+    left = on_root
+    for gi in shape.root_hot:
+        size = prep.groups[gi].size
+        here = min(size, left)
+        left -= here
+        if here:
+            out[v.alone[0, gi].Index()] = here
+        if size > here:
+            if gi not in v.pool_alone:
+                return None
+            out[v.pool_alone[gi].Index()] = size - here
+    return out
+
+
 def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
     """Values of the layout variables (every other layout variable 0), or None when the root bus has
     no room for them."""
     if not prep.groups:
         return _spares_only(prep, built)
+    if _pc_bridge(prep, built, shape):
+        return _construct_pc_bridge(prep, built, shape)
     v = built.vars
     st = prep.states[0]
     root = st.bus
@@ -652,7 +702,8 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       is neither one of those ports nor empty (a nested pci-bridge needs a bridge that is not nested).
       The existing empty hot-pluggable ports (when there are any, there is no such conventional
       device) offer one such place each. So at least |port devices| + spare ports - existing empty
-      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0.
+      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0, or 1 when crowded
+      (see slots).
     - buses: without --replan the model counts bus numbers by the same sum as controllers (each new
       controller is one bus), so the same bound.
     - slots (root-bus slots used): at the bounds above the new controllers are exactly those counted:
@@ -667,6 +718,17 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       controllers = 0 every device is on pci-root: each device wanting hot-plug alone in a slot, the
       others packed 8 to a slot; a packed slot of a hot-pluggable bus counts twice (the model's cost
       for the hot-plug room it takes).
+      pc whose free root slots F are too few (_pc_bridge: H devices wanting hot-plug, k = ceil(P / 8)
+      packed slots for the P devices without a wish, s spare slots wished for, H + k + s > F): at
+      hotplug = 0 every such device is alone in a hot-pluggable slot, every other one packed (8
+      functions to a slot at most) and s slots are empty; without a new controller all of these
+      are root slots, more than F, so controllers >= 1 (buses likewise). The one controller can only
+      be a pci-bridge on the root (no port goes on pci-root; a nested bridge needs one that is not),
+      taking a root slot and offering 31. With a devices alone and q packed slots on the root and
+      the rest in the bridge (H - a alone and k' packed slots, H - a + k' <= 31, q + k' >= k), the
+      root slots counted are 1 + a + 2q >= 1 + a + q >= 1 + (H - 31 + k') + (k - k') = 1 + H + k - 31,
+      and >= 1: so slots >= 1 + max(0, H + k - 31), met only with q = 0, k' = k and a = max(0,
+      H + k - 31) (which devices are on the root: libvirt's order, the earliest groups).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
@@ -690,9 +752,13 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
     root = st.bus
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
     twice = 2 if root.hotplug else 1
-    if root.model.conventional:
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    if _pc_bridge(prep, built, shape):
+        controllers = 1
+        slots = 1 + max(0, hot + packslots - SLOTS_PER_BRIDGE)
+    elif root.model.conventional:
         controllers = 0
-        slots = sum(prep.groups[gi].size for gi in shape.root_hot) + twice * packslots
+        slots = hot + twice * packslots
     else:
         ports = _root_ports(prep, built, shape)
         controllers = ports + (1 if shape.bridge else 0)
