@@ -365,6 +365,12 @@ def _pc_crowded() -> list[tuple[str, str, PlanOptions]]:
         devices += "<controller type='usb' index='0' model='piix3-uhci'/>" if n % 2 else ""
         options = variants[n % len(variants)]
         out.append((f"crowded-{n}-{nics}-{disks}-{others}", _domain("pc", devices), options))
+    for n, nics in enumerate([45, 58, 61, 75, 90, 118, 140, 200]):  # beyond one bridge: nested bridges
+        devices = "".join(f"<interface type='user'><model type='{'virtio' if i % 3 else 'e1000'}'/>"
+                          "</interface>" for i in range(nics))
+        devices += "".join(f"<sound model='{sounds[i % 3]}'/>" for i in range(n * 3))
+        for options in (PlanOptions(), PlanOptions(spare_pci=5), PlanOptions(firmware="ovmf")):
+            out.append((f"many-{nics}-{n * 3}", _domain("pc", devices), options))
     rng = random.Random(77)
     for n in range(1, 1200, 3):  # typical generated guests: pc is every third
         xml = typical_guest(n, rng)
@@ -373,10 +379,11 @@ def _pc_crowded() -> list[tuple[str, str, PlanOptions]]:
 
 
 def test_crowded_pc_guests_get_the_solvers_bridge() -> None:
-    """The pc guests whose root slots are too few (certificate._pc_bridge: one new pci-bridge) are
+    """The pc guests whose root slots are too few (certificate._pc_bridge: new pci-bridges) are
     certified as the solver plans them, byte for byte and the whole summary; direct and by_model agree
-    on them; and the case is met often, with devices both in the bridge and left on the root."""
-    bridged = on_root = fleet = 0
+    on them; and the case is met often, with devices both in bridges and left on the root, and with
+    more than one bridge."""
+    bridged = on_root = fleet = nested = 0
     for name, xml, options in _pc_crowded():
         tree = parse_domain_bytes(xml.encode())
         problem, resolved, _ = planner.pipeline.plan._read(tree, options)
@@ -399,4 +406,5 @@ def test_crowded_pc_guests_get_the_solvers_bridge() -> None:
             bridged += 1
             on_root += mine[1]["objective_levels"]["root_slots_used"] > 1
             fleet += name.startswith("fleet")
-    assert bridged >= 40 and on_root >= 10 and fleet >= 5, (bridged, on_root, fleet)
+            nested += mine[1]["objective_levels"]["controllers_added"] > 1
+    assert bridged >= 40 and on_root >= 10 and fleet >= 5 and nested >= 10, (bridged, on_root, fleet, nested)

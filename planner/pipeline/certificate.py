@@ -17,7 +17,8 @@ PCI controller is the root (pcie-root on q35 and aarch64 virt, pci-root on pc) -
 or whose other controllers are PCIe ports (and switches' upstream ports), with no more empty
 hot-pluggable ports than PCIe devices that want one and no conventional device that wants hot-plug.
 On pc, also a root bus too crowded for the devices wanting hot-plug, the packed slots and the spare
-slots: one new pci-bridge then takes the packed slots and the devices its 31 slots have room for.
+slots: as few new pci-bridges as give room (one on the root, the others nested in it) then take the
+packed slots and the devices their slots have room for, the rest alone on the root.
 
 Why the output is the solver's, byte for byte: on these guests every optimal solution of the model
 takes the same values for what the layout is unfolded from (the bounds' arguments show that each
@@ -569,31 +570,45 @@ def _spares_only(prep: Prepared, built: Frame) -> dict[int, int] | None:
     return out
 
 
-def _pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> bool:
-    """pc (a hot-pluggable pci-root): whether its free slots are too few for every device wanting
-    hot-plug alone, the packed slots and the spare slots wished for (then the layout adds a bridge)."""
+def _pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> int:
+    """pc (a hot-pluggable pci-root) whose free slots are too few for every device wanting hot-plug
+    alone, the packed slots and the spare slots wished for: the new pci-bridges the layout needs
+    (each takes a slot and offers 31: 30 more); 0 when the root has room."""
     st = prep.states[0]
     if not st.bus.model.conventional or not st.bus.hotplug:
-        return False
+        return 0
     free = len(st.free_slots(prep.problem.machine.reserved_slots))
     hot = sum(prep.groups[gi].size for gi in shape.root_hot)
-    return hot + _ceil(_root_packed(prep, built, shape), FUNCTIONS) + built.spare_pci > free
+    over = hot + _ceil(_root_packed(prep, built, shape), FUNCTIONS) + built.spare_pci - free
+    return _ceil(over, SLOTS_PER_BRIDGE - 1) if over > 0 else 0
+
+
+def _pc_on_root(prep: Prepared, built: Frame, shape: _Shape) -> int:
+    """Crowded pc: the devices wanting hot-plug left alone in root slots, beside the one bridge there
+    (the others nested): those the bridges' 30 c + 1 slots have no room for after the packed slots."""
+    bridges = _pc_bridge(prep, built, shape)
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
+    return max(0, hot + packslots - (SLOTS_PER_BRIDGE - 1) * bridges - 1)
 
 
 def _construct_pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
-    """pc, the root's slots too few (_pc_bridge): one new pci-bridge on the root holding the packed
-    slots and as many devices wanting hot-plug as its 31 slots leave room for, the others alone in
-    root slots, earliest groups first (the solver's tie-break, libvirt's order: earlier groups on
+    """Crowded pc (_pc_bridge): c new pci-bridges, one on the root and the others nested, holding the
+    packed slots and as many devices wanting hot-plug as their slots leave room for, the others alone
+    in root slots, earliest groups first (the solver's tie-break, libvirt's order: earlier groups on
     existing buses); None when that does not fit or a group cannot go in a bridge."""
     v = built.vars
     free = len(prep.states[0].free_slots(prep.problem.machine.reserved_slots))
+    bridges = _pc_bridge(prep, built, shape)
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
-    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
-    on_root = max(0, hot + packslots - SLOTS_PER_BRIDGE)
+    on_root = _pc_on_root(prep, built, shape)
     bridge = v.new_pci_bridges.get(0)
-    if packslots > SLOTS_PER_BRIDGE or 1 + on_root > free or bridge is None or v.pool_packslots is None:
+    if (packslots > (SLOTS_PER_BRIDGE - 1) * bridges + 1 or 1 + on_root > free or bridge is None
+            or v.pool_packslots is None or v.pool_pci_bridges is None):
         return None
     out: dict[int, int] = {bridge.Index(): 1}
+    if bridges > 1:
+        out[v.pool_pci_bridges.Index()] = bridges - 1
     for gi in shape.root:
         if gi not in v.pool_packed:
             return None
@@ -702,8 +717,8 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       is neither one of those ports nor empty (a nested pci-bridge needs a bridge that is not nested).
       The existing empty hot-pluggable ports (when there are any, there is no such conventional
       device) offer one such place each. So at least |port devices| + spare ports - existing empty
-      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0, or 1 when crowded
-      (see slots).
+      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0, or the bridges a crowded
+      root needs (see slots).
     - buses: without --replan the model counts bus numbers by the same sum as controllers (each new
       controller is one bus), so the same bound.
     - slots (root-bus slots used): at the bounds above the new controllers are exactly those counted:
@@ -721,14 +736,18 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       pc whose free root slots F are too few (_pc_bridge: H devices wanting hot-plug, k = ceil(P / 8)
       packed slots for the P devices without a wish, s spare slots wished for, H + k + s > F): at
       hotplug = 0 every such device is alone in a hot-pluggable slot, every other one packed (8
-      functions to a slot at most) and s slots are empty; without a new controller all of these
-      are root slots, more than F, so controllers >= 1 (buses likewise). The one controller can only
-      be a pci-bridge on the root (no port goes on pci-root; a nested bridge needs one that is not),
-      taking a root slot and offering 31. With a devices alone and q packed slots on the root and
-      the rest in the bridge (H - a alone and k' packed slots, H - a + k' <= 31, q + k' >= k), the
-      root slots counted are 1 + a + 2q >= 1 + a + q >= 1 + (H - 31 + k') + (k - k') = 1 + H + k - 31,
-      and >= 1: so slots >= 1 + max(0, H + k - 31), met only with q = 0, k' = k and a = max(0,
-      H + k - 31) (which devices are on the root: libvirt's order, the earliest groups).
+      functions to a slot at most: q packed slots on the root, k' in the bridges, q + k' >= k) and s
+      slots are empty. The only controllers pci-root can get are pci-bridges, r on the root and n
+      nested (r + n = c; a nested one needs one that is not, so r >= 1), every one taking a slot (of
+      the root or of a bridge) and offering 31: F + 30 c hot-pluggable slots in all, of which H + q +
+      k' + s >= H + k + s are needed, so controllers >= c = ceil((H + k + s - F) / 30) (buses
+      likewise: one bus number a bridge). At c bridges, with a devices alone on the root, the bridges
+      hold H - a + k' + n <= 31 c, and the root slots counted are r + a + 2q (its packed slots count
+      twice) >= r + a + q >= r + (H + k' + n - 31 c) + (k - k') = H + k - 30 c, and >= r >= 1: so slots
+      >= 1 + max(0, H + k - 30 c - 1), met only with q = 0 and, where it is above 1, the bridges
+      full; r > 1 trades a root device for a root bridge at the same count, which the solver's
+      tie-break (libvirt's order: devices on existing buses) refuses, so r = 1, n = c - 1 and a =
+      max(0, H + k - 30 c - 1), the earliest groups' devices (_pc_on_root).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
@@ -754,8 +773,8 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
     twice = 2 if root.hotplug else 1
     hot = sum(prep.groups[gi].size for gi in shape.root_hot)
     if _pc_bridge(prep, built, shape):
-        controllers = 1
-        slots = 1 + max(0, hot + packslots - SLOTS_PER_BRIDGE)
+        controllers = _pc_bridge(prep, built, shape)
+        slots = 1 + _pc_on_root(prep, built, shape)
     elif root.model.conventional:
         controllers = 0
         slots = hot + twice * packslots
