@@ -408,3 +408,54 @@ def test_crowded_pc_guests_get_the_solvers_bridge() -> None:
             fleet += name.startswith("fleet")
             nested += mine[1]["objective_levels"]["controllers_added"] > 1
     assert bridged >= 40 and on_root >= 10 and fleet >= 5 and nested >= 10, (bridged, on_root, fleet, nested)
+
+
+def _roomy_guests() -> list[tuple[str, str, PlanOptions]]:
+    """q35 and aarch64 virt guests with more empty root ports than devices wanting hot-plug (as
+    virt-install writes them: a row of root ports), devices without a wish (a USB controller, a
+    balloon, an RNG: one pack) or none, under spare-port and firmware options."""
+    out = []
+    rng = random.Random(41)
+    variants = [PlanOptions(), PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=3),
+                PlanOptions(firmware="none"), PlanOptions(spare_pcie=6)]
+    extras = ["<controller type='usb' model='qemu-xhci'/>", "<memballoon model='virtio'/>",
+              "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+              "<controller type='scsi' model='virtio-scsi'/>", "<controller type='virtio-serial'/>"]
+    for n in range(90):
+        machine = ("q35", "virt")[n % 2]
+        devices = []
+        for i in range(rng.randint(0, 6)):
+            model = rng.choice(["virtio", "e1000e"] if machine == "q35" else ["virtio"])
+            devices.append(f"<interface type='user'><mac address='52:54:00:01:{n:02x}:{i:02x}'/><model "
+                           f"type='{model}'/></interface>")
+        for i in range(rng.randint(0, 4)):
+            devices.append(f"<disk type='file' device='disk'><source file='/i/{n}-{i}.img'/>"
+                           f"<target dev='vd{chr(97 + i)}' bus='virtio'/></disk>")
+        devices += rng.sample(extras, rng.choice([0, 0, 0, 1, 2, 3, 5]))
+        rng.shuffle(devices)
+        ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'/>"
+                        for i in range(1, len(devices) + rng.randint(0, 8) + 1))
+        root = "<controller type='pci' index='0' model='pcie-root'/>"
+        xml = _domain(machine, root + ports + "".join(devices))
+        out.append((f"roomy-{n}", xml, variants[n % len(variants)]))
+    return out
+
+
+def test_empty_ports_to_spare_are_filled_as_the_solver_fills_them() -> None:
+    """More existing empty root ports than devices wanting one (certificate._roomy): certified as the
+    solver plans them, byte for byte and the whole summary, with and without a pack of devices
+    without a wish; and the case is met often."""
+    packs = alone = 0
+    for name, xml, options in _roomy_guests():
+        tree = parse_domain_bytes(xml.encode())
+        problem, resolved, _ = planner.pipeline.plan._read(tree, options)
+        prep = prepare(problem, resolved)
+        if certificate._outside(prep, resolved) or not prep.groups:
+            continue
+        shape = certificate._shape(prep, build(prep, resolved, validate=False))
+        mine = _plan(xml, options, certify=True)
+        assert mine[:2] == _plan(xml, options, certify=False)[:2], name
+        if shape is not None and shape.roomy is not None and mine[2]:
+            packs += -1 in shape.roomy
+            alone += -1 not in shape.roomy
+    assert packs >= 20 and alone >= 10, (packs, alone)

@@ -18,14 +18,16 @@ or whose other controllers are PCIe ports (and switches' upstream ports), with n
 hot-pluggable ports than PCIe devices that want one and no conventional device that wants hot-plug.
 On pc, also a root bus too crowded for the devices wanting hot-plug, the packed slots and the spare
 slots: as few new pci-bridges as give room (one on the root, the others nested in it) then take the
-packed slots and the devices their slots have room for, the rest alone on the root.
+packed slots and the devices their slots have room for, the rest alone on the root. And (q35, virt)
+more existing empty root ports than devices wanting one, beside at most one pack of devices without
+a wish (_roomy): the devices and the pack take the ports, the rest stay empty (the spares).
 
 Why the output is the solver's, byte for byte: on these guests every optimal solution of the model
 takes the same values for what the layout is unfolded from (the bounds' arguments show that each
 level is met only by the structure built here), except which conventional devices without a hot-plug
 wish fill the free functions of the root bus's packed slots rather than the new bridge, which
-devices take the existing empty ports, and (crowded pc) which devices wanting hot-plug stay on the
-root; that the solver's tie-break decides by libvirt's order
+devices take the existing empty ports (and which port the pack), and (crowded pc) which devices
+wanting hot-plug stay on the root; that the solver's tie-break decides by libvirt's order
 (planner.pipeline.solver.objective.libvirt_order_terms: earlier groups on existing buses of lower index first,
 a sum of distinct products that one assignment maximises), and the construction does the same. The remaining
 variables (empty slots counted for the spares, I/O windows) are completed to their least values, as
@@ -107,6 +109,9 @@ class _Shape:
     root_hot: list[int] = field(default_factory=list)  # wants hot-plug, alone in a pci-root slot (pc)
     root: list[int] = field(default_factory=list)  # no wish, only the root bus without a cost above
     either: list[int] = field(default_factory=list)  # no wish, conventional: root bus or a new bridge
+    # ports to spare (_roomy): the existing empty ports, in index order, each holding one hot-plug
+    # device's group index, or -1 for the one pack of the devices without a wish
+    roomy: list[int] | None = None
 
 
 @dataclass
@@ -501,11 +506,44 @@ def _shape(prep: Prepared, built: Frame) -> _Shape | None:
     empty = _empty_ports(prep)
     if len(prep.states) > 1 and shape.bridge:
         return None  # a new bridge could then also go on an existing port
-    if len(empty) > sum(prep.groups[gi].size for gi in shape.port):
-        return None  # ports left empty might take packs or be the spares: not covered
     if any((e, gi) not in v.alone for e in empty for gi in shape.port):
         return None
+    if len(empty) > sum(prep.groups[gi].size for gi in shape.port):
+        shape.roomy = _roomy(prep, built, shape)
+        if shape.roomy is None:
+            return None  # ports left empty might take packs or be the spares: not covered
     return shape
+
+
+def _roomy(prep: Prepared, built: Frame, shape: _Shape) -> list[int] | None:
+    """More existing empty ports than devices wanting one: what each port holds (see _Shape.roomy) where
+    every bus but pcie-root is an empty hot-pluggable port, the devices without a wish are at most 8
+    functions (one pack), and the ports are enough for the devices, the pack and the spare ports;
+    None elsewhere, or where the solver's tie-break would see a tie (the pack's weight in libvirt's
+    order equal to a device's)."""
+    v = built.vars
+    groups = prep.groups
+    empty = _empty_ports(prep)
+    nohot = [*shape.root, *shape.either]
+    functions = sum(groups[gi].size for gi in nohot)
+    devices = [gi for gi in shape.port for _ in range(groups[gi].size)]
+    spare = built.spare_pcie if prep.problem.machine.pcie else 0
+    if (shape.bridge or len(empty) != len(prep.states) - 1 or functions > FUNCTIONS
+            or len(empty) - len(devices) - (1 if functions else 0) < spare):
+        return None
+    if any((e, gi) not in v.packed for e in empty for gi in nohot):
+        return None
+    # libvirt's order (objective.libvirt_order_terms): a port of lower index holds more weight, the
+    # weight of what it holds being (groups - gi) per device or function; pairing by rearrangement
+    weight = {gi: len(groups) - gi for gi in shape.port}
+    units = [(weight[gi], gi) for gi in devices]
+    if functions:
+        pack = sum((len(groups) - gi) * groups[gi].size for gi in nohot)
+        if pack in weight.values():
+            return None
+        units.append((pack, -1))
+    units.sort(key=lambda u: -u[0])
+    return [gi for _, gi in units]
 
 
 def _empty_ports(prep: Prepared) -> list[int]:
@@ -646,6 +684,15 @@ def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | 
         if n:
             out[x.Index()] = n  # a missing variable (x None) with n > 0 cannot happen: _shape checked
 
+    if shape.roomy is not None:  # ports to spare: each holds what _roomy gives it
+        for e, gi in zip(_empty_ports(prep), shape.roomy, strict=False):
+            if gi >= 0:
+                put(v.alone[e, gi], 1 + out.get(v.alone[e, gi].Index(), 0))
+                continue
+            for g in [*shape.root, *shape.either]:
+                put(v.packed[e, g], prep.groups[g].size)
+            put(v.packslots[e], 1)
+        return out
     packed = _root_packed(prep, built, shape)
     packslots = _ceil(packed, FUNCTIONS)
     for gi in shape.root:
@@ -748,6 +795,18 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       full; r > 1 trades a root device for a root bridge at the same count, which the solver's
       tie-break (libvirt's order: devices on existing buses) refuses, so r = 1, n = c - 1 and a =
       max(0, H + k - 30 c - 1), the earliest groups' devices (_pc_on_root).
+    - ports to spare (_roomy: q35/virt whose buses besides pcie-root are E empty hot-pluggable ports,
+      H devices wanting one, P <= 8 functions without a wish, k = ceil(P / 8) and s spare ports with
+      E - H - k >= s): the bounds 0 on the first levels are met (the H devices alone in ports and s
+      ports left empty need no new controller). slots: at controllers = 0 there is no new bridge or
+      port, so every device without a wish is packed, in pcie-root's slots or a port's one slot, and
+      each packed slot counts one (pcie-root's are not hot-pluggable; a hot-pluggable port's counts
+      once); lone devices in ports count nothing: slots >= k. libvirt: at slots = k and controllers =
+      0 a port is filled only by a device alone or one of the k packed slots (it has one slot), so
+      at most H + k are filled: libvirt >= (hot-pluggable ports) - H - k, met only with the pack in a
+      port. Which port holds what is the solver's tie-break (libvirt's order: a lower index for the
+      larger weight, a device's weight its group's, the pack's the sum over its functions; by
+      rearrangement the ports of lowest index, in weight order; distinct weights: a tie is refused).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
@@ -783,6 +842,11 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
         controllers = ports + (1 if shape.bridge else 0)
         slots = _ceil(max(0, ports - len(st.free_root_port_functions())), FUNCTIONS) + twice * packslots
     hot_ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
+    if shape.roomy is not None:
+        filled = len(shape.roomy)
+        packs = filled - sum(prep.groups[gi].size for gi in shape.port)
+        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": packs,
+                "libvirt": hot_ports - filled}
     return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": controllers, "buses": controllers,
             "slots": slots, "libvirt": hot_ports - len(_empty_ports(prep))}
 
