@@ -420,7 +420,8 @@ def _roomy_guests() -> list[tuple[str, str, PlanOptions]]:
                 PlanOptions(firmware="none"), PlanOptions(spare_pcie=6)]
     extras = ["<controller type='usb' model='qemu-xhci'/>", "<memballoon model='virtio'/>",
               "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
-              "<controller type='scsi' model='virtio-scsi'/>", "<controller type='virtio-serial'/>"]
+              "<controller type='scsi' model='virtio-scsi'/>", "<controller type='virtio-serial'/>",
+              "<sound model='ich6'/>", "<sound model='ich9'/>", "<video><model type='virtio'/></video>"]
     for n in range(90):
         machine = ("q35", "virt")[n % 2]
         devices = []
@@ -436,6 +437,9 @@ def _roomy_guests() -> list[tuple[str, str, PlanOptions]]:
         ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'/>"
                         for i in range(1, len(devices) + rng.randint(0, 8) + 1))
         root = "<controller type='pci' index='0' model='pcie-root'/>"
+        if n % 3 == 0:  # a port taken already (an addressed NIC)
+            devices.append("<interface type='user'><model type='virtio'/><address type='pci' domain='0x0000' "
+                           "bus='0x01' slot='0x00' function='0x0'/></interface>")
         xml = _domain(machine, root + ports + "".join(devices))
         out.append((f"roomy-{n}", xml, variants[n % len(variants)]))
     return out
@@ -443,9 +447,14 @@ def _roomy_guests() -> list[tuple[str, str, PlanOptions]]:
 
 def test_empty_ports_to_spare_are_filled_as_the_solver_fills_them() -> None:
     """More existing empty root ports than devices wanting one (certificate._roomy): certified as the
-    solver plans them, byte for byte and the whole summary, with and without a pack of devices
-    without a wish; and the case is met often."""
-    packs = alone = 0
+    solver plans them, byte for byte and the whole summary, with a pack of devices without a wish
+    in a port or on the root (where some of them may not go in a port) or none, beside ports taken
+    already; and each case is met often."""
+    packs = alone = on_root = taken = 0
+
+    def n_taken(prep) -> bool:
+        return any(e and e not in certificate._empty_ports(prep) for e in prep.states)
+
     for name, xml, options in _roomy_guests():
         tree = parse_domain_bytes(xml.encode())
         problem, resolved, _ = planner.pipeline.plan._read(tree, options)
@@ -457,5 +466,7 @@ def test_empty_ports_to_spare_are_filled_as_the_solver_fills_them() -> None:
         assert mine[:2] == _plan(xml, options, certify=False)[:2], name
         if shape is not None and shape.roomy is not None and mine[2]:
             packs += -1 in shape.roomy
-            alone += -1 not in shape.roomy
-    assert packs >= 20 and alone >= 10, (packs, alone)
+            on_root += -1 not in shape.roomy and bool(shape.root or shape.either)
+            alone += not (shape.root or shape.either)
+            taken += n_taken(prep)
+    assert packs >= 10 and on_root >= 15 and alone >= 5 and taken >= 8, (packs, on_root, alone, taken)

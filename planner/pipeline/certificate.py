@@ -517,27 +517,34 @@ def _shape(prep: Prepared, built: Frame) -> _Shape | None:
 
 def _roomy(prep: Prepared, built: Frame, shape: _Shape) -> list[int] | None:
     """More existing empty ports than devices wanting one: what each port holds (see _Shape.roomy) where
-    every bus but pcie-root is an empty hot-pluggable port, the devices without a wish are at most 8
-    functions (one pack), and the ports are enough for the devices, the pack and the spare ports;
-    None elsewhere, or where the solver's tie-break would see a tie (the pack's weight in libvirt's
-    order equal to a device's)."""
+    every bus but pcie-root is a hot-pluggable port (empty, or with no free slot), the devices without
+    a wish are at most 8 functions (one pack: in a port where every one of them may go in every empty
+    port, on the root where no empty port takes them all and the root does), and the ports are enough
+    for the devices, the pack and the spare ports; None elsewhere, or where the solver's tie-break
+    would see a tie (the pack's weight in libvirt's order equal to a device's)."""
     v = built.vars
     groups = prep.groups
+    reserved = prep.problem.machine.reserved_slots
     empty = _empty_ports(prep)
     nohot = [*shape.root, *shape.either]
     functions = sum(groups[gi].size for gi in nohot)
     devices = [gi for gi in shape.port for _ in range(groups[gi].size)]
     spare = built.spare_pcie if prep.problem.machine.pcie else 0
-    if (shape.bridge or len(empty) != len(prep.states) - 1 or functions > FUNCTIONS
-            or len(empty) - len(devices) - (1 if functions else 0) < spare):
+    if shape.bridge or functions > FUNCTIONS or any(
+            not (st.bus.model.name in PORTS and st.bus.hotplug)
+            or (e not in empty and st.free_slots(reserved)) for e, st in prep.states.items() if e):
         return None
-    if any((e, gi) not in v.packed for e in empty for gi in nohot):
+    takes_all = [all((e, gi) in v.packed for gi in nohot) for e in empty]
+    in_port = functions > 0 and all(takes_all)
+    if functions and not in_port and (any(takes_all) or any((0, gi) not in v.packed for gi in nohot)):
+        return None  # the pack would go in some ports only, or nowhere certain
+    if len(empty) - len(devices) - in_port < spare:
         return None
     # libvirt's order (objective.libvirt_order_terms): a port of lower index holds more weight, the
     # weight of what it holds being (groups - gi) per device or function; pairing by rearrangement
     weight = {gi: len(groups) - gi for gi in shape.port}
     units = [(weight[gi], gi) for gi in devices]
-    if functions:
+    if in_port:
         pack = sum((len(groups) - gi) * groups[gi].size for gi in nohot)
         if pack in weight.values():
             return None
@@ -692,6 +699,10 @@ def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | 
             for g in [*shape.root, *shape.either]:
                 put(v.packed[e, g], prep.groups[g].size)
             put(v.packslots[e], 1)
+        if -1 not in shape.roomy and (shape.root or shape.either):  # the pack on the root
+            for g in [*shape.root, *shape.either]:
+                put(v.packed[0, g], prep.groups[g].size)
+            put(v.packslots[0], 1)
         return out
     packed = _root_packed(prep, built, shape)
     packslots = _ceil(packed, FUNCTIONS)
@@ -795,18 +806,21 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       full; r > 1 trades a root device for a root bridge at the same count, which the solver's
       tie-break (libvirt's order: devices on existing buses) refuses, so r = 1, n = c - 1 and a =
       max(0, H + k - 30 c - 1), the earliest groups' devices (_pc_on_root).
-    - ports to spare (_roomy: q35/virt whose buses besides pcie-root are E empty hot-pluggable ports,
-      H devices wanting one, P <= 8 functions without a wish, k = ceil(P / 8) and s spare ports with
-      E - H - k >= s): the bounds 0 on the first levels are met (the H devices alone in ports and s
-      ports left empty need no new controller). slots: at controllers = 0 there is no new bridge or
-      port, so every device without a wish is packed, in pcie-root's slots or a port's one slot, and
-      each packed slot counts one (pcie-root's are not hot-pluggable; a hot-pluggable port's counts
-      once); lone devices in ports count nothing: slots >= k. libvirt: at slots = k and controllers =
-      0 a port is filled only by a device alone or one of the k packed slots (it has one slot), so
-      at most H + k are filled: libvirt >= (hot-pluggable ports) - H - k, met only with the pack in a
-      port. Which port holds what is the solver's tie-break (libvirt's order: a lower index for the
-      larger weight, a device's weight its group's, the pack's the sum over its functions; by
-      rearrangement the ports of lowest index, in weight order; distinct weights: a tie is refused).
+    - ports to spare (_roomy: q35/virt whose buses besides pcie-root are hot-pluggable ports, E empty, H
+      devices wanting one, P <= 8 functions without a wish, k = ceil(P / 8) and s spare ports with E - H
+      - (1 if the pack goes in a port) >= s): the bounds 0 on the first levels are met (the H devices
+      alone in ports and s ports left empty need no new controller). slots: at controllers = 0 there is
+      no new bridge or port, so every device without a wish is packed, in pcie-root's slots or a port's
+      one slot, and each packed slot counts one (pcie-root's are not hot-pluggable; a hot-pluggable
+      port's counts once); lone devices in ports count nothing: slots >= k. libvirt: at slots = k and
+      controllers = 0 a port is filled only by a device alone or one of the k packed slots (it has one
+      slot), so at most H + k are filled: libvirt >= (hot-pluggable ports) - H - k, met only with the
+      pack in a port. Where no empty port may take every device without a wish, the one packed slot
+      holding them all is the root's: at most H ports are filled, libvirt >= (hot-pluggable ports) - H.
+      Ports with no free slot are filled by nothing (their one slot is taken). Which port holds what is
+      the solver's tie-break (libvirt's order: a lower index for the larger weight, a device's weight
+      its group's, the pack's the sum over its functions; by rearrangement the ports of lowest index, in
+      weight order; distinct weights: a tie is refused).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
@@ -843,10 +857,8 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
         slots = _ceil(max(0, ports - len(st.free_root_port_functions())), FUNCTIONS) + twice * packslots
     hot_ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
     if shape.roomy is not None:
-        filled = len(shape.roomy)
-        packs = filled - sum(prep.groups[gi].size for gi in shape.port)
-        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": packs,
-                "libvirt": hot_ports - filled}
+        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": packslots,
+                "libvirt": hot_ports - len(shape.roomy)}
     return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": controllers, "buses": controllers,
             "slots": slots, "libvirt": hot_ports - len(_empty_ports(prep))}
 
