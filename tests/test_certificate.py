@@ -342,3 +342,131 @@ def test_direct_without_the_model_is_the_models_result() -> None:
     assert both >= 1500, (both, model_only)
     assert model_only <= 0.02 * both, (both, model_only)
     assert refused >= 50, refused
+
+
+def _pc_crowded() -> list[tuple[str, str, PlanOptions]]:
+    """pc guests whose pci-root has too few free slots for the devices wanting hot-plug alone, the
+    packed slots and the spare slots (certificate._pc_bridge): hot-plug NICs and disks around the 30
+    free slots and beyond one bridge's 31, conventional sound devices without a wish (packed), under
+    spare-slot and firmware options; and typical generated pc guests that come there."""
+    out = []
+    sounds = ["ich6", "ac97", "es1370"]
+    variants = [PlanOptions(), PlanOptions(spare_pci=0), PlanOptions(spare_pci=3), PlanOptions(spare_pci=40),
+                PlanOptions(firmware="seabios"), PlanOptions(firmware="ovmf"), PlanOptions(firmware="none")]
+    rng = random.Random(31)
+    for n in range(60):
+        nics, disks, others = rng.randint(14, 40), rng.randint(0, 12), rng.choice([0, 0, 1, 3, 9, 17, 30])
+        devices = "".join(f"<interface type='user'><mac address='52:54:00:00:{n:02x}:{i:02x}'/><model "
+                          f"type='{rng.choice(['virtio', 'e1000', 'rtl8139'])}'/></interface>"
+                          for i in range(nics))
+        devices += "".join(f"<disk type='file' device='disk'><source file='/i/{n}-{i}.img'/>"
+                           f"<target dev='vd{chr(97 + i)}' bus='virtio'/></disk>" for i in range(disks))
+        devices += "".join(f"<sound model='{sounds[(i + n) % 3]}'/>" for i in range(others))
+        devices += "<controller type='usb' index='0' model='piix3-uhci'/>" if n % 2 else ""
+        options = variants[n % len(variants)]
+        out.append((f"crowded-{n}-{nics}-{disks}-{others}", _domain("pc", devices), options))
+    for n, nics in enumerate([45, 58, 61, 75, 90, 118, 140, 200]):  # beyond one bridge: nested bridges
+        devices = "".join(f"<interface type='user'><model type='{'virtio' if i % 3 else 'e1000'}'/>"
+                          "</interface>" for i in range(nics))
+        devices += "".join(f"<sound model='{sounds[i % 3]}'/>" for i in range(n * 3))
+        for options in (PlanOptions(), PlanOptions(spare_pci=5), PlanOptions(firmware="ovmf")):
+            out.append((f"many-{nics}-{n * 3}", _domain("pc", devices), options))
+    rng = random.Random(77)
+    for n in range(1, 1200, 3):  # typical generated guests: pc is every third
+        xml = typical_guest(n, rng)
+        out.append((f"fleet-{n}", xml, PlanOptions()))
+    return out
+
+
+def test_crowded_pc_guests_get_the_solvers_bridge() -> None:
+    """The pc guests whose root slots are too few (certificate._pc_bridge: new pci-bridges) are
+    certified as the solver plans them, byte for byte and the whole summary; direct and by_model agree
+    on them; and the case is met often, with devices both in bridges and left on the root, and with
+    more than one bridge."""
+    bridged = on_root = fleet = nested = 0
+    for name, xml, options in _pc_crowded():
+        tree = parse_domain_bytes(xml.encode())
+        problem, resolved, _ = planner.pipeline.plan._read(tree, options)
+        prep = prepare(problem, resolved)
+        built = build(prep, resolved, validate=False)
+        shape = certificate._shape(prep, built)
+        if certificate._outside(prep, resolved) or shape is None:
+            continue
+        if not certificate._pc_bridge(prep, built, shape):
+            continue
+        mine = _plan(xml, options, certify=True)
+        assert mine[:2] == _plan(xml, options, certify=False)[:2], name
+        direct = certificate.direct(prep, resolved)
+        model = certificate.by_model(prep, resolved)
+        if isinstance(direct, str) or direct is None:
+            assert model is None or direct is None, (name, direct)
+        else:
+            assert model is not None and _compared(direct) == _compared(model), name
+        if mine[2]:
+            bridged += 1
+            on_root += mine[1]["objective_levels"]["root_slots_used"] > 1
+            fleet += name.startswith("fleet")
+            nested += mine[1]["objective_levels"]["controllers_added"] > 1
+    assert bridged >= 40 and on_root >= 10 and fleet >= 5 and nested >= 10, (bridged, on_root, fleet, nested)
+
+
+def _roomy_guests() -> list[tuple[str, str, PlanOptions]]:
+    """q35 and aarch64 virt guests with more empty root ports than devices wanting hot-plug (as
+    virt-install writes them: a row of root ports), devices without a wish (a USB controller, a
+    balloon, an RNG: one pack) or none, under spare-port and firmware options."""
+    out = []
+    rng = random.Random(41)
+    variants = [PlanOptions(), PlanOptions(spare_pcie=0), PlanOptions(spare_pcie=3),
+                PlanOptions(firmware="none"), PlanOptions(spare_pcie=6)]
+    extras = ["<controller type='usb' model='qemu-xhci'/>", "<memballoon model='virtio'/>",
+              "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+              "<controller type='scsi' model='virtio-scsi'/>", "<controller type='virtio-serial'/>",
+              "<sound model='ich6'/>", "<sound model='ich9'/>", "<video><model type='virtio'/></video>"]
+    for n in range(90):
+        machine = ("q35", "virt")[n % 2]
+        devices = []
+        for i in range(rng.randint(0, 6)):
+            model = rng.choice(["virtio", "e1000e"] if machine == "q35" else ["virtio"])
+            devices.append(f"<interface type='user'><mac address='52:54:00:01:{n:02x}:{i:02x}'/><model "
+                           f"type='{model}'/></interface>")
+        for i in range(rng.randint(0, 4)):
+            devices.append(f"<disk type='file' device='disk'><source file='/i/{n}-{i}.img'/>"
+                           f"<target dev='vd{chr(97 + i)}' bus='virtio'/></disk>")
+        devices += rng.sample(extras, rng.choice([0, 0, 0, 1, 2, 3, 5]))
+        rng.shuffle(devices)
+        ports = "".join(f"<controller type='pci' index='{i}' model='pcie-root-port'/>"
+                        for i in range(1, len(devices) + rng.randint(0, 8) + 1))
+        root = "<controller type='pci' index='0' model='pcie-root'/>"
+        if n % 3 == 0:  # a port taken already (an addressed NIC)
+            devices.append("<interface type='user'><model type='virtio'/><address type='pci' domain='0x0000' "
+                           "bus='0x01' slot='0x00' function='0x0'/></interface>")
+        xml = _domain(machine, root + ports + "".join(devices))
+        out.append((f"roomy-{n}", xml, variants[n % len(variants)]))
+    return out
+
+
+def test_empty_ports_to_spare_are_filled_as_the_solver_fills_them() -> None:
+    """More existing empty root ports than devices wanting one (certificate._roomy): certified as the
+    solver plans them, byte for byte and the whole summary, with a pack of devices without a wish
+    in a port or on the root (where some of them may not go in a port) or none, beside ports taken
+    already; and each case is met often."""
+    packs = alone = on_root = taken = 0
+
+    def n_taken(prep) -> bool:
+        return any(e and e not in certificate._empty_ports(prep) for e in prep.states)
+
+    for name, xml, options in _roomy_guests():
+        tree = parse_domain_bytes(xml.encode())
+        problem, resolved, _ = planner.pipeline.plan._read(tree, options)
+        prep = prepare(problem, resolved)
+        if certificate._outside(prep, resolved) or not prep.groups:
+            continue
+        shape = certificate._shape(prep, build(prep, resolved, validate=False))
+        mine = _plan(xml, options, certify=True)
+        assert mine[:2] == _plan(xml, options, certify=False)[:2], name
+        if shape is not None and shape.roomy is not None and mine[2]:
+            packs += -1 in shape.roomy
+            on_root += -1 not in shape.roomy and bool(shape.root or shape.either)
+            alone += not (shape.root or shape.either)
+            taken += n_taken(prep)
+    assert packs >= 10 and on_root >= 15 and alone >= 5 and taken >= 8, (packs, on_root, alone, taken)

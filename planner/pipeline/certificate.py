@@ -16,12 +16,18 @@ Covered: no --replan, no rules, no reservations, the default objective order, an
 PCI controller is the root (pcie-root on q35 and aarch64 virt, pci-root on pc) - the typical guest -
 or whose other controllers are PCIe ports (and switches' upstream ports), with no more empty
 hot-pluggable ports than PCIe devices that want one and no conventional device that wants hot-plug.
+On pc, also a root bus too crowded for the devices wanting hot-plug, the packed slots and the spare
+slots: as few new pci-bridges as give room (one on the root, the others nested in it) then take the
+packed slots and the devices their slots have room for, the rest alone on the root. And (q35, virt)
+more existing empty root ports than devices wanting one, beside at most one pack of devices without
+a wish (_roomy): the devices and the pack take the ports, the rest stay empty (the spares).
 
 Why the output is the solver's, byte for byte: on these guests every optimal solution of the model
 takes the same values for what the layout is unfolded from (the bounds' arguments show that each
 level is met only by the structure built here), except which conventional devices without a hot-plug
-wish fill the free functions of the root bus's packed slots rather than the new bridge, and which
-devices take the existing empty ports; that the solver's tie-break decides by libvirt's order
+wish fill the free functions of the root bus's packed slots rather than the new bridge, which
+devices take the existing empty ports (and which port the pack), and (crowded pc) which devices
+wanting hot-plug stay on the root; that the solver's tie-break decides by libvirt's order
 (planner.pipeline.solver.objective.libvirt_order_terms: earlier groups on existing buses of lower index first,
 a sum of distinct products that one assignment maximises), and the construction does the same. The remaining
 variables (empty slots counted for the spares, I/O windows) are completed to their least values, as
@@ -103,6 +109,9 @@ class _Shape:
     root_hot: list[int] = field(default_factory=list)  # wants hot-plug, alone in a pci-root slot (pc)
     root: list[int] = field(default_factory=list)  # no wish, only the root bus without a cost above
     either: list[int] = field(default_factory=list)  # no wish, conventional: root bus or a new bridge
+    # ports to spare (_roomy): the existing empty ports, in index order, each holding one hot-plug
+    # device's group index, or -1 for the one pack of the devices without a wish
+    roomy: list[int] | None = None
 
 
 @dataclass
@@ -497,11 +506,51 @@ def _shape(prep: Prepared, built: Frame) -> _Shape | None:
     empty = _empty_ports(prep)
     if len(prep.states) > 1 and shape.bridge:
         return None  # a new bridge could then also go on an existing port
-    if len(empty) > sum(prep.groups[gi].size for gi in shape.port):
-        return None  # ports left empty might take packs or be the spares: not covered
     if any((e, gi) not in v.alone for e in empty for gi in shape.port):
         return None
+    if len(empty) > sum(prep.groups[gi].size for gi in shape.port):
+        shape.roomy = _roomy(prep, built, shape)
+        if shape.roomy is None:
+            return None  # ports left empty might take packs or be the spares: not covered
     return shape
+
+
+def _roomy(prep: Prepared, built: Frame, shape: _Shape) -> list[int] | None:
+    """More existing empty ports than devices wanting one: what each port holds (see _Shape.roomy) where
+    every bus but pcie-root is a hot-pluggable port (empty, or with no free slot), the devices without
+    a wish are at most 8 functions (one pack: in a port where every one of them may go in every empty
+    port, on the root where no empty port takes them all and the root does), and the ports are enough
+    for the devices, the pack and the spare ports; None elsewhere, or where the solver's tie-break
+    would see a tie (the pack's weight in libvirt's order equal to a device's)."""
+    v = built.vars
+    groups = prep.groups
+    reserved = prep.problem.machine.reserved_slots
+    empty = _empty_ports(prep)
+    nohot = [*shape.root, *shape.either]
+    functions = sum(groups[gi].size for gi in nohot)
+    devices = [gi for gi in shape.port for _ in range(groups[gi].size)]
+    spare = built.spare_pcie if prep.problem.machine.pcie else 0
+    if shape.bridge or functions > FUNCTIONS or any(
+            not (st.bus.model.name in PORTS and st.bus.hotplug)
+            or (e not in empty and st.free_slots(reserved)) for e, st in prep.states.items() if e):
+        return None
+    takes_all = [all((e, gi) in v.packed for gi in nohot) for e in empty]
+    in_port = functions > 0 and all(takes_all)
+    if functions and not in_port and (any(takes_all) or any((0, gi) not in v.packed for gi in nohot)):
+        return None  # the pack would go in some ports only, or nowhere certain
+    if len(empty) - len(devices) - in_port < spare:
+        return None
+    # libvirt's order (objective.libvirt_order_terms): a port of lower index holds more weight, the
+    # weight of what it holds being (groups - gi) per device or function; pairing by rearrangement
+    weight = {gi: len(groups) - gi for gi in shape.port}
+    units = [(weight[gi], gi) for gi in devices]
+    if in_port:
+        pack = sum((len(groups) - gi) * groups[gi].size for gi in nohot)
+        if pack in weight.values():
+            return None
+        units.append((pack, -1))
+    units.sort(key=lambda u: -u[0])
+    return [gi for _, gi in units]
 
 
 def _empty_ports(prep: Prepared) -> list[int]:
@@ -566,11 +615,72 @@ def _spares_only(prep: Prepared, built: Frame) -> dict[int, int] | None:
     return out
 
 
+def _pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> int:
+    """pc (a hot-pluggable pci-root) whose free slots are too few for every device wanting hot-plug
+    alone, the packed slots and the spare slots wished for: the new pci-bridges the layout needs
+    (each takes a slot and offers 31: 30 more); 0 when the root has room."""
+    st = prep.states[0]
+    if not st.bus.model.conventional or not st.bus.hotplug:
+        return 0
+    free = len(st.free_slots(prep.problem.machine.reserved_slots))
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    over = hot + _ceil(_root_packed(prep, built, shape), FUNCTIONS) + built.spare_pci - free
+    return _ceil(over, SLOTS_PER_BRIDGE - 1) if over > 0 else 0
+
+
+def _pc_on_root(prep: Prepared, built: Frame, shape: _Shape) -> int:
+    """Crowded pc: the devices wanting hot-plug left alone in root slots, beside the one bridge there
+    (the others nested): those the bridges' 30 c + 1 slots have no room for after the packed slots."""
+    bridges = _pc_bridge(prep, built, shape)
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
+    return max(0, hot + packslots - (SLOTS_PER_BRIDGE - 1) * bridges - 1)
+
+
+def _construct_pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
+    """Crowded pc (_pc_bridge): c new pci-bridges, one on the root and the others nested, holding the
+    packed slots and as many devices wanting hot-plug as their slots leave room for, the others alone
+    in root slots, earliest groups first (the solver's tie-break, libvirt's order: earlier groups on
+    existing buses); None when that does not fit or a group cannot go in a bridge."""
+    v = built.vars
+    free = len(prep.states[0].free_slots(prep.problem.machine.reserved_slots))
+    bridges = _pc_bridge(prep, built, shape)
+    packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
+    on_root = _pc_on_root(prep, built, shape)
+    bridge = v.new_pci_bridges.get(0)
+    if (packslots > (SLOTS_PER_BRIDGE - 1) * bridges + 1 or 1 + on_root > free or bridge is None
+            or v.pool_packslots is None or v.pool_pci_bridges is None):
+        return None
+    out: dict[int, int] = {bridge.Index(): 1}
+    if bridges > 1:
+        out[v.pool_pci_bridges.Index()] = bridges - 1
+    for gi in shape.root:
+        if gi not in v.pool_packed:
+            return None
+        out[v.pool_packed[gi].Index()] = prep.groups[gi].size
+    if packslots:
+        out[v.pool_packslots.Index()] = packslots
+    left = on_root
+    for gi in shape.root_hot:
+        size = prep.groups[gi].size
+        here = min(size, left)
+        left -= here
+        if here:
+            out[v.alone[0, gi].Index()] = here
+        if size > here:
+            if gi not in v.pool_alone:
+                return None
+            out[v.pool_alone[gi].Index()] = size - here
+    return out
+
+
 def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | None:
     """Values of the layout variables (every other layout variable 0), or None when the root bus has
     no room for them."""
     if not prep.groups:
         return _spares_only(prep, built)
+    if _pc_bridge(prep, built, shape):
+        return _construct_pc_bridge(prep, built, shape)
     v = built.vars
     st = prep.states[0]
     root = st.bus
@@ -581,6 +691,19 @@ def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | 
         if n:
             out[x.Index()] = n  # a missing variable (x None) with n > 0 cannot happen: _shape checked
 
+    if shape.roomy is not None:  # ports to spare: each holds what _roomy gives it
+        for e, gi in zip(_empty_ports(prep), shape.roomy, strict=False):
+            if gi >= 0:
+                put(v.alone[e, gi], 1 + out.get(v.alone[e, gi].Index(), 0))
+                continue
+            for g in [*shape.root, *shape.either]:
+                put(v.packed[e, g], prep.groups[g].size)
+            put(v.packslots[e], 1)
+        if -1 not in shape.roomy and (shape.root or shape.either):  # the pack on the root
+            for g in [*shape.root, *shape.either]:
+                put(v.packed[0, g], prep.groups[g].size)
+            put(v.packslots[0], 1)
+        return out
     packed = _root_packed(prep, built, shape)
     packslots = _ceil(packed, FUNCTIONS)
     for gi in shape.root:
@@ -652,7 +775,8 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       is neither one of those ports nor empty (a nested pci-bridge needs a bridge that is not nested).
       The existing empty hot-pluggable ports (when there are any, there is no such conventional
       device) offer one such place each. So at least |port devices| + spare ports - existing empty
-      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0.
+      ports + 2 if any conventional device wants hot-plug. On pc (pci-root): 0, or the bridges a crowded
+      root needs (see slots).
     - buses: without --replan the model counts bus numbers by the same sum as controllers (each new
       controller is one bus), so the same bound.
     - slots (root-bus slots used): at the bounds above the new controllers are exactly those counted:
@@ -667,6 +791,36 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
       controllers = 0 every device is on pci-root: each device wanting hot-plug alone in a slot, the
       others packed 8 to a slot; a packed slot of a hot-pluggable bus counts twice (the model's cost
       for the hot-plug room it takes).
+      pc whose free root slots F are too few (_pc_bridge: H devices wanting hot-plug, k = ceil(P / 8)
+      packed slots for the P devices without a wish, s spare slots wished for, H + k + s > F): at
+      hotplug = 0 every such device is alone in a hot-pluggable slot, every other one packed (8
+      functions to a slot at most: q packed slots on the root, k' in the bridges, q + k' >= k) and s
+      slots are empty. The only controllers pci-root can get are pci-bridges, r on the root and n
+      nested (r + n = c; a nested one needs one that is not, so r >= 1), every one taking a slot (of
+      the root or of a bridge) and offering 31: F + 30 c hot-pluggable slots in all, of which H + q +
+      k' + s >= H + k + s are needed, so controllers >= c = ceil((H + k + s - F) / 30) (buses
+      likewise: one bus number a bridge). At c bridges, with a devices alone on the root, the bridges
+      hold H - a + k' + n <= 31 c, and the root slots counted are r + a + 2q (its packed slots count
+      twice) >= r + a + q >= r + (H + k' + n - 31 c) + (k - k') = H + k - 30 c, and >= r >= 1: so slots
+      >= 1 + max(0, H + k - 30 c - 1), met only with q = 0 and, where it is above 1, the bridges
+      full; r > 1 trades a root device for a root bridge at the same count, which the solver's
+      tie-break (libvirt's order: devices on existing buses) refuses, so r = 1, n = c - 1 and a =
+      max(0, H + k - 30 c - 1), the earliest groups' devices (_pc_on_root).
+    - ports to spare (_roomy: q35/virt whose buses besides pcie-root are hot-pluggable ports, E empty, H
+      devices wanting one, P <= 8 functions without a wish, k = ceil(P / 8) and s spare ports with E - H
+      - (1 if the pack goes in a port) >= s): the bounds 0 on the first levels are met (the H devices
+      alone in ports and s ports left empty need no new controller). slots: at controllers = 0 there is
+      no new bridge or port, so every device without a wish is packed, in pcie-root's slots or a port's
+      one slot, and each packed slot counts one (pcie-root's are not hot-pluggable; a hot-pluggable
+      port's counts once); lone devices in ports count nothing: slots >= k. libvirt: at slots = k and
+      controllers = 0 a port is filled only by a device alone or one of the k packed slots (it has one
+      slot), so at most H + k are filled: libvirt >= (hot-pluggable ports) - H - k, met only with the
+      pack in a port. Where no empty port may take every device without a wish, the one packed slot
+      holding them all is the root's: at most H ports are filled, libvirt >= (hot-pluggable ports) - H.
+      Ports with no free slot are filled by nothing (their one slot is taken). Which port holds what is
+      the solver's tie-break (libvirt's order: a lower index for the larger weight, a device's weight
+      its group's, the pack's the sum over its functions; by rearrangement the ports of lowest index, in
+      weight order; distinct weights: a tie is refused).
     - libvirt (existing hot-pluggable ports less those the plan fills): a port takes one thing (its one
       slot), so at most the empty ones are filled: their number (not more than the devices wanting a
       port, which fill them in the layout) below the number of hot-pluggable ports.
@@ -690,14 +844,21 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
     root = st.bus
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
     twice = 2 if root.hotplug else 1
-    if root.model.conventional:
+    hot = sum(prep.groups[gi].size for gi in shape.root_hot)
+    if _pc_bridge(prep, built, shape):
+        controllers = _pc_bridge(prep, built, shape)
+        slots = 1 + _pc_on_root(prep, built, shape)
+    elif root.model.conventional:
         controllers = 0
-        slots = sum(prep.groups[gi].size for gi in shape.root_hot) + twice * packslots
+        slots = hot + twice * packslots
     else:
         ports = _root_ports(prep, built, shape)
         controllers = ports + (1 if shape.bridge else 0)
         slots = _ceil(max(0, ports - len(st.free_root_port_functions())), FUNCTIONS) + twice * packslots
     hot_ports = sum(1 for st in prep.states.values() if st.bus.model.name in PORTS and st.bus.hotplug)
+    if shape.roomy is not None:
+        return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": 0, "buses": 0, "slots": packslots,
+                "libvirt": hot_ports - len(shape.roomy)}
     return {"moved": 0, "hotplug": 0, "pcie": 0, "controllers": controllers, "buses": controllers,
             "slots": slots, "libvirt": hot_ports - len(_empty_ports(prep))}
 
