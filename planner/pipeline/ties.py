@@ -22,6 +22,7 @@ from planner.pipeline.render import set_pci_address
 from planner.pipeline.show import summary
 from planner.xml.xmlio import remove_element
 
+IN_PLACE = True  # prefer_libvirt's _tie_in_place; tests/test_ties.py turns it off to compare
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
 
@@ -144,19 +145,40 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
         return None
     if len(new_ours) != len(new_theirs):
         return None  # more or fewer controllers: no tie (and no need to measure)
+    spares = (spare_pci, spare_pcie, problem.machine.pcie)
+    mine = _comparable(original, written, *spares)  # pciplan's views, of tree as it is now
+    if IN_PLACE and not new_ours:  # no controller to replace (new_theirs is empty too)
+        return _tie_in_place(tree, original, changes, ours, known, mine, spares)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     # trial's device elements are tree's, copied in the same order: pair them rather than key them again
     # (ours keeps tree's proxies alive, so their ids are stable)
     twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), trial.getroot().find("devices"),
                                      strict=True) if isinstance(a.tag, str)}
     _apply(trial, changes, new_theirs, known, {k: twin[id(ours[k])] for k, _a, _mf in changes})
-    spares = (spare_pci, spare_pcie, problem.machine.pcie)
     measured = DocumentViews(trial)
-    if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
+    if _comparable(original, measured, *spares) != mine:
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
     # the same changes on the document trial was copied from: an equal document, so trial's views
     _apply(tree, changes, new_theirs, known, ours)
     return measured.for_equal(tree)
+
+
+def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list,
+                  ours: dict[tuple, etree._Element], known: set[int], mine: tuple,
+                  spares: tuple[int, int, bool]) -> DocumentViews | None:
+    """prefer_libvirt's end where only the changed elements' addresses differ: change them in tree
+    itself, measure it, and put the attributes back in their order where libvirt's layout loses (the
+    same document again, so the views of pciplan's, mine's, hold), rather than measure a copy and
+    apply the changes twice. Every changed element has its complete pci <address> (_changes)."""
+    saved = [(a, a.items()) for k, _a, _mf in changes for a in [ours[k].find("address")]]
+    _apply(tree, changes, [], known, ours)
+    measured = DocumentViews(tree)
+    if _comparable(original, measured, *spares) != mine:
+        for a, items in saved:
+            a.attrib.clear()
+            a.attrib.update(items)
+        return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
+    return measured
 
 
 def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
