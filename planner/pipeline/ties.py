@@ -138,7 +138,7 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     ours = _keyed(tree)
-    planned = {k for k, el in ours.items() if id(el) in chosen_ids}
+    planned = [k for k, el in ours.items() if id(el) in chosen_ids]  # in document order
     changes = _changes(ours, theirs, planned)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
@@ -148,7 +148,7 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     spares = (spare_pci, spare_pcie, problem.machine.pcie)
     mine = _comparable(original, written, *spares)  # pciplan's views, of tree as it is now
     if IN_PLACE and not new_ours:  # no controller to replace (new_theirs is empty too)
-        return _tie_in_place(tree, original, changes, ours, known, mine, spares)
+        return _tie_in_place(tree, original, changes, ours, mine, spares)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     # trial's device elements are tree's, copied in the same order: pair them rather than key them again
     # (ours keeps tree's proxies alive, so their ids are stable)
@@ -164,14 +164,15 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
 
 
 def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list,
-                  ours: dict[tuple, etree._Element], known: set[int], mine: tuple,
+                  ours: dict[tuple, etree._Element], mine: tuple,
                   spares: tuple[int, int, bool]) -> DocumentViews | None:
     """prefer_libvirt's end where only the changed elements' addresses differ: change them in tree
     itself, measure it, and put the attributes back in their order where libvirt's layout loses (the
     same document again, so the views of pciplan's, mine's, hold), rather than measure a copy and
     apply the changes twice. Every changed element has its complete pci <address> (_changes)."""
     saved = [(a, a.items()) for k, _a, _mf in changes for a in [ours[k].find("address")]]
-    _apply(tree, changes, [], known, ours)
+    for k, a, mf in changes:  # _apply without controllers: tree has none to replace
+        _set(ours[k], a, mf)
     measured = DocumentViews(tree)
     if _comparable(original, measured, *spares) != mine:
         for a, items in saved:
@@ -182,9 +183,10 @@ def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, change
 
 
 def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
-             planned: set[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
-    """(key, libvirt's address, multifunction) for every element pciplan placed; None when libvirt
-    places one of them differently in kind (not on PCI, or not at all)."""
+             planned: list[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
+    """(key, libvirt's address, multifunction) for every element pciplan placed, in planned's order
+    (the document's: each key is a different element, so the order the changes are made in changes
+    nothing); None when libvirt places one of them differently in kind (not on PCI, or not at all)."""
     out = []
     for k in planned:
         el, other = ours.get(k), theirs.get(k)
@@ -196,7 +198,7 @@ def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Eleme
             return None
         if got != mine:
             out.append((k, *got))
-    return sorted(out, key=str)
+    return out
 
 
 def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._Element]:
