@@ -11,6 +11,7 @@ the user's document stays the user's document.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 from lxml import etree
 
@@ -19,9 +20,10 @@ from planner.pipeline.domain import PciAddress, Problem
 from planner.pipeline.greedy import greedy_plan_tree, new_buses_at_least
 from planner.pipeline.metrics import DocumentViews, measure, pci_controllers
 from planner.pipeline.render import set_pci_address
-from planner.pipeline.show import summary
+from planner.pipeline.show import BUS, Node, summary
 from planner.xml.xmlio import remove_element
 
+IN_PLACE = True  # prefer_libvirt's _tie_in_place; tests/test_ties.py turns it off to compare
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
 
@@ -90,7 +92,7 @@ def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int
     return (sum(pci_controllers(after.tree).values()), counts["bus_numbers_used"],
             counts["hotplug_endpoints"], 0, min(counts["spare_hotplug_ports"], spare_pcie),
             min(counts["spare_hotplug_slots"], spare_pci),
-            tuple(f"{v.rule}: {v.message}" for v in after.violations if v.rule not in WARNING_RULES))
+            _errors(after))
 
 
 def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
@@ -137,32 +139,109 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     theirs = _keyed(libvirt_tree)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
     ours = _keyed(tree)
-    planned = {k for k, el in ours.items() if id(el) in chosen_ids}
+    planned = [k for k, el in ours.items() if id(el) in chosen_ids]  # in document order
     changes = _changes(ours, theirs, planned)
     new_theirs = _new_controllers(libvirt_tree, known)
     if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
         return None
     if len(new_ours) != len(new_theirs):
         return None  # more or fewer controllers: no tie (and no need to measure)
+    spares = (spare_pci, spare_pcie, problem.machine.pcie)
+    if IN_PLACE and not new_ours:  # no controller to replace (new_theirs is empty too)
+        return _tie_in_place(tree, original, changes, ours, written, spares)
+    mine = _comparable(original, written, *spares)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     # trial's device elements are tree's, copied in the same order: pair them rather than key them again
     # (ours keeps tree's proxies alive, so their ids are stable)
     twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), trial.getroot().find("devices"),
                                      strict=True) if isinstance(a.tag, str)}
     _apply(trial, changes, new_theirs, known, {k: twin[id(ours[k])] for k, _a, _mf in changes})
-    spares = (spare_pci, spare_pcie, problem.machine.pcie)
     measured = DocumentViews(trial)
-    if _comparable(original, measured, *spares) != _comparable(original, written, *spares):
+    if _comparable(original, measured, *spares) != mine:
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
     # the same changes on the document trial was copied from: an equal document, so trial's views
     _apply(tree, changes, new_theirs, known, ours)
     return measured.for_equal(tree)
 
 
+def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list,
+                  ours: dict[tuple, etree._Element], written: DocumentViews,
+                  spares: tuple[int, int, bool]) -> DocumentViews | None:
+    """prefer_libvirt's end where only the changed elements' addresses differ: change them in tree
+    itself, measure it, and put the attributes back in their order where libvirt's layout loses (the
+    same document again, so written's views hold), rather than measure a copy and apply the changes
+    twice. Every changed element has its complete pci <address> (_changes)."""
+    saved = [(a, a.items()) for k, _a, _mf in changes for a in [ours[k].find("address")]]
+    before = [_pci(ours[k]) for k, _a, _mf in changes]
+
+    def put_back() -> None:
+        for a, items in saved:
+            a.attrib.clear()
+            a.attrib.update(items)
+
+    def apply() -> None:
+        for k, a, mf in changes:  # _apply without controllers: tree has none to replace
+            _set(ours[k], a, mf)
+
+    pcie = spares[2]
+    mine = _comparable(original, written, *spares) if pcie else None
+    errors = None if pcie else _errors(written)  # pciplan's, read before tree changes
+    apply()
+    measured = DocumentViews(tree)
+    theirs = _comparable(original, measured, *spares)
+    if mine is None:
+        if _tree_counts_kept(measured.pci_tree, ours, changes, before):
+            # pciplan's levels without its own PCI tree: the controllers (none changed) and the tree's
+            # counts are libvirt's (_tree_counts_kept), the checker's errors its own
+            mine = (*theirs[:6], errors)
+        else:  # pciplan's own tree, of its own document
+            put_back()
+            mine = _comparable(original, written, *spares)
+            apply()  # the document measured is back: measured's views hold
+    if theirs != mine:
+        put_back()
+        return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
+    return measured
+
+
+def _tree_counts_kept(root: Node, ours: dict[tuple, etree._Element], changes: list,
+                      before: list) -> bool:
+    """Whether pciplan's document (before: its addresses of the changed elements) has the same counts
+    of show.summary that _comparable reads as root, libvirt's PCI tree of the same document with the
+    changes made. Sufficient, on the tree show.build_tree builds: no changed element is a PCI
+    controller, so the buses, their elements and where they plug are the same, and so bus_numbers_used
+    and each bus's hotplug; the changed elements' (bus, slot, function) are the same multiset, so each
+    bus's children by slot are the same (_mark_hotplug's per_slot, free_slots, an empty port's spare);
+    and each changed place P gives the same f(P) = "rooted on a hot-pluggable bus, alone in its slot":
+    an endpoint counts as hotplug when f(its place) and its own class is pluggable, so with f the same
+    for all the places the changed elements swap, hotplug_endpoints is the same whatever each is."""
+    if any(ours[k].tag == "controller" and ours[k].get("type") == "pci" for k, _a, _mf in changes):
+        return False
+    places = Counter((a.bus, a.slot, a.function) for _k, a, _mf in changes)
+    if Counter((a.bus, a.slot, a.function) for a, _mf in before) != places:
+        return False
+    f: dict[tuple[int, int, int], bool] = {}
+    for bus in root.walk():
+        if bus.kind != BUS or not bus.children:
+            continue
+        per_slot = Counter(c.slot for c in bus.children)
+        for c in bus.children:
+            if (place := (c.bus, c.slot, c.function)) in places:
+                f[place] = bus.hotplug and per_slot[c.slot] == 1
+    # a place not rooted (a missing bus, an incomplete address) counts no endpoint as hotplug
+    return len({f.get(place, False) for place in places}) <= 1
+
+
+def _errors(views: DocumentViews) -> tuple[str, ...]:
+    """The checker's errors, as metrics.measure words them."""
+    return tuple(f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES)
+
+
 def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
-             planned: set[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
-    """(key, libvirt's address, multifunction) for every element pciplan placed; None when libvirt
-    places one of them differently in kind (not on PCI, or not at all)."""
+             planned: list[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
+    """(key, libvirt's address, multifunction) for every element pciplan placed, in planned's order
+    (the document's: each key is a different element, so the order the changes are made in changes
+    nothing); None when libvirt places one of them differently in kind (not on PCI, or not at all)."""
     out = []
     for k in planned:
         el, other = ours.get(k), theirs.get(k)
@@ -174,7 +253,7 @@ def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Eleme
             return None
         if got != mine:
             out.append((k, *got))
-    return sorted(out, key=str)
+    return out
 
 
 def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._Element]:
