@@ -9,6 +9,7 @@ import pytest
 from ortools.sat.python import cp_model
 
 from planner.checker import check
+from planner.pipeline import certificate
 from planner.pipeline.prepare import Prepared
 from planner.pipeline.solver import constraints
 from planner.pipeline.solver.variables import Variables
@@ -35,8 +36,11 @@ MODEL_WEAKENINGS: dict[str, Callable[[cp_model.CpModel, Prepared, Variables], No
 
 def weaken_model(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """Every solve in this test adds the weakening's constraints after the model's own (it rides on
-    constraints.spare_ports, the last constraint family solve() adds)."""
+    constraints.spare_ports, the last constraint family solve() adds). The certificate's model-free
+    path is turned off, so that the (weakened) model decides every plan: the certificate then checks
+    its layout against that model, or the solver plans."""
     extra = MODEL_WEAKENINGS[kind]
+    monkeypatch.setattr(certificate, "direct", lambda *args, **kwargs: None)
     original = constraints.spare_ports
 
     def spare_ports(model, prep, v, *args, **kwargs):
