@@ -59,7 +59,15 @@ from planner.facts.options import OBJECTIVE_DEFAULT, PlanOptions
 from planner.pipeline.prepare import Prepared
 from planner.pipeline.solver import cpmodel as cp_model
 from planner.pipeline.solver.objective import MAX_CONTROLLERS as MAX_NEW
-from planner.pipeline.solver.objective import MAX_SHORTFALL, MAX_SLOTS, SAFE_MAGNITUDE, lexicographic_weights
+from planner.pipeline.solver.objective import (
+    MAX_SHORTFALL,
+    MAX_SLOTS,
+    SAFE_MAGNITUDE,
+    lexicographic_weights,
+    pcie_on_pci_terms,
+    port_fills,
+    slots_used_terms,
+)
 from planner.pipeline.solver.pool import PoolContent, split
 from planner.pipeline.solver.solve import (
     Built,
@@ -76,6 +84,7 @@ from planner.pipeline.solver.variables import (
     Variables,
     conventional_ok,
     create_variables,
+    hotpluggable_placements,
     needs_port_window,
     new_bridges,
     new_controllers,
@@ -195,43 +204,19 @@ Terms = tuple[int, list[cp_model.IntVar], list[cp_model.IntVar]]
 
 def _level_terms(prep: Prepared, v: Variables) -> dict[str, Terms]:
     """Each level of planner.pipeline.solver.objective.levels as (constant, variables added, variables
-    subtracted): the same sums written out term by term, for a guest without --replan (no keep
-    variables)."""
+    subtracted), from the same term lists, for a guest without --replan (no keep variables)."""
+    assert not v.keep and not v.bus_keep and v.spare_shortfall is not None
     groups = prep.groups
-    states = prep.states
     preferring = {gi for gi, g in enumerate(groups) if g.key.prefers_hotplug}
     wanted = sum(groups[gi].size for gi in preferring)
-    hot = [x for (e, gi), x in v.alone.items() if gi in preferring and states[e].bus.hotplug]
-    for pool in [*v.root_ports.values(), *v.downstream.values()]:
-        hot += [x for gi, x in pool.alone.items() if gi in preferring]
-    hot += [x for gi, x in v.pool_alone.items() if gi in preferring]
-    assert v.spare_shortfall is not None
-    conventional = {e: st.bus.model.conventional for e, st in states.items()}
-    placed = [*v.alone.items(), *v.packed.items()]
-    pcie = [x for (e, gi), x in placed if groups[gi].key.endpoint == "pcie" and conventional[e]]
-    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
-    pcie += [x for gi, x in pooled if groups[gi].key.endpoint == "pcie"]
+    hot = hotpluggable_placements(prep, v, preferring)
     controllers = new_controllers(v)
-    ports = {e for e, st in states.items() if st.bus.model.name in PORTS and st.bus.hotplug}
-    slots = [x for e, x in v.packslots.items() if e not in ports] + list(v.rpslots.values())
-    slots += [x for (e, _), x in v.alone.items() if e not in ports] + list(v.new_pci_bridges.values())
-    slots += [x for e, x in v.new_pcie_pci_bridge.items() if e not in ports]
-    slots += [x for e, x in v.packslots.items() if states[e].bus.hotplug]
-    for p, pool in v.root_ports.items():
-        if prep.hierarchy_of(p) != 0:
-            slots += [*pool.ports(), v.rp_bridge[p], v.rp_switch[p], *v.downstream[p].ports()]
-    fills: dict[int, list] = {e: [] for e in ports}
-    for (e, _), x in v.alone.items():
-        if e in fills:
-            fills[e].append(x)
-    for table in (v.packslots, v.new_pcie_pci_bridge):
-        for e, x in table.items():
-            if e in fills:
-                fills[e].append(x)
+    fills = port_fills(prep, v)
     n = sum(1 for xs in fills.values() if xs)
     return {"moved": (len(prep.lost), [], []), "hotplug": (wanted, [v.spare_shortfall], hot),
-            "pcie": (0, pcie, []), "controllers": (0, controllers, []), "buses": (0, controllers, []),
-            "slots": (0, slots, []), "libvirt": (n, [], [x for xs in fills.values() for x in xs])}
+            "pcie": (0, pcie_on_pci_terms(prep, v), []), "controllers": (0, controllers, []),
+            "buses": (0, controllers, []), "slots": (0, slots_used_terms(prep, v), []),
+            "libvirt": (n, [], [x for xs in fills.values() for x in xs])}
 
 
 def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> SolveResult | str | None:

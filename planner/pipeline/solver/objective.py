@@ -78,11 +78,7 @@ def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEF
     assert v.spare_shortfall is not None
     hotplug_lost = wanted - cp_model.LinearExpr.Sum(hot) + v.spare_shortfall
 
-    placed = [*v.alone.items(), *v.packed.items()]
-    on_pci = [x for (e, gi), x in placed if on_conventional(prep, prep.groups[gi], e)]
-    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
-    on_pci += [x for gi, x in pooled if prep.groups[gi].key.endpoint == "pcie"]
-    pcie_on_pci = cp_model.LinearExpr.Sum(on_pci)
+    pcie_on_pci = cp_model.LinearExpr.Sum(pcie_on_pci_terms(prep, v))
 
     kept = list(v.bus_keep.values())  # --replan: old controllers kept count like new ones
     controllers = cp_model.LinearExpr.Sum(new_controllers(v) + kept)
@@ -90,8 +86,39 @@ def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEF
         new_controllers(v) + [prep.problem.buses[c].model.buses * k for c, k in v.bus_keep.items()])
     moved_devices = [1 - v.keep[i] for i, d in enumerate(prep.droppables) if d.device is not None]
     moved = len(prep.lost) + cp_model.LinearExpr.Sum(moved_devices)
+    slots_used = cp_model.LinearExpr.Sum(slots_used_terms(prep, v))
+
+    # L7: existing free hot-pluggable ports (one slot each) left empty, one each: libvirt fills the
+    # ports a guest has before it adds any (which ones, lowest index first, the unfolding decides).
+    devices = sum(g.size for g in prep.groups)
+    fills = port_fills(prep, v)
+    n = sum(1 for xs in fills.values() if xs)
+    unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
+    assert v.spare_shortfall is not None
+    most = {"moved": devices + MAX_CONTROLLERS, "hotplug": devices + MAX_SHORTFALL, "pcie": devices,
+            "controllers": MAX_CONTROLLERS, "buses": MAX_CONTROLLERS, "slots": MAX_SLOTS, "libvirt": n}
+    order = ("moved", *middle, "slots", "libvirt")
+    return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
+                  unlike_libvirt, order, lexicographic_weights(order, most), most)
+
+
+def pcie_on_pci_terms(prep: Prepared, v: Variables) -> list[cp_model.IntVar]:
+    """L3's terms: PCIe devices placed on a conventional bus, or in the new bridges."""
+    placed = [*v.alone.items(), *v.packed.items()]
+    on_pci = [x for (e, gi), x in placed if on_conventional(prep, prep.groups[gi], e)]
+    pooled = [*v.pool_alone.items(), *v.pool_packed.items()]
+    return on_pci + [x for gi, x in pooled if prep.groups[gi].key.endpoint == "pcie"]
+
+
+def hotplug_ports(prep: Prepared) -> list[int]:
+    """The existing hot-pluggable ports (PCIe root and downstream ports), by index."""
+    return [e for e, st in prep.states.items() if st.bus.model.name in PORTS and st.bus.hotplug]
+
+
+def slots_used_terms(prep: Prepared, v: Variables) -> list:
+    """L6's terms: slots of existing buses consumed (and with --replan, old controllers removed)."""
     # The one slot of an existing port is no room worth keeping: whether it is filled is L7's business.
-    ports = [e for e, st in prep.states.items() if st.bus.model.name in PORTS and st.bus.hotplug]
+    ports = hotplug_ports(prep)
     used = [x for e, x in v.packslots.items() if e not in ports] + list(v.rpslots.values())
     used += [x for (e, _), x in v.alone.items() if e not in ports] + list(v.new_pci_bridges.values())
     used += [x for e, x in v.new_pcie_pci_bridge.items() if e not in ports]
@@ -103,12 +130,12 @@ def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEF
     for p, pool in v.root_ports.items():
         if prep.hierarchy_of(p) != 0:
             used += pool.ports() + [v.rp_bridge[p], v.rp_switch[p]] + v.downstream[p].ports()
-    slots_used = cp_model.LinearExpr.Sum(used)
+    return used
 
-    # L7: existing free hot-pluggable ports (one slot each) left empty, one each: libvirt fills the
-    # ports a guest has before it adds any (which ones, lowest index first, the unfolding decides).
-    devices = sum(g.size for g in prep.groups)
-    fills: dict[int, list] = {e: [] for e in ports}
+
+def port_fills(prep: Prepared, v: Variables) -> dict[int, list[cp_model.IntVar]]:
+    """L7's terms: for each existing hot-pluggable port, the variables that put something in it."""
+    fills: dict[int, list[cp_model.IntVar]] = {e: [] for e in hotplug_ports(prep)}
     for (e, _), x in v.alone.items():
         if e in fills:
             fills[e].append(x)
@@ -116,14 +143,7 @@ def levels(prep: Prepared, v: Variables, middle: tuple[str, ...] = OBJECTIVE_DEF
         for e, x in table.items():
             if e in fills:
                 fills[e].append(x)
-    n = sum(1 for xs in fills.values() if xs)
-    unlike_libvirt = n - cp_model.LinearExpr.Sum([x for xs in fills.values() for x in xs])
-    assert v.spare_shortfall is not None
-    most = {"moved": devices + MAX_CONTROLLERS, "hotplug": devices + MAX_SHORTFALL, "pcie": devices,
-            "controllers": MAX_CONTROLLERS, "buses": MAX_CONTROLLERS, "slots": MAX_SLOTS, "libvirt": n}
-    order = ("moved", *middle, "slots", "libvirt")
-    return Levels(wanted, moved, hotplug_lost, pcie_on_pci, controllers, bus_numbers, slots_used,
-                  unlike_libvirt, order, lexicographic_weights(order, most), most)
+    return fills
 
 
 def objective_expr(lv: Levels) -> cp_model.LinearExpr:
