@@ -103,17 +103,18 @@ def pci_controllers(tree: etree._ElementTree) -> Counter:
 
 
 def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentViews,
-            firmware: str | None = None) -> LayoutMetrics:
+            firmware: str | None = None, pcie: bool | None = None) -> LayoutMetrics:
     """The same metrics for any completed layout, whoever made it (judged for firmware, or the
-    guest's own). after may come as its views (then judged for the views' firmware)."""
+    guest's own). after may come as its views (then judged for the views' firmware). pcie: whether
+    the machine has PCIe, where the caller knows it (on one without, no device is PCIe,
+    domain.endpoint_of: none is on conventional PCI, and the document need not be read for that)."""
     views = after if isinstance(after, DocumentViews) else DocumentViews(after, firmware)
     after = views.tree
     added = pci_controllers(after) - pci_controllers(before)
     counts = summary(views.pci_tree)
-    on_pci = _pcie_on_conventional_plain(views)
+    on_pci = 0 if pcie is False else _pcie_on_conventional_plain(views)
     if on_pci is None:
         on_pci = pcie_on_conventional(views.problem)
-    violations = [f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES]
     return LayoutMetrics(
         ok=True,
         controllers_added=dict(sorted(added.items())),
@@ -123,8 +124,13 @@ def measure(before: etree._ElementTree, after: etree._ElementTree | DocumentView
         pcie_on_conventional=on_pci,
         spare_hotplug_ports=counts["spare_hotplug_ports"],
         spare_hotplug_slots=counts["spare_hotplug_slots"],
-        rule_violations=violations,
+        rule_violations=rule_errors(views),
     )
+
+
+def rule_errors(views: DocumentViews) -> list[str]:
+    """The checker's errors (its warnings aside), as measure words them."""
+    return [f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES]
 
 
 def pcie_on_conventional(problem: Problem) -> int:

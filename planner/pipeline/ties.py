@@ -15,12 +15,11 @@ from collections import Counter
 
 from lxml import etree
 
-from planner.checker.check import WARNING_RULES
 from planner.pipeline.domain import PciAddress, Problem
 from planner.pipeline.greedy import greedy_plan_tree, new_buses_at_least
-from planner.pipeline.metrics import DocumentViews, measure, pci_controllers
+from planner.pipeline.metrics import DocumentViews, measure, rule_errors
 from planner.pipeline.render import set_pci_address
-from planner.pipeline.show import BUS, Node, summary
+from planner.pipeline.show import BUS, Node
 from planner.xml.xmlio import remove_element
 
 IN_PLACE = True  # prefer_libvirt's _tie_in_place; tests/test_ties.py turns it off to compare
@@ -79,20 +78,12 @@ def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
 def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int, spare_pcie: int,
                 pcie: bool):
     """The objective's levels 2-5 as any completed layout shows them (the checker's view, not the
-    solver's), plus the checker's errors: metrics.measure's. pcie: the machine has PCIe."""
-    if pcie:
-        m = measure(before, after)
-        return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
-                min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
-                tuple(m.rule_violations))
-    # measure's levels without its reading of the domain (after.problem), which only its count of PCIe
-    # devices on conventional PCI needs: on a machine without PCIe every device is a conventional
-    # endpoint (domain.endpoint_of), so that count is 0. tests/test_ties.py compares this with measure.
-    counts = summary(after.pci_tree)
-    return (sum(pci_controllers(after.tree).values()), counts["bus_numbers_used"],
-            counts["hotplug_endpoints"], 0, min(counts["spare_hotplug_ports"], spare_pcie),
-            min(counts["spare_hotplug_slots"], spare_pci),
-            _errors(after))
+    solver's), plus the checker's errors: metrics.measure's. pcie: the machine has PCIe (without it,
+    measure need not read the domain: tests/test_ties.py compares this with measure's own answer)."""
+    m = measure(before, after, pcie=pcie)
+    return (m.controllers_total, m.bus_numbers, m.hotplug_devices, m.pcie_on_conventional,
+            min(m.spare_hotplug_ports, spare_pcie), min(m.spare_hotplug_slots, spare_pci),
+            tuple(m.rule_violations))
 
 
 def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem: Problem,
@@ -185,7 +176,7 @@ def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, change
 
     pcie = spares[2]
     mine = _comparable(original, written, *spares) if pcie else None
-    errors = None if pcie else _errors(written)  # pciplan's, read before tree changes
+    errors = None if pcie else tuple(rule_errors(written))  # pciplan's, read before tree changes
     apply()
     measured = DocumentViews(tree)
     theirs = _comparable(original, measured, *spares)
@@ -230,11 +221,6 @@ def _tree_counts_kept(root: Node, ours: dict[tuple, etree._Element], changes: li
                 f[place] = bus.hotplug and per_slot[c.slot] == 1
     # a place not rooted (a missing bus, an incomplete address) counts no endpoint as hotplug
     return len({f.get(place, False) for place in places}) <= 1
-
-
-def _errors(views: DocumentViews) -> tuple[str, ...]:
-    """The checker's errors, as metrics.measure words them."""
-    return tuple(f"{v.rule}: {v.message}" for v in views.violations if v.rule not in WARNING_RULES)
 
 
 def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
