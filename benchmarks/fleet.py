@@ -11,6 +11,9 @@ passes each:
   defineXML + XMLDesc(inactive) + undefine of every guest (first pass), then the same over the XML
   libvirt itself wrote (second pass); the loop alone (the driver is opened, and each emulator's
   capabilities probed, before the clock starts).
+Both are run --rounds times (default 3), taking turns, and each figure is the median of its rounds, so that
+a moment of load on this machine lands on neither side alone. pciplan is compiled first (as an installed
+package is), whatever PYTHONDONTWRITEBYTECODE says.
 Prints guests per second for each, and pciplan's rate divided by libvirt's, and how many guests of each pass
 the optimality certificate (planner/pipeline/certificate.py) planned without a solve; --json FILE records them
 (README's fleet table is benchmarks/results/fleet-generated.json and fleet-realworld.json, which
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,12 +42,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fleetgen import write_fleet  # noqa: E402
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
 
 def pciplan_pass(argv: list[str], jobs: int) -> tuple[float, float, int, int]:
     """Whole-command seconds, the batch's own seconds, files, files changed."""
     cmd = [sys.executable, "-m", "planner.commands.cli", "fleet", *argv, "--jobs", str(jobs)]
     start = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
     wall = time.perf_counter() - start
     line = r.stdout.strip().splitlines()[-1]
     m = re.match(r"(\d+) files: (\d+) changed.*?; ([\d.]+) s \(", line)
@@ -123,6 +129,7 @@ def main() -> None:
                     "(repeatable; default: generated guests)")
     ap.add_argument("--guests", type=int, default=600, help="how many generated guests (without --dir)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of both sides' passes (the median is kept)")
     ap.add_argument("--json", type=Path, help="also record the rates in this JSON file")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,23 +146,6 @@ def main() -> None:
         print(f"{len(files)} guests: {where}; {args.jobs} jobs; {os.cpu_count()} CPUs; load average "
               f"{os.getloadavg()[0]:.1f}")
 
-        rates: dict[str, float] = {}
-        changed_by: dict[str, int] = {}
-        for label, argv in (("first pass", [str(src), "--out", str(out)]),
-                            ("second pass", [str(out), "--in-place", "--no-backup"])):
-            wall, batch, count, changed = pciplan_pass(argv, args.jobs)
-            rates[f"pciplan {label}"] = count / wall
-            rates[f"pciplan batch {label}"] = count / batch
-            changed_by[label] = changed
-            print(f"pciplan {label}: {count} guests, {changed} changed: whole command {wall:.2f} s "
-                  f"({count / wall:.0f} guests/s), the batch alone {batch:.2f} s "
-                  f"({count / batch:.0f} guests/s)")
-        certified: dict[str, tuple[int, int]] = {}
-        for label, folder in (("first pass", src), ("second pass", out)):
-            certified[label] = certified_share(sorted(folder.glob("*.xml")))
-            print(f"optimality certificate, {label}: {certified[label][0]} of {certified[label][1]} "
-                  "planned guests proven optimal without a solve")
-
         from planner.stack import StackUnavailable, shared_stack
 
         try:
@@ -163,18 +153,50 @@ def main() -> None:
             stack = shared_stack()
             opened = time.perf_counter() - start
         except StackUnavailable as exc:
+            stack, opened = None, 0.0
             print(f"libvirt: not available ({exc}); no comparison")
-            return
         guests = [for_libvirt(p.read_bytes()) for p in files]
-        warm_up(stack._conn, stack._libvirt, guests)
-        first, written, refused = libvirt_pass(stack._conn, stack._libvirt, guests)
-        second, _, refused_again = libvirt_pass(stack._conn, stack._libvirt, written)
+        if stack is not None:
+            warm_up(stack._conn, stack._libvirt, guests)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "planner")], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL)
+
+        passes = (("first pass", [str(src), "--out", str(out)]),
+                  ("second pass", [str(out), "--in-place", "--no-backup"]))
+        samples: dict[str, list[float]] = {}
+        changed_by: dict[str, int] = {}
+        refused = refused_again = 0
+        for _round in range(args.rounds):  # the two sides take turns
+            shutil.rmtree(out, ignore_errors=True)
+            for label, argv in passes:
+                wall, batch, count, changed = pciplan_pass(argv, args.jobs)
+                samples.setdefault(f"pciplan {label}", []).append(count / wall)
+                samples.setdefault(f"pciplan batch {label}", []).append(count / batch)
+                changed_by[label] = changed
+            if stack is not None:
+                first, written, refused = libvirt_pass(stack._conn, stack._libvirt, guests)
+                second, _, refused_again = libvirt_pass(stack._conn, stack._libvirt, written)
+                samples.setdefault("libvirt first pass", []).append(len(guests) / first)
+                samples.setdefault("libvirt second pass", []).append(len(written) / second)
+        rates = {k: statistics.median(v) for k, v in samples.items()}
+        print(f"medians of {args.rounds} rounds, each side's passes taking turns:")
+        for label, _argv in passes:
+            count = len(files)
+            print(f"pciplan {label}: {count} guests, {changed_by[label]} changed: whole command "
+                  f"{rates[f'pciplan {label}']:.0f} guests/s, the batch alone "
+                  f"{rates[f'pciplan batch {label}']:.0f} guests/s")
+        certified: dict[str, tuple[int, int]] = {}
+        for label, folder in (("first pass", src), ("second pass", out)):
+            certified[label] = certified_share(sorted(folder.glob("*.xml")))
+            print(f"optimality certificate, {label}: {certified[label][0]} of {certified[label][1]} "
+                  "planned guests proven optimal without a solve")
+        if stack is None:
+            return
         print(f"libvirt 9.0, embedded driver (opened in {opened:.2f} s, not counted), one process:")
-        for label, seconds, count, bad in (("first pass", first, len(guests), refused),
-                                           ("second pass", second, len(written), refused_again)):
-            rates[f"libvirt {label}"] = count / seconds
+        for label, count, bad in (("first pass", len(guests), refused),
+                                  ("second pass", len(guests) - refused, refused_again)):
             print(f"libvirt {label}: {count} guests ({bad} refused), define + dumpxml + undefine "
-                  f"{seconds:.2f} s ({count / seconds:.0f} guests/s)")
+                  f"{rates[f'libvirt {label}']:.0f} guests/s")
         for label in ("first pass", "second pass"):
             whole = rates[f"pciplan {label}"] / rates[f"libvirt {label}"]
             batch = rates[f"pciplan batch {label}"] / rates[f"libvirt {label}"]
@@ -182,7 +204,8 @@ def main() -> None:
                   f"{batch:.2f}× (the batch alone)")
         print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     if args.json is not None:
-        record = {"guests": len(files), "jobs": args.jobs, "refused_by_libvirt": refused,
+        record = {"guests": len(files), "jobs": args.jobs, "rounds": args.rounds,
+                  "refused_by_libvirt": refused,
                   "load_average": round(os.getloadavg()[0], 1),
                   "passes": [{"pass": label, "changed": changed_by[label],
                               "pciplan": round(rates[f"pciplan {label}"], 1),
