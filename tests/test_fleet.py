@@ -485,8 +485,8 @@ def test_converted_guests_define_and_boot(real_stack, path: Path) -> None:
 
 
 def test_workers_write_planned_files_together_and_stop_between_files(tmp_path: Path, monkeypatch) -> None:
-    """A worker writes (fsyncs back to back) and reports several planned files at once, and on Ctrl-C
-    it starts no new file of its chunk: every file is written exactly when it is reported."""
+    """A worker puts in place and reports several planned files at once, and on Ctrl-C it starts no new
+    file of its chunk: every file is written exactly when it is reported."""
     import planner.commands.fleet as fl
     from planner.facts.options import PlanOptions
 
@@ -494,10 +494,10 @@ def test_workers_write_planned_files_together_and_stop_between_files(tmp_path: P
     write_fleet(src, 80)
     commit = fl._commit
 
-    def logged(conn, pending, backup):  # the workers are forked after this: they run it too
+    def logged(conn, pending):  # the workers are forked after this: they run it too
         with open(log, "a") as fh:
             fh.write(f"{len(pending)}\n")
-        commit(conn, pending, backup)
+        commit(conn, pending)
 
     monkeypatch.setattr(fl, "_commit", logged)
     monkeypatch.setattr(fl, "COMMIT_SECONDS", 10.0)  # a commit per chunk
@@ -521,3 +521,50 @@ def test_workers_write_planned_files_together_and_stop_between_files(tmp_path: P
     assert batch.interrupted and 0 < len(batch.results) <= 3, len(batch.results)
     assert sorted(p.name for p in out.glob("*.xml")) == sorted(Path(r.path).name for r in batch.results)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_workers_sync_in_a_thread_and_rename_with_sigterm_held(tmp_path: Path, monkeypatch) -> None:
+    """A worker's slow half of each write (the bytes and the fsync) runs in its writing thread while the
+    worker plans on; the renames run in the worker's main thread with SIGTERM held (so a stop never cuts
+    a commit short) and only there. In place, the backup goes first, then the planned file."""
+    import threading
+
+    import planner.commands.fleet as fl
+    from planner.facts.options import PlanOptions
+
+    src, log = tmp_path / "in", tmp_path / "log"
+    write_fleet(src, 30)
+    stage, put = fl.stage_file, fl.put_in_place
+
+    def note(line: str) -> None:
+        with open(log, "a") as fh:
+            fh.write(line + "\n")
+
+    def staged(path, data):  # the workers are forked after this: they run it too
+        main = threading.current_thread() is threading.main_thread()
+        note(f"stage {os.getpid()} {'main' if main else 'thread'} {Path(path).name}")
+        return stage(path, data)
+
+    def renamed(tmp, path):
+        main = threading.current_thread() is threading.main_thread()
+        held = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        note(f"rename {os.getpid()} {'main' if main else 'thread'} {'held' if held else 'open'} "
+             f"{Path(path).name}")
+        put(tmp, path)
+
+    monkeypatch.setattr(fl, "stage_file", staged)
+    monkeypatch.setattr(fl, "put_in_place", renamed)
+    files = fl.collect([str(src)])
+    batch = fl.run(files, out_dir=None, in_place=True, options=PlanOptions(), jobs=2)
+    assert [r.status for r in batch.results] == ["changed"] * 30
+    lines = [line.split() for line in log.read_text().splitlines()]
+    stages = [w for w in lines if w[0] == "stage"]
+    renames = [w for w in lines if w[0] == "rename"]
+    assert len(stages) == len(renames) == 60  # each guest and its backup
+    assert {w[2] for w in stages} == {"thread"} and {tuple(w[2:4]) for w in renames} == {("main", "held")}
+    assert len({w[1] for w in renames}) == 2 and os.getpid() not in {int(w[1]) for w in renames}
+    order = [w[-1] for w in renames]
+    for p in files:
+        assert order.index(p.name + ".orig") < order.index(p.name)
+        assert (src / (p.name + ".orig")).exists()
+    assert not list(src.glob(".*.tmp"))

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
@@ -22,9 +23,11 @@ from planner.facts.options import PlanOptions
 from planner.xml.xmlio import (
     InputError,
     parse_domain_bytes,
+    put_in_place,
     read_input,
     serialize,
     serialize_text,
+    stage_file,
     write_atomic,
 )
 
@@ -154,10 +157,7 @@ def _write(result: FileResult, data: bytes | None, raw: bytes, target: str | Non
     written (read-only, disk full) is a failed file, with nothing half-written."""
     if data is None or target is None:
         return result
-    path = result.path
-    for where, what in ((path + BACKUP_SUFFIX, raw), (target, data)):
-        if where != target and not (backup and target == path and not os.path.exists(where)):
-            continue  # the first original is kept as the backup, never overwritten
+    for where, what in _files_to_write(result.path, data, raw, target, backup):
         try:
             write_atomic(where, what)
         except OSError as exc:
@@ -165,6 +165,15 @@ def _write(result: FileResult, data: bytes | None, raw: bytes, target: str | Non
             result.reason = f"cannot write {where}: {exc.strerror or exc}"
             return result
     return result
+
+
+def _files_to_write(path: str, data: bytes, raw: bytes, target: str,
+                    backup: bool) -> Iterator[tuple[str, bytes]]:
+    """(file, bytes) in the order they are written: the first backup of a file planned in place (the
+    first original is kept as the backup, never overwritten), then the target."""
+    if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
+        yield path + BACKUP_SUFFIX, raw
+    yield target, data
 
 
 def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
@@ -255,34 +264,39 @@ def _sync_folders(folders: set[Path]) -> None:
 # ------------------------------------------------------------------------------------ local processes
 
 def _worker(conn: Connection, options: PlanOptions, dry_run: bool, backup: bool) -> None:
-    """A worker process: plans the chunks of files the parent sends, until it sends None. Planned files
-    are written and reported together (commit), at the latest COMMIT_SECONDS after the first of them
-    was planned: fsyncs back to back cost a fraction of fsyncs spread between plans."""
+    """A worker process: plans the chunks of files the parent sends, until it sends None. Each planned
+    file's bytes go to a synced temporary file in a thread of the worker (_Stager) while the next file
+    is planned; the files are then put in place and reported together (commit), at the latest
+    COMMIT_SECONDS after the first of them was planned."""
     # Ctrl-C is the parent's to handle, between files. The worker was forked with SIGINT blocked and it
     # stays blocked: CP-SAT puts its own SIGINT handler in place during each solve (a Ctrl-C would cut
     # the solve short) and resets SIGINT to the default action after it, so ignoring it is not enough.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            chunk = conn.recv()
-        except (EOFError, OSError):
-            return
-        if not isinstance(chunk, list):  # None, or a STOP that came after the last chunk was done
-            return
-        pending: list[tuple[int, FileResult | None, bytes | None, bytes, str | None]] = []
-        first = 0.0
-        for i, (index, (path, target)) in enumerate(chunk):
-            if _stop_sent(conn):  # Ctrl-C: no new file starts; the rest of the chunk is left untouched
-                pending += [(skipped, None, None, b"", None) for skipped, _ in chunk[i:]]
-                _commit(conn, pending, backup)
+    stager = _Stager()
+    try:
+        while True:
+            try:
+                chunk = conn.recv()
+            except (EOFError, OSError):
                 return
-            result, data, raw = _plan(path, target, options, dry_run)
-            if not pending:
-                first = time.monotonic()
-            pending.append((index, result, data, raw, target))
-            if i == len(chunk) - 1 or time.monotonic() - first >= COMMIT_SECONDS:
-                _commit(conn, pending, backup)
-                pending = []
+            if not isinstance(chunk, list):  # None, or a STOP that came after the last chunk was done
+                return
+            pending: list[tuple[int, FileResult | None, Future | None]] = []
+            first = 0.0
+            for i, (index, (path, target)) in enumerate(chunk):
+                if _stop_sent(conn):  # Ctrl-C: no new file starts; the rest of the chunk is left untouched
+                    pending += [(skipped, None, None) for skipped, _ in chunk[i:]]
+                    _commit(conn, pending)
+                    return
+                result, data, raw = _plan(path, target, options, dry_run)
+                if not pending:
+                    first = time.monotonic()
+                pending.append((index, result, stager.stage(result.path, data, raw, target, backup)))
+                if i == len(chunk) - 1 or time.monotonic() - first >= COMMIT_SECONDS:
+                    _commit(conn, pending)
+                    pending = []
+    finally:
+        stager.close()
 
 
 def _stop_sent(conn: Connection) -> bool:
@@ -293,17 +307,76 @@ def _stop_sent(conn: Connection) -> bool:
         return True  # the parent is gone: nothing more to do
 
 
-def _commit(conn: Connection, pending: list, backup: bool) -> None:
-    """Write the planned files and report them (a file not started: None). The parent's stop (SIGTERM)
-    waits until they are all written and reported, so that the parent knows every file that was
-    written; planning itself may be stopped at any point (the files planned but not committed are
-    then untouched)."""
+Staged = tuple[list[tuple[str, str | None]], str | None]  # (target, temporary file) in order; the error
+
+
+class _Stager:
+    """A worker's writing thread: the slow half of each write (the bytes, the fsync) runs there while the
+    worker plans its next file; the commit then only renames. The thread never takes a signal, so
+    SIGTERM reaches the worker's main thread, which holds it back while it commits."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, initializer=signal.pthread_sigmask,
+                                        initargs=(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}))
+
+    def stage(self, path: str, data: bytes | None, raw: bytes, target: str | None,
+              backup: bool) -> Future | None:
+        """_write's first half, in the thread (None: nothing to write)."""
+        if data is None or target is None:
+            return None
+        return self._pool.submit(_stage, path, data, raw, target, backup)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _stage(path: str, data: bytes, raw: bytes, target: str, backup: bool) -> Staged:
+    """The files _write would write (the first backup, then the target), each in a synced temporary
+    file; the first that cannot be written ends it, with its reason."""
+    staged: list[tuple[str, str | None]] = []
+    for where, what in _files_to_write(path, data, raw, target, backup):
+        try:
+            staged.append((where, stage_file(where, what)))
+        except OSError as exc:
+            return staged, f"cannot write {where}: {exc.strerror or exc}"
+    return staged, None
+
+
+def _commit(conn: Connection, pending: list[tuple[int, FileResult | None, Future | None]]) -> None:
+    """Put the staged files in place and report them (a file not started: None). The parent's stop
+    (SIGTERM) waits until they are all in place and reported, so that the parent knows every file that
+    was written; planning itself may be stopped at any point (the files planned but not committed are
+    then untouched, their temporary files removed by the parent)."""
+    staged = [(index, result, job.result() if job is not None else None) for index, result, job in pending]
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        conn.send([(index, None if result is None else _write(result, data, raw, target, backup))
-                   for index, result, data, raw, target in pending])
+        conn.send([(index, None if result is None else _put_in_place(result, files))
+                   for index, result, files in staged])
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _put_in_place(result: FileResult, staged: Staged | None) -> FileResult:
+    """_write's second half: the staged files renamed into place in order, as _write would have written
+    them (a backup in place before its target fails stays, as there)."""
+    if staged is None:
+        return result
+    files, error = staged
+    for n, (where, tmp) in enumerate(files):
+        if tmp is None:
+            continue  # written through (no regular file)
+        try:
+            put_in_place(tmp, where)
+        except OSError as exc:
+            error = f"cannot write {where}: {exc.strerror or exc}"
+            for _where, later in files[n + 1:]:
+                if later is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(later)
+            break
+    if error is not None:
+        result.status, result.output, result.reason = "failed", None, error
+    return result
 
 
 class _Worker:
@@ -397,8 +470,8 @@ def _run_local(tasks: list[tuple[str, str | None]], options: PlanOptions, jobs: 
 def _stop_workers(workers: list[_Worker], tasks: list[tuple[str, str | None]],
                   done: Callable[[int, FileResult], None]) -> None:
     """Stop every worker: a busy one starts no new file and may finish those it is planning within
-    GRACE_SECONDS; then it is terminated: SIGTERM waits while it writes (planner.xml.xmlio.write_atomic)
-    and reports, so each of its files is either written and reported or not touched."""
+    GRACE_SECONDS; then it is terminated: SIGTERM waits while it puts files in place and reports
+    (_commit), so each of its files is either written and reported or not touched."""
     for w in workers:
         if w.tasks:
             w.stop()

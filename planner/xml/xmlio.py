@@ -123,34 +123,53 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write data to path atomically: a temporary file in the same folder, fsync, rename. A target that
     exists but is no regular file (/dev/null, a FIFO) is written through: renaming over it would
     replace the device node."""
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        with open(p, "wb") as fh:
-            fh.write(data)
-        return
-    directory = p.parent if str(p.parent) else Path(".")
-    tmp = None
     # Ctrl-C or a terminate() in the middle would leave the temporary file behind: hold them until the
     # file is in place (they are delivered right after).
     blocked = threading.current_thread() is threading.main_thread()
     if blocked:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+        tmp = stage_file(path, data)
+        if tmp is not None:
+            put_in_place(tmp, path)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def stage_file(path: str | Path, data: bytes) -> str | None:
+    """write_atomic's first half, the slow one: data in a new temporary file beside path, synced to disk;
+    returns its name for put_in_place. A target that exists but is no regular file is written through
+    (returns None). Raises OSError with no temporary file left."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        with open(p, "wb") as fh:
+            fh.write(data)
+        return None
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def put_in_place(tmp: str, path: str | Path) -> None:
+    """write_atomic's second half: the temporary file stage_file wrote replaces path (with path's
+    permissions if it exists). Raises OSError with the temporary file removed and path untouched."""
+    p = Path(path)
+    try:
         if p.exists():
             os.chmod(tmp, p.stat().st_mode & 0o7777)
         else:
             os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
-    finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
