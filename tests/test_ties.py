@@ -227,8 +227,8 @@ def test_the_shortcuts_write_what_the_long_way_does(monkeypatch) -> None:
     real_same, real_kept = ties._same_devices, ties._errors_kept
     seen: Counter[str] = Counter()
 
-    def same(tree, libvirt_tree):
-        answer = real_same(tree, libvirt_tree)
+    def same(tree, libvirt_tree, probe):
+        answer = real_same(tree, libvirt_tree, probe)
         if answer:
             mine, theirs = ties._keyed(tree), ties._keyed(libvirt_tree)
             assert list(mine) == list(theirs)

@@ -150,7 +150,7 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     # pciplan's count of them are at indices the problem does not have, as_many_new is sure to say False
     if not greedy_plan_tree(libvirt_tree, as_many_new, (known, len(new_ours))).ok:
         return None
-    if SAME_DEVICES and _same_devices(tree, libvirt_tree):
+    if SAME_DEVICES and _same_devices(tree, libvirt_tree, chosen[0] if chosen else None):
         return None  # libvirt's layout is pciplan's: nothing to take over, no document keyed
     their_addresses: dict[tuple, etree._Element | None] = {}
     _keyed(libvirt_tree, their_addresses)
@@ -185,16 +185,39 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     return measured.for_equal(tree)
 
 
-def _same_devices(tree: etree._ElementTree, libvirt_tree: etree._ElementTree) -> bool:
+def _same_devices(tree: etree._ElementTree, libvirt_tree: etree._ElementTree,
+                  probe: etree._Element | None) -> bool:
     """Whether libvirt's <devices> are pciplan's, byte for byte (as lxml writes them). Then
     prefer_libvirt's answer is None without keying either document: all it reads of each is its
     <devices>, so _keyed pairs each of pciplan's elements with its equal, _changes finds no change
     (or None, where pciplan's is not on PCI) and the new controllers are the same at the same
-    addresses. tests/test_ties.py compares this with the long way."""
+    addresses. tests/test_ties.py compares this with the long way. probe: one of tree's elements,
+    looked at first: where libvirt's element at its place has another <address>, the devices differ
+    (where libvirt's layout is not pciplan's, that is the rule), and nothing is written out."""
+    devices = tree.getroot().find("devices")
+    if probe is not None and probe.getparent() is devices:
+        at = devices.index(probe)
+        theirs = libvirt_tree.getroot().find("devices")
+        if at >= len(theirs) or _items(probe.find("address")) != _items(theirs[at].find("address")):
+            return False
+
     def text(t: etree._ElementTree) -> list[bytes]:
         return [etree.tostring(d, with_tail=False) for d in t.getroot().iterchildren("devices")]
 
     return text(tree) == text(libvirt_tree)
+
+
+def _items(address: etree._Element | None) -> list[tuple[str, str]] | None:
+    return None if address is None else address.items()
+
+
+def _address_items(a: PciAddress, multifunction: bool) -> list[tuple[str, str]]:
+    """The attributes, in their order, of a complete <address> as _set writes it."""
+    items = [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{a.bus:02x}"), ("slot", f"0x{a.slot:02x}"),
+             ("function", f"0x{a.function:x}")]
+    if multifunction:
+        items.append(("multifunction", "on"))
+    return items
 
 
 def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list, before: list,
@@ -206,15 +229,18 @@ def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, change
     twice. Every changed element has its complete pci <address> (_changes): before, pciplan's of
     each; addresses, each key's <address> element (_keyed's)."""
     saved = [(a, a.items()) for k, _a, _mf in changes for a in [addresses[k]]]
+    # _set's attributes, in its order, on the <address> each has (_address_items)
+    theirs = [(addresses[k], _address_items(a, mf)) for k, a, mf in changes]
 
     def put_back() -> None:
         for a, items in saved:
             a.attrib.clear()
             a.attrib.update(items)
 
-    def apply() -> None:
-        for k, a, mf in changes:  # _apply without controllers: tree has none to replace
-            _set(ours[k], a, mf)
+    def apply() -> None:  # _apply without controllers: tree has none to replace
+        for a, items in theirs:
+            a.attrib.clear()
+            a.attrib.update(items)
 
     pcie = spares[2]
     mine = _comparable(original, written, *spares) if pcie else None
@@ -249,28 +275,25 @@ _FIXED_CONTROLLERS = frozenset({"ide", "usb", "sata"})  # the chipset's own: the
 
 def _errors_kept(ours: dict[tuple, etree._Element], changes: list, before: list,
                  saved: list[tuple[etree._Element, list]]) -> bool:
-    """Whether pciplan's document (before: its addresses of the changed elements, saved: its
-    <address> attributes) has no error of the checker's where libvirt's (the same document with the
-    changes made) has none, given _tree_counts_kept's: no changed element is a PCI controller and
-    the changed elements' places are the same multiset. Sufficient, on the checker's reading (its
-    rules read an element's place only through its <address>): also none is an IDE, USB or SATA
-    controller (the chipset's functions the checker pins to fixed addresses), each keeps its bus,
-    and pciplan's address of each is complete as set_pci_address writes it (domain 0, hexadecimal
-    numbers, multifunction 'on' or none; _set writes libvirt's so). Then the controllers, the
-    chipset's reserved places and each element's bus are the same in both, and each bus holds the
-    same multiset of places: the rules of one address (domain, bus, slot and function range, the
-    bus's connect type, integrated, an empty address) break nowhere in pciplan's where they break
-    nowhere in libvirt's, a place holds as many devices (double use, reserved places, functions
-    per slot) and function 0 of a shared slot is never multifunction='off'; each bus holds the
-    same devices (the I/O space behind each, empty ports); the controllers' rules read no device."""
+    """Whether pciplan's document (before: its addresses of the changed elements, saved: its <address>
+    attributes) has no error of the checker's where libvirt's (the same document with the changes made)
+    has none, given _tree_counts_kept's: no changed element is a PCI controller and the changed elements'
+    places are the same multiset. Sufficient, on the checker's reading (its rules read an element's place
+    only through its <address>): also none is an IDE, USB or SATA controller (the chipset's functions the
+    checker pins to fixed addresses), each keeps its bus, and pciplan's address of each is complete as
+    _set writes it (_address_items: domain 0, hexadecimal numbers, multifunction 'on' or none; libvirt's
+    are so written). Then the controllers, the chipset's reserved places and each element's bus are the
+    same in both, and each bus holds the same multiset of places: the rules of one address (domain, bus,
+    slot and function range, the bus's connect type, integrated, an empty address) break nowhere in
+    pciplan's where they break nowhere in libvirt's, a place holds as many devices (double use, reserved
+    places, functions per slot) and function 0 of a shared slot is never multifunction='off'; each bus
+    holds the same devices (the I/O space behind each, empty ports); the controllers' rules read no
+    device."""
     for (k, a, _mf), (b, multifunction), (_address, items) in zip(changes, before, saved, strict=True):
         el = ours[k]
         if a.bus != b.bus or (el.tag == "controller" and el.get("type") in _FIXED_CONTROLLERS):
             return False
-        if items[:5] != [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{b.bus:02x}"),
-                         ("slot", f"0x{b.slot:02x}"), ("function", f"0x{b.function:x}")]:
-            return False
-        if items[5:] != ([("multifunction", "on")] if multifunction else []):
+        if items != _address_items(b, multifunction):
             return False
     return True
 
