@@ -11,6 +11,7 @@ the user's document stays the user's document.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 
 from lxml import etree
@@ -94,8 +95,12 @@ def _pci_at(a: etree._Element | None) -> tuple[PciAddress, bool] | None:
     """_pci of the element whose <address> is a (or that has none)."""
     if a is None or a.get("type") != "pci":
         return None
-    return (PciAddress(int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function"), 0)),
-            a.get("multifunction") == "on")
+    return _address(a.get("bus"), a.get("slot"), a.get("function")), a.get("multifunction") == "on"
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet's documents repeat the same few places
+def _address(bus: str, slot: str, function: str) -> PciAddress:
+    return PciAddress(int(bus, 0), int(slot, 0), int(function, 0))
 
 
 def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int, spare_pcie: int,
@@ -334,14 +339,13 @@ def _changes(ours: dict[tuple, etree._Element | None], theirs: dict[tuple, etree
     addresses); planned: keys of ours."""
     out, before = [], []
     for k in planned:
-        mine, other = ours[k], theirs.get(k, False)
-        if mine is None or mine.get("type") != "pci" or other is False:
+        other = theirs.get(k, False)
+        a = _pci_at(ours[k])
+        if a is None or other is False:
             return None
-        if other is None or other.get("type") != "pci":
+        got = _pci_at(other)
+        if got is None:
             return None
-        if mine.items() == other.items():
-            continue  # the same attributes in the same order: the same address
-        a, got = _pci_at(mine), _pci_at(other)
         if got != a:
             out.append((k, *got))
             before.append(a)
