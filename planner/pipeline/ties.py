@@ -256,7 +256,7 @@ def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, change
         # tree's counts: _tree_counts_kept), so the tie is the errors'; pciplan's need no reading of
         # their own where libvirt's are none and _errors_kept proves pciplan's are none too
         errors = rule_errors(measured)
-        if not errors and ERRORS_KEPT and _errors_kept(ours, changes, before, saved):
+        if not errors and ERRORS_KEPT and _errors_kept(ours, changes, before, saved, measured):
             return measured
         put_back()  # pciplan's own errors, of its own document
         kept = rule_errors(written) == errors
@@ -279,24 +279,29 @@ _FIXED_CONTROLLERS = frozenset({"ide", "usb", "sata"})  # the chipset's own: the
 
 
 def _errors_kept(ours: dict[tuple, etree._Element], changes: list, before: list,
-                 saved: list[tuple[etree._Element, list]]) -> bool:
+                 saved: list[tuple[etree._Element, list]], views: DocumentViews) -> bool:
     """Whether pciplan's document (before: its addresses of the changed elements, saved: its <address>
-    attributes) has no error of the checker's where libvirt's (the same document with the changes made)
-    has none, given _tree_counts_kept's: no changed element is a PCI controller and the changed elements'
-    places are the same multiset. Sufficient, on the checker's reading (its rules read an element's place
-    only through its <address>): also none is an IDE, USB or SATA controller (the chipset's functions the
-    checker pins to fixed addresses), each keeps its bus, and pciplan's address of each is complete as
-    _set writes it (_address_items: domain 0, hexadecimal numbers, multifunction 'on' or none; libvirt's
-    are so written). Then the controllers, the chipset's reserved places and each element's bus are the
-    same in both, and each bus holds the same multiset of places: the rules of one address (domain, bus,
-    slot and function range, the bus's connect type, integrated, an empty address) break nowhere in
-    pciplan's where they break nowhere in libvirt's, a place holds as many devices (double use, reserved
-    places, functions per slot) and function 0 of a shared slot is never multifunction='off'; each bus
-    holds the same devices (the I/O space behind each, empty ports); the controllers' rules read no
-    device."""
+    attributes) has no error of the checker's where libvirt's (the same document with the changes made;
+    views: its views) has none, given _tree_counts_kept's: no changed element is a PCI controller and the
+    changed elements' places are the same multiset. Sufficient, on the checker's reading (its rules read
+    an element's place only through its <address>, and whether it reads an element at all only through the
+    element itself): also the checker reads every changed element (none is a <console>, which mirrors a
+    serial, and no stale-address warning in libvirt's: an element with a PCI address the checker leaves
+    out is one), none is an IDE, USB or SATA controller (the chipset's functions the checker pins to fixed
+    addresses), each keeps its bus, and pciplan's address of each is complete as _set writes it
+    (_address_items: domain 0, hexadecimal numbers, multifunction 'on' or none; libvirt's are so written).
+    Then the controllers, the chipset's reserved places and each element's bus are the same in both, and
+    each bus holds the same multiset of the checker's places: the rules of one address (domain, bus, slot
+    and function range, the bus's connect type, integrated, an empty address) break nowhere in pciplan's
+    where they break nowhere in libvirt's, a place holds as many devices (double use, reserved places,
+    functions per slot) and function 0 of a shared slot is never multifunction='off'; each bus holds the
+    same devices (the I/O space behind each, empty ports); the controllers' rules read no device."""
+    if any(v.rule == "stale-address" for v in views.violations):
+        return False
     for (k, a, _mf), (b, multifunction), (_address, items) in zip(changes, before, saved, strict=True):
         el = ours[k]
-        if a.bus != b.bus or (el.tag == "controller" and el.get("type") in _FIXED_CONTROLLERS):
+        if a.bus != b.bus or el.tag == "console" or (
+                el.tag == "controller" and el.get("type") in _FIXED_CONTROLLERS):
             return False
         if items != _address_items(b, multifunction):
             return False
