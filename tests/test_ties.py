@@ -17,7 +17,7 @@ from recorded import corpus
 import planner.pipeline.ties as ties
 from planner.facts.errors import Infeasible
 from planner.facts.options import PlanOptions
-from planner.pipeline.metrics import measure, pci_controllers
+from planner.pipeline.metrics import DocumentViews, measure, pci_controllers, rule_errors
 from planner.pipeline.plan import plan_tree
 from planner.pipeline.show import build_tree, summary
 from planner.xml.xmlio import InputError, parse_domain_bytes, serialize_text
@@ -73,6 +73,9 @@ def test_the_levels_without_pcie_are_measures(monkeypatch) -> None:
         return real(before, after, spare_pci, spare_pcie, pcie)
 
     monkeypatch.setattr(ties, "_comparable", both)
+    # the in-place tie measures both documents (not only the checker's errors where the tree's counts
+    # are kept), so that every pc tie meets the shortcut twice
+    monkeypatch.setattr(ties, "_tree_counts_kept", lambda *_args: False)
     for data in _guests():
         try:
             plan_tree(parse_domain_bytes(data), PlanOptions())
@@ -134,6 +137,7 @@ def test_the_tie_in_place_writes_what_the_trial_copy_does(monkeypatch, libvirt_l
     monkeypatch.setattr(ties, "_tie_in_place", counted)
     if libvirt_loses:
         monkeypatch.setattr(ties, "_comparable", lambda *_args: (object(),) * 7)  # equal to nothing
+        monkeypatch.setattr(ties, "rule_errors", lambda _views: [object()])  # where only errors decide
     for data in _guests():
         out = []
         for in_place in (True, False):
@@ -211,3 +215,118 @@ def test_the_tree_counts_are_not_kept_where_a_swap_crosses_hotplug() -> None:
                 changes.append((k, *ties._pci(el)))
                 before.append(ties._pci(ties._keyed(mine)[k]))
         assert ties._tree_counts_kept(build_tree(theirs, labels=False), ours, changes, before) is kept
+
+
+def test_the_shortcuts_write_what_the_long_way_does(monkeypatch) -> None:
+    """prefer_libvirt's shortcuts (ties.SAME_DEVICES: no keying where libvirt's <devices> is pciplan's,
+    byte for byte; ties.ERRORS_KEPT: pciplan's errors not read where _errors_kept proves them none)
+    write the same bytes and report the same as without them. Where _same_devices says yes, the two
+    documents key alike, with the same PCI addresses, and their PCI controllers are at the same
+    addresses; where _errors_kept says yes, pciplan's document (a copy with its addresses put back) has
+    no checker error, as libvirt's has none. Each met many guests (generated virt and pc ones)."""
+    real_same, real_kept = ties._same_devices, ties._errors_kept
+    seen: Counter[str] = Counter()
+
+    def same(tree, libvirt_tree, probe):
+        answer = real_same(tree, libvirt_tree, probe)
+        if answer:
+            mine, theirs = ties._keyed(tree), ties._keyed(libvirt_tree)
+            assert list(mine) == list(theirs)
+            assert [ties._pci(el) for el in mine.values()] == [ties._pci(el) for el in theirs.values()]
+            assert [ties._pci(c) for c in ties._new_controllers(tree, set())] == [
+                ties._pci(c) for c in ties._new_controllers(libvirt_tree, set())]
+        seen["same devices" if answer else "devices differ"] += 1
+        return answer
+
+    def kept(ours, changes, before, saved, views):
+        answer = real_kept(ours, changes, before, saved, views)
+        if answer:
+            tree = next(iter(ours.values())).getroottree()
+            assert rule_errors(DocumentViews(tree)) == []  # libvirt's: _tie_in_place asks only then
+            mine = etree.ElementTree(copy.deepcopy(tree.getroot()))
+            twin = {id(a): b for a, b in zip(tree.getroot().find("devices"), mine.getroot().find("devices"),
+                                             strict=True)}
+            for (k, _a, _mf), (address, multifunction) in zip(changes, before, strict=True):
+                ties._set(twin[id(ours[k])], address, multifunction)
+            assert rule_errors(DocumentViews(mine)) == []
+        seen["errors kept" if answer else "errors read"] += 1
+        return answer
+
+    monkeypatch.setattr(ties, "_same_devices", same)
+    monkeypatch.setattr(ties, "_errors_kept", kept)
+    rng = random.Random(2122)
+    for data in _guests() + [typical_guest(n, rng).encode() for n in range(150)]:
+        out = []
+        for on in (True, False):
+            monkeypatch.setattr(ties, "SAME_DEVICES", on)
+            monkeypatch.setattr(ties, "ERRORS_KEPT", on)
+            try:
+                tree = parse_domain_bytes(data)
+                s = plan_tree(tree, PlanOptions())
+            except (InputError, Infeasible) as exc:
+                out.append(type(exc))
+                continue
+            s.solve_seconds = 0.0
+            out.append((serialize_text(tree), s))
+        assert out[0] == out[1]
+    assert seen["same devices"] > 150 and seen["errors kept"] > 150, seen
+
+
+def _pc(devices: str) -> etree._ElementTree:
+    return parse_domain_bytes(f"""<domain type='kvm'><name>t</name><memory>1</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>
+  <devices>
+    <controller type='pci' index='0' model='pci-root'/>
+    <controller type='pci' index='1' model='pci-bridge'>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></controller>
+    {devices}
+  </devices></domain>""".encode())
+
+
+def _at(bus: int, slot: int, function: int = 0, extra: str = "") -> str:
+    return (f"<address type='pci' domain='0x0000' bus='0x{bus:02x}' slot='0x{slot:02x}' "
+            f"function='0x{function:x}'{extra}/>")
+
+
+def _nic(n: int, address: str) -> str:
+    return (f"<interface type='network'><mac address='52:54:00:00:00:0{n}'/><source network='default'/>"
+            f"<model type='virtio'/>{address}</interface>")
+
+
+@pytest.mark.parametrize(("mine", "theirs", "kept"), [
+    # a virtio IOMMU (integrated: bus 0 only) swaps places with a NIC across the bridge
+    (f"<iommu model='virtio'>{_at(1, 1)}</iommu>{_nic(1, _at(0, 5))}",
+     f"<iommu model='virtio'>{_at(0, 5)}</iommu>{_nic(1, _at(1, 1))}", False),
+    # pciplan's function 0 of a shared slot says multifunction='off'
+    (_nic(1, _at(0, 5, 0, " multifunction='off'")) + _nic(2, _at(0, 5, 1)),
+     _nic(1, _at(0, 5, 1)) + _nic(2, _at(0, 5, 0)), False),
+    # the IDE controller (fixed at 00:01.1) swaps places with a NIC
+    (f"<controller type='ide' index='0'>{_at(0, 5)}</controller>{_nic(1, _at(0, 1, 1))}",
+     f"<controller type='ide' index='0'>{_at(0, 1, 1)}</controller>{_nic(1, _at(0, 5))}", False),
+    # a memballoon without a model libvirt addresses (its PCI address is stale: the checker reads no
+    # place of it) swaps places with a NIC on the chipset's ACPI function
+    (f"<memballoon model='none'>{_at(0, 6)}</memballoon>{_nic(1, _at(0, 1, 3))}",
+     f"<memballoon model='none'>{_at(0, 1, 3)}</memballoon>{_nic(1, _at(0, 6))}", False),
+    # two NICs swap places on the bridge
+    (_nic(1, _at(1, 1)) + _nic(2, _at(1, 2)), _nic(1, _at(1, 2)) + _nic(2, _at(1, 1)), True),
+])
+def test_the_errors_are_kept_only_where_the_checker_agrees(mine: str, theirs: str, kept: bool) -> None:
+    """Swaps of the same places where pciplan's document breaks a rule libvirt's keeps: _errors_kept must
+    say no to each (one condition each: the bus kept, pciplan's address as written, no chipset controller,
+    every element read by the checker); the same swap within one bus keeps both documents without error,
+    and it says yes."""
+    ours_doc, theirs_doc = _pc(mine), _pc(theirs)
+    assert rule_errors(DocumentViews(theirs_doc)) == []
+    assert (rule_errors(DocumentViews(ours_doc)) == []) is kept
+    addresses: dict = {}
+    ours = ties._keyed(theirs_doc, addresses)  # _tie_in_place asks with libvirt's addresses made
+    before_at: dict = {}
+    ties._keyed(ours_doc, before_at)
+    changes, before, saved = [], [], []
+    for k, a in addresses.items():
+        if a is not None and (got := ties._pci_at(a)) != (was := ties._pci_at(before_at[k])):
+            changes.append((k, *got))
+            before.append(was)
+            saved.append((before_at[k], before_at[k].items()))
+    assert len(changes) == 2
+    assert ties._errors_kept(ours, changes, before, saved, DocumentViews(theirs_doc)) is kept

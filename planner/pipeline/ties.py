@@ -11,6 +11,7 @@ the user's document stays the user's document.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 
 from lxml import etree
@@ -23,14 +24,17 @@ from planner.pipeline.show import BUS, Node
 from planner.xml.xmlio import remove_element
 
 IN_PLACE = True  # prefer_libvirt's _tie_in_place; tests/test_ties.py turns it off to compare
+ERRORS_KEPT = True  # _tie_in_place's _errors_kept; tests/test_ties.py turns it off to compare
+SAME_DEVICES = True  # prefer_libvirt's shortcut on byte-equal <devices>; tests/test_ties.py compares too
 MAX_DEVICES = 256  # larger guests keep pciplan's layout in a tie (libvirt's greedy grows quadratically)
 
 
-def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
+def _key(el: etree._Element, primary: etree._Element | None, alias: etree._Element | None,
+         mac: etree._Element | None, target: etree._Element | None) -> tuple:
     """What names a device across the two documents (libvirt's parser reorders controllers and disks,
-    fills in default models, lists the primary video first and forgets aliases that are not ua-)."""
+    fills in default models, lists the primary video first and forgets aliases that are not ua-).
+    alias, mac, target: el's first child of that tag, or None."""
     tag = el.tag
-    alias = el.find("alias")
     if alias is not None:
         name = alias.get("name") or ""
         if name.startswith("ua-"):
@@ -39,20 +43,19 @@ def _key(el: etree._Element, primary: etree._Element | None) -> tuple:
         model = el.get("model")
         companion = model if model is not None and model.startswith("ich9-") else None
         return (tag, el.get("type"), str(int(el.get("index") or "0", 0)), companion)
-    mac = el.find("mac")
     if mac is not None and (address := mac.get("address")):
         return (tag, "mac", address.lower())
-    if tag == "disk":
-        target = el.find("target")
-        if target is not None and (dev := target.get("dev")):
-            return (tag, "dev", dev)
+    if tag == "disk" and target is not None and (dev := target.get("dev")):
+        return (tag, "dev", dev)
     if el is primary:
         return (tag, "primary")
     return (tag,)
 
 
-def _keyed(tree: etree._ElementTree) -> dict[tuple, etree._Element]:
-    """Elements by key and occurrence, in document order."""
+def _keyed(tree: etree._ElementTree, addresses: dict[tuple, etree._Element | None] | None = None
+           ) -> dict[tuple, etree._Element]:
+    """Elements by key and occurrence, in document order. addresses, if given, gets each one's first
+    <address> child (or None) by the same key: the children are read in one pass, not found by tag."""
     out: dict[tuple, etree._Element] = {}
     seen: dict[tuple, int] = {}
     videos = tree.getroot().findall("devices/video")
@@ -61,18 +64,43 @@ def _keyed(tree: etree._ElementTree) -> dict[tuple, etree._Element]:
     for el in tree.getroot().find("devices"):
         if not isinstance(el.tag, str):
             continue
-        k = _key(el, primary)
+        alias = mac = target = address = None
+        for c in el:
+            t = c.tag
+            if t == "address":
+                if address is None:
+                    address = c
+            elif t == "target":
+                if target is None:
+                    target = c
+            elif t == "mac":
+                if mac is None:
+                    mac = c
+            elif t == "alias" and alias is None:
+                alias = c
+        k = _key(el, primary, alias, mac, target)
         seen[k] = seen.get(k, 0) + 1
-        out[(*k, seen[k])] = el
+        k = (*k, seen[k])
+        out[k] = el
+        if addresses is not None:
+            addresses[k] = address
     return out
 
 
 def _pci(el: etree._Element) -> tuple[PciAddress, bool] | None:
-    a = el.find("address")
+    return _pci_at(el.find("address"))
+
+
+def _pci_at(a: etree._Element | None) -> tuple[PciAddress, bool] | None:
+    """_pci of the element whose <address> is a (or that has none)."""
     if a is None or a.get("type") != "pci":
         return None
-    return (PciAddress(int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function"), 0)),
-            a.get("multifunction") == "on")
+    return _address(a.get("bus"), a.get("slot"), a.get("function")), a.get("multifunction") == "on"
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet's documents repeat the same few places
+def _address(bus: str, slot: str, function: str) -> PciAddress:
+    return PciAddress(int(bus, 0), int(slot, 0), int(function, 0))
 
 
 def _comparable(before: etree._ElementTree, after: DocumentViews, spare_pci: int, spare_pcie: int,
@@ -127,19 +155,26 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     # pciplan's count of them are at indices the problem does not have, as_many_new is sure to say False
     if not greedy_plan_tree(libvirt_tree, as_many_new, (known, len(new_ours))).ok:
         return None
-    theirs = _keyed(libvirt_tree)
+    if SAME_DEVICES and _same_devices(tree, libvirt_tree, chosen[0] if chosen else None):
+        return None  # libvirt's layout is pciplan's: nothing to take over, no document keyed
+    their_addresses: dict[tuple, etree._Element | None] = {}
+    _keyed(libvirt_tree, their_addresses)
     chosen_ids = {id(el) for el in chosen}  # the list keeps the proxies, so ids are stable
-    ours = _keyed(tree)
+    our_addresses: dict[tuple, etree._Element | None] = {}
+    ours = _keyed(tree, our_addresses)
     planned = [k for k, el in ours.items() if id(el) in chosen_ids]  # in document order
-    changes = _changes(ours, theirs, planned)
+    found = _changes(our_addresses, their_addresses, planned)
+    if found is None:
+        return None
+    changes, before = found
     new_theirs = _new_controllers(libvirt_tree, known)
-    if changes is None or (not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]):
+    if not changes and [_pci(c) for c in new_ours] == [_pci(c) for c in new_theirs]:
         return None
     if len(new_ours) != len(new_theirs):
         return None  # more or fewer controllers: no tie (and no need to measure)
     spares = (spare_pci, spare_pcie, problem.machine.pcie)
     if IN_PLACE and not new_ours:  # no controller to replace (new_theirs is empty too)
-        return _tie_in_place(tree, original, changes, ours, written, spares)
+        return _tie_in_place(tree, original, changes, before, ours, our_addresses, written, spares)
     mine = _comparable(original, written, *spares)
     trial = etree.ElementTree(copy.deepcopy(tree.getroot()))  # only measured, never written
     # trial's device elements are tree's, copied in the same order: pair them rather than key them again
@@ -155,45 +190,122 @@ def prefer_libvirt(written: DocumentViews, original: etree._ElementTree, problem
     return measured.for_equal(tree)
 
 
-def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list,
-                  ours: dict[tuple, etree._Element], written: DocumentViews,
-                  spares: tuple[int, int, bool]) -> DocumentViews | None:
+def _same_devices(tree: etree._ElementTree, libvirt_tree: etree._ElementTree,
+                  probe: etree._Element | None) -> bool:
+    """Whether libvirt's <devices> are pciplan's, byte for byte (as lxml writes them). Then
+    prefer_libvirt's answer is None without keying either document: all it reads of each is its
+    <devices>, so _keyed pairs each of pciplan's elements with its equal, _changes finds no change
+    (or None, where pciplan's is not on PCI) and the new controllers are the same at the same
+    addresses. tests/test_ties.py compares this with the long way. probe: one of tree's elements,
+    looked at first: where libvirt's element at its place has another <address>, the devices differ
+    (where libvirt's layout is not pciplan's, that is the rule), and nothing is written out."""
+    devices = tree.getroot().find("devices")
+    if probe is not None and probe.getparent() is devices:
+        at = devices.index(probe)
+        theirs = libvirt_tree.getroot().find("devices")
+        if at >= len(theirs) or _items(probe.find("address")) != _items(theirs[at].find("address")):
+            return False
+
+    def text(t: etree._ElementTree) -> list[bytes]:
+        return [etree.tostring(d, with_tail=False) for d in t.getroot().iterchildren("devices")]
+
+    return text(tree) == text(libvirt_tree)
+
+
+def _items(address: etree._Element | None) -> list[tuple[str, str]] | None:
+    return None if address is None else address.items()
+
+
+def _address_items(a: PciAddress, multifunction: bool) -> list[tuple[str, str]]:
+    """The attributes, in their order, of a complete <address> as _set writes it."""
+    items = [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{a.bus:02x}"), ("slot", f"0x{a.slot:02x}"),
+             ("function", f"0x{a.function:x}")]
+    if multifunction:
+        items.append(("multifunction", "on"))
+    return items
+
+
+def _tie_in_place(tree: etree._ElementTree, original: etree._ElementTree, changes: list, before: list,
+                  ours: dict[tuple, etree._Element], addresses: dict[tuple, etree._Element | None],
+                  written: DocumentViews, spares: tuple[int, int, bool]) -> DocumentViews | None:
     """prefer_libvirt's end where only the changed elements' addresses differ: change them in tree
     itself, measure it, and put the attributes back in their order where libvirt's layout loses (the
     same document again, so written's views hold), rather than measure a copy and apply the changes
-    twice. Every changed element has its complete pci <address> (_changes)."""
-    saved = [(a, a.items()) for k, _a, _mf in changes for a in [ours[k].find("address")]]
-    before = [_pci(ours[k]) for k, _a, _mf in changes]
+    twice. Every changed element has its complete pci <address> (_changes): before, pciplan's of
+    each; addresses, each key's <address> element (_keyed's)."""
+    saved = [(a, a.items()) for k, _a, _mf in changes for a in [addresses[k]]]
+    # _set's attributes, in its order, on the <address> each has (_address_items)
+    theirs = [(addresses[k], _address_items(a, mf)) for k, a, mf in changes]
 
     def put_back() -> None:
         for a, items in saved:
             a.attrib.clear()
             a.attrib.update(items)
 
-    def apply() -> None:
-        for k, a, mf in changes:  # _apply without controllers: tree has none to replace
-            _set(ours[k], a, mf)
+    def apply() -> None:  # _apply without controllers: tree has none to replace
+        for a, items in theirs:
+            a.attrib.clear()
+            a.attrib.update(items)
 
     pcie = spares[2]
     mine = _comparable(original, written, *spares) if pcie else None
-    errors = None if pcie else tuple(rule_errors(written))  # pciplan's, read before tree changes
     apply()
     measured = DocumentViews(tree)
-    theirs = _comparable(original, measured, *spares)
-    if mine is None:
-        if _tree_counts_kept(measured.pci_tree, ours, changes, before):
-            # pciplan's levels without its own PCI tree: the controllers (none changed) and the tree's
-            # counts are libvirt's (_tree_counts_kept), the checker's errors its own
-            mine = (*theirs[:6], errors)
-        else:  # pciplan's own tree, of its own document
+    if mine is None and _tree_counts_kept(measured.pci_tree, ours, changes, before):
+        # the levels but the checker's errors are libvirt's (the controllers, none changed, and the
+        # tree's counts: _tree_counts_kept), so the tie is the errors'; pciplan's need no reading of
+        # their own where libvirt's are none and _errors_kept proves pciplan's are none too
+        errors = rule_errors(measured)
+        if not errors and ERRORS_KEPT and _errors_kept(ours, changes, before, saved, measured):
+            return measured
+        put_back()  # pciplan's own errors, of its own document
+        kept = rule_errors(written) == errors
+        apply()  # the document measured is back: measured's views hold
+        if not kept:
             put_back()
-            mine = _comparable(original, written, *spares)
-            apply()  # the document measured is back: measured's views hold
-    if theirs != mine:
+            return None
+        return measured
+    if mine is None:  # pciplan's own tree, of its own document
+        put_back()
+        mine = _comparable(original, written, *spares)
+        apply()
+    if _comparable(original, measured, *spares) != mine:
         put_back()
         return None  # libvirt's layout is worse for pciplan's objective: keep pciplan's
     return measured
 
+
+_FIXED_CONTROLLERS = frozenset({"ide", "usb", "sata"})  # the chipset's own: the checker's fixed addresses
+
+
+def _errors_kept(ours: dict[tuple, etree._Element], changes: list, before: list,
+                 saved: list[tuple[etree._Element, list]], views: DocumentViews) -> bool:
+    """Whether pciplan's document (before: its addresses of the changed elements, saved: its <address>
+    attributes) has no error of the checker's where libvirt's (the same document with the changes made;
+    views: its views) has none, given _tree_counts_kept's: no changed element is a PCI controller and the
+    changed elements' places are the same multiset. Sufficient, on the checker's reading (its rules read
+    an element's place only through its <address>, and whether it reads an element at all only through the
+    element itself): also the checker reads every changed element (none is a <console>, which mirrors a
+    serial, and no stale-address warning in libvirt's: an element with a PCI address the checker leaves
+    out is one), none is an IDE, USB or SATA controller (the chipset's functions the checker pins to fixed
+    addresses), each keeps its bus, and pciplan's address of each is complete as _set writes it
+    (_address_items: domain 0, hexadecimal numbers, multifunction 'on' or none; libvirt's are so written).
+    Then the controllers, the chipset's reserved places and each element's bus are the same in both, and
+    each bus holds the same multiset of the checker's places: the rules of one address (domain, bus, slot
+    and function range, the bus's connect type, integrated, an empty address) break nowhere in pciplan's
+    where they break nowhere in libvirt's, a place holds as many devices (double use, reserved places,
+    functions per slot) and function 0 of a shared slot is never multifunction='off'; each bus holds the
+    same devices (the I/O space behind each, empty ports); the controllers' rules read no device."""
+    if any(v.rule == "stale-address" for v in views.violations):
+        return False
+    for (k, a, _mf), (b, multifunction), (_address, items) in zip(changes, before, saved, strict=True):
+        el = ours[k]
+        if a.bus != b.bus or el.tag == "console" or (
+                el.tag == "controller" and el.get("type") in _FIXED_CONTROLLERS):
+            return False
+        if items != _address_items(b, multifunction):
+            return False
+    return True
 
 def _tree_counts_kept(root: Node, ours: dict[tuple, etree._Element], changes: list,
                       before: list) -> bool:
@@ -223,23 +335,26 @@ def _tree_counts_kept(root: Node, ours: dict[tuple, etree._Element], changes: li
     return len({f.get(place, False) for place in places}) <= 1
 
 
-def _changes(ours: dict[tuple, etree._Element], theirs: dict[tuple, etree._Element],
-             planned: list[tuple]) -> list[tuple[tuple, PciAddress, bool]] | None:
+def _changes(ours: dict[tuple, etree._Element | None], theirs: dict[tuple, etree._Element | None],
+             planned: list[tuple]) -> tuple[list[tuple[tuple, PciAddress, bool]], list] | None:
     """(key, libvirt's address, multifunction) for every element pciplan placed, in planned's order
     (the document's: each key is a different element, so the order the changes are made in changes
-    nothing); None when libvirt places one of them differently in kind (not on PCI, or not at all)."""
-    out = []
+    nothing), and pciplan's (address, multifunction) of each; None when libvirt places one of them
+    differently in kind (not on PCI, or not at all). ours, theirs: each key's <address> (_keyed's
+    addresses); planned: keys of ours."""
+    out, before = [], []
     for k in planned:
-        el, other = ours.get(k), theirs.get(k)
-        mine = None if el is None else _pci(el)
-        if mine is None or other is None:
+        other = theirs.get(k, False)
+        a = _pci_at(ours[k])
+        if a is None or other is False:
             return None
-        got = _pci(other)
+        got = _pci_at(other)
         if got is None:
             return None
-        if got != mine:
+        if got != a:
             out.append((k, *got))
-    return out
+            before.append(a)
+    return out, before
 
 
 def _new_controllers(tree: etree._ElementTree, known: set[int]) -> list[etree._Element]:
@@ -271,8 +386,7 @@ def _apply(tree: etree._ElementTree, changes: list, controllers: list[etree._Ele
 
 
 def _set(el: etree._Element, a: PciAddress, multifunction: bool) -> None:
-    set_pci_address(el, a)
-    addr = el.find("address")
+    addr = set_pci_address(el, a)
     if "multifunction" in addr.attrib:
         del addr.attrib["multifunction"]
     if multifunction:
