@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
@@ -50,7 +50,6 @@ from planner.pipeline.domain import (
     _assign_usb_indices,
     _machine,
     disk_name_index,
-    read_pci_address,
     read_problem,
 )
 from planner.xml.xmlio import InputError, parse_domain_bytes, remove_element, serialize_text
@@ -168,15 +167,17 @@ def _addr_str(a: PciAddress) -> str:
 # ------------------------------------------------------------------ the address set (virDomainPCIAddressSet)
 
 
-@dataclass
 class _Bus:
-    model: str | None
-    flags: int = 0
-    min_slot: int = 0
-    max_slot: int = 31
-    functions: list[int] = field(default_factory=lambda: [0] * 32)
-    aggregate: list[bool] = field(default_factory=lambda: [False] * 32)
-    used: int = 0  # slots in [min_slot, max_slot] with a function in use: lets the search skip full buses
+    __slots__ = ("model", "flags", "min_slot", "max_slot", "functions", "aggregate", "used")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.flags = 0
+        self.min_slot = 0
+        self.max_slot = 31
+        self.functions = [0] * 32  # per slot, a bit per function in use
+        self.aggregate = [False] * 32
+        self.used = 0  # slots in [min_slot, max_slot] with a function in use: lets the search skip full buses
 
     def set_model(self, model: str, hotplug: bool = True) -> None:
         flags, (lo, hi), can_hotplug = BUS_MODELS[model]
@@ -244,11 +245,15 @@ class _Stopped(Exception):
 
 class _AddressSet:
     def __init__(self, nbuses: int, dry_run: bool, limit: tuple[Collection[int], int] | None = None) -> None:
-        self.buses = [_Bus(None) for _ in range(nbuses)]
+        self.buses = [_Bus() for _ in range(nbuses)]
         self.dry_run = dry_run
         # (indices, n): stop once more than n buses were grown at indices not among indices
         self.limit = limit
         self.grown = 0
+        # (flags, function) -> the first bus reserve_next may find a place on for them: those before it
+        # had none, and never will (a bus's slots only fill, and its model and flags are set before any
+        # search), so each search starts where the last one with the same request stopped
+        self.searched: dict[tuple[int, int], int] = {}
 
     # virDomainPCIAddressValidate
     def validate(self, addr: PciAddress, flags: int, from_config: bool) -> None:
@@ -293,7 +298,7 @@ class _AddressSet:
                                   "but none is available, and it cannot be automatically added")
             raise GreedyError(
                 f"Cannot automatically add a new PCI bus for a device with connect flags {flags:02x}")
-        new = [_Bus(None) for _ in range(add)]
+        new = [_Bus() for _ in range(add)]
         first = 0
         if need_bridge_path:
             # This root port takes only the pcie-to-pci-bridge: the spare-port dummy must not land on it.
@@ -333,43 +338,61 @@ class _AddressSet:
         bus.functions[addr.slot] |= 1 << addr.function
         return addr
 
-    # virDomainPCIAddressFindUnusedFunctionOnBus
-    def _find_on_bus(self, index: int, flags: int, function: int) -> PciAddress | None:
-        bus = self.buses[index]
-        if bus.used > bus.max_slot - bus.min_slot and not flags & AGGREGATE_SLOT:
-            return None  # every slot taken (a shortcut: the loop below would find nothing)
-        if not _fits(index, bus.flags, flags):
-            return None
-        start = 0 if function == -1 else function
-        for slot in range(bus.min_slot, bus.max_slot + 1):
-            used = bus.functions[slot]
-            if not used:
-                return PciAddress(index, slot, start)
-            if flags & AGGREGATE_SLOT and bus.aggregate[slot]:
-                if not used & (1 << start):
-                    return PciAddress(index, slot, start)
-                if function == -1:
-                    free = next((f for f in range(8) if not used & (1 << f)), None)
-                    if free is not None:
-                        return PciAddress(index, slot, free)
-        return None
-
     # virDomainPCIAddressReserveNextAddr with virDomainPCIAddressGetNextAddr (isolation groups are all 0
-    # outside pSeries)
+    # outside pSeries) and virDomainPCIAddressFindUnusedFunctionOnBus
     def reserve_next(self, flags: int, function: int = -1) -> PciAddress:
-        # the hot path: an address _find_on_bus found is one validate passes (the bus fits the flags,
-        # the slot is in the bus's range, the function is 0-7), so only one on a grown bus is validated
+        # the hot path: an address found here is one validate passes (the bus fits the flags, the slot
+        # is in the bus's range, the function is 0-7), so only one on a grown bus is validated
         aggregate = flags & AGGREGATE_SLOT
-        for index, bus in enumerate(self.buses):
-            if bus.used > bus.max_slot - bus.min_slot and not aggregate:
-                continue  # full: _find_on_bus's shortcut
-            found = self._find_on_bus(index, flags, function)
-            if found is not None:
-                return self._take(found, flags, False)
+        buses = self.buses
+        key = (flags, function)
+        start = 0 if function == -1 else function
+        for index in range(self.searched.get(key, 0), len(buses)):
+            bus = buses[index]
+            lo, hi = bus.min_slot, bus.max_slot
+            if bus.used > hi - lo and not aggregate:
+                continue  # every slot taken
+            if not _fits(index, bus.flags, flags):
+                continue
+            functions = bus.functions
+            if not aggregate:  # the first slot with no function in use: there is one (used above)
+                slot = functions.index(0, lo, hi + 1)
+                self.searched[key] = index
+                bus.aggregate[slot] = False
+                bus.used += 1
+                functions[slot] = 1 << start
+                return _pci_address(index, slot, start)
+            for slot in range(lo, hi + 1):
+                used = functions[slot]
+                if used and not bus.aggregate[slot]:
+                    continue
+                if function == -1:  # the lowest function not in use
+                    found = (~used & (used + 1)).bit_length() - 1
+                    if found > 7:
+                        continue
+                elif used & (1 << start):
+                    continue
+                else:
+                    found = start
+                self.searched[key] = index
+                return self._take(_pci_address(index, slot, found), flags, False)
+        self.searched[key] = len(buses)
         if self.dry_run:  # nothing free: a new bus
-            a = self.grow(PciAddress(len(self.buses), 0, 0 if function == -1 else function), flags)
+            a = self.grow(PciAddress(len(self.buses), 0, start), flags)
             return self.reserve(PciAddress(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
         raise GreedyError("No more available PCI slots")
+
+
+_ADDRESSES: dict[tuple[int, int, int], PciAddress] = {}
+
+
+def _pci_address(bus: int, slot: int, function: int) -> PciAddress:
+    """PciAddress(bus, slot, function), made once (a frozen dataclass costs more to make than to find)."""
+    key = (bus, slot, function)
+    a = _ADDRESSES.get(key)
+    if a is None:
+        a = _ADDRESSES[key] = PciAddress(bus, slot, function)
+    return a
 
 
 # ------------------------------------------------------------------ the domain as libvirt holds it
@@ -389,6 +412,10 @@ class _Dev:
     ctype: str = ""  # controller type
     index: int | None = None  # controller index
     hostdev_net: bool = False  # <interface type='hostdev'>: assigned with the hostdevs
+    assigned: PciAddress | None = None  # the address libvirt writes into the definition
+    multi: bool = False  # libvirt marks its address multifunction='on'
+    fresh: bool = False  # a PCI controller libvirt added, built with its defaults by _new_controller
+    port_target: etree._Element | None = None  # its <target>, when the port number is still to be set
 
     @property
     def is_pci_controller(self) -> bool:
@@ -402,9 +429,9 @@ def _device_flags(d: Device) -> int:
     return flags
 
 
-def _present(el: etree._Element, label: str) -> PciAddress | None:
-    """The element's PCI address when libvirt counts it as present (virDeviceInfoPCIAddressIsPresent)."""
-    addr, bus_pin, _other = read_pci_address(el, label)
+def _present(addr: PciAddress | None, bus_pin: int | None) -> PciAddress | None:
+    """The element's PCI address when libvirt counts it as present (virDeviceInfoPCIAddressIsPresent),
+    from read_problem's reading of its <address> (read_pci_address: its address, bus-only pin)."""
     if addr is None and bus_pin:  # a bus without slot is slot 0 of that bus for libvirt
         return PciAddress(bus_pin, 0, 0)
     return addr
@@ -518,12 +545,12 @@ class _Greedy:
                 continue
             el = bus.element
             self.pci[bus.index] = _Dev(el, "controller", CONTROLLER_CONNECT[bus.model.name],
-                                       _present(el, bus.label), el.find("address") is None, bus.model.name,
-                                       ctype="pci", index=bus.index)
+                                       _present(bus.address, bus.bus_pin), el.find("address") is None,
+                                       bus.model.name, ctype="pci", index=bus.index)
         self.bus_models = {i: b.model.name for i, b in problem.buses.items() if not b.added}
         self.bus_hotplug = {
-            i: not (b.element is not None and b.element.find("target") is not None
-                    and b.element.find("target").get("hotplug") == "off")
+            i: not (b.element is not None and (t := b.element.find("target")) is not None
+                    and t.get("hotplug") == "off")
             for i, b in problem.buses.items() if not b.added
         }
         self.max_idx = max(self.bus_models)
@@ -548,9 +575,14 @@ class _Greedy:
         given = [c for c in self.devices_el.findall("controller") if id(c) in original]
         self.controller_els = _sorted_insert(given, _controller_key) + implicit
         self.disk_els = _sorted_insert(self.devices_el.findall("disk"), _disk_key)
-        self.assigned: dict[int, PciAddress] = {}  # id(_Dev) -> address written into the definition
         self._kinds: dict[str, list[_Dev]] = {}
-        self.multi_on: set[int] = set()  # id(_Dev) whose address libvirt marks multifunction='on'
+        # the devices in the order of qemuDomainPCIAddressSetCreate's collection (virDomainDeviceInfoIterate)
+        # around the PCI controllers, which go first in the controller list, and of
+        # qemuDomainAssignDevicePCISlots after them: the lists do not change after reading
+        at = COLLECT_ORDER.index("controller")
+        self._collect_head = [d for kind in COLLECT_ORDER[:at] for d in self._kind_list(kind)]
+        self._collect_tail = [d for kind in COLLECT_ORDER[at:] for d in self._kind_list(kind)]
+        self._assign_order = [d for kind in ASSIGN_ORDER for d in self._kind_list(kind)]
 
     # -------------------------------------------------------------- reading
 
@@ -565,7 +597,8 @@ class _Greedy:
     def _dev(self, d: Device) -> _Dev:
         el = d.element
         kind = d.kind
-        dev = _Dev(el, kind, _device_flags(d), _present(el, d.label), el.find("address") is None, d.model)
+        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), el.find("address") is None,
+                   d.model)
         if kind == "interface" and el.get("type") == "hostdev":
             dev.hostdev_net = True
         if kind == "controller":
@@ -617,7 +650,7 @@ class _Greedy:
                 + [self.pci[i] for i in sorted(self.added)])
 
     def _address(self, d: _Dev) -> PciAddress | None:
-        return self.assigned.get(id(d), d.user)
+        return d.assigned if d.assigned is not None else d.user
 
     # -------------------------------------------------------------- the passes
 
@@ -633,19 +666,15 @@ class _Greedy:
         for bus in addrs.buses[1:]:
             if bus.model is None:
                 bus.set_model(default)
-        for kind in COLLECT_ORDER:
-            devs = self._kind_list(kind)
-            if kind == "controller":
-                devs = self._pci_controllers() + devs
-            for d in devs:
-                addr = self._address(d)
-                if addr is None:
-                    continue
-                if self._piix3_builtin(d, addr):
-                    continue  # reserved by the chipset step
-                new = addrs.reserve(addr, d.flags, True)
-                if new != addr:  # the dry run bumped the bus of a legacy device on a pure PCIe guest
-                    self.assigned[id(d)] = new
+        for d in [*self._collect_head, *self._pci_controllers(), *self._collect_tail]:
+            addr = d.assigned if d.assigned is not None else d.user
+            if addr is None:
+                continue
+            if d.kind == "controller" and self._piix3_builtin(d, addr):
+                continue  # reserved by the chipset step
+            new = addrs.reserve(addr, d.flags, True)
+            if new != addr:  # the dry run bumped the bus of a legacy device on a pure PCIe guest
+                d.assigned = new
         return addrs
 
     def _piix3_builtin(self, d: _Dev, addr: PciAddress) -> bool:
@@ -656,7 +685,7 @@ class _Greedy:
 
     def _untyped(self, d: _Dev) -> bool:
         """libvirt's address type NONE: no <address> in the input and none written since."""
-        return d.no_address and id(d) not in self.assigned
+        return d.no_address and d.assigned is None
 
     def _wanted(self, d: _Dev) -> bool:
         return self._address(d) is None
@@ -664,7 +693,7 @@ class _Greedy:
     def _reserve_next(self, addrs: _AddressSet, d: _Dev, function: int = -1) -> PciAddress:
         addr = addrs.reserve_next(d.flags, function)
         if not addrs.dry_run:  # a dry run only counts, it writes no address
-            self.assigned[id(d)] = addr
+            d.assigned = addr
         return addr
 
     def _chipset(self, addrs: _AddressSet) -> None:
@@ -679,7 +708,7 @@ class _Greedy:
         have = self._address(d)
         if have is not None and have != want:
             raise GreedyError(message)
-        self.assigned[id(d)] = want
+        d.assigned = want
 
     def _chipset_piix3(self, addrs: _AddressSet) -> None:
         flags = AUTOASSIGN | PCI_DEVICE
@@ -691,7 +720,7 @@ class _Greedy:
                           "PIIX3 USB controller at index 0 must have PCI address 0:0:1.2")
             else:
                 continue
-            addrs.reserve(self.assigned[id(d)], flags, True)
+            addrs.reserve(d.assigned, flags, True)  # type: ignore[arg-type]  # _fix set it
         addrs.reserve(PciAddress(0, 1, 0), flags, True)  # ISA bridge
         addrs.reserve(PciAddress(0, 1, 3), flags, True)  # ACPI / PM
         self._primary_video(addrs, PciAddress(0, 2, 0), flags)
@@ -707,14 +736,14 @@ class _Greedy:
                     want = PciAddress(0, slot, 0)
                     if not addrs.slot_in_use(want):
                         addrs.reserve(want, flags, True)
-                        self.assigned[id(d)] = want
-                        self.multi_on.add(id(d))
+                        d.assigned = want
+                        d.multi = True
                         break
             elif d.is_pci_controller and d.model == "dmi-to-pci-bridge" and self._untyped(d):
                 want = PciAddress(0, 0x1E, 0)
                 if not addrs.slot_in_use(want):
                     addrs.reserve(want, flags, True)
-                    self.assigned[id(d)] = want
+                    d.assigned = want
         addrs.reserve(PciAddress(0, 0x1F, 0), flags, True)  # ICH9 LPC
         addrs.reserve(PciAddress(0, 0x1F, 3), flags, True)  # SMBus
         self._primary_video(addrs, PciAddress(0, 1, 0), flags)
@@ -723,7 +752,7 @@ class _Greedy:
             sound = next((d for d in self._kind_list("sound") if d.model == "ich9" and self._wanted(d)), None)
             if sound is not None:
                 addrs.reserve(want, flags, True)
-                self.assigned[id(sound)] = want
+                sound.assigned = want
 
     def _primary_video(self, addrs: _AddressSet, want: PciAddress, flags: int) -> None:
         if not self.videos:
@@ -740,23 +769,22 @@ class _Greedy:
             self._reserve_next(addrs, video)
         else:
             addrs.reserve(want, flags, True)
-            self.assigned[id(video)] = want
+            video.assigned = want
 
     def _assign_devices(self, addrs: _AddressSet) -> None:
         """qemuDomainAssignDevicePCISlots: unaddressed devices, class by class."""
         for d in self._pci_controllers():
             if self._wanted(d):
                 self._reserve_next(addrs, d)
-        for kind in ASSIGN_ORDER:
-            for d in self._kind_list(kind):
-                if not self._wanted(d):
-                    continue
-                if kind == "controller" and d.ctype == "ide" and d.index == 0:
-                    continue
-                if kind == "controller" and d.model in USB2_FUNCTION:
-                    self._assign_usb2(addrs, d)
-                else:
-                    self._reserve_next(addrs, d)
+        for d in self._assign_order:  # only the controller list holds controllers
+            if d.assigned is not None or d.user is not None:
+                continue
+            if d.kind == "controller" and d.ctype == "ide" and d.index == 0:
+                continue
+            if d.kind == "controller" and d.model in USB2_FUNCTION:
+                self._assign_usb2(addrs, d)
+            else:
+                self._reserve_next(addrs, d)
 
     def _assign_usb2(self, addrs: _AddressSet, d: _Dev) -> None:
         """USB2 companions share one slot, each at its fixed function."""
@@ -767,11 +795,11 @@ class _Greedy:
         if found is not None:
             addr = PciAddress(found.bus, found.slot, function)
             addrs.reserve(addr, d.flags, True)
-            self.assigned[id(d)] = addr
+            d.assigned = addr
         else:
             self._reserve_next(addrs, d, function)
         if d.model == "ich9-uhci1":
-            self.multi_on.add(id(d))
+            d.multi = True
 
     def run(self, proceed: Callable[[dict[int, str]], bool] | None = None,
             limit: tuple[Collection[int], int] | None = None) -> bool:
@@ -818,7 +846,7 @@ class _Greedy:
         indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
         for index in sorted(self.added):
             model = self.added[index]
-            el = etree.Element("controller", type="pci", index=str(index), model=model)
+            el, port_target = _new_controller(model, index)
             at = next((pos for pos in range(len(indices) - 1, -1, -1)
                        if indices[pos] is not None and indices[pos] < index), len(controllers) - 1)  # type: ignore[operator]
             if at < 0:
@@ -828,40 +856,45 @@ class _Greedy:
             controllers.insert(at + 1, el)
             indices.insert(at + 1, index)
             self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
-                                   ctype="pci", index=index)
+                                   ctype="pci", index=index, fresh=True, port_target=port_target)
 
     def _write_back(self) -> None:
-        everyone = [*self.devs, *(self.pci[i] for i in sorted(self.pci))]
-        by_slot: dict[tuple[int, int], list[_Dev]] = {}
-        for d in everyone:
-            addr = self._address(d)
-            if addr is not None:
-                by_slot.setdefault((addr.bus, addr.slot), []).append(d)
+        pci = [self.pci[i] for i in sorted(self.pci)]
+        everyone = [*self.devs, *pci]
         # virDomainPCIAddressSetAllMulti: function 0 of a slot with other functions in use
-        for members in by_slot.values():
-            if any(self._address(m).function != 0 for m in members):  # type: ignore[union-attr]
-                for m in members:
-                    if self._address(m).function == 0:  # type: ignore[union-attr]
-                        self.multi_on.add(id(m))
+        placed = [(d, d.assigned if d.assigned is not None else d.user) for d in everyone]
+        shared = {(a.bus, a.slot) for _d, a in placed if a is not None and a.function}
+        if shared:
+            for d, a in placed:
+                if a is not None and not a.function and (a.bus, a.slot) in shared:
+                    d.multi = True
         for d in self.devs:  # libvirt names the default USB / SCSI model it picked
             if d.kind == "controller" and d.ctype in ("usb", "scsi") and d.element.get("model") is None:
                 _set_after(d.element, "index", "model", d.model)
         for d in everyone:
-            addr = self.assigned.get(id(d))
+            addr = d.assigned
             if addr is not None:
-                _set_address(d.element, addr, id(d) in self.multi_on)
-            elif id(d) in self.multi_on and d.user is not None:
+                # an element read without <address> has none yet: nothing before this adds one
+                _set_address(d.element, addr, d.multi, d.no_address)
+            elif d.multi and d.user is not None:
                 a = d.element.find("address")
                 if a is not None and a.get("multifunction") is None:
                     a.set("multifunction", "on")
-        lowest_bus_nr = min([int(d.element.find("target").get("busNr"), 0) for d in self.pci.values()
-                             if d.element.find("target") is not None
-                             and d.element.find("target").get("busNr") is not None] + [256])
-        for index in sorted(self.pci):
-            d = self.pci[index]
-            addr = self._address(d)
+        lowest_bus_nr = 256
+        for d in pci:
+            if not d.fresh and (target := d.element.find("target")) is not None \
+                    and (bus_nr := target.get("busNr")) is not None:
+                lowest_bus_nr = min(lowest_bus_nr, int(bus_nr, 0))
+        for d in pci:
+            index = d.index
+            assert index is not None
+            addr = d.assigned if d.assigned is not None else d.user
             assert addr is not None
-            lowest_bus_nr = _controller_defaults(d.element, d.model, index, addr, lowest_bus_nr)
+            if d.fresh:  # built by _new_controller: only the port number waits for the address
+                if d.port_target is not None:
+                    d.port_target.set("port", f"0x{_PORTED[d.model].port_number(addr.slot, addr.function):x}")
+            else:
+                lowest_bus_nr = _controller_defaults(d.element, d.model, index, addr, lowest_bus_nr)
             if d.model == "pci-bridge" and index <= addr.bus:
                 raise GreedyError(f"PCI controller at index {index} (0x{index:02x}) has "
                                   f"bus='0x{addr.bus:02x}', but index must be larger than bus", UNSUPPORTED)
@@ -896,21 +929,57 @@ class _Greedy:
         return out
 
 
-def _set_address(el: etree._Element, addr: PciAddress, multi: bool) -> None:
-    a = el.find("address")
+_HEX2 = [f"0x{i:02x}" for i in range(256)]  # bus and slot as libvirt writes them
+_HEX1 = [f"0x{i:x}" for i in range(8)]  # function
+
+
+def _set_address(el: etree._Element, addr: PciAddress, multi: bool, absent: bool = False) -> None:
+    """Write addr as el's <address>. absent: the caller knows el has no <address> (spares the search)."""
+    a = None if absent else el.find("address")
+    keep_multi = None
     if a is None:
         a = etree.SubElement(el, "address")
-    keep_multi = a.get("multifunction")
-    a.attrib.clear()
-    a.set("type", "pci")
-    a.set("domain", "0x0000")
-    a.set("bus", f"0x{addr.bus:02x}")
-    a.set("slot", f"0x{addr.slot:02x}")
-    a.set("function", f"0x{addr.function:x}")
+    else:
+        keep_multi = a.get("multifunction")
+        a.attrib.clear()
+    put = a.set
+    put("type", "pci")
+    put("domain", "0x0000")
+    put("bus", _HEX2[addr.bus])
+    put("slot", _HEX2[addr.slot])
+    put("function", _HEX1[addr.function])
     if keep_multi is not None:
-        a.set("multifunction", keep_multi)
+        put("multifunction", keep_multi)
     elif multi:
-        a.set("multifunction", "on")
+        put("multifunction", "on")
+
+
+# The PCI controllers whose <target port> libvirt numbers from their address.
+_PORTED = {name: m for name, m in controller_models().items() if m.target == "chassis-port"}
+
+
+def _new_controller(model: str, index: int) -> tuple[etree._Element, etree._Element | None]:
+    """The <controller type='pci'> libvirt adds at index, with what _controller_defaults would fill in
+    before its address is known: <model name> and <target chassisNr | chassis> (the port number waits
+    for the address: returned is the <target> to give it, if any). Added models have no busNr target
+    (grow and the index gaps add ports and bridges): the lowest busNr in use is not known here."""
+    el = etree.Element("controller")
+    put = el.set
+    put("type", "pci")
+    put("index", str(index))
+    put("model", model)
+    target = controller_models()[model].target
+    assert target != "busNr", f"libvirt adds no {model}"
+    name = MODEL_NAMES.get(model)
+    if name:
+        etree.SubElement(el, "model").set("name", name)
+    if target == "chassisNr":
+        etree.SubElement(el, "target").set("chassisNr", str(index))
+    elif target == "chassis-port":
+        port_target = etree.SubElement(el, "target")
+        port_target.set("chassis", str(index))
+        return el, port_target
+    return el, None
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element:
