@@ -37,6 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
 
 from lxml import etree
@@ -157,6 +158,18 @@ class GreedyError(Exception):
 
 XML_ERROR = "XML error: "  # VIR_ERR_XML_ERROR: a user-given address is wrong
 UNSUPPORTED = "unsupported configuration: "  # VIR_ERR_CONFIG_UNSUPPORTED
+
+
+def _first(el: etree._Element, tag: str) -> etree._Element | None:
+    """el.find(tag) for a plain tag: the first child of that name, without ElementPath's parsing."""
+    for child in el.iterchildren(tag):
+        return child
+    return None
+
+
+def _all(el: etree._Element, tag: str) -> list[etree._Element]:
+    """el.findall(tag) for a plain tag, without ElementPath's parsing."""
+    return list(el.iterchildren(tag))
 
 
 def _addr_str(a: PciAddress) -> str:
@@ -398,7 +411,7 @@ def _pci_address(bus: int, slot: int, function: int) -> PciAddress:
 # ------------------------------------------------------------------ the domain as libvirt holds it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Dev:
     """One element that may take a PCI address, as libvirt's virDomainDeviceInfo."""
 
@@ -416,6 +429,7 @@ class _Dev:
     multi: bool = False  # libvirt marks its address multifunction='on'
     fresh: bool = False  # a PCI controller libvirt added, built with its defaults by _new_controller
     port_target: etree._Element | None = None  # its <target>, when the port number is still to be set
+    fresh_address: etree._Element | None = None  # its <address>, still to be set
 
     @property
     def is_pci_controller(self) -> bool:
@@ -497,10 +511,13 @@ def _controller_key(el: etree._Element) -> tuple[str, int]:
 
 
 def _disk_key(el: etree._Element) -> tuple[str, int]:
-    target = el.find("target")
+    target = _first(el, "target")
     if target is None:
         return "", 0
-    return target.get("bus") or "", disk_name_index(target.get("dev") or "")
+    return target.get("bus") or "", _disk_index(target.get("dev") or "")
+
+
+_disk_index = lru_cache(maxsize=1024)(disk_name_index)  # guests name their disks alike (vda, vdb, ...)
 
 
 def _has_mmio(devices: etree._Element) -> bool:
@@ -528,7 +545,7 @@ def _mmio_primed(d: Device) -> bool:
 class _Greedy:
     def __init__(self, tree: etree._ElementTree, original_controllers: list[etree._Element]) -> None:
         problem = read_problem(tree)
-        self.devices_el = tree.getroot().find("devices")
+        self.devices_el = _first(tree.getroot(), "devices")
         self.pcie_root = problem.machine.pcie
         self.family = problem.machine.family
         self.implicit_sata = problem.machine.implicit_sata
@@ -545,11 +562,11 @@ class _Greedy:
                 continue
             el = bus.element
             self.pci[bus.index] = _Dev(el, "controller", CONTROLLER_CONNECT[bus.model.name],
-                                       _present(bus.address, bus.bus_pin), el.find("address") is None,
+                                       _present(bus.address, bus.bus_pin), _first(el, "address") is None,
                                        bus.model.name, ctype="pci", index=bus.index)
         self.bus_models = {i: b.model.name for i, b in problem.buses.items() if not b.added}
         self.bus_hotplug = {
-            i: not (b.element is not None and (t := b.element.find("target")) is not None
+            i: not (b.element is not None and (t := _first(b.element, "target")) is not None
                     and t.get("hotplug") == "off")
             for i, b in problem.buses.items() if not b.added
         }
@@ -563,19 +580,19 @@ class _Greedy:
                 if member.address is None and member.bus_pin is None and mmio and _mmio_primed(member):
                     continue
                 self.devs.append(self._dev(member))
-        self.videos = [el for el in self.devices_el.findall("video")]
-        primary = next((v for v in self.videos if (m := v.find("model")) is not None
+        self.videos = [el for el in _all(self.devices_el, "video")]
+        primary = next((v for v in self.videos if (m := _first(v, "model")) is not None
                         and m.get("primary") == "yes"), None)
         if primary is not None:  # libvirt keeps the primary video first in def->videos
             self.videos.remove(primary)
             self.videos.insert(0, primary)
-        implicit = [c for c in self.devices_el.findall("controller") if id(c) not in original]
+        implicit = [c for c in _all(self.devices_el, "controller") if id(c) not in original]
         implicit.sort(key=self._implicit_rank)
         # The parser sorts the input's controllers; implicit ones are appended (virDomainDefAddController).
-        given = [c for c in self.devices_el.findall("controller") if id(c) in original]
+        given = [c for c in _all(self.devices_el, "controller") if id(c) in original]
         self.controller_els = _sorted_insert(given, _controller_key) + implicit
-        self.disk_els = _sorted_insert(self.devices_el.findall("disk"), _disk_key)
-        self._kinds: dict[str, list[_Dev]] = {}
+        self.disk_els = _sorted_insert(_all(self.devices_el, "disk"), _disk_key)
+        self._kinds = self._make_kind_lists()
         # the devices in the order of qemuDomainPCIAddressSetCreate's collection (virDomainDeviceInfoIterate)
         # around the PCI controllers, which go first in the controller list, and of
         # qemuDomainAssignDevicePCISlots after them: the lists do not change after reading
@@ -597,7 +614,7 @@ class _Greedy:
     def _dev(self, d: Device) -> _Dev:
         el = d.element
         kind = d.kind
-        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), el.find("address") is None,
+        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), _first(el, "address") is None,
                    d.model)
         if kind == "interface" and el.get("type") == "hostdev":
             dev.hostdev_net = True
@@ -620,29 +637,23 @@ class _Greedy:
         return dev
 
     def _kind_list(self, kind: str) -> list[_Dev]:
-        """The devices of one libvirt list, in libvirt's order (made once: the lists do not change after
-        reading; callers only read them)."""
-        out = self._kinds.get(kind)
-        if out is None:
-            out = self._kinds[kind] = self._make_kind_list(kind)
-        return out
+        """The devices of one libvirt list, in libvirt's order (the lists do not change after reading;
+        callers only read them)."""
+        return self._kinds.get(kind, [])
 
-    def _make_kind_list(self, kind: str) -> list[_Dev]:
-        if kind == "controller":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "controller"}
-            return [by_el[id(c)] for c in self.controller_els if id(c) in by_el]
-        if kind == "disk":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "disk"}
-            return [by_el[id(c)] for c in self.disk_els if id(c) in by_el]
-        if kind == "interface":
-            return [d for d in self.devs if d.kind == "interface" and not d.hostdev_net]
-        if kind == "hostdev":  # hostdevs of <interface type='hostdev'> are inserted first, at parse time
-            return ([d for d in self.devs if d.hostdev_net]
-                    + [d for d in self.devs if d.kind == "hostdev"])
-        if kind == "video":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "video"}
-            return [by_el[id(v)] for v in self.videos if id(v) in by_el]
-        return [d for d in self.devs if d.kind == kind]
+    def _make_kind_lists(self) -> dict[str, list[_Dev]]:
+        """Every libvirt list, from one pass over the devices."""
+        kinds: dict[str, list[_Dev]] = {}
+        for d in self.devs:  # hostdevs of <interface type='hostdev'> are inserted first, at parse time
+            kinds.setdefault("hostdev-net" if d.hostdev_net else d.kind, []).append(d)
+        if "hostdev-net" in kinds:
+            kinds["hostdev"] = kinds.pop("hostdev-net") + kinds.get("hostdev", [])
+        for kind, order in (("controller", self.controller_els), ("disk", self.disk_els),
+                            ("video", self.videos)):
+            if kind in kinds:
+                by_el = {id(d.element): d for d in kinds[kind]}
+                kinds[kind] = [by_el[id(c)] for c in order if id(c) in by_el]
+        return kinds
 
     def _pci_controllers(self) -> list[_Dev]:
         """PCI controllers in def->controllers order: the input's by index, then those libvirt added."""
@@ -714,40 +725,41 @@ class _Greedy:
         flags = AUTOASSIGN | PCI_DEVICE
         for d in self._kind_list("controller"):
             if d.ctype == "ide" and d.index == 0:
-                self._fix(d, PciAddress(0, 1, 1), "Primary IDE controller must have PCI address 0:0:1.1")
+                self._fix(d, _pci_address(0, 1, 1), "Primary IDE controller must have PCI address 0:0:1.1")
             elif d.ctype == "usb" and d.index == 0 and d.model == "piix3-uhci":
-                self._fix(d, PciAddress(0, 1, 2),
+                self._fix(d, _pci_address(0, 1, 2),
                           "PIIX3 USB controller at index 0 must have PCI address 0:0:1.2")
             else:
                 continue
             addrs.reserve(d.assigned, flags, True)  # type: ignore[arg-type]  # _fix set it
-        addrs.reserve(PciAddress(0, 1, 0), flags, True)  # ISA bridge
-        addrs.reserve(PciAddress(0, 1, 3), flags, True)  # ACPI / PM
-        self._primary_video(addrs, PciAddress(0, 2, 0), flags)
+        addrs.reserve(_pci_address(0, 1, 0), flags, True)  # ISA bridge
+        addrs.reserve(_pci_address(0, 1, 3), flags, True)  # ACPI / PM
+        self._primary_video(addrs, _pci_address(0, 2, 0), flags)
 
     def _chipset_q35(self, addrs: _AddressSet) -> None:
         flags = PCIE_DEVICE
         for d in self._kind_list("controller") + self._pci_controllers():
             if d.ctype == "sata" and d.index == 0:
                 # set, not reserved: slot 0x1f is reserved as a whole just below
-                self._fix(d, PciAddress(0, 0x1F, 2), "Primary SATA controller must have PCI address 0:0:1f.2")
+                self._fix(d, _pci_address(0, 0x1F, 2),
+                          "Primary SATA controller must have PCI address 0:0:1f.2")
             elif d.ctype == "usb" and d.model == "ich9-uhci1" and self._untyped(d):
                 for slot in (0x1D, 0x1A):
-                    want = PciAddress(0, slot, 0)
+                    want = _pci_address(0, slot, 0)
                     if not addrs.slot_in_use(want):
                         addrs.reserve(want, flags, True)
                         d.assigned = want
                         d.multi = True
                         break
             elif d.is_pci_controller and d.model == "dmi-to-pci-bridge" and self._untyped(d):
-                want = PciAddress(0, 0x1E, 0)
+                want = _pci_address(0, 0x1E, 0)
                 if not addrs.slot_in_use(want):
                     addrs.reserve(want, flags, True)
                     d.assigned = want
-        addrs.reserve(PciAddress(0, 0x1F, 0), flags, True)  # ICH9 LPC
-        addrs.reserve(PciAddress(0, 0x1F, 3), flags, True)  # SMBus
-        self._primary_video(addrs, PciAddress(0, 1, 0), flags)
-        want = PciAddress(0, 0x1B, 0)
+        addrs.reserve(_pci_address(0, 0x1F, 0), flags, True)  # ICH9 LPC
+        addrs.reserve(_pci_address(0, 0x1F, 3), flags, True)  # SMBus
+        self._primary_video(addrs, _pci_address(0, 1, 0), flags)
+        want = _pci_address(0, 0x1B, 0)
         if not addrs.slot_in_use(want):
             sound = next((d for d in self._kind_list("sound") if d.model == "ich9" and self._wanted(d)), None)
             if sound is not None:
@@ -758,7 +770,7 @@ class _Greedy:
         if not self.videos:
             return
         first = self.videos[0]
-        model = first.find("model")
+        model = _first(first, "model")
         if model is not None and model.get("type") in ("none", "ramfb"):
             return
         video = next((d for d in self.devs if d.element is first), None)
@@ -776,15 +788,19 @@ class _Greedy:
         for d in self._pci_controllers():
             if self._wanted(d):
                 self._reserve_next(addrs, d)
+        reserve_next, write = addrs.reserve_next, not addrs.dry_run  # a dry run writes no address
         for d in self._assign_order:  # only the controller list holds controllers
             if d.assigned is not None or d.user is not None:
                 continue
-            if d.kind == "controller" and d.ctype == "ide" and d.index == 0:
-                continue
-            if d.kind == "controller" and d.model in USB2_FUNCTION:
-                self._assign_usb2(addrs, d)
-            else:
-                self._reserve_next(addrs, d)
+            if d.kind == "controller":
+                if d.ctype == "ide" and d.index == 0:
+                    continue
+                if d.model in USB2_FUNCTION:
+                    self._assign_usb2(addrs, d)
+                    continue
+            addr = reserve_next(d.flags)
+            if write:
+                d.assigned = addr
 
     def _assign_usb2(self, addrs: _AddressSet, d: _Dev) -> None:
         """USB2 companions share one slot, each at its fixed function."""
@@ -841,12 +857,12 @@ class _Greedy:
     def _add_controllers(self) -> None:
         """A new <controller type='pci'> for each bus libvirt added, in index order, each after the last
         PCI controller (in document order) of a lower index, else after the last controller."""
-        controllers = self.devices_el.findall("controller")
+        controllers = _all(self.devices_el, "controller")
         # None for a controller that is not PCI: kept beside the list, so the document is read once
         indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
         for index in sorted(self.added):
             model = self.added[index]
-            el, port_target = _new_controller(model, index)
+            el, port_target, address = _new_controller(model, index)
             at = next((pos for pos in range(len(indices) - 1, -1, -1)
                        if indices[pos] is not None and indices[pos] < index), len(controllers) - 1)  # type: ignore[operator]
             if at < 0:
@@ -856,7 +872,8 @@ class _Greedy:
             controllers.insert(at + 1, el)
             indices.insert(at + 1, index)
             self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
-                                   ctype="pci", index=index, fresh=True, port_target=port_target)
+                                   ctype="pci", index=index, fresh=True, port_target=port_target,
+                                   fresh_address=address)
 
     def _write_back(self) -> None:
         pci = [self.pci[i] for i in sorted(self.pci)]
@@ -873,16 +890,24 @@ class _Greedy:
                 _set_after(d.element, "index", "model", d.model)
         for d in everyone:
             addr = d.assigned
-            if addr is not None:
+            if d.fresh_address is not None:  # _new_controller's, in libvirt's order: set in place
+                a = d.fresh_address
+                assert addr is not None, "libvirt's pass 2 places every controller it added"
+                a.set("bus", _HEX2[addr.bus])
+                a.set("slot", _HEX2[addr.slot])
+                a.set("function", _HEX1[addr.function])
+                if d.multi:
+                    a.set("multifunction", "on")
+            elif addr is not None:
                 # an element read without <address> has none yet: nothing before this adds one
                 _set_address(d.element, addr, d.multi, d.no_address)
             elif d.multi and d.user is not None:
-                a = d.element.find("address")
+                a = _first(d.element, "address")
                 if a is not None and a.get("multifunction") is None:
                     a.set("multifunction", "on")
         lowest_bus_nr = 256
         for d in pci:
-            if not d.fresh and (target := d.element.find("target")) is not None \
+            if not d.fresh and (target := _first(d.element, "target")) is not None \
                     and (bus_nr := target.get("busNr")) is not None:
                 lowest_bus_nr = min(lowest_bus_nr, int(bus_nr, 0))
         for d in pci:
@@ -904,23 +929,23 @@ class _Greedy:
     def _mirror_consoles(self) -> None:
         """libvirt formats console N of an HVM guest as a copy of serial N when the console's target is
         a serial one (virDomainDefFormatInternal): it shows the serial's PCI address."""
-        serials = self.devices_el.findall("serial")
+        serials = _all(self.devices_el, "serial")
         serial_addr = {id(d.element): self._address(d) for d in self.devs if d.kind == "serial"}
-        for n, console in enumerate(self.devices_el.findall("console")):
-            target = console.find("target")
+        for n, console in enumerate(_all(self.devices_el, "console")):
+            target = _first(console, "target")
             if n >= len(serials) or (target is not None and target.get("type") not in (None, "serial")):
                 continue
             addr = serial_addr.get(id(serials[n]))
             if addr is not None:
                 _set_address(console, addr, False)
-            elif (a := console.find("address")) is not None and a.get("type") == "pci":
+            elif (a := _first(console, "address")) is not None and a.get("type") == "pci":
                 remove_element(a)
 
     def _order_videos(self) -> None:
         """libvirt lists the primary video first."""
-        if len(self.videos) < 2 or self.videos[0] is self.devices_el.findall("video")[0]:
+        if len(self.videos) < 2 or self.videos[0] is _all(self.devices_el, "video")[0]:
             return
-        self.devices_el.findall("video")[0].addprevious(self.videos[0])
+        _all(self.devices_el, "video")[0].addprevious(self.videos[0])
 
     def controllers_added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -935,7 +960,7 @@ _HEX1 = [f"0x{i:x}" for i in range(8)]  # function
 
 def _set_address(el: etree._Element, addr: PciAddress, multi: bool, absent: bool = False) -> None:
     """Write addr as el's <address>. absent: the caller knows el has no <address> (spares the search)."""
-    a = None if absent else el.find("address")
+    a = None if absent else _first(el, "address")
     keep_multi = None
     if a is None:
         a = etree.SubElement(el, "address")
@@ -958,36 +983,54 @@ def _set_address(el: etree._Element, addr: PciAddress, multi: bool, absent: bool
 _PORTED = {name: m for name, m in controller_models().items() if m.target == "chassis-port"}
 
 
-def _new_controller(model: str, index: int) -> tuple[etree._Element, etree._Element | None]:
-    """The <controller type='pci'> libvirt adds at index, with what _controller_defaults would fill in
-    before its address is known: <model name> and <target chassisNr | chassis> (the port number waits
-    for the address: returned is the <target> to give it, if any). Added models have no busNr target
-    (grow and the index gaps add ports and bridges): the lowest busNr in use is not known here."""
+@cache
+def _controller_template(model: str) -> tuple[etree._Element, str, bool]:
+    """The <controller type='pci'> libvirt adds of this model, with what _controller_defaults fills in:
+    <model name>, <target chassisNr | chassis port>, and its <address>, placeholders where the index
+    and the address go (copying it costs less than building one). Returns it, the <target> attribute
+    that is the index ("" if none) and whether the target has a port. Added models have no busNr
+    target (grow and the index gaps add ports and bridges): the lowest busNr in use is not known here."""
+    target = controller_models()[model].target
+    assert target != "busNr", f"libvirt adds no {model}"
     el = etree.Element("controller")
     put = el.set
     put("type", "pci")
-    put("index", str(index))
+    put("index", "0")
     put("model", model)
-    target = controller_models()[model].target
-    assert target != "busNr", f"libvirt adds no {model}"
     name = MODEL_NAMES.get(model)
     if name:
         etree.SubElement(el, "model").set("name", name)
+    chassis = ""
     if target == "chassisNr":
-        etree.SubElement(el, "target").set("chassisNr", str(index))
+        chassis = "chassisNr"
+        etree.SubElement(el, "target").set(chassis, "0")
     elif target == "chassis-port":
-        port_target = etree.SubElement(el, "target")
-        port_target.set("chassis", str(index))
-        return el, port_target
-    return el, None
+        chassis = "chassis"
+        tgt = etree.SubElement(el, "target")
+        tgt.set(chassis, "0")
+        tgt.set("port", "0x0")
+    _set_address(el, _pci_address(0, 0, 0), False, True)
+    return el, chassis, target == "chassis-port"
+
+
+def _new_controller(model: str, index: int) -> tuple[etree._Element, etree._Element | None, etree._Element]:
+    """A copy of _controller_template(model) at index: the element, its <target> when the port number
+    is still to be set, its <address> (both set by _write_back once the address is known)."""
+    template, chassis, port = _controller_template(model)
+    el = template.__copy__()  # a deep copy, without the copy module around it
+    number = str(index)
+    el.set("index", number)
+    if chassis:
+        el[-2].set(chassis, number)  # <target> comes right before <address>
+    return el, el[-2] if port else None, el[-1]
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element:
     """The child element tag, created where libvirt writes it (<model> first, then <target>)."""
-    child = el.find(tag)
+    child = _first(el, tag)
     if child is None:
         child = etree.Element(tag)
-        model = el.find("model")
+        model = _first(el, "model")
         el.insert(el.index(model) + 1 if tag == "target" and model is not None else 0, child)
     return child
 
@@ -1013,7 +1056,7 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
                          lowest_bus_nr: int) -> int:
     """Model name and target values libvirt fills in; returns the lowest busNr in use."""
     name = MODEL_NAMES.get(model)
-    if name and (el.find("model") is None or el.find("model").get("name") is None):
+    if name and (_first(el, "model") is None or _first(el, "model").get("name") is None):
         _child(el, "model").set("name", name)
     m = controller_models()[model]
     if m.target == "chassisNr":
@@ -1037,7 +1080,7 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
 def _add_implicit_video(devices: etree._Element, tree: etree._ElementTree) -> None:
     """virDomainDefAddImplicitVideo: graphics without a video get the machine's default video
     (read_problem does not add it)."""
-    if devices.find("graphics") is None or devices.find("video") is not None:
+    if _first(devices, "graphics") is None or _first(devices, "video") is not None:
         return
     try:
         machine, _arch = _machine(tree)
@@ -1053,7 +1096,7 @@ def _index_controllers(devices: etree._Element) -> None:
     """Give unindexed controllers their index before implicit ones are added, as libvirt's parser does
     (read_problem adds an implicit SATA 0 before indexing a user's unindexed SATA controller)."""
     _assign_usb_indices(devices)
-    for ctype in {c.get("type") or "" for c in devices.findall("controller")} - {"usb", "pci"}:
+    for ctype in {c.get("type") or "" for c in _all(devices, "controller")} - {"usb", "pci"}:
         _assign_indices(devices, ctype)
 
 
@@ -1135,11 +1178,11 @@ def greedy_plan_tree(tree: etree._ElementTree,
     adds buses), so that is as soon as proceed is sure to be given more than n such controllers."""
     start = time.perf_counter()
     try:
-        devices = tree.getroot().find("devices")
+        devices = _first(tree.getroot(), "devices")
         if devices is not None:
             _index_controllers(devices)
             _add_implicit_video(devices, tree)
-        original = list(devices.findall("controller")) if devices is not None else []
+        original = list(_all(devices, "controller")) if devices is not None else []
         planner = _Greedy(tree, original)
         if not planner.run(proceed, limit):
             return GreedyResult(False, "stopped after the dry run", None, planner.controllers_added(),
