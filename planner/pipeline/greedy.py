@@ -391,8 +391,8 @@ class _AddressSet:
                 return self._take(_pci_address(index, slot, found), flags, False)
         self.searched[key] = len(buses)
         if self.dry_run:  # nothing free: a new bus
-            a = self.grow(PciAddress(len(self.buses), 0, start), flags)
-            return self.reserve(PciAddress(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
+            a = self.grow(_pci_address(len(self.buses), 0, start), flags)
+            return self.reserve(_pci_address(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
         raise GreedyError("No more available PCI slots")
 
 
@@ -404,7 +404,9 @@ def _pci_address(bus: int, slot: int, function: int) -> PciAddress:
     key = (bus, slot, function)
     a = _ADDRESSES.get(key)
     if a is None:
-        a = _ADDRESSES[key] = PciAddress(bus, slot, function)
+        a = PciAddress(bus, slot, function)
+        if bus < 256:  # the cache stays bounded: 256 buses of 32 slots of 8 functions
+            _ADDRESSES[key] = a
     return a
 
 
@@ -427,9 +429,7 @@ class _Dev:
     hostdev_net: bool = False  # <interface type='hostdev'>: assigned with the hostdevs
     assigned: PciAddress | None = None  # the address libvirt writes into the definition
     multi: bool = False  # libvirt marks its address multifunction='on'
-    fresh: bool = False  # a PCI controller libvirt added, built with its defaults by _new_controller
-    port_target: etree._Element | None = None  # its <target>, when the port number is still to be set
-    fresh_address: etree._Element | None = None  # its <address>, still to be set
+    fresh: bool = False  # a PCI controller libvirt added: its element is made by _place_controllers
 
     @property
     def is_pci_controller(self) -> bool:
@@ -809,7 +809,7 @@ class _Greedy:
                       if o.model in USB2_FUNCTION and o.usb_index == d.usb_index
                       and self._address(o) is not None), None)
         if found is not None:
-            addr = PciAddress(found.bus, found.slot, function)
+            addr = _pci_address(found.bus, found.slot, function)
             addrs.reserve(addr, d.flags, True)
             d.assigned = addr
         else:
@@ -855,14 +855,26 @@ class _Greedy:
     # -------------------------------------------------------------- writing
 
     def _add_controllers(self) -> None:
-        """A new <controller type='pci'> for each bus libvirt added, in index order, each after the last
-        PCI controller (in document order) of a lower index, else after the last controller."""
+        """The PCI controllers libvirt added, to be assigned in pass 2. Their elements are made only
+        once their addresses are known (_place_controllers): nothing reads them before."""
+        for index in sorted(self.added):
+            model = self.added[index]
+            self.pci[index] = _Dev(_UNBUILT, "controller", CONTROLLER_CONNECT[model], None, True, model,
+                                   ctype="pci", index=index, fresh=True)
+
+    def _place_controllers(self, fresh: list[_Dev]) -> None:
+        """A new <controller type='pci'> for each bus libvirt added (fresh, in index order, assigned), with
+        what _controller_defaults fills in, each after the last PCI controller (in document order) of a
+        lower index, else after the last controller. Parsed from one text: it costs less than building
+        them node by node."""
+        text = "".join(_controller_text(d.model, d.index, d.assigned, d.multi)  # type: ignore[arg-type]
+                       for d in fresh)
+        made = list(etree.fromstring(f"<c>{text}</c>"))
         controllers = _all(self.devices_el, "controller")
         # None for a controller that is not PCI: kept beside the list, so the document is read once
         indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
-        for index in sorted(self.added):
-            model = self.added[index]
-            el, port_target, address = _new_controller(model, index)
+        for d, el in zip(fresh, made, strict=True):
+            index = d.index
             at = next((pos for pos in range(len(indices) - 1, -1, -1)
                        if indices[pos] is not None and indices[pos] < index), len(controllers) - 1)  # type: ignore[operator]
             if at < 0:
@@ -871,9 +883,7 @@ class _Greedy:
                 controllers[at].addnext(el)
             controllers.insert(at + 1, el)
             indices.insert(at + 1, index)
-            self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
-                                   ctype="pci", index=index, fresh=True, port_target=port_target,
-                                   fresh_address=address)
+            d.element = el
 
     def _write_back(self) -> None:
         pci = [self.pci[i] for i in sorted(self.pci)]
@@ -885,26 +895,31 @@ class _Greedy:
             for d, a in placed:
                 if a is not None and not a.function and (a.bus, a.slot) in shared:
                     d.multi = True
+        fresh = [d for d in pci if d.fresh]
+        if fresh:
+            assert all(d.assigned is not None for d in fresh), "pass 2 places every controller it added"
+            self._place_controllers(fresh)
         for d in self.devs:  # libvirt names the default USB / SCSI model it picked
             if d.kind == "controller" and d.ctype in ("usb", "scsi") and d.element.get("model") is None:
                 _set_after(d.element, "index", "model", d.model)
+        bare: list[_Dev] = []  # assigned, read without <address>: none yet (nothing before this adds one)
         for d in everyone:
             addr = d.assigned
-            if d.fresh_address is not None:  # _new_controller's, in libvirt's order: set in place
-                a = d.fresh_address
-                assert addr is not None, "libvirt's pass 2 places every controller it added"
-                a.set("bus", _HEX2[addr.bus])
-                a.set("slot", _HEX2[addr.slot])
-                a.set("function", _HEX1[addr.function])
-                if d.multi:
-                    a.set("multifunction", "on")
-            elif addr is not None:
-                # an element read without <address> has none yet: nothing before this adds one
-                _set_address(d.element, addr, d.multi, d.no_address)
+            if d.fresh:
+                continue  # made with its address
+            if addr is not None:
+                if d.no_address:
+                    bare.append(d)
+                else:
+                    _set_address(d.element, addr, d.multi)
             elif d.multi and d.user is not None:
                 a = _first(d.element, "address")
                 if a is not None and a.get("multifunction") is None:
                     a.set("multifunction", "on")
+        if bare:  # their <address> elements parsed from one text: it costs less than setting each attribute
+            text = "".join(_address_text(d.assigned, d.multi) for d in bare)  # type: ignore[arg-type]
+            for d, a in zip(bare, list(etree.fromstring(f"<c>{text}</c>")), strict=True):
+                d.element.append(a)
         lowest_bus_nr = 256
         for d in pci:
             if not d.fresh and (target := _first(d.element, "target")) is not None \
@@ -915,10 +930,7 @@ class _Greedy:
             assert index is not None
             addr = d.assigned if d.assigned is not None else d.user
             assert addr is not None
-            if d.fresh:  # built by _new_controller: only the port number waits for the address
-                if d.port_target is not None:
-                    d.port_target.set("port", f"0x{_PORTED[d.model].port_number(addr.slot, addr.function):x}")
-            else:
+            if not d.fresh:  # a fresh one is made with its defaults
                 lowest_bus_nr = _controller_defaults(d.element, d.model, index, addr, lowest_bus_nr)
             if d.model == "pci-bridge" and index <= addr.bus:
                 raise GreedyError(f"PCI controller at index {index} (0x{index:02x}) has "
@@ -958,9 +970,8 @@ _HEX2 = [f"0x{i:02x}" for i in range(256)]  # bus and slot as libvirt writes the
 _HEX1 = [f"0x{i:x}" for i in range(8)]  # function
 
 
-def _set_address(el: etree._Element, addr: PciAddress, multi: bool, absent: bool = False) -> None:
-    """Write addr as el's <address>. absent: the caller knows el has no <address> (spares the search)."""
-    a = None if absent else _first(el, "address")
+def _set_address(el: etree._Element, addr: PciAddress, multi: bool) -> None:
+    a = _first(el, "address")
     keep_multi = None
     if a is None:
         a = etree.SubElement(el, "address")
@@ -984,45 +995,44 @@ _PORTED = {name: m for name, m in controller_models().items() if m.target == "ch
 
 
 @cache
-def _controller_template(model: str) -> tuple[etree._Element, str, bool]:
-    """The <controller type='pci'> libvirt adds of this model, with what _controller_defaults fills in:
-    <model name>, <target chassisNr | chassis port>, and its <address>, placeholders where the index
-    and the address go (copying it costs less than building one). Returns it, the <target> attribute
-    that is the index ("" if none) and whether the target has a port. Added models have no busNr
-    target (grow and the index gaps add ports and bridges): the lowest busNr in use is not known here."""
-    target = controller_models()[model].target
-    assert target != "busNr", f"libvirt adds no {model}"
-    el = etree.Element("controller")
-    put = el.set
-    put("type", "pci")
-    put("index", "0")
-    put("model", model)
+def _controller_parts(model: str) -> tuple[str, str, str]:
+    """The text of the <controller type='pci'> libvirt adds of this model, around its index and its
+    address: what _controller_defaults fills in (<model name>, <target chassisNr | chassis port>),
+    attributes in libvirt's order. Returns the start up to the index, the tail of the <controller> tag,
+    the <target>'s kind ("" for none). Added models have no busNr target (grow and the index gaps add
+    ports and bridges): the lowest busNr in use is not known here."""
+    m = controller_models()[model]
+    assert m.target != "busNr", f"libvirt adds no {model}"
     name = MODEL_NAMES.get(model)
-    if name:
-        etree.SubElement(el, "model").set("name", name)
-    chassis = ""
-    if target == "chassisNr":
-        chassis = "chassisNr"
-        etree.SubElement(el, "target").set(chassis, "0")
-    elif target == "chassis-port":
-        chassis = "chassis"
-        tgt = etree.SubElement(el, "target")
-        tgt.set(chassis, "0")
-        tgt.set("port", "0x0")
-    _set_address(el, _pci_address(0, 0, 0), False, True)
-    return el, chassis, target == "chassis-port"
+    for text in (model, name or ""):
+        assert text.replace("-", "").isalnum(), f"{text!r} is written as is"
+    model_el = f'<model name="{name}"/>' if name else ""
+    return '<controller type="pci" index="', f'" model="{model}">{model_el}', m.target
 
 
-def _new_controller(model: str, index: int) -> tuple[etree._Element, etree._Element | None, etree._Element]:
-    """A copy of _controller_template(model) at index: the element, its <target> when the port number
-    is still to be set, its <address> (both set by _write_back once the address is known)."""
-    template, chassis, port = _controller_template(model)
-    el = template.__copy__()  # a deep copy, without the copy module around it
+def _controller_text(model: str, index: int, addr: PciAddress, multi: bool) -> str:
+    """_controller_parts(model) at index, with its address."""
+    start, tag_end, target = _controller_parts(model)
     number = str(index)
-    el.set("index", number)
-    if chassis:
-        el[-2].set(chassis, number)  # <target> comes right before <address>
-    return el, el[-2] if port else None, el[-1]
+    if target == "chassisNr":
+        target_el = f'<target chassisNr="{number}"/>'
+    elif target == "chassis-port":
+        port = _PORTED[model].port_number(addr.slot, addr.function)
+        target_el = f'<target chassis="{number}" port="0x{port:x}"/>'
+    else:
+        target_el = ""
+    return f"{start}{number}{tag_end}{target_el}{_address_text(addr, multi)}</controller>"
+
+
+def _address_text(addr: PciAddress, multi: bool) -> str:
+    """The <address> _set_address writes on an element without one, as text."""
+    multifunction = ' multifunction="on"' if multi else ""
+    return (f'<address type="pci" domain="0x0000" bus="{_HEX2[addr.bus]}" slot="{_HEX2[addr.slot]}" '
+            f'function="{_HEX1[addr.function]}"{multifunction}/>')
+
+
+# The element of a PCI controller libvirt added until _place_controllers makes it (nothing reads it).
+_UNBUILT = etree.Element("controller")
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element:
