@@ -189,7 +189,7 @@ class _Bus:
         self.min_slot = 0
         self.max_slot = 31
         self.functions = [0] * 32  # per slot, a bit per function in use
-        self.aggregate = [False] * 32
+        self.aggregate = 0  # a bit per slot whose first device came with AGGREGATE_SLOT
         self.used = 0  # slots in [min_slot, max_slot] with a function in use: lets the search skip full buses
 
     def set_model(self, model: str, hotplug: bool = True) -> None:
@@ -345,7 +345,8 @@ class _AddressSet:
             raise GreedyError(f"Attempted double use of PCI Address {_addr_str(addr)}",
                               XML_ERROR if from_config else "internal error: ")
         if not bus.functions[addr.slot]:
-            bus.aggregate[addr.slot] = bool(flags & AGGREGATE_SLOT)
+            if flags & AGGREGATE_SLOT:  # its bit is 0 until now: a slot is taken once
+                bus.aggregate |= 1 << addr.slot
             if bus.min_slot <= addr.slot <= bus.max_slot:
                 bus.used += 1
         bus.functions[addr.slot] |= 1 << addr.function
@@ -371,13 +372,12 @@ class _AddressSet:
             if not aggregate:  # the first slot with no function in use: there is one (used above)
                 slot = functions.index(0, lo, hi + 1)
                 self.searched[key] = index
-                bus.aggregate[slot] = False
                 bus.used += 1
                 functions[slot] = 1 << start
                 return _pci_address(index, slot, start)
             for slot in range(lo, hi + 1):
                 used = functions[slot]
-                if used and not bus.aggregate[slot]:
+                if used and not bus.aggregate >> slot & 1:
                     continue
                 if function == -1:  # the lowest function not in use
                     found = (~used & (used + 1)).bit_length() - 1
@@ -434,6 +434,9 @@ class _Dev:
     @property
     def is_pci_controller(self) -> bool:
         return self.kind == "controller" and self.ctype == "pci"
+
+
+_ADDRESSED = etree.XPath("*[address]")
 
 
 def _device_flags(d: Device) -> int:
@@ -557,12 +560,15 @@ class _Greedy:
             if bus.added and bus.element is not None:
                 remove_element(bus.element)
         self.pci: dict[int, _Dev] = {}  # index -> PCI controller in def
+        # the elements with an <address> (every element read here is a child of <devices>): one query
+        # costs less than a look at each element
+        self.addressed = set(_ADDRESSED(self.devices_el))
         for bus in problem.buses.values():
             if bus.added or bus.element is None or bus.index == 0:
                 continue
             el = bus.element
             self.pci[bus.index] = _Dev(el, "controller", CONTROLLER_CONNECT[bus.model.name],
-                                       _present(bus.address, bus.bus_pin), _first(el, "address") is None,
+                                       _present(bus.address, bus.bus_pin), el not in self.addressed,
                                        bus.model.name, ctype="pci", index=bus.index)
         self.bus_models = {i: b.model.name for i, b in problem.buses.items() if not b.added}
         self.bus_hotplug = {
@@ -614,7 +620,7 @@ class _Greedy:
     def _dev(self, d: Device) -> _Dev:
         el = d.element
         kind = d.kind
-        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), _first(el, "address") is None,
+        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), el not in self.addressed,
                    d.model)
         if kind == "interface" and el.get("type") == "hostdev":
             dev.hostdev_net = True
@@ -1010,6 +1016,7 @@ def _controller_parts(model: str) -> tuple[str, str, str]:
     return '<controller type="pci" index="', f'" model="{model}">{model_el}', m.target
 
 
+@lru_cache(maxsize=4096)  # guests share their layouts: the same text again and again
 def _controller_text(model: str, index: int, addr: PciAddress, multi: bool) -> str:
     """_controller_parts(model) at index, with its address."""
     start, tag_end, target = _controller_parts(model)
@@ -1024,6 +1031,7 @@ def _controller_text(model: str, index: int, addr: PciAddress, multi: bool) -> s
     return f"{start}{number}{tag_end}{target_el}{_address_text(addr, multi)}</controller>"
 
 
+@lru_cache(maxsize=4096)  # guests share their layouts: the same text again and again
 def _address_text(addr: PciAddress, multi: bool) -> str:
     """The <address> _set_address writes on an element without one, as text."""
     multifunction = ' multifunction="on"' if multi else ""
