@@ -490,6 +490,8 @@ def _sorted_insert(elements: list[etree._Element],
     """The order libvirt's parser builds its lists in (virDomainControllerInsertPreAlloced,
     virDomainDiskInsertPreAlloced): each element goes before the first one of its group with a larger
     index, else right after the last one of its group, else at the end."""
+    if len(elements) < 2:
+        return list(elements)  # nothing to order: spares reading the keys
     out: list[etree._Element] = []
     keys: list[tuple[str, int]] = []
     for el in elements:
@@ -947,9 +949,12 @@ class _Greedy:
     def _mirror_consoles(self) -> None:
         """libvirt formats console N of an HVM guest as a copy of serial N when the console's target is
         a serial one (virDomainDefFormatInternal): it shows the serial's PCI address."""
+        consoles = _all(self.devices_el, "console")
+        if not consoles:
+            return
         serials = _all(self.devices_el, "serial")
         serial_addr = {id(d.element): self._address(d) for d in self.devs if d.kind == "serial"}
-        for n, console in enumerate(_all(self.devices_el, "console")):
+        for n, console in enumerate(consoles):
             target = _first(console, "target")
             if n >= len(serials) or (target is not None and target.get("type") not in (None, "serial")):
                 continue
