@@ -18,6 +18,9 @@ from conftest import domain_xml, libvirt_manifest, nics, shared_cases, test_gues
 from lxml import etree
 from realstack import real_stack_fixture, require_emulator  # noqa: F401 - fixture used by name
 
+from planner.facts.facts import machines
+from planner.pipeline import greedy
+from planner.pipeline.domain import PciAddress
 from planner.pipeline.greedy import GreedyResult, greedy_plan
 from planner.stack import EmbeddedLibvirt
 
@@ -237,6 +240,32 @@ def test_user_addresses_are_validated_like_libvirt() -> None:
 def test_bad_input_is_a_result_not_an_exception() -> None:
     result = greedy_plan("<domain><os><type arch='x86_64' machine='q35'>hvm</type></os><devices/>")
     assert not result.ok and result.error and result.xml is None and result.seconds >= 0
+
+
+def test_text_made_controllers_and_addresses_match_the_element_route() -> None:
+    """The PCI controllers libvirt adds and the <address> of an element that had none are parsed from
+    text (_controller_text, _address_text); the input's own controllers and addresses go the element
+    route (_set_address, _controller_defaults). Both must write the same, for every model libvirt adds
+    (grow's and the index gaps'), index, address and multifunction mark."""
+    added = {"pci-bridge", "pcie-root-port", "pcie-to-pci-bridge"} | {
+        m.gap_controller for m in machines().values()}
+    addresses = [PciAddress(b, s, f) for b in (0, 3, 255) for s in (0, 1, 0x1F) for f in (0, 5, 7)]
+    compared = 0
+    for model in sorted(added):
+        for index in (1, 9, 10, 16, 31, 200, 255):
+            for addr in addresses:
+                for multi in (False, True):
+                    el = etree.Element("controller", type="pci", index=str(index), model=model)
+                    greedy._set_address(el, addr, multi)
+                    greedy._controller_defaults(el, model, index, addr, 256)
+                    made = etree.fromstring(greedy._controller_text(model, index, addr, multi))
+                    assert etree.tostring(made) == etree.tostring(el), (model, index, addr, multi)
+                    bare = etree.Element("interface")
+                    greedy._set_address(bare, addr, multi)
+                    text = etree.fromstring(greedy._address_text(addr, multi))
+                    assert etree.tostring(text) == etree.tostring(bare[0]), (addr, multi)
+                    compared += 1
+    assert compared == len(added) * 7 * len(addresses) * 2 and len(added) >= 3
 
 
 # ------------------------------------------------------------------ realstack tier: against libvirt 9.0

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
 
 from lxml import etree
@@ -50,7 +51,6 @@ from planner.pipeline.domain import (
     _assign_usb_indices,
     _machine,
     disk_name_index,
-    read_pci_address,
     read_problem,
 )
 from planner.xml.xmlio import InputError, parse_domain_bytes, remove_element, serialize_text
@@ -160,6 +160,18 @@ XML_ERROR = "XML error: "  # VIR_ERR_XML_ERROR: a user-given address is wrong
 UNSUPPORTED = "unsupported configuration: "  # VIR_ERR_CONFIG_UNSUPPORTED
 
 
+def _first(el: etree._Element, tag: str) -> etree._Element | None:
+    """el.find(tag) for a plain tag: the first child of that name, without ElementPath's parsing."""
+    for child in el.iterchildren(tag):
+        return child
+    return None
+
+
+def _all(el: etree._Element, tag: str) -> list[etree._Element]:
+    """el.findall(tag) for a plain tag, without ElementPath's parsing."""
+    return list(el.iterchildren(tag))
+
+
 def _addr_str(a: PciAddress) -> str:
     """virPCIDeviceAddressAsString."""
     return f"0000:{a.bus:02x}:{a.slot:02x}.{a.function:x}"
@@ -168,15 +180,17 @@ def _addr_str(a: PciAddress) -> str:
 # ------------------------------------------------------------------ the address set (virDomainPCIAddressSet)
 
 
-@dataclass
 class _Bus:
-    model: str | None
-    flags: int = 0
-    min_slot: int = 0
-    max_slot: int = 31
-    functions: list[int] = field(default_factory=lambda: [0] * 32)
-    aggregate: list[bool] = field(default_factory=lambda: [False] * 32)
-    used: int = 0  # slots in [min_slot, max_slot] with a function in use: lets the search skip full buses
+    __slots__ = ("model", "flags", "min_slot", "max_slot", "functions", "aggregate", "used")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.flags = 0
+        self.min_slot = 0
+        self.max_slot = 31
+        self.functions = [0] * 32  # per slot, a bit per function in use
+        self.aggregate = 0  # a bit per slot whose first device came with AGGREGATE_SLOT
+        self.used = 0  # slots in [min_slot, max_slot] with a function in use: lets the search skip full buses
 
     def set_model(self, model: str, hotplug: bool = True) -> None:
         flags, (lo, hi), can_hotplug = BUS_MODELS[model]
@@ -244,11 +258,15 @@ class _Stopped(Exception):
 
 class _AddressSet:
     def __init__(self, nbuses: int, dry_run: bool, limit: tuple[Collection[int], int] | None = None) -> None:
-        self.buses = [_Bus(None) for _ in range(nbuses)]
+        self.buses = [_Bus() for _ in range(nbuses)]
         self.dry_run = dry_run
         # (indices, n): stop once more than n buses were grown at indices not among indices
         self.limit = limit
         self.grown = 0
+        # (flags, function) -> the first bus reserve_next may find a place on for them: those before it
+        # had none, and never will (a bus's slots only fill, and its model and flags are set before any
+        # search), so each search starts where the last one with the same request stopped
+        self.searched: dict[tuple[int, int], int] = {}
 
     # virDomainPCIAddressValidate
     def validate(self, addr: PciAddress, flags: int, from_config: bool) -> None:
@@ -293,7 +311,7 @@ class _AddressSet:
                                   "but none is available, and it cannot be automatically added")
             raise GreedyError(
                 f"Cannot automatically add a new PCI bus for a device with connect flags {flags:02x}")
-        new = [_Bus(None) for _ in range(add)]
+        new = [_Bus() for _ in range(add)]
         first = 0
         if need_bridge_path:
             # This root port takes only the pcie-to-pci-bridge: the spare-port dummy must not land on it.
@@ -327,55 +345,75 @@ class _AddressSet:
             raise GreedyError(f"Attempted double use of PCI Address {_addr_str(addr)}",
                               XML_ERROR if from_config else "internal error: ")
         if not bus.functions[addr.slot]:
-            bus.aggregate[addr.slot] = bool(flags & AGGREGATE_SLOT)
+            if flags & AGGREGATE_SLOT:  # its bit is 0 until now: a slot is taken once
+                bus.aggregate |= 1 << addr.slot
             if bus.min_slot <= addr.slot <= bus.max_slot:
                 bus.used += 1
         bus.functions[addr.slot] |= 1 << addr.function
         return addr
 
-    # virDomainPCIAddressFindUnusedFunctionOnBus
-    def _find_on_bus(self, index: int, flags: int, function: int) -> PciAddress | None:
-        bus = self.buses[index]
-        if bus.used > bus.max_slot - bus.min_slot and not flags & AGGREGATE_SLOT:
-            return None  # every slot taken (a shortcut: the loop below would find nothing)
-        if not _fits(index, bus.flags, flags):
-            return None
-        start = 0 if function == -1 else function
-        for slot in range(bus.min_slot, bus.max_slot + 1):
-            used = bus.functions[slot]
-            if not used:
-                return PciAddress(index, slot, start)
-            if flags & AGGREGATE_SLOT and bus.aggregate[slot]:
-                if not used & (1 << start):
-                    return PciAddress(index, slot, start)
-                if function == -1:
-                    free = next((f for f in range(8) if not used & (1 << f)), None)
-                    if free is not None:
-                        return PciAddress(index, slot, free)
-        return None
-
     # virDomainPCIAddressReserveNextAddr with virDomainPCIAddressGetNextAddr (isolation groups are all 0
-    # outside pSeries)
+    # outside pSeries) and virDomainPCIAddressFindUnusedFunctionOnBus
     def reserve_next(self, flags: int, function: int = -1) -> PciAddress:
-        # the hot path: an address _find_on_bus found is one validate passes (the bus fits the flags,
-        # the slot is in the bus's range, the function is 0-7), so only one on a grown bus is validated
+        # the hot path: an address found here is one validate passes (the bus fits the flags, the slot
+        # is in the bus's range, the function is 0-7), so only one on a grown bus is validated
         aggregate = flags & AGGREGATE_SLOT
-        for index, bus in enumerate(self.buses):
-            if bus.used > bus.max_slot - bus.min_slot and not aggregate:
-                continue  # full: _find_on_bus's shortcut
-            found = self._find_on_bus(index, flags, function)
-            if found is not None:
-                return self._take(found, flags, False)
+        buses = self.buses
+        key = (flags, function)
+        start = 0 if function == -1 else function
+        for index in range(self.searched.get(key, 0), len(buses)):
+            bus = buses[index]
+            lo, hi = bus.min_slot, bus.max_slot
+            if bus.used > hi - lo and not aggregate:
+                continue  # every slot taken
+            if not _fits(index, bus.flags, flags):
+                continue
+            functions = bus.functions
+            if not aggregate:  # the first slot with no function in use: there is one (used above)
+                slot = functions.index(0, lo, hi + 1)
+                self.searched[key] = index
+                bus.used += 1
+                functions[slot] = 1 << start
+                return _pci_address(index, slot, start)
+            for slot in range(lo, hi + 1):
+                used = functions[slot]
+                if used and not bus.aggregate >> slot & 1:
+                    continue
+                if function == -1:  # the lowest function not in use
+                    found = (~used & (used + 1)).bit_length() - 1
+                    if found > 7:
+                        continue
+                elif used & (1 << start):
+                    continue
+                else:
+                    found = start
+                self.searched[key] = index
+                return self._take(_pci_address(index, slot, found), flags, False)
+        self.searched[key] = len(buses)
         if self.dry_run:  # nothing free: a new bus
-            a = self.grow(PciAddress(len(self.buses), 0, 0 if function == -1 else function), flags)
-            return self.reserve(PciAddress(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
+            a = self.grow(_pci_address(len(self.buses), 0, start), flags)
+            return self.reserve(_pci_address(a.bus, self.buses[a.bus].min_slot, a.function), flags, False)
         raise GreedyError("No more available PCI slots")
+
+
+_ADDRESSES: dict[tuple[int, int, int], PciAddress] = {}
+
+
+def _pci_address(bus: int, slot: int, function: int) -> PciAddress:
+    """PciAddress(bus, slot, function), made once (a frozen dataclass costs more to make than to find)."""
+    key = (bus, slot, function)
+    a = _ADDRESSES.get(key)
+    if a is None:
+        a = PciAddress(bus, slot, function)
+        if bus < 256:  # the cache stays bounded: 256 buses of 32 slots of 8 functions
+            _ADDRESSES[key] = a
+    return a
 
 
 # ------------------------------------------------------------------ the domain as libvirt holds it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Dev:
     """One element that may take a PCI address, as libvirt's virDomainDeviceInfo."""
 
@@ -389,10 +427,16 @@ class _Dev:
     ctype: str = ""  # controller type
     index: int | None = None  # controller index
     hostdev_net: bool = False  # <interface type='hostdev'>: assigned with the hostdevs
+    assigned: PciAddress | None = None  # the address libvirt writes into the definition
+    multi: bool = False  # libvirt marks its address multifunction='on'
+    fresh: bool = False  # a PCI controller libvirt added: its element is made by _place_controllers
 
     @property
     def is_pci_controller(self) -> bool:
         return self.kind == "controller" and self.ctype == "pci"
+
+
+_ADDRESSED = etree.XPath("*[address]")
 
 
 def _device_flags(d: Device) -> int:
@@ -402,9 +446,9 @@ def _device_flags(d: Device) -> int:
     return flags
 
 
-def _present(el: etree._Element, label: str) -> PciAddress | None:
-    """The element's PCI address when libvirt counts it as present (virDeviceInfoPCIAddressIsPresent)."""
-    addr, bus_pin, _other = read_pci_address(el, label)
+def _present(addr: PciAddress | None, bus_pin: int | None) -> PciAddress | None:
+    """The element's PCI address when libvirt counts it as present (virDeviceInfoPCIAddressIsPresent),
+    from read_problem's reading of its <address> (read_pci_address: its address, bus-only pin)."""
     if addr is None and bus_pin:  # a bus without slot is slot 0 of that bus for libvirt
         return PciAddress(bus_pin, 0, 0)
     return addr
@@ -446,6 +490,8 @@ def _sorted_insert(elements: list[etree._Element],
     """The order libvirt's parser builds its lists in (virDomainControllerInsertPreAlloced,
     virDomainDiskInsertPreAlloced): each element goes before the first one of its group with a larger
     index, else right after the last one of its group, else at the end."""
+    if len(elements) < 2:
+        return list(elements)  # nothing to order: spares reading the keys
     out: list[etree._Element] = []
     keys: list[tuple[str, int]] = []
     for el in elements:
@@ -470,10 +516,13 @@ def _controller_key(el: etree._Element) -> tuple[str, int]:
 
 
 def _disk_key(el: etree._Element) -> tuple[str, int]:
-    target = el.find("target")
+    target = _first(el, "target")
     if target is None:
         return "", 0
-    return target.get("bus") or "", disk_name_index(target.get("dev") or "")
+    return target.get("bus") or "", _disk_index(target.get("dev") or "")
+
+
+_disk_index = lru_cache(maxsize=1024)(disk_name_index)  # guests name their disks alike (vda, vdb, ...)
 
 
 def _has_mmio(devices: etree._Element) -> bool:
@@ -501,7 +550,7 @@ def _mmio_primed(d: Device) -> bool:
 class _Greedy:
     def __init__(self, tree: etree._ElementTree, original_controllers: list[etree._Element]) -> None:
         problem = read_problem(tree)
-        self.devices_el = tree.getroot().find("devices")
+        self.devices_el = _first(tree.getroot(), "devices")
         self.pcie_root = problem.machine.pcie
         self.family = problem.machine.family
         self.implicit_sata = problem.machine.implicit_sata
@@ -513,17 +562,20 @@ class _Greedy:
             if bus.added and bus.element is not None:
                 remove_element(bus.element)
         self.pci: dict[int, _Dev] = {}  # index -> PCI controller in def
+        # the elements with an <address> (every element read here is a child of <devices>): one query
+        # costs less than a look at each element
+        self.addressed = set(_ADDRESSED(self.devices_el))
         for bus in problem.buses.values():
             if bus.added or bus.element is None or bus.index == 0:
                 continue
             el = bus.element
             self.pci[bus.index] = _Dev(el, "controller", CONTROLLER_CONNECT[bus.model.name],
-                                       _present(el, bus.label), el.find("address") is None, bus.model.name,
-                                       ctype="pci", index=bus.index)
+                                       _present(bus.address, bus.bus_pin), el not in self.addressed,
+                                       bus.model.name, ctype="pci", index=bus.index)
         self.bus_models = {i: b.model.name for i, b in problem.buses.items() if not b.added}
         self.bus_hotplug = {
-            i: not (b.element is not None and b.element.find("target") is not None
-                    and b.element.find("target").get("hotplug") == "off")
+            i: not (b.element is not None and (t := _first(b.element, "target")) is not None
+                    and t.get("hotplug") == "off")
             for i, b in problem.buses.items() if not b.added
         }
         self.max_idx = max(self.bus_models)
@@ -536,21 +588,26 @@ class _Greedy:
                 if member.address is None and member.bus_pin is None and mmio and _mmio_primed(member):
                     continue
                 self.devs.append(self._dev(member))
-        self.videos = [el for el in self.devices_el.findall("video")]
-        primary = next((v for v in self.videos if (m := v.find("model")) is not None
+        self.videos = [el for el in _all(self.devices_el, "video")]
+        primary = next((v for v in self.videos if (m := _first(v, "model")) is not None
                         and m.get("primary") == "yes"), None)
         if primary is not None:  # libvirt keeps the primary video first in def->videos
             self.videos.remove(primary)
             self.videos.insert(0, primary)
-        implicit = [c for c in self.devices_el.findall("controller") if id(c) not in original]
+        implicit = [c for c in _all(self.devices_el, "controller") if id(c) not in original]
         implicit.sort(key=self._implicit_rank)
         # The parser sorts the input's controllers; implicit ones are appended (virDomainDefAddController).
-        given = [c for c in self.devices_el.findall("controller") if id(c) in original]
+        given = [c for c in _all(self.devices_el, "controller") if id(c) in original]
         self.controller_els = _sorted_insert(given, _controller_key) + implicit
-        self.disk_els = _sorted_insert(self.devices_el.findall("disk"), _disk_key)
-        self.assigned: dict[int, PciAddress] = {}  # id(_Dev) -> address written into the definition
-        self._kinds: dict[str, list[_Dev]] = {}
-        self.multi_on: set[int] = set()  # id(_Dev) whose address libvirt marks multifunction='on'
+        self.disk_els = _sorted_insert(_all(self.devices_el, "disk"), _disk_key)
+        self._kinds = self._make_kind_lists()
+        # the devices in the order of qemuDomainPCIAddressSetCreate's collection (virDomainDeviceInfoIterate)
+        # around the PCI controllers, which go first in the controller list, and of
+        # qemuDomainAssignDevicePCISlots after them: the lists do not change after reading
+        at = COLLECT_ORDER.index("controller")
+        self._collect_head = [d for kind in COLLECT_ORDER[:at] for d in self._kind_list(kind)]
+        self._collect_tail = [d for kind in COLLECT_ORDER[at:] for d in self._kind_list(kind)]
+        self._assign_order = [d for kind in ASSIGN_ORDER for d in self._kind_list(kind)]
 
     # -------------------------------------------------------------- reading
 
@@ -565,7 +622,8 @@ class _Greedy:
     def _dev(self, d: Device) -> _Dev:
         el = d.element
         kind = d.kind
-        dev = _Dev(el, kind, _device_flags(d), _present(el, d.label), el.find("address") is None, d.model)
+        dev = _Dev(el, kind, _device_flags(d), _present(d.address, d.bus_pin), el not in self.addressed,
+                   d.model)
         if kind == "interface" and el.get("type") == "hostdev":
             dev.hostdev_net = True
         if kind == "controller":
@@ -587,29 +645,23 @@ class _Greedy:
         return dev
 
     def _kind_list(self, kind: str) -> list[_Dev]:
-        """The devices of one libvirt list, in libvirt's order (made once: the lists do not change after
-        reading; callers only read them)."""
-        out = self._kinds.get(kind)
-        if out is None:
-            out = self._kinds[kind] = self._make_kind_list(kind)
-        return out
+        """The devices of one libvirt list, in libvirt's order (the lists do not change after reading;
+        callers only read them)."""
+        return self._kinds.get(kind, [])
 
-    def _make_kind_list(self, kind: str) -> list[_Dev]:
-        if kind == "controller":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "controller"}
-            return [by_el[id(c)] for c in self.controller_els if id(c) in by_el]
-        if kind == "disk":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "disk"}
-            return [by_el[id(c)] for c in self.disk_els if id(c) in by_el]
-        if kind == "interface":
-            return [d for d in self.devs if d.kind == "interface" and not d.hostdev_net]
-        if kind == "hostdev":  # hostdevs of <interface type='hostdev'> are inserted first, at parse time
-            return ([d for d in self.devs if d.hostdev_net]
-                    + [d for d in self.devs if d.kind == "hostdev"])
-        if kind == "video":
-            by_el = {id(d.element): d for d in self.devs if d.kind == "video"}
-            return [by_el[id(v)] for v in self.videos if id(v) in by_el]
-        return [d for d in self.devs if d.kind == kind]
+    def _make_kind_lists(self) -> dict[str, list[_Dev]]:
+        """Every libvirt list, from one pass over the devices."""
+        kinds: dict[str, list[_Dev]] = {}
+        for d in self.devs:  # hostdevs of <interface type='hostdev'> are inserted first, at parse time
+            kinds.setdefault("hostdev-net" if d.hostdev_net else d.kind, []).append(d)
+        if "hostdev-net" in kinds:
+            kinds["hostdev"] = kinds.pop("hostdev-net") + kinds.get("hostdev", [])
+        for kind, order in (("controller", self.controller_els), ("disk", self.disk_els),
+                            ("video", self.videos)):
+            if kind in kinds:
+                by_el = {id(d.element): d for d in kinds[kind]}
+                kinds[kind] = [by_el[id(c)] for c in order if id(c) in by_el]
+        return kinds
 
     def _pci_controllers(self) -> list[_Dev]:
         """PCI controllers in def->controllers order: the input's by index, then those libvirt added."""
@@ -617,7 +669,7 @@ class _Greedy:
                 + [self.pci[i] for i in sorted(self.added)])
 
     def _address(self, d: _Dev) -> PciAddress | None:
-        return self.assigned.get(id(d), d.user)
+        return d.assigned if d.assigned is not None else d.user
 
     # -------------------------------------------------------------- the passes
 
@@ -633,19 +685,15 @@ class _Greedy:
         for bus in addrs.buses[1:]:
             if bus.model is None:
                 bus.set_model(default)
-        for kind in COLLECT_ORDER:
-            devs = self._kind_list(kind)
-            if kind == "controller":
-                devs = self._pci_controllers() + devs
-            for d in devs:
-                addr = self._address(d)
-                if addr is None:
-                    continue
-                if self._piix3_builtin(d, addr):
-                    continue  # reserved by the chipset step
-                new = addrs.reserve(addr, d.flags, True)
-                if new != addr:  # the dry run bumped the bus of a legacy device on a pure PCIe guest
-                    self.assigned[id(d)] = new
+        for d in [*self._collect_head, *self._pci_controllers(), *self._collect_tail]:
+            addr = d.assigned if d.assigned is not None else d.user
+            if addr is None:
+                continue
+            if d.kind == "controller" and self._piix3_builtin(d, addr):
+                continue  # reserved by the chipset step
+            new = addrs.reserve(addr, d.flags, True)
+            if new != addr:  # the dry run bumped the bus of a legacy device on a pure PCIe guest
+                d.assigned = new
         return addrs
 
     def _piix3_builtin(self, d: _Dev, addr: PciAddress) -> bool:
@@ -656,7 +704,7 @@ class _Greedy:
 
     def _untyped(self, d: _Dev) -> bool:
         """libvirt's address type NONE: no <address> in the input and none written since."""
-        return d.no_address and id(d) not in self.assigned
+        return d.no_address and d.assigned is None
 
     def _wanted(self, d: _Dev) -> bool:
         return self._address(d) is None
@@ -664,7 +712,7 @@ class _Greedy:
     def _reserve_next(self, addrs: _AddressSet, d: _Dev, function: int = -1) -> PciAddress:
         addr = addrs.reserve_next(d.flags, function)
         if not addrs.dry_run:  # a dry run only counts, it writes no address
-            self.assigned[id(d)] = addr
+            d.assigned = addr
         return addr
 
     def _chipset(self, addrs: _AddressSet) -> None:
@@ -679,57 +727,58 @@ class _Greedy:
         have = self._address(d)
         if have is not None and have != want:
             raise GreedyError(message)
-        self.assigned[id(d)] = want
+        d.assigned = want
 
     def _chipset_piix3(self, addrs: _AddressSet) -> None:
         flags = AUTOASSIGN | PCI_DEVICE
         for d in self._kind_list("controller"):
             if d.ctype == "ide" and d.index == 0:
-                self._fix(d, PciAddress(0, 1, 1), "Primary IDE controller must have PCI address 0:0:1.1")
+                self._fix(d, _pci_address(0, 1, 1), "Primary IDE controller must have PCI address 0:0:1.1")
             elif d.ctype == "usb" and d.index == 0 and d.model == "piix3-uhci":
-                self._fix(d, PciAddress(0, 1, 2),
+                self._fix(d, _pci_address(0, 1, 2),
                           "PIIX3 USB controller at index 0 must have PCI address 0:0:1.2")
             else:
                 continue
-            addrs.reserve(self.assigned[id(d)], flags, True)
-        addrs.reserve(PciAddress(0, 1, 0), flags, True)  # ISA bridge
-        addrs.reserve(PciAddress(0, 1, 3), flags, True)  # ACPI / PM
-        self._primary_video(addrs, PciAddress(0, 2, 0), flags)
+            addrs.reserve(d.assigned, flags, True)  # type: ignore[arg-type]  # _fix set it
+        addrs.reserve(_pci_address(0, 1, 0), flags, True)  # ISA bridge
+        addrs.reserve(_pci_address(0, 1, 3), flags, True)  # ACPI / PM
+        self._primary_video(addrs, _pci_address(0, 2, 0), flags)
 
     def _chipset_q35(self, addrs: _AddressSet) -> None:
         flags = PCIE_DEVICE
         for d in self._kind_list("controller") + self._pci_controllers():
             if d.ctype == "sata" and d.index == 0:
                 # set, not reserved: slot 0x1f is reserved as a whole just below
-                self._fix(d, PciAddress(0, 0x1F, 2), "Primary SATA controller must have PCI address 0:0:1f.2")
+                self._fix(d, _pci_address(0, 0x1F, 2),
+                          "Primary SATA controller must have PCI address 0:0:1f.2")
             elif d.ctype == "usb" and d.model == "ich9-uhci1" and self._untyped(d):
                 for slot in (0x1D, 0x1A):
-                    want = PciAddress(0, slot, 0)
+                    want = _pci_address(0, slot, 0)
                     if not addrs.slot_in_use(want):
                         addrs.reserve(want, flags, True)
-                        self.assigned[id(d)] = want
-                        self.multi_on.add(id(d))
+                        d.assigned = want
+                        d.multi = True
                         break
             elif d.is_pci_controller and d.model == "dmi-to-pci-bridge" and self._untyped(d):
-                want = PciAddress(0, 0x1E, 0)
+                want = _pci_address(0, 0x1E, 0)
                 if not addrs.slot_in_use(want):
                     addrs.reserve(want, flags, True)
-                    self.assigned[id(d)] = want
-        addrs.reserve(PciAddress(0, 0x1F, 0), flags, True)  # ICH9 LPC
-        addrs.reserve(PciAddress(0, 0x1F, 3), flags, True)  # SMBus
-        self._primary_video(addrs, PciAddress(0, 1, 0), flags)
-        want = PciAddress(0, 0x1B, 0)
+                    d.assigned = want
+        addrs.reserve(_pci_address(0, 0x1F, 0), flags, True)  # ICH9 LPC
+        addrs.reserve(_pci_address(0, 0x1F, 3), flags, True)  # SMBus
+        self._primary_video(addrs, _pci_address(0, 1, 0), flags)
+        want = _pci_address(0, 0x1B, 0)
         if not addrs.slot_in_use(want):
             sound = next((d for d in self._kind_list("sound") if d.model == "ich9" and self._wanted(d)), None)
             if sound is not None:
                 addrs.reserve(want, flags, True)
-                self.assigned[id(sound)] = want
+                sound.assigned = want
 
     def _primary_video(self, addrs: _AddressSet, want: PciAddress, flags: int) -> None:
         if not self.videos:
             return
         first = self.videos[0]
-        model = first.find("model")
+        model = _first(first, "model")
         if model is not None and model.get("type") in ("none", "ramfb"):
             return
         video = next((d for d in self.devs if d.element is first), None)
@@ -740,23 +789,26 @@ class _Greedy:
             self._reserve_next(addrs, video)
         else:
             addrs.reserve(want, flags, True)
-            self.assigned[id(video)] = want
+            video.assigned = want
 
     def _assign_devices(self, addrs: _AddressSet) -> None:
         """qemuDomainAssignDevicePCISlots: unaddressed devices, class by class."""
         for d in self._pci_controllers():
             if self._wanted(d):
                 self._reserve_next(addrs, d)
-        for kind in ASSIGN_ORDER:
-            for d in self._kind_list(kind):
-                if not self._wanted(d):
+        reserve_next, write = addrs.reserve_next, not addrs.dry_run  # a dry run writes no address
+        for d in self._assign_order:  # only the controller list holds controllers
+            if d.assigned is not None or d.user is not None:
+                continue
+            if d.kind == "controller":
+                if d.ctype == "ide" and d.index == 0:
                     continue
-                if kind == "controller" and d.ctype == "ide" and d.index == 0:
-                    continue
-                if kind == "controller" and d.model in USB2_FUNCTION:
+                if d.model in USB2_FUNCTION:
                     self._assign_usb2(addrs, d)
-                else:
-                    self._reserve_next(addrs, d)
+                    continue
+            addr = reserve_next(d.flags)
+            if write:
+                d.assigned = addr
 
     def _assign_usb2(self, addrs: _AddressSet, d: _Dev) -> None:
         """USB2 companions share one slot, each at its fixed function."""
@@ -765,13 +817,13 @@ class _Greedy:
                       if o.model in USB2_FUNCTION and o.usb_index == d.usb_index
                       and self._address(o) is not None), None)
         if found is not None:
-            addr = PciAddress(found.bus, found.slot, function)
+            addr = _pci_address(found.bus, found.slot, function)
             addrs.reserve(addr, d.flags, True)
-            self.assigned[id(d)] = addr
+            d.assigned = addr
         else:
             self._reserve_next(addrs, d, function)
         if d.model == "ich9-uhci1":
-            self.multi_on.add(id(d))
+            d.multi = True
 
     def run(self, proceed: Callable[[dict[int, str]], bool] | None = None,
             limit: tuple[Collection[int], int] | None = None) -> bool:
@@ -811,14 +863,26 @@ class _Greedy:
     # -------------------------------------------------------------- writing
 
     def _add_controllers(self) -> None:
-        """A new <controller type='pci'> for each bus libvirt added, in index order, each after the last
-        PCI controller (in document order) of a lower index, else after the last controller."""
-        controllers = self.devices_el.findall("controller")
-        # None for a controller that is not PCI: kept beside the list, so the document is read once
-        indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
+        """The PCI controllers libvirt added, to be assigned in pass 2. Their elements are made only
+        once their addresses are known (_place_controllers): nothing reads them before."""
         for index in sorted(self.added):
             model = self.added[index]
-            el = etree.Element("controller", type="pci", index=str(index), model=model)
+            self.pci[index] = _Dev(_UNBUILT, "controller", CONTROLLER_CONNECT[model], None, True, model,
+                                   ctype="pci", index=index, fresh=True)
+
+    def _place_controllers(self, fresh: list[_Dev]) -> None:
+        """A new <controller type='pci'> for each bus libvirt added (fresh, in index order, assigned), with
+        what _controller_defaults fills in, each after the last PCI controller (in document order) of a
+        lower index, else after the last controller. Parsed from one text: it costs less than building
+        them node by node."""
+        text = "".join(_controller_text(d.model, d.index, d.assigned, d.multi)  # type: ignore[arg-type]
+                       for d in fresh)
+        made = list(etree.fromstring(f"<c>{text}</c>"))
+        controllers = _all(self.devices_el, "controller")
+        # None for a controller that is not PCI: kept beside the list, so the document is read once
+        indices = [int(c.get("index", "0"), 0) if c.get("type") == "pci" else None for c in controllers]
+        for d, el in zip(fresh, made, strict=True):
+            index = d.index
             at = next((pos for pos in range(len(indices) - 1, -1, -1)
                        if indices[pos] is not None and indices[pos] < index), len(controllers) - 1)  # type: ignore[operator]
             if at < 0:
@@ -827,41 +891,55 @@ class _Greedy:
                 controllers[at].addnext(el)
             controllers.insert(at + 1, el)
             indices.insert(at + 1, index)
-            self.pci[index] = _Dev(el, "controller", CONTROLLER_CONNECT[model], None, True, model,
-                                   ctype="pci", index=index)
+            d.element = el
 
     def _write_back(self) -> None:
-        everyone = [*self.devs, *(self.pci[i] for i in sorted(self.pci))]
-        by_slot: dict[tuple[int, int], list[_Dev]] = {}
-        for d in everyone:
-            addr = self._address(d)
-            if addr is not None:
-                by_slot.setdefault((addr.bus, addr.slot), []).append(d)
+        pci = [self.pci[i] for i in sorted(self.pci)]
+        everyone = [*self.devs, *pci]
         # virDomainPCIAddressSetAllMulti: function 0 of a slot with other functions in use
-        for members in by_slot.values():
-            if any(self._address(m).function != 0 for m in members):  # type: ignore[union-attr]
-                for m in members:
-                    if self._address(m).function == 0:  # type: ignore[union-attr]
-                        self.multi_on.add(id(m))
+        placed = [(d, d.assigned if d.assigned is not None else d.user) for d in everyone]
+        shared = {(a.bus, a.slot) for _d, a in placed if a is not None and a.function}
+        if shared:
+            for d, a in placed:
+                if a is not None and not a.function and (a.bus, a.slot) in shared:
+                    d.multi = True
+        fresh = [d for d in pci if d.fresh]
+        if fresh:
+            assert all(d.assigned is not None for d in fresh), "pass 2 places every controller it added"
+            self._place_controllers(fresh)
         for d in self.devs:  # libvirt names the default USB / SCSI model it picked
             if d.kind == "controller" and d.ctype in ("usb", "scsi") and d.element.get("model") is None:
                 _set_after(d.element, "index", "model", d.model)
+        bare: list[_Dev] = []  # assigned, read without <address>: none yet (nothing before this adds one)
         for d in everyone:
-            addr = self.assigned.get(id(d))
+            addr = d.assigned
+            if d.fresh:
+                continue  # made with its address
             if addr is not None:
-                _set_address(d.element, addr, id(d) in self.multi_on)
-            elif id(d) in self.multi_on and d.user is not None:
-                a = d.element.find("address")
+                if d.no_address:
+                    bare.append(d)
+                else:
+                    _set_address(d.element, addr, d.multi)
+            elif d.multi and d.user is not None:
+                a = _first(d.element, "address")
                 if a is not None and a.get("multifunction") is None:
                     a.set("multifunction", "on")
-        lowest_bus_nr = min([int(d.element.find("target").get("busNr"), 0) for d in self.pci.values()
-                             if d.element.find("target") is not None
-                             and d.element.find("target").get("busNr") is not None] + [256])
-        for index in sorted(self.pci):
-            d = self.pci[index]
-            addr = self._address(d)
+        if bare:  # their <address> elements parsed from one text: it costs less than setting each attribute
+            text = "".join(_address_text(d.assigned, d.multi) for d in bare)  # type: ignore[arg-type]
+            for d, a in zip(bare, list(etree.fromstring(f"<c>{text}</c>")), strict=True):
+                d.element.append(a)
+        lowest_bus_nr = 256
+        for d in pci:
+            if not d.fresh and (target := _first(d.element, "target")) is not None \
+                    and (bus_nr := target.get("busNr")) is not None:
+                lowest_bus_nr = min(lowest_bus_nr, int(bus_nr, 0))
+        for d in pci:
+            index = d.index
+            assert index is not None
+            addr = d.assigned if d.assigned is not None else d.user
             assert addr is not None
-            lowest_bus_nr = _controller_defaults(d.element, d.model, index, addr, lowest_bus_nr)
+            if not d.fresh:  # a fresh one is made with its defaults
+                lowest_bus_nr = _controller_defaults(d.element, d.model, index, addr, lowest_bus_nr)
             if d.model == "pci-bridge" and index <= addr.bus:
                 raise GreedyError(f"PCI controller at index {index} (0x{index:02x}) has "
                                   f"bus='0x{addr.bus:02x}', but index must be larger than bus", UNSUPPORTED)
@@ -871,23 +949,26 @@ class _Greedy:
     def _mirror_consoles(self) -> None:
         """libvirt formats console N of an HVM guest as a copy of serial N when the console's target is
         a serial one (virDomainDefFormatInternal): it shows the serial's PCI address."""
-        serials = self.devices_el.findall("serial")
+        consoles = _all(self.devices_el, "console")
+        if not consoles:
+            return
+        serials = _all(self.devices_el, "serial")
         serial_addr = {id(d.element): self._address(d) for d in self.devs if d.kind == "serial"}
-        for n, console in enumerate(self.devices_el.findall("console")):
-            target = console.find("target")
+        for n, console in enumerate(consoles):
+            target = _first(console, "target")
             if n >= len(serials) or (target is not None and target.get("type") not in (None, "serial")):
                 continue
             addr = serial_addr.get(id(serials[n]))
             if addr is not None:
                 _set_address(console, addr, False)
-            elif (a := console.find("address")) is not None and a.get("type") == "pci":
+            elif (a := _first(console, "address")) is not None and a.get("type") == "pci":
                 remove_element(a)
 
     def _order_videos(self) -> None:
         """libvirt lists the primary video first."""
-        if len(self.videos) < 2 or self.videos[0] is self.devices_el.findall("video")[0]:
+        if len(self.videos) < 2 or self.videos[0] is _all(self.devices_el, "video")[0]:
             return
-        self.devices_el.findall("video")[0].addprevious(self.videos[0])
+        _all(self.devices_el, "video")[0].addprevious(self.videos[0])
 
     def controllers_added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -896,29 +977,83 @@ class _Greedy:
         return out
 
 
+_HEX2 = [f"0x{i:02x}" for i in range(256)]  # bus and slot as libvirt writes them
+_HEX1 = [f"0x{i:x}" for i in range(8)]  # function
+
+
 def _set_address(el: etree._Element, addr: PciAddress, multi: bool) -> None:
-    a = el.find("address")
+    a = _first(el, "address")
+    keep_multi = None
     if a is None:
         a = etree.SubElement(el, "address")
-    keep_multi = a.get("multifunction")
-    a.attrib.clear()
-    a.set("type", "pci")
-    a.set("domain", "0x0000")
-    a.set("bus", f"0x{addr.bus:02x}")
-    a.set("slot", f"0x{addr.slot:02x}")
-    a.set("function", f"0x{addr.function:x}")
+    else:
+        keep_multi = a.get("multifunction")
+        a.attrib.clear()
+    put = a.set
+    put("type", "pci")
+    put("domain", "0x0000")
+    put("bus", _HEX2[addr.bus])
+    put("slot", _HEX2[addr.slot])
+    put("function", _HEX1[addr.function])
     if keep_multi is not None:
-        a.set("multifunction", keep_multi)
+        put("multifunction", keep_multi)
     elif multi:
-        a.set("multifunction", "on")
+        put("multifunction", "on")
+
+
+# The PCI controllers whose <target port> libvirt numbers from their address.
+_PORTED = {name: m for name, m in controller_models().items() if m.target == "chassis-port"}
+
+
+@cache
+def _controller_parts(model: str) -> tuple[str, str, str]:
+    """The text of the <controller type='pci'> libvirt adds of this model, around its index and its
+    address: what _controller_defaults fills in (<model name>, <target chassisNr | chassis port>),
+    attributes in libvirt's order. Returns the start up to the index, the tail of the <controller> tag,
+    the <target>'s kind ("" for none). Added models have no busNr target (grow and the index gaps add
+    ports and bridges): the lowest busNr in use is not known here."""
+    m = controller_models()[model]
+    assert m.target != "busNr", f"libvirt adds no {model}"
+    name = MODEL_NAMES.get(model)
+    for text in (model, name or ""):
+        assert text.replace("-", "").isalnum(), f"{text!r} is written as is"
+    model_el = f'<model name="{name}"/>' if name else ""
+    return '<controller type="pci" index="', f'" model="{model}">{model_el}', m.target
+
+
+@lru_cache(maxsize=4096)  # guests share their layouts: the same text again and again
+def _controller_text(model: str, index: int, addr: PciAddress, multi: bool) -> str:
+    """_controller_parts(model) at index, with its address."""
+    start, tag_end, target = _controller_parts(model)
+    number = str(index)
+    if target == "chassisNr":
+        target_el = f'<target chassisNr="{number}"/>'
+    elif target == "chassis-port":
+        port = _PORTED[model].port_number(addr.slot, addr.function)
+        target_el = f'<target chassis="{number}" port="0x{port:x}"/>'
+    else:
+        target_el = ""
+    return f"{start}{number}{tag_end}{target_el}{_address_text(addr, multi)}</controller>"
+
+
+@lru_cache(maxsize=4096)  # guests share their layouts: the same text again and again
+def _address_text(addr: PciAddress, multi: bool) -> str:
+    """The <address> _set_address writes on an element without one, as text."""
+    multifunction = ' multifunction="on"' if multi else ""
+    return (f'<address type="pci" domain="0x0000" bus="{_HEX2[addr.bus]}" slot="{_HEX2[addr.slot]}" '
+            f'function="{_HEX1[addr.function]}"{multifunction}/>')
+
+
+# The element of a PCI controller libvirt added until _place_controllers makes it (nothing reads it).
+_UNBUILT = etree.Element("controller")
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element:
     """The child element tag, created where libvirt writes it (<model> first, then <target>)."""
-    child = el.find(tag)
+    child = _first(el, tag)
     if child is None:
         child = etree.Element(tag)
-        model = el.find("model")
+        model = _first(el, "model")
         el.insert(el.index(model) + 1 if tag == "target" and model is not None else 0, child)
     return child
 
@@ -944,7 +1079,7 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
                          lowest_bus_nr: int) -> int:
     """Model name and target values libvirt fills in; returns the lowest busNr in use."""
     name = MODEL_NAMES.get(model)
-    if name and (el.find("model") is None or el.find("model").get("name") is None):
+    if name and (_first(el, "model") is None or _first(el, "model").get("name") is None):
         _child(el, "model").set("name", name)
     m = controller_models()[model]
     if m.target == "chassisNr":
@@ -968,7 +1103,7 @@ def _controller_defaults(el: etree._Element, model: str, index: int, addr: PciAd
 def _add_implicit_video(devices: etree._Element, tree: etree._ElementTree) -> None:
     """virDomainDefAddImplicitVideo: graphics without a video get the machine's default video
     (read_problem does not add it)."""
-    if devices.find("graphics") is None or devices.find("video") is not None:
+    if _first(devices, "graphics") is None or _first(devices, "video") is not None:
         return
     try:
         machine, _arch = _machine(tree)
@@ -984,7 +1119,7 @@ def _index_controllers(devices: etree._Element) -> None:
     """Give unindexed controllers their index before implicit ones are added, as libvirt's parser does
     (read_problem adds an implicit SATA 0 before indexing a user's unindexed SATA controller)."""
     _assign_usb_indices(devices)
-    for ctype in {c.get("type") or "" for c in devices.findall("controller")} - {"usb", "pci"}:
+    for ctype in {c.get("type") or "" for c in _all(devices, "controller")} - {"usb", "pci"}:
         _assign_indices(devices, ctype)
 
 
@@ -1066,11 +1201,11 @@ def greedy_plan_tree(tree: etree._ElementTree,
     adds buses), so that is as soon as proceed is sure to be given more than n such controllers."""
     start = time.perf_counter()
     try:
-        devices = tree.getroot().find("devices")
+        devices = _first(tree.getroot(), "devices")
         if devices is not None:
             _index_controllers(devices)
             _add_implicit_video(devices, tree)
-        original = list(devices.findall("controller")) if devices is not None else []
+        original = list(_all(devices, "controller")) if devices is not None else []
         planner = _Greedy(tree, original)
         if not planner.run(proceed, limit):
             return GreedyResult(False, "stopped after the dry run", None, planner.controllers_added(),
