@@ -13,9 +13,14 @@ from planner.pipeline.prepare import Prepared
 from planner.xml.xmlio import remove_element
 
 
+def _address_of(el: etree._Element) -> etree._Element | None:
+    """el.find("address"), without ElementPath's cost."""
+    return next(el.iterchildren("address"), None)
+
+
 def set_virtio_mmio(el: etree._Element) -> None:
     """<address type='virtio-mmio'/> in place of any address the element had."""
-    addr = el.find("address")
+    addr = _address_of(el)
     if addr is None:
         addr = etree.SubElement(el, "address")
     addr.attrib.clear()
@@ -25,15 +30,17 @@ def set_virtio_mmio(el: etree._Element) -> None:
 def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> etree._Element:
     """Write a complete address (libvirt's form); a given multifunction value is kept. Returns the
     <address> element."""
-    addr = el.find("address")
-    if addr is None:
-        addr = etree.SubElement(el, "address")  # laid out by the writer (planner/xml/xmltext.py)
-    keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    addr = _address_of(el)
     items = [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{a.bus:02x}"), ("slot", f"0x{a.slot:02x}"),
              ("function", f"0x{a.function:x}")]
     if multifunction and a.function == 0:
         items.append(("multifunction", "on"))
-    elif keep_mf is not None:
+    if addr is None:  # laid out by the writer (planner/xml/xmltext.py)
+        addr = etree.SubElement(el, "address")
+        addr.attrib.update(items)  # in this order
+        return addr
+    keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    if keep_mf is not None and not (multifunction and a.function == 0):
         items.append(("multifunction", keep_mf))
     if addr.items() == items:
         return addr  # already so, in this order (a planned guest planned again): nothing to rewrite
@@ -42,22 +49,29 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
     return addr
 
 
-def _controller_element(node: BusNode, chassis: int | None) -> tuple[etree._Element, etree._Element]:
-    """The <controller> of a new controller, and its <address>."""
+def _controller_element(node: BusNode, chassis: int | None, devices: etree._Element) -> etree._Element:
+    """The <controller> of a new controller, made as the last child of devices (made in the document
+    that holds it: an element made alone gets a document of its own and must then move)."""
     m = controller_models()[node.model]
-    el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
-    etree.SubElement(el, "model", name=m.qemu)
+    el = etree.SubElement(devices, "controller")
+    el.set("type", "pci")
+    el.set("index", str(node.index))
+    el.set("model", node.model)
+    etree.SubElement(el, "model").set("name", m.qemu)
     if m.target == "chassis-port":
         port = m.port_number(node.slot, node.function)
-        target = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
+        target = etree.SubElement(el, "target")
+        target.set("chassis", str(chassis))
+        target.set("port", f"0x{port:x}")
         if node.hotplug_off:
             target.set("hotplug", "off")  # it holds a device that must not be ejectable
     elif m.target == "chassisNr":
-        etree.SubElement(el, "target", chassisNr=str(node.index))
+        etree.SubElement(el, "target").set("chassisNr", str(node.index))
     assert node.parent is not None and node.parent.index is not None
-    address = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
-                               slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
-    return el, address
+    address = etree.SubElement(el, "address")
+    address.attrib.update([("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{node.parent.index:02x}"),
+                           ("slot", f"0x{node.slot:02x}"), ("function", f"0x{node.function:x}")])
+    return el
 
 
 def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_used: set[int]) -> None:
@@ -216,10 +230,8 @@ def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element,
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)
-        el, address = _controller_element(node, chassis)
-        written[el] = address
-        if anchor is None:
-            devices.append(el)
-        else:
+        el = _controller_element(node, chassis, devices)
+        written[el] = el[-1]  # its <address>
+        if anchor is not None:
             anchor.addnext(el)
         anchor = el
