@@ -94,6 +94,18 @@ class _Span:
         return new
 
 
+@functools.lru_cache(maxsize=4096)  # pciplan writes the same few attribute lists (addresses, controllers)
+def _plain_attributes(items: tuple[tuple[str, str], ...], quote: str) -> str | None:
+    """' name=quote value quote' for each attribute; None if one has a namespace (its prefix depends on
+    the element's place: _qname)."""
+    out = []
+    for key, value in items:
+        if key[0] == "{":
+            return None
+        out.append(f" {key}={quote}{escape_attr(value, quote)}{quote}")
+    return "".join(out)
+
+
 @dataclass
 class Source:
     """The text a tree was parsed from, and each node's span in it."""
@@ -246,14 +258,20 @@ class Writer:
         if not isinstance(node.tag, str):
             changed = node.text != span.text
         else:
-            kids = self._kids[node] = tuple(node)  # node() and start_tag() take them from here
-            changed = kids != span.children
+            children = span.children
+            kids = tuple(node) if children or len(node) else ()  # len(): a leaf that stayed one
+            items = None
+            changed = kids != children
             if not changed:
-                items = self._items[node] = node.items()
+                items = node.items()
                 changed = items != span.attrib or not _same(node.text, span.text)
             if not changed and kids:  # the same children: is any of them changed, or its tail?
                 spans = self.spans
                 changed = any(not _same(k.tail, spans[k].tail) or self.dirty(k) for k in kids)
+            if changed:  # node() and start_tag() take them from here
+                self._kids[node] = kids
+                if items is not None:
+                    self._items[node] = items
         self._dirty[node] = changed
         return changed
 
@@ -292,8 +310,10 @@ class Writer:
 
     def _block(self, span: _Span) -> bool:
         """Children on lines of their own (libvirt's layout), or all on the parent's line."""
-        return not span.children or "\n" in span.text_raw or any("\n" in self.spans[k].tail_raw
-                                                                 for k in span.children)
+        if not span.children or "\n" in span.text_raw:
+            return True
+        spans = self.spans
+        return any("\n" in spans[k].tail_raw for k in span.children)
 
     def _child_indent(self, span: _Span) -> str:
         if span.children and "\n" in span.text_raw and _blank(span.text_raw):
@@ -358,8 +378,9 @@ class Writer:
         raw = self.src.text[span.start:span.tag_end]
         was_empty = span.close is None
         body = raw[:-2] if was_empty else raw[:-1]
-        ws = body[len(body.rstrip()):]
-        body = body.rstrip()
+        stripped = body.rstrip()
+        ws = body[len(stripped):]
+        body = stripped
         items = self._items.get(el)
         if items is None:
             items = el.items()
@@ -431,8 +452,9 @@ class Writer:
             attrs = "".join(f" {k}={q}{escape_attr(v, q)}{q}" for k, v in declared)
         items = node.items()
         if items:
-            attrs += "".join([f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}"
-                              for k, v in items])
+            plain = _plain_attributes(tuple(items), q)
+            attrs += plain if plain is not None else "".join(
+                [f" {_qname(k, node) if k[0] == '{' else k}={q}{escape_attr(v, q)}{q}" for k, v in items])
         text = node.text
         if text is not None and text.strip() == "":
             text = None
