@@ -195,7 +195,17 @@ def _tie(text: str, span: _Span, node, parent, spans: dict) -> _Span:
         if prev is not None:  # the text between the previous child's end and this one's start
             prev.tail_raw = text[prev.end:kid.start]
             prev.next = child
-        _tie(text, kid, child, node, spans)
+        if kid.inner:
+            _tie(text, kid, child, node, spans)
+        else:  # a leaf, comment or processing instruction: what _tie does for one, without the call
+            kid.parent = node
+            kid.text = child.text
+            spans[child] = kid
+            if kid.inner is not None:
+                if len(child):
+                    raise ValueError(f"<{kid.name}>: no children in the text, {len(child)} in lxml's")
+                kid.attrib = child.items()
+                kid.text_raw = text[kid.tag_end:kid.close if kid.close is not None else kid.tag_end]
         kid.tail = child.tail
         prev = kid
     prev.tail_raw = text[prev.end:inner_end]
@@ -422,10 +432,13 @@ class Writer:
         assert self.src is not None or not self.spans
         while parent is not None:
             span = self.spans.get(parent)
-            if span is not None:
-                m = _ATTR.search(self.src.text, span.start, span.tag_end) if self.src else None
-                if m is not None:
-                    return m.group(4)
+            if span is not None and self.src is not None:
+                # the quote of its first attribute: the first '=' in a start tag is that attribute's
+                # (a name holds none), its quote the first character after it that is not a space
+                text = self.src.text
+                eq = text.find("=", span.start, span.tag_end)
+                if eq >= 0:
+                    return text[eq + 1:span.tag_end].lstrip()[0]
             parent = parent.getparent()
         return self.quote
 
