@@ -292,7 +292,8 @@ class Writer:
         if span is None:
             return self.new(node, indent)
         assert self.src is not None
-        if not self.dirty(node):
+        changed = self._dirty.get(node)  # known if the parent's dirty() asked already
+        if not (self.dirty(node) if changed is None else changed):
             return self.src.text[span.start:span.end]
         if not isinstance(node.tag, str):
             return self.new(node, indent)
@@ -368,10 +369,18 @@ class Writer:
             self.nl + self._indent(span) if block else "")
         write = self.node
         count = len(kids)
+        quote = None  # the quote of node's new children (_quote_near), found at the first
         for i, k in enumerate(kids, 1):
-            parts.append(write(k, inner))
-            tail = k.tail
             ks = spans.get(k)
+            if ks is None:
+                if quote is None:
+                    quote = self._quotes.get(node)
+                    if quote is None:
+                        quote = self._quotes[node] = self._quote_above(node)
+                parts.append(self.new(k, inner, quote))
+            else:
+                parts.append(write(k, inner))
+            tail = k.tail
             if tail is not None and tail.strip() != "":
                 kept = ks is not None and tail == ks.tail
                 parts.append(ks.tail_raw if kept else escape_text(tail))
