@@ -28,6 +28,8 @@ ODD = [
     "<metadata><x:app x:v='1'><x:k>t</x:k></x:app></metadata>"
     "<devices><controller type='pci' index='0' model='pcie-root'/><interface type='user'>"
     "<model type='virtio'/></interface></devices></domain>",
+    "<domain type='kvm'><name>g</name>\n  <devices><emulator>/x</emulator>\n    <disk type='file'>"
+    "<target dev='vda'/></disk>\n  </devices>\n</domain>",
     "<domain type='kvm'>\r\n\t<name>crlf</name>\r\n\t<devices>\r\n\t\t<disk type='file'>"
     "\r\n\t\t\t<target dev='vda'/>\r\n\t\t</disk>\r\n\t</devices>\r\n</domain>\r\n",
 ]
@@ -93,3 +95,18 @@ def test_the_writer_writes_what_its_former_self_wrote() -> None:
             got = xmltext.write_tree(new_tree, new_source)
             assert got == reference.write_tree(old_tree, old_source), (name, seed)
     assert tied > 150 * 8 and all(met[k] > 100 for k in range(7)), (tied, met)
+
+
+def test_children_added_everywhere_are_written_as_before() -> None:
+    """Every element given a new last child (what planning does to each device, and to <devices>), and
+    every other element a new first one: each layout the documents have, glued first children included."""
+    for name, data in _documents():
+        for first in (False, True):
+            trees = [_tree(data, module) for module in (xmltext, reference)]
+            for tree, _source in trees:
+                for i, el in enumerate([e for e in tree.getroot().iter() if isinstance(e.tag, str)]):
+                    child = etree.Element("address", type="pci", slot=f"0x{i:02x}")
+                    el.insert(0, child) if first and i % 2 else el.append(child)
+            (new_tree, new_source), (old_tree, old_source) = trees
+            got = xmltext.write_tree(new_tree, new_source)
+            assert got == reference.write_tree(old_tree, old_source), (name, first)

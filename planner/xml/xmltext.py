@@ -345,6 +345,10 @@ class Writer:
         between = self.nl + inner if block else ""
         spans = self.spans
         children = span.children
+        n = len(children)
+        if n and len(kids) > n and kids[:n] == children and _blank(node.text):
+            self._appended(node, span, kids, parts, block, inner, between)
+            return
 
         def leading(k, before) -> str | None:
             """The whitespace that stood before child k, if it can stand there again with `before`
@@ -391,6 +395,48 @@ class Writer:
             else:
                 gap = leading(kids[i], k)
                 parts.append(gap if gap is not None else between)
+
+    def _appended(self, node: etree._Element, span: _Span, kids: tuple, parts: list[str], block: bool,
+                  inner: str, between: str) -> None:
+        """_relayout where children were only added after the last one there was (a device given its
+        <address>, <devices> given controllers), and the element has no text: what _relayout writes
+        then, without asking where each child stood. The children that were there keep their gaps; the
+        one before the first new child, and those between new ones, are `between`."""
+        spans = self.spans
+        children = span.children
+        n = len(children)
+        ws = span.text_raw
+        parts.append(ws if ws == "" or (_blank(ws) and ("\n" in ws or not block)) else between)
+        last = spans[children[-1]].tail_raw
+        closing = last if _blank(last) and ("\n" in last or not block) else (
+            self.nl + self._indent(span) if block else "")
+        write = self.node
+        for i, k in enumerate(children, 1):
+            parts.append(write(k, inner))
+            tail = k.tail
+            ks = spans[k]
+            if tail is not None and tail.strip() != "":
+                parts.append(ks.tail_raw if tail == ks.tail else escape_text(tail))
+            else:  # the gap it had before its old neighbour; the new child after the last takes `between`
+                parts.append(ks.tail_raw if i < n else between)
+        count = len(kids)
+        quote = None  # the quote of node's new children (_quote_near), found at the first
+        for i in range(n, count):
+            k = kids[i]
+            ks = spans.get(k)  # a child that was elsewhere, if any
+            if ks is None:
+                if quote is None:
+                    quote = self._quotes.get(node)
+                    if quote is None:
+                        quote = self._quotes[node] = self._quote_above(node)
+                parts.append(self.new(k, inner, quote))
+            else:
+                parts.append(write(k, inner))
+            tail = k.tail
+            if tail is not None and tail.strip() != "":
+                parts.append(ks.tail_raw if ks is not None and tail == ks.tail else escape_text(tail))
+            else:
+                parts.append(closing if i + 1 == count else between)
 
     def start_tag(self, el: etree._Element, span: _Span, empty: bool) -> str:
         assert self.src is not None
