@@ -411,10 +411,16 @@ class Writer:
         closing = last if _blank(last) and ("\n" in last or not block) else (
             self.nl + self._indent(span) if block else "")
         write = self.node
+        text = self.src.text if self.src is not None else ""
+        known = self._dirty
         for i, k in enumerate(children, 1):
-            parts.append(write(k, inner))
-            tail = k.tail
             ks = spans[k]
+            if (k not in known and not ks.children and ks.inner is not None and isinstance(k.tag, str)
+                    and not len(k) and k.items() == ks.attrib and _same(k.text, ks.text)):
+                parts.append(text[ks.start:ks.end])  # a leaf as it was: dirty() and node() inline
+            else:
+                parts.append(write(k, inner))
+            tail = k.tail
             if tail is not None and tail.strip() != "":
                 parts.append(ks.tail_raw if tail == ks.tail else escape_text(tail))
             else:  # the gap it had before its old neighbour; the new child after the last takes `between`
