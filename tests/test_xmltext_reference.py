@@ -63,7 +63,7 @@ def _edit(root: etree._Element, rng: random.Random, met: Counter) -> None:
     elif kind == 2:
         new = etree.SubElement(el, "address", type="pci", bus=f"0x{rng.randrange(256):02x}")
         if rng.random() < 0.3:
-            etree.SubElement(new, "child").text = "t&<"
+            etree.SubElement(new, "child", k="v").text = rng.choice([None, " ", "t&<"])
     elif kind == 3 and el.getparent() is not None and len(el):
         el.remove(el[rng.randrange(len(el))])
     elif kind == 4:

@@ -539,7 +539,21 @@ class Writer:
         parts = [f"<{name}{attrs}>", escape_text(text) if text else ""]
         spans = self.spans
         for k in node:  # a new child of a new element takes the same quote as its parent
-            parts += [before, self.new(k, inner, q) if k not in spans else self.node(k, inner)]
+            parts.append(before)
+            if k in spans:
+                parts.append(self.node(k, inner))
+                continue
+            tag = k.tag
+            if isinstance(tag, str) and tag[0] != "{" and not len(k) and not k.nsmap:
+                # what new() writes for a plain leaf (a <model>, <target> or <address>), without the call
+                items = k.items()
+                plain = _plain_attributes(tuple(items), q) if items else ""
+                if plain is not None:
+                    text = k.text
+                    parts.append(f"<{tag}{plain}/>" if text is None or text.strip() == ""
+                                 else f"<{tag}{plain}>{escape_text(text)}</{tag}>")
+                    continue
+            parts.append(self.new(k, inner, q))
         parts += [self.nl + indent, f"</{name}>"]
         return "".join(parts)
 
