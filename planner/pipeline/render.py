@@ -10,12 +10,25 @@ from planner.facts.facts import PORTS, controller_models
 from planner.pipeline.domain import PciAddress, Problem
 from planner.pipeline.layout import BusNode, Layout
 from planner.pipeline.prepare import Prepared
-from planner.xml.xmlio import remove_element
+from planner.xml.xmlio import remove_element, xml_parser
+
+
+def _address_of(el: etree._Element) -> etree._Element | None:
+    """el.find("address"), without ElementPath's cost."""
+    return next(el.iterchildren("address"), None)
+
+
+# what render wrote into an element: its <address>, (bus, slot) and function, as numbers
+Written = tuple[etree._Element, tuple[int, int], int]
+
+
+def _written(addr: etree._Element, a: PciAddress) -> Written:
+    return addr, (a.bus, a.slot), a.function
 
 
 def set_virtio_mmio(el: etree._Element) -> None:
     """<address type='virtio-mmio'/> in place of any address the element had."""
-    addr = el.find("address")
+    addr = _address_of(el)
     if addr is None:
         addr = etree.SubElement(el, "address")
     addr.attrib.clear()
@@ -25,15 +38,17 @@ def set_virtio_mmio(el: etree._Element) -> None:
 def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = False) -> etree._Element:
     """Write a complete address (libvirt's form); a given multifunction value is kept. Returns the
     <address> element."""
-    addr = el.find("address")
-    if addr is None:
-        addr = etree.SubElement(el, "address")  # laid out by the writer (planner/xml/xmltext.py)
-    keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    addr = _address_of(el)
     items = [("type", "pci"), ("domain", "0x0000"), ("bus", f"0x{a.bus:02x}"), ("slot", f"0x{a.slot:02x}"),
              ("function", f"0x{a.function:x}")]
     if multifunction and a.function == 0:
         items.append(("multifunction", "on"))
-    elif keep_mf is not None:
+    if addr is None:  # laid out by the writer (planner/xml/xmltext.py)
+        addr = etree.SubElement(el, "address")
+        addr.attrib.update(items)  # in this order
+        return addr
+    keep_mf = addr.get("multifunction") if addr.get("type") == "pci" else None
+    if keep_mf is not None and not (multifunction and a.function == 0):
         items.append(("multifunction", keep_mf))
     if addr.items() == items:
         return addr  # already so, in this order (a planned guest planned again): nothing to rewrite
@@ -42,22 +57,26 @@ def set_pci_address(el: etree._Element, a: PciAddress, multifunction: bool = Fal
     return addr
 
 
-def _controller_element(node: BusNode, chassis: int | None) -> tuple[etree._Element, etree._Element]:
-    """The <controller> of a new controller, and its <address>."""
+def _attribute(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+
+
+def _controller_text(node: BusNode, chassis: int | None) -> str:
+    """The <controller> of a new controller, as XML text: the new controllers are parsed at once, which
+    costs a fraction of making their elements and attributes one call at a time."""
     m = controller_models()[node.model]
-    el = etree.Element("controller", type="pci", index=str(node.index), model=node.model)
-    etree.SubElement(el, "model", name=m.qemu)
+    target = ""
     if m.target == "chassis-port":
         port = m.port_number(node.slot, node.function)
-        target = etree.SubElement(el, "target", chassis=str(chassis), port=f"0x{port:x}")
-        if node.hotplug_off:
-            target.set("hotplug", "off")  # it holds a device that must not be ejectable
+        hotplug = ' hotplug="off"' if node.hotplug_off else ""  # it holds a device that must not be ejectable
+        target = f'<target chassis="{chassis}" port="0x{port:x}"{hotplug}/>'
     elif m.target == "chassisNr":
-        etree.SubElement(el, "target", chassisNr=str(node.index))
+        target = f'<target chassisNr="{node.index}"/>'
     assert node.parent is not None and node.parent.index is not None
-    address = etree.SubElement(el, "address", type="pci", domain="0x0000", bus=f"0x{node.parent.index:02x}",
-                               slot=f"0x{node.slot:02x}", function=f"0x{node.function:x}")
-    return el, address
+    return (f'<controller type="pci" index="{node.index}" model="{_attribute(node.model)}">'
+            f'<model name="{_attribute(m.qemu)}"/>{target}'
+            f'<address type="pci" domain="0x0000" bus="0x{node.parent.index:02x}" slot="0x{node.slot:02x}"'
+            f' function="0x{node.function:x}"/></controller>')
 
 
 def _complete_gap_filler(el: etree._Element, index: int, a: PciAddress, chassis_used: set[int]) -> None:
@@ -98,24 +117,30 @@ def _used_chassis(problem: Problem, dropped: set[int]) -> set[int]:
 
 
 def _mark_multifunction(devices: etree._Element, chipset: set[tuple[int, int]],
-                        placed: list[etree._Element], written: dict[etree._Element, etree._Element]) -> None:
+                        placed: list[etree._Element], written: dict[etree._Element, Written]) -> None:
     """multifunction='on' on function 0 of every slot with more than one function in use. Only the
     elements really placed count, never an address pciplan does not plan. written: element -> the
-    <address> render wrote into it (the others are looked up)."""
-    by_slot: dict[tuple[int, int], list[etree._Element]] = {}
+    <address> render wrote into it and its numbers (the others are looked up)."""
+    by_slot: dict[tuple[int, int], list[tuple[etree._Element, int]]] = {}
     for el in placed:  # the list keeps the proxies alive, so ids are stable
-        a = written.get(el)
-        if a is None:
-            a = el.find("address")
-        if a is None or a.get("type") != "pci" or el.getparent() is not devices:
+        w = written.get(el)
+        if w is not None:
+            a, key, function = w
+        else:
+            a = _address_of(el)
+            if a is None or a.get("type") != "pci":
+                continue
+            key, function = (int(a.get("bus"), 0), int(a.get("slot"), 0)), -1  # read when needed
+        if el.getparent() is not devices:
             continue
-        key = (int(a.get("bus"), 0), int(a.get("slot"), 0))
-        by_slot.setdefault(key, []).append(a)
+        by_slot.setdefault(key, []).append((a, function))
     for key, addrs in by_slot.items():
         if len(addrs) + (key in chipset) < 2:
             continue
-        for a in addrs:
-            if int(a.get("function"), 0) == 0 and a.get("multifunction") is None:
+        for a, function in addrs:
+            if function < 0:
+                function = int(a.get("function"), 0)
+            if function == 0 and a.get("multifunction") is None:
                 a.set("multifunction", "on")
 
 
@@ -162,22 +187,24 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
         el = problem.buses[index].element
         if el is not None and el.getparent() is not None:
             remove_element(el)
-    written: dict[etree._Element, etree._Element] = {}  # element -> its <address>, as written here
+    written: dict[etree._Element, Written] = {}  # element -> its <address>, as written here
     for d in problem.devices:
         for m in [d, *d.companions]:
             a = layout.devices.get(id(m.element)) or m.address
             if a is None:
                 continue
-            written[m.element] = set_pci_address(m.element, a, False)
+            written[m.element] = _written(set_pci_address(m.element, a, False), a)
             for mirror in m.mirrors:
-                set_pci_address(mirror, a, False)
+                addr = set_pci_address(mirror, a, False)
+                if mirror in written:  # what _mark_multifunction reads is what the element holds now
+                    written[mirror] = _written(addr, a)
     for index, a in layout.controllers.items():
         el = problem.buses[index].element
         assert el is not None
-        written[el] = set_pci_address(el, a, False)
+        written[el] = _written(set_pci_address(el, a, False), a)
     for b in problem.buses.values():
         if b.address is not None and b.element is not None and b.index not in layout.dropped_controllers:
-            written[b.element] = set_pci_address(b.element, b.address, False)
+            written[b.element] = _written(set_pci_address(b.element, b.address, False), b.address)
     fillers = [b for b in problem.buses.values() if b.added and not b.new_expander and b.element is not None]
     chassis_used = _used_chassis(problem, set(layout.dropped_controllers) | {b.index for b in fillers})
     for b in sorted(fillers, key=lambda b: b.index):  # as libvirt writes them, chassis unique
@@ -203,10 +230,11 @@ def render(problem: Problem, layout: Layout, chipset: set[tuple[int, int]] | Non
 
 
 def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element,
-                     written: dict[etree._Element, etree._Element]) -> None:
+                     written: dict[etree._Element, Written]) -> None:
     pci = [c for c in devices.findall("controller") if c.get("type") == "pci"]
     anchor = max(pci, key=lambda c: int(c.get("index", "0"), 0)) if pci else None
     chassis_used = _used_chassis(problem, set(layout.dropped_controllers))
+    texts = []
     for node in layout.new_controllers:
         chassis = None
         if controller_models()[node.model].target == "chassis-port":
@@ -216,8 +244,10 @@ def _add_controllers(problem: Problem, layout: Layout, devices: etree._Element,
             while chassis in chassis_used:
                 chassis = (chassis + 1) % 256
             chassis_used.add(chassis)
-        el, address = _controller_element(node, chassis)
-        written[el] = address
+        texts.append(_controller_text(node, chassis))
+    made = etree.fromstring(f"<new>{''.join(texts)}</new>", xml_parser())
+    for node, el in zip(layout.new_controllers, list(made), strict=True):
+        written[el] = el[-1], (node.parent.index, node.slot), node.function  # el[-1]: its <address>
         if anchor is None:
             devices.append(el)
         else:

@@ -20,7 +20,7 @@ class InputError(Exception):
     """Bad input: the message is one line naming the element and the reason (exit 2)."""
 
 
-def _parser() -> etree.XMLParser:
+def xml_parser() -> etree.XMLParser:
     # No entity expansion, no DTD or network access, no huge trees; keep comments and layout.
     return etree.XMLParser(
         resolve_entities=False,
@@ -76,7 +76,7 @@ def parse_xml_bytes(data: bytes, source: str = "<input>") -> DomainTree:
     if "<!ENTITY" in text:
         raise InputError(f"{source}: entity declarations are not accepted in domain XML")
     try:
-        root = etree.fromstring(data, _parser())
+        root = etree.fromstring(data, xml_parser())
     except etree.XMLSyntaxError as exc:
         raise InputError(f"{source}: not well-formed XML: {exc}") from None
     tree = DomainTree()
