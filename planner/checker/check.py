@@ -27,6 +27,8 @@ import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
+from itertools import islice
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -262,8 +264,7 @@ TRANSITIONAL = "virtio-transitional"
 # Parsed domain
 
 
-@dataclass(frozen=True)
-class PciAddress:
+class PciAddress(NamedTuple):  # a tuple: made for every addressed element, a frozen dataclass costs 3x
     domain: int
     bus: int
     slot: int
@@ -284,31 +285,70 @@ class DeviceKind:
     conventional: bool = False  # libvirt's PCI_DEVICE: a conventional PCI endpoint
 
 
-@dataclass
 class PciUser:
     """One element that occupies (or needs) a PCI function: a device or a non-root PCI controller."""
 
-    element: etree._Element
-    name: str
-    connect: str  # ENDPOINT or the controller model it is
-    kind: DeviceKind
-    address: PciAddress | None = None
-    address_type: str | None = None  # type attribute of the <address> child, None when absent
-    incomplete: str = ""  # why the PCI address is incomplete, for require_complete
-    index: int | None = None  # the controller index when this is a PCI controller
+    __slots__ = ("element", "_name", "connect", "kind", "address", "address_type", "incomplete", "index",
+                 "kids", "position")
+
+    def __init__(self, element: etree._Element, name: str | None, connect: str, kind: DeviceKind,
+                 index: int | None = None, kids: Kids | None = None, position: int = 0) -> None:
+        self.element = element
+        self._name = name  # None: worded from position when first asked for (most are never named)
+        self.connect = connect  # ENDPOINT or the controller model it is
+        self.kind = kind
+        self.address: PciAddress | None = None
+        self.address_type: str | None = None  # type attribute of the <address> child, None when absent
+        self.incomplete = ""  # why the PCI address is incomplete, for require_complete
+        self.index = index  # the controller index when this is a PCI controller
+        self.kids = kids  # the element's _kids, where read
+        self.position = position  # the element's 1-based position among its tag in <devices>
+
+    @property
+    def name(self) -> str:
+        """How the reports name it (_describe)."""
+        if self._name is None:
+            self._name = _describe(self.element, self.position, self.kids)
+        return self._name
 
 
-@dataclass
 class PciController:
-    element: etree._Element
-    name: str
-    index: int
-    model: str
-    user: PciUser | None  # None for the root
-    target: etree._Element | None = None  # its <target>, read once: several rules look at it
+    __slots__ = ("element", "_name", "index", "model", "user", "target", "kids")
+
+    def __init__(self, element: etree._Element, name: str | None, index: int, model: str,
+                 user: PciUser | None, target: etree._Element | None = None,
+                 kids: Kids | None = None) -> None:
+        self.element = element
+        self._name = name  # None: worded when first asked for
+        self.index = index
+        self.model = model
+        self.user = user  # None for the root
+        self.target = target  # its <target>, read once: several rules look at it
+        self.kids = kids
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = self.user.name if self.user is not None else _describe(self.element, 0, self.kids)
+        return self._name
 
 
 ADDRESS_FIELDS = ("domain", "bus", "slot", "function")
+
+
+def _used_indexes(children: list[etree._Element], ctype: str) -> set[int]:
+    """The indexes the controllers of a type give (libvirt gives one without an index the lowest free)."""
+    used = set()
+    for elem in children:
+        if elem.tag == "controller" and elem.get("type", "") == ctype:
+            text = elem.get("index")
+            if text is None:
+                continue
+            try:
+                used.add(_parse_number(text))
+            except ValueError:
+                continue
+    return used
 
 
 class _Skip(Exception):
@@ -335,9 +375,33 @@ def _child(elem: etree._Element, tag: str) -> etree._Element | None:
     return next(elem.iterchildren(tag), None)
 
 
-def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
-    found = _child(elem, child)
+Kids = dict  # an element's first child of each tag (_kids): the rules look up several of them
+
+
+def _kids(elem: etree._Element) -> Kids:
+    """{tag: first child with that tag} of elem, read in one pass: elem.find(tag) for each tag at once,
+    without a search per look-up."""
+    kids: Kids = {}
+    for c in elem:
+        tag = c.tag
+        if tag not in kids:
+            kids[tag] = c
+    return kids
+
+
+def _kid_attr(kids: Kids, child: str, attr: str) -> str | None:
+    found = kids.get(child)
     return found.get(attr) if found is not None else None
+
+
+def _path(root: etree._Element, first: str, second: str) -> etree._Element | None:
+    """root.find("first/second") for plain tag names: the first match in document order, over every
+    <first> child (not only the first one), without ElementPath's cost."""
+    for parent in root.iterchildren(first):
+        found = next(parent.iterchildren(second), None)
+        if found is not None:
+            return found
+    return None
 
 
 def guest_firmware(root: etree._Element, family: str | None) -> str:
@@ -347,11 +411,11 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
     if family == RISCV64_VIRT or family is None:
         return "none"
     uefi = "aavmf" if family == AARCH64_VIRT else "ovmf"
-    os_el = root.find("os")
+    os_el = _child(root, "os")
     wanted = os_el.get("firmware") if os_el is not None else None
     if wanted in ("efi", "bios"):
         return uefi if wanted == "efi" else "seabios"
-    loader = root.find("os/loader")
+    loader = _path(root, "os", "loader")
     if loader is not None:
         path = (loader.text or "").strip().lower()
         if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")):
@@ -362,14 +426,14 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
             return added
         if loader.get("type") == "pflash":
             return uefi
-    if family == AARCH64_VIRT and root.find("os/kernel") is not None:
+    if family == AARCH64_VIRT and _path(root, "os", "kernel") is not None:
         return "none"  # direct kernel boot: no firmware runs before the kernel
     return uefi if family == AARCH64_VIRT else "seabios"
 
 
 def machine_family(root: etree._Element) -> tuple[str | None, str, str]:
     """(family or None, arch, machine) from <os><type arch machine>."""
-    os_type = root.find("os/type")
+    os_type = _path(root, "os", "type")
     arch = (os_type.get("arch") if os_type is not None else None) or "x86_64"
     machine = (os_type.get("machine") if os_type is not None else None) or ""
     if arch in ("x86_64", "i686"):
@@ -431,28 +495,34 @@ def _virtio_kind(model: str | None) -> DeviceKind:
     return _CONVENTIONAL_VIRTIO if _lower(model) == TRANSITIONAL else _MODERN_VIRTIO
 
 
-def _disk_bus(elem: etree._Element) -> str | None:
-    bus = _child_attr(elem, "target", "bus")
+def _disk_bus(kids: Kids) -> str | None:
+    target = kids.get("target")
+    if target is None:
+        return None
+    bus = target.get("bus")
     if bus is None:
-        dev = _child_attr(elem, "target", "dev") or ""
+        dev = target.get("dev") or ""
         bus = "virtio" if dev.startswith("vd") else None
     return bus
 
 
-def classify(elem: etree._Element, family: str) -> DeviceKind | None:
-    """The PCI kind of a <devices> child, or None when it does not use PCI."""
+def classify(elem: etree._Element, family: str, kids: Kids | None = None) -> DeviceKind | None:
+    """The PCI kind of a <devices> child, or None when it does not use PCI. kids: its _kids, where the
+    caller has them."""
     tag = elem.tag
+    if kids is None:
+        kids = _kids(elem)
     if tag == "interface":
         if elem.get("type") == "hostdev":
             return _PCIE_WITH_IO  # an assigned host function, like <hostdev>: assume an I/O BAR
-        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_NET_MODEL[family]
+        model = _lower(_kid_attr(kids, "model", "type")) or DEFAULT_NET_MODEL[family]
         if model in ("usb-net", "spapr-vlan"):
             return None
         if model in VIRTIO_MODELS or model == TRANSITIONAL:
             return _virtio_kind(model)
         return _PCIE_WITH_IO if model == "e1000e" else _CONVENTIONAL  # e1000e has an I/O BAR too
     if tag == "disk":
-        return _virtio_kind(elem.get("model")) if _disk_bus(elem) == "virtio" else None
+        return _virtio_kind(elem.get("model")) if _disk_bus(kids) == "virtio" else None
     if tag == "controller":
         return _classify_controller(elem, family)
     if tag == "hostdev":
@@ -467,7 +537,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
             return _PCIE_WITH_IO
         return None
     if tag == "video":
-        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_VIDEO_MODEL[family]
+        model = _lower(_kid_attr(kids, "model", "type")) or DEFAULT_VIDEO_MODEL[family]
         if model in VIDEO_NO_PCI:
             return None
         if model == "virtio":
@@ -484,7 +554,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     if tag == "input":
         return _virtio_kind(elem.get("model")) if elem.get("bus") == "virtio" else None
     if tag == "filesystem":
-        driver = _child_attr(elem, "driver", "type")
+        driver = _kid_attr(kids, "driver", "type")
         if driver in (None, "path", "handle"):
             return _virtio_kind(elem.get("model"))  # virtio-9p
         return _MODERN_VIRTIO if driver == "virtiofs" else None
@@ -498,7 +568,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     if tag == "shmem":
         return _CONVENTIONAL  # ivshmem
     if tag == "serial":
-        return _CONVENTIONAL if _child_attr(elem, "target", "type") == "pci-serial" else None
+        return _CONVENTIONAL if _kid_attr(kids, "target", "type") == "pci-serial" else None
     if tag == "crypto":
         if not _libvirt_places("crypto"):
             return None  # libvirt 9.0 has no <crypto>: it drops the element
@@ -511,7 +581,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     return None
 
 
-def _dropped_by_libvirt(elem: etree._Element) -> bool:
+def _dropped_by_libvirt(elem: etree._Element, kids: Kids) -> bool:
     """libvirt 9.0 removes a PCI address from these on define (seen on the real stack)."""
     tag = elem.tag
     if tag in STALE_TAGS:
@@ -521,7 +591,7 @@ def _dropped_by_libvirt(elem: etree._Element) -> bool:
     if tag == "memballoon":
         return elem.get("model") == "none"
     if tag == "video":
-        return _lower(_child_attr(elem, "model", "type")) == "none"
+        return _lower(_kid_attr(kids, "model", "type")) == "none"
     if tag == "memory":
         return elem.get("model") not in ("virtio-mem", "virtio-pmem")
     return False
@@ -561,21 +631,23 @@ def device_name(elem: etree._Element) -> str:
     return _describe(elem, next((i for i, c in enumerate(siblings, 1) if c is elem), 0))
 
 
-def _describe(elem: etree._Element, position: int) -> str:
+def _describe(elem: etree._Element, position: int, kids: Kids | None = None) -> str:
     tag = elem.tag
+    if kids is None:
+        kids = _kids(elem)
     if tag == "interface":
-        mac = _child_attr(elem, "mac", "address")
+        mac = _kid_attr(kids, "mac", "address")
         detail = f"mac {mac}" if mac else f"type {elem.get('type')}"
         return f"interface[{position}] ({detail})"
     if tag == "disk":
-        dev = _child_attr(elem, "target", "dev")
+        dev = _kid_attr(kids, "target", "dev")
         return f"disk {dev}" if dev else f"disk[{position}]"
     if tag == "controller":
         index = elem.get("index", "?")
         model = elem.get("model")
         return f"controller {elem.get('type')} index={index}" + (f" ({model})" if model else "")
     if tag == "hostdev":
-        source = elem.find("source/address")
+        source = _path(elem, "source", "address")
         if source is not None and source.get("bus") is not None:
             host = (
                 ":".join(str(source.get(k, "0")) for k in ("domain", "bus", "slot"))
@@ -584,7 +656,7 @@ def _describe(elem: etree._Element, position: int) -> str:
             )
             return f"hostdev[{position}] ({elem.get('type')} {host})"
         return f"hostdev[{position}] ({elem.get('type')})"
-    model = elem.get("model") or _child_attr(elem, "model", "type") or elem.get("type") or elem.get("bus")
+    model = elem.get("model") or _kid_attr(kids, "model", "type") or elem.get("type") or elem.get("bus")
     return f"{tag}[{position}]" + (f" ({model})" if model else "")
 
 
@@ -601,9 +673,17 @@ class _Checker:
         self.family: str | None = None
         self.users: list[PciUser] = []
         self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
-        self.numa_cells = len(root.findall("cpu/numa/cell"))
+        self._numa_cells: int | None = None
+        self.ide: list[etree._Element] = []  # the IDE controllers of <devices>, in document order
         self.io_found: tuple[int, int, int, int] | None = None  # io_space(), as the I/O rule found it
         self.skipped = False  # an address the rules could not use was set aside before io_space()
+
+    @property
+    def numa_cells(self) -> int:
+        """The <cpu><numa> cells (read only where a controller names a NUMA node)."""
+        if self._numa_cells is None:
+            self._numa_cells = len(self.root.findall("cpu/numa/cell"))
+        return self._numa_cells
 
     def flag(self, element: str, rule: str, message: str) -> None:
         assert rule in RULES, rule
@@ -618,7 +698,7 @@ class _Checker:
             return self.violations
         self.family = family
         self.firmware = self.firmware or guest_firmware(self.root, family)
-        devices = self.root.find("devices")
+        devices = _child(self.root, "devices")
         children = [] if devices is None else [c for c in devices if isinstance(c.tag, str)]
         self._collect(children)
         self._check_controllers()
@@ -633,54 +713,55 @@ class _Checker:
     # -- collection ----------------------------------------------------------------------------
 
     def _collect(self, children: list[etree._Element]) -> None:
-        assert self.family is not None
-        positions: dict[str, int] = defaultdict(int)
-        used_index: dict[str, set[int]] = defaultdict(set)
-        for elem in children:
-            if elem.tag == "controller":
-                text = elem.get("index")
-                if text is None:
-                    continue
-                try:
-                    number = _parse_number(text)
-                except ValueError:
-                    continue
-                used_index[elem.get("type", "")].add(number)
+        family = self.family
+        assert family is not None
+        positions: dict[str, int] = {}
+        used_pci: set[int] | None = None  # indexes the PCI controllers give, read where one has none
+        users = self.users
         for elem in children:
             tag = elem.tag
-            positions[tag] += 1
+            position = positions[tag] = positions.get(tag, 0) + 1
             if tag == "console":
                 continue  # a serial console mirrors the first <serial>: same device, same address
-            if tag == "controller" and elem.get("type") == "pci":
-                self._collect_pci_controller(elem, _describe(elem, positions[tag]), used_index["pci"])
-                continue
-            kind = classify(elem, self.family)
-            addr_elem = _child(elem, "address")
+            kids = _kids(elem)
+            if tag == "controller":
+                ctype = elem.get("type")
+                if ctype == "pci":
+                    if used_pci is None and elem.get("index") is None:
+                        used_pci = _used_indexes(children, "pci")
+                    self._collect_pci_controller(elem, kids, used_pci)
+                    continue
+                if ctype == "ide":
+                    self.ide.append(elem)
+            kind = classify(elem, family, kids)
+            addr_elem = kids.get("address")
             if kind is None:
                 if addr_elem is None or addr_elem.get("type") != "pci":
                     continue
-                if _dropped_by_libvirt(elem):
-                    self.flag(_describe(elem, positions[tag]), "stale-address", "has a PCI address libvirt "
+                if _dropped_by_libvirt(elem, kids):
+                    self.flag(_describe(elem, position, kids), "stale-address", "has a PCI address libvirt "
                               "drops: this device never takes one; it occupies nothing")
                     continue
                 # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
                 kind = _CONVENTIONAL
             if addr_elem is not None and addr_elem.get("type") == "unassigned":
                 continue  # hostdev given to the guest without a guest PCI address
-            user = PciUser(elem, _describe(elem, positions[tag]), ENDPOINT, kind)
+            user = PciUser(elem, None, ENDPOINT, kind, kids=kids, position=position)
             self._read_address(user, addr_elem)
-            self.users.append(user)
+            users.append(user)
 
-    def _collect_pci_controller(self, elem: etree._Element, name: str, used: set[int]) -> None:
+    def _collect_pci_controller(self, elem: etree._Element, kids: Kids, used: set[int] | None) -> None:
         model = elem.get("model")
         index_text = elem.get("index")
+        name = None  # worded when first needed (_describe; most controllers are never named)
         if index_text is None:
+            assert used is not None
             # libvirt gives the lowest unused index, in document order
             index = 0
             while index in used:
                 index += 1
             used.add(index)
-            name = name.replace("index=?", f"index={index}")
+            name = _describe(elem, 0, kids).replace("index=?", f"index={index}")
             if self.require_complete:
                 self.flag(
                     name, "index-missing", f"PCI controller has no index (libvirt would give it {index})"
@@ -689,9 +770,10 @@ class _Checker:
             try:
                 index = _parse_number(index_text)
             except ValueError:
-                self.flag(name, "index-range", f"index '{index_text}' is not a number")
+                self.flag(_describe(elem, 0, kids), "index-range", f"index '{index_text}' is not a number")
                 return
         if model is None or model not in PCI_CONTROLLER_MODELS:
+            name = name or _describe(elem, 0, kids)
             what = "has no model" if model is None else f"has unknown model '{model}'"
             if index == 0 and self.family is not None:
                 self.flag(
@@ -704,13 +786,14 @@ class _Checker:
             return
         user = None
         if model not in ROOT_MODELS:
-            user = PciUser(elem, name, model, _PCIE_NO_IO, index=index)
-            self._read_address(user, _child(elem, "address"))
+            user = PciUser(elem, name, model, _PCIE_NO_IO, index=index, kids=kids)
+            self._read_address(user, kids.get("address"))
             self.users.append(user)
         if index in self.controllers:
-            self.flag(name, "index-duplicate", f"PCI controller index {index} is used twice")
+            self.flag(user.name if user is not None else name or _describe(elem, 0, kids), "index-duplicate",
+                      f"PCI controller index {index} is used twice")
             return
-        self.controllers[index] = PciController(elem, name, index, model, user, _child(elem, "target"))
+        self.controllers[index] = PciController(elem, name, index, model, user, kids.get("target"), kids)
 
     def _read_address(self, user: PciUser, addr_elem: etree._Element | None) -> None:
         """user's address from addr_elem, its element's <address> child (or None)."""
@@ -718,12 +801,16 @@ class _Checker:
             user.incomplete = "needs a PCI address but has none"
             return
         get = addr_elem.get
-        user.address_type = get("type")
-        if user.address_type != "pci":
+        address_type = user.address_type = get("type")
+        if address_type != "pci":
             return
         given = (get("domain"), get("bus"), get("slot"), get("function"))
+        domain_text, bus_text, slot_text, function_text = given
         try:
-            domain, bus, slot, function = [_parse_number(text or "0") for text in given]
+            domain = _parse_number(domain_text or "0")
+            bus = _parse_number(bus_text or "0")
+            slot = _parse_number(slot_text or "0")
+            function = _parse_number(function_text or "0")
         except ValueError:
             self.flag(user.name, "bad-address", "PCI address has a value that is not a number")
             user.incomplete = "has an unreadable PCI address"
@@ -779,7 +866,10 @@ class _Checker:
                     controller.name, "model-machine", f"{controller.model} is not supported on this machine"
                 )
             self._check_target(controller)
-        for elem in self.root.iterfind("devices/controller[@type='ide']"):
+        # root.iterfind("devices/controller[@type='ide']"): _collect met those of the first <devices>
+        others = [c for d in islice(self.root.iterchildren("devices"), 1, None)
+                  for c in d.iterchildren("controller") if c.get("type") == "ide"]
+        for elem in self.ide + others:
             if self.family != PC:
                 self.flag(
                     _describe(elem, 0), "model-machine", "IDE controllers exist only on pc (i440fx) machines"
@@ -798,10 +888,11 @@ class _Checker:
         target = controller.target
         if target is None:
             return
+        given = target.keys()  # the attributes it has, read at once (a port has two of the five)
         for option, models in TARGET_OPTIONS.items():
-            value = target.get(option)
-            if value is None:
+            if option not in given:
                 continue
+            value = target.get(option)
             if controller.model not in models:
                 self.flag(
                     controller.name, "target-option", f"<target {option}> is not valid for {controller.model}"
@@ -816,7 +907,7 @@ class _Checker:
                 if not low <= number <= high:
                     rule = "busnr-range" if option == "busNr" else "target-range"
                     self.flag(controller.name, rule, f"{option}='{value}' is out of range {low}-{high}")
-        node = _child(target, "node")
+        node = _child(target, "node") if len(target) else None
         if node is not None:
             if controller.model not in PXB_MODELS:
                 self.flag(
@@ -1064,6 +1155,8 @@ class _Checker:
     def _bus_nr(self) -> dict[int, int]:
         """busNr of each expander bus by index, with libvirt's default (lowest so far - 2, from 254)."""
         result: dict[int, int] = {}
+        if not any(c.model in PXB_MODELS for c in self.controllers.values()):
+            return result  # only expander buses take a busNr
         lowest = 256
         for controller in self.controllers.values():
             text = controller.target.get("busNr") if controller.target is not None else None
@@ -1092,7 +1185,6 @@ class _Checker:
         return result
 
     def _check_bus_numbers(self) -> None:
-        children = self._children()
         total = 1 + sum(
             2 if c.model == "pci-expander-bus" else 1 for i, c in self.controllers.items() if i != 0
         )
@@ -1116,6 +1208,7 @@ class _Checker:
                 owners[number] = controller
         if not owners:
             return
+        children = self._children()
         starts = sorted(owners)
         root_need = 1 + sum(
             self._bus_numbers_below(c, children, set())
@@ -1171,7 +1264,7 @@ class _Checker:
         edk2 pads) a window rounded up to 4 KiB around what sits below it. Returns (bytes needed,
         bytes the firmware has, top-level windows, most windows it sets up or 0), or None where no
         budget is known."""
-        acpi = self.root.find("features/acpi") is not None
+        acpi = _path(self.root, "features", "acpi") is not None
         budget = firmware_budget(self.firmware, self.family, acpi)
         if budget is None:
             return None
@@ -1187,6 +1280,8 @@ class _Checker:
                 children[c.user.address.bus].append(c)
         seen: set[int] = set()
         bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus: the walks below repeat
+        family = self.family or ""
+        windows: dict[int, int] = {}  # each controller's window, by index, as last found
 
         def need(index: int) -> int:
             if index in seen:
@@ -1194,37 +1289,44 @@ class _Checker:
             seen.add(index)
             total = bars.get(index)
             if total is None:
-                model = self.controllers[index].model if index in self.controllers else ""
-                port = model in PORT_MODELS
-                total = bars[index] = sum(_io_bar_bytes(u, on_pcie_port=port, family=self.family or "")
-                                          for u in on_bus.get(index, []))
-            for c in children.get(index, []):
+                total = 0
+                users = on_bus.get(index)
+                if users:
+                    model = self.controllers[index].model if index in self.controllers else ""
+                    port = model in PORT_MODELS
+                    total = sum(_io_bar_bytes(u, on_pcie_port=port, family=family) for u in users)
+                bars[index] = total
+            for c in children.get(index, ()):
                 total += window(c)
             return total
 
         def window(c: PciController) -> int:
             below = need(c.index)
             if c.model in CONVENTIONAL_BRIDGES:
-                return max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
-            if c.model == "pcie-expander-bus":
-                return below  # a host bridge of its own: no window around it
-            empty = not below and self._empty_hotplug_port(c, on_bus, children)
-            if pads and c.model in PORT_MODELS and empty:
-                return IO_WINDOW  # edk2's padding
-            return -(-below // IO_WINDOW) * IO_WINDOW
+                found = max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
+            elif c.model == "pcie-expander-bus":
+                found = below  # a host bridge of its own: no window around it
+            elif (pads and c.model in PORT_MODELS and not below
+                  and self._empty_hotplug_port(c, on_bus, children)):
+                found = IO_WINDOW  # edk2's padding
+            else:
+                found = -(-below // IO_WINDOW) * IO_WINDOW
+            windows[c.index] = found
+            return found
 
         top: list[int] = []  # windows directly on a host bridge (the root bus or an expander bus)
 
         def top_windows(index: int) -> None:
-            for c in children.get(index, []):
+            for c in children.get(index, ()):
                 if c.model == "pcie-expander-bus":
-                    seen.add(c.index)  # walked here: the loop below must not count it again
                     top_windows(c.index)
                 else:
-                    top.append(window(c))
+                    top.append(windows[c.index])
 
-        total = need(0) + CHIPSET_IO_BYTES.get(self.family or "", 0)
-        seen.clear()
+        # The walk from the root reaches each controller below it once (one parent each, and no loop
+        # reaches the root; index 0 is no one's child): the top-level windows are those it found, and
+        # seen holds every controller it walked, for the loop below.
+        total = need(0) + CHIPSET_IO_BYTES.get(family, 0)
         top_windows(0)
         # Controllers without an address are not in the tree above; their windows count all the same.
         for c in sorted(self.controllers.values(), key=lambda c: c.index):
@@ -1265,11 +1367,12 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
     tag = el.tag
     if tag in NO_IO_BAR:
         return 0
-    models = {el.get("model"), _child_attr(el, "model", "type"), _child_attr(el, "driver", "model")}
+    kids = user.kids if user.kids is not None else _kids(el)
+    models = {el.get("model"), _kid_attr(kids, "model", "type"), _kid_attr(kids, "driver", "model")}
     if "virtio-non-transitional" in models:
         return 0  # modern-only virtio: no legacy I/O BAR anywhere
     if tag == "interface":
-        model = (_child_attr(el, "model", "type") or "rtl8139").lower()
+        model = (_kid_attr(kids, "model", "type") or "rtl8139").lower()
         if el.get("type") == "hostdev":
             model = "hostdev"
         return IO_BAR_BYTES.get((tag, model), 256)
@@ -1285,10 +1388,10 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
             return 0
         return IO_BAR_BYTES.get((tag, ctype), 0)
     if tag == "video":
-        model = _child_attr(el, "model", "type") or ""
+        model = _kid_attr(kids, "model", "type") or ""
         return IO_BAR_BYTES.get((tag, model), 0)  # vga/cirrus use fixed legacy ports, virtio none
     if tag == "filesystem":
-        return 0 if _child_attr(el, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]
+        return 0 if _kid_attr(kids, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]
     if tag == "hostdev":
         return IO_BAR_BYTES.get((tag, el.get("type", "")), 256)
     if tag == "input":
@@ -1296,7 +1399,7 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
     if tag in ("disk", "memballoon", "rng", "vsock"):
         return IO_BAR_BYTES.get((tag, "virtio"), 0)
     if tag == "serial":  # the model is the target's type; QEMU hw/char/serial-pci.c: an 8-byte I/O BAR 0
-        return IO_BAR_BYTES.get((tag, _child_attr(el, "target", "type") or ""), 0)
+        return IO_BAR_BYTES.get((tag, _kid_attr(kids, "target", "type") or ""), 0)
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 
@@ -1311,7 +1414,7 @@ def io_space_needed(tree_or_root: etree._ElementTree | etree._Element,
         return None
     checker.family = family
     checker.firmware = firmware or guest_firmware(root, family)
-    devices = root.find("devices")
+    devices = _child(root, "devices")
     checker._collect([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
     found = checker.io_space()
     return None if found is None else found[:2]
