@@ -175,7 +175,7 @@ def _attr(el: etree._Element, tag: str, name: str) -> str | None:
 
 
 def _host_address(el: etree._Element) -> str | None:
-    source = el.find("source/address")
+    source = _path(el, "source", "address")
     if source is None or source.get("bus") is None:
         return None
     parts = [_number(source.get(k, "0")) or 0 for k in ("domain", "bus", "slot", "function")]
@@ -207,21 +207,41 @@ def _describe_device(el: etree._Element, family: str) -> str:
     return text + (f" (alias {alias})" if alias else "")
 
 
-def _controller_target(el: etree._Element) -> tuple[int | None, int | None]:
-    """A PCI controller's NUMA node and busNr (pxb only)."""
-    target = _child(el, "target")
+def _kids(el: etree._Element) -> dict:
+    """{tag: first child with that tag} of el, read in one pass: el.find(tag) for several tags at once."""
+    kids: dict = {}
+    for c in el:
+        tag = c.tag
+        if tag not in kids:
+            kids[tag] = c
+    return kids
+
+
+def _path(el: etree._Element, first: str, second: str) -> etree._Element | None:
+    """el.find("first/second") for plain tag names (the first match over every <first>), without
+    ElementPath's cost."""
+    for parent in el.iterchildren(first):
+        found = next(parent.iterchildren(second), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _controller_target(target: etree._Element | None) -> tuple[int | None, int | None]:
+    """A PCI controller's NUMA node and busNr (pxb only), from its <target>."""
     if target is None:
         return None, None
-    node = _child(target, "node")
+    node = _child(target, "node") if len(target) else None  # most targets have no children at all
     node_text = None if node is None else node.text or ""  # as findtext: "" for an empty <node/>
     return (_number(node_text) if node_text is not None else None), _number(target.get("busNr"))
 
 
-def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[str, int | None, int | None]:
+def _describe_controller(el: etree._Element, model: str, index: int,
+                         kids: dict) -> tuple[str, int | None, int | None]:
     """Label of a PCI controller, with its NUMA node and busNr (pxb only)."""
     details: list[str] = []
-    target = _child(el, "target")
-    numa_node, bus_nr = _controller_target(el)
+    target = kids.get("target")
+    numa_node, bus_nr = _controller_target(target)
     if target is not None:
         chassis, port = target.get("chassis"), _number(target.get("port"))
         if chassis is not None:
@@ -236,15 +256,16 @@ def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[st
             details.append(f"NUMA node {numa_node}")
         if target.get("hotplug") == "off":
             details.append("hotplug off")
-    qemu_model = _attr(el, "model", "name")
+    model_el = kids.get("model")
+    qemu_model = model_el.get("name") if model_el is not None else None
     name = model + (f" {qemu_model}" if qemu_model and qemu_model not in DEFAULT_QEMU_MODELS else "")
     label = f"{name} #{index}" + (f" ({', '.join(details)})" if details else "")
     return label, numa_node, bus_nr
 
 
-def _read_address(el: etree._Element) -> tuple[tuple[int, int, int] | None, str]:
-    """(bus, slot, function), or None and why the device counts as unaddressed."""
-    addr = _child(el, "address")
+def _read_address(addr: etree._Element | None) -> tuple[tuple[int, int, int] | None, str]:
+    """(bus, slot, function) of a device's <address> (addr, or None), or None and why the device
+    counts as unaddressed."""
     if addr is None:
         return None, ""
     get = addr.get
@@ -258,65 +279,74 @@ def _read_address(el: etree._Element) -> tuple[tuple[int, int, int] | None, str]
     return (bus, slot, function), ""
 
 
-def _pluggable_class(el: etree._Element) -> bool:
+def _pluggable_class(el: etree._Element, kids: dict) -> bool:
     """Whether libvirt can live-attach and detach this kind of device at all."""
     if el.tag in NEVER_HOTPLUG_TAGS:
         return False
     if el.tag == "controller":
         return el.get("type") == "scsi"
     if el.tag == "filesystem":
-        return _attr(el, "driver", "type") == "virtiofs"  # 9p cannot be hot-plugged
+        driver = kids.get("driver")
+        return driver is not None and driver.get("type") == "virtiofs"  # 9p cannot be hot-plugged
     return True
-
-
-@dataclass
-class _Built:
-    node: Node
-    element: etree._Element
-    address: tuple[int, int, int] | None
 
 
 def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True) -> Node:
     """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
     firmware: judge spare ports by this firmware instead of the one the XML boots. Without labels the
-    nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words)."""
+    nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words).
+    Each element is read once: a bus's hot-plug and an endpoint's class as it is met, the children
+    put in slot order as they are hung."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
-    devices = domain.find("devices")
+    devices = _child(domain, "devices")
     elements = [el for el in (devices if devices is not None else []) if isinstance(el.tag, str)]
     root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
                     and _number(el.get("index")) == 0), None)
     if family is None:  # unknown machine: guess from the root it declares
         family = PC if root_el is not None and root_el.get("model") == "pci-root" else Q35
-    acpi = domain.find("features/acpi") is not None
+    acpi = _path(domain, "features", "acpi") is not None
 
     buses: dict[int, Node] = {}
-    built: list[_Built] = []
+    built: list[tuple[Node, bool]] = []  # every node, in document order, and whether it has an address
+    controllers: list[Node] = []
+    pluggable: set[int] = set()  # endpoints (by id) of a class libvirt hot-plugs at all
     for el in elements:
+        kids = _kids(el)
         if el.tag == "controller" and el.get("type") == "pci":
             index = _number(el.get("index"))
             model = el.get("model") or ""
             if index == 0 and el is root_el:
                 continue
             if labels:
-                label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1)
+                label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1,
+                                                                kids)
             else:
-                label, (numa_node, bus_nr) = "", _controller_target(el)
+                label, (numa_node, bus_nr) = "", _controller_target(kids.get("target"))
             node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr)
+            if model in PORT_MODELS:
+                target = kids.get("target")
+                node.hotplug = target is None or target.get("hotplug") != "off"
+            else:
+                node.hotplug = model in HOTPLUG_BRIDGES
             if index is not None and index not in buses:
                 buses[index] = node
-            address, why = _read_address(el)
+            address, why = _read_address(kids.get("address"))
             node.note = why if address is None else ""
-            built.append(_Built(node, el, address))
-            continue
-        address, why = _read_address(el)
-        kind = classify(el, family)
-        if address is None and kind is None:
-            continue  # not a PCI device (serial, USB input, ...)
-        io_bar = bool(kind and kind.io_bar_on_port)
-        node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
-                    note=why)
-        built.append(_Built(node, el, address))
+            controllers.append(node)
+        else:
+            address, why = _read_address(kids.get("address"))
+            kind = classify(el, family, kids)
+            if address is None and kind is None:
+                continue  # not a PCI device (serial, USB input, ...)
+            io_bar = bool(kind and kind.io_bar_on_port)
+            node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
+                        note=why)
+            if _pluggable_class(el, kids):
+                pluggable.add(id(node))
+        if address is not None:
+            node.bus, node.slot, node.function = address
+        built.append((node, address is not None))
 
     root_model = root_el.get("model") if root_el is not None else ROOT_MODEL.get(family, "pcie-root")
     root = Node(BUS, f"{root_model} ({family})", model=root_model or "", index=0, machine=family,
@@ -325,41 +355,40 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
         root.hotplug = acpi and _attr(root_el, "target", "hotplug") != "off"
     buses[0] = root
 
-    for item in built:
-        _attach(item, buses, root)
-    _break_cycles(root, [b.node for b in built if b.node.kind == BUS])
-    nodes = []  # the tree in slot order, depth first (walk yields a node before it reads its children)
-    for node in root.walk():
-        nodes.append(node)
-        if len(node.children) > 1:
-            node.children.sort(key=_slot_order)
-    for node in root.unaddressed:
-        for below in node.walk():
-            if len(below.children) > 1:
-                below.children.sort(key=_slot_order)
-    _mark_hotplug(root, nodes, family, {id(b.node): b.element for b in built})
-    if family in X86_FAMILIES or firmware_pads(root.firmware):
-        _mark_io_windows(root, nodes)
-    _mark_padding(root, nodes, acpi)
+    # Hang each node on its bus (unaddressed ones in document order); hung in slot order (a stable
+    # sort: equal places keep document order), every bus's children are in slot order already.
+    placed: list[tuple[Node, Node]] = []
+    loops = False  # a controller plugs into a bus not below its own index: only then can there be a loop
+    for node, addressed in built:
+        if not addressed:
+            root.unaddressed.append(node)
+            continue
+        parent = buses.get(node.bus)  # type: ignore[arg-type]
+        if parent is None:
+            node.note = f"bus {node.bus:#04x} missing"
+            root.unaddressed.append(node)
+            continue
+        placed.append((node, parent))
+        if node.kind == BUS and node.index is not None and node.bus >= node.index:  # type: ignore[operator]
+            loops = True
+    if len(placed) > 1:
+        placed.sort(key=_placed_order)
+    for node, parent in placed:
+        parent.children.append(node)
+    if loops:
+        _break_cycles(root, controllers)
+    nodes = list(root.walk())  # the tree in slot order, depth first
+    _mark_hotplug(root, nodes + [n for top in root.unaddressed for n in top.walk()], family, pluggable)
+    pads = firmware_pads(root.firmware)
+    if family in X86_FAMILIES or pads:
+        _mark_io_windows(root, nodes, pads)
+    _mark_padding(root, nodes, acpi, pads)
     return root
 
 
-def _slot_order(n: Node) -> tuple[int, int]:
+def _placed_order(item: tuple[Node, Node]) -> tuple[int, int]:
+    n = item[0]
     return n.slot or 0, n.function or 0
-
-
-def _attach(item: _Built, buses: dict[int, Node], root: Node) -> None:
-    node = item.node
-    if item.address is None:
-        root.unaddressed.append(node)
-        return
-    node.bus, node.slot, node.function = item.address
-    parent = buses.get(node.bus)
-    if parent is None:
-        node.note = f"bus {node.bus:#04x} missing"
-        root.unaddressed.append(node)
-        return
-    parent.children.append(node)
 
 
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
@@ -382,36 +411,34 @@ def _break_cycles(root: Node, controllers: list[Node]) -> None:
                 root.unaddressed.append(node)
 
 
-def _bus_offers_hotplug(node: Node, element: etree._Element | None) -> bool:
-    if node.model in PORT_MODELS:
-        return element is None or _attr(element, "target", "hotplug") != "off"
-    return node.model in HOTPLUG_BRIDGES
-
-
-def _mark_hotplug(root: Node, nodes: list[Node], family: str, elements: dict[int, etree._Element]) -> None:
-    everything = nodes + [n for top in root.unaddressed for n in top.walk()]
-    for node in everything:
-        if node.kind == BUS and node is not root:
-            node.hotplug = _bus_offers_hotplug(node, elements.get(id(node)))
+def _mark_hotplug(root: Node, everything: list[Node], family: str, pluggable: set[int]) -> None:
+    """An endpoint hot-plugs alone in a slot of a hot-pluggable bus, if its class does; a multi-slot
+    hot-pluggable bus counts its free slots. (The buses' own hot-plug is set as they are read.)"""
     for bus in everything:
-        if bus.kind != BUS:
+        if bus.kind != BUS or not bus.hotplug:
             continue
-        per_slot: dict[int | None, int] = {}
-        for child in bus.children:
-            per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
-        for child in bus.children:
-            element = elements.get(id(child))
-            if child.kind == ENDPOINT and element is not None:
-                child.hotplug = bus.hotplug and per_slot[child.slot] == 1 and _pluggable_class(element)
-        if bus.hotplug and bus.model not in PORT_MODELS:
+        children = bus.children
+        if len(children) == 1:
+            only = children[0]
+            if only.kind == ENDPOINT:
+                only.hotplug = id(only) in pluggable
+            per_slot: dict[int | None, int] = {only.slot: 1}
+        else:
+            per_slot = {}
+            for child in children:
+                per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
+            for child in children:
+                if child.kind == ENDPOINT:
+                    child.hotplug = per_slot[child.slot] == 1 and id(child) in pluggable
+        if bus.model not in PORT_MODELS:
             first, last = SLOT_RANGE.get(bus.model, (1, 31))
             reserved = RESERVED_ROOT_SLOTS.get(family, frozenset()) if bus is root else frozenset()
             bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
 
 
-def _mark_io_windows(root: Node, nodes: list[Node]) -> None:
+def _mark_io_windows(root: Node, nodes: list[Node], pads: bool) -> None:
     # Same count as planner.checker.check: conventional bridges always, PCIe ports only with an I/O-BAR device
-    # directly on them (nested port windows add no space); under UEFI, anywhere below them.
+    # directly on them (nested port windows add no space); under UEFI (pads), anywhere below them.
     for node in nodes:
         if node.kind != BUS or node is root:
             continue
@@ -419,20 +446,18 @@ def _mark_io_windows(root: Node, nodes: list[Node]) -> None:
             node.io_window = True
         elif node.model in PORT_MODELS:
             node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
-            if firmware_pads(root.firmware) and not node.io_window:
+            if pads and not node.io_window:
                 # edk2 gives a port a window for the I/O-BAR devices anywhere below it
                 node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
 
 
-
-
-def _mark_padding(root: Node, nodes: list[Node], acpi: bool) -> None:
+def _mark_padding(root: Node, nodes: list[Node], acpi: bool, pads: bool) -> None:
     """Which spare ports the firmware gives I/O. UEFI (edk2) pads every empty hot-plug port with a
     4 KiB window while windows last and drops the whole padding of the rest; SeaBIOS gives an empty
     PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
     edk2 pads is its choice: the first ones in slot order are marked."""
     spares = [n for n in nodes if n.spare]
-    if not firmware_pads(root.firmware):
+    if not pads:
         for n in spares:
             n.padded = True if root.firmware == "seabios" else None
         return
