@@ -358,7 +358,6 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     # Hang each node on its bus (unaddressed ones in document order); hung in slot order (a stable
     # sort: equal places keep document order), every bus's children are in slot order already.
     placed: list[tuple[Node, Node]] = []
-    loops = False  # a controller plugs into a bus not below its own index: only then can there be a loop
     for node, addressed in built:
         if not addressed:
             root.unaddressed.append(node)
@@ -369,13 +368,11 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
             root.unaddressed.append(node)
             continue
         placed.append((node, parent))
-        if node.kind == BUS and node.index is not None and node.bus >= node.index:  # type: ignore[operator]
-            loops = True
     if len(placed) > 1:
         placed.sort(key=_placed_order)
     for node, parent in placed:
         parent.children.append(node)
-    if loops:
+    if _may_loop(placed):
         _break_cycles(root, controllers)
     nodes = list(root.walk())  # the tree in slot order, depth first
     _mark_hotplug(root, nodes + [n for top in root.unaddressed for n in top.walk()], family, pluggable)
@@ -389,6 +386,13 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
 def _placed_order(item: tuple[Node, Node]) -> tuple[int, int]:
     n = item[0]
     return n.slot or 0, n.function or 0
+
+
+def _may_loop(placed: list[tuple[Node, Node]]) -> bool:
+    """Whether a controller plugs into a bus whose index is not below its own. Without one, every
+    chain of parents descends in index down to the root: there is no loop for _break_cycles to cut."""
+    return any(n.kind == BUS and n.index is not None and n.bus >= n.index  # type: ignore[operator]
+               for n, _parent in placed)
 
 
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
