@@ -404,6 +404,52 @@ def _path(root: etree._Element, first: str, second: str) -> etree._Element | Non
     return None
 
 
+# The attributes of an <address> a reading keeps: type first (the rest only where it is 'pci').
+ADDRESS_ATTRS = ("type", "domain", "bus", "slot", "function", "multifunction")
+
+
+class Reading:
+    """The element children of a document's first <devices>, read once: each one's children by tag
+    (_kids) and its <address>'s attributes (ADDRESS_ATTRS; only the type where it is not 'pci'; None
+    without an address), and, by machine family, their PCI kinds (classify) once someone classified
+    them (None for PCI controllers, which no one classifies). check_document and show.build_tree take
+    one so that, reading one document, the second reads nothing again: valid while the document is not
+    changed."""
+
+    __slots__ = ("elements", "kids", "addresses", "kinds")
+
+    def __init__(self, elements: list[etree._Element]) -> None:
+        self.elements = elements
+        self.kids = kids = [_kids(e) for e in elements]
+        addresses: list[tuple[str | None, ...] | None] = []
+        for k in kids:
+            a = k.get("address")
+            if a is None:
+                addresses.append(None)
+                continue
+            get = a.get
+            kind = get("type")
+            addresses.append((kind,) if kind != "pci" else (
+                kind, get("domain"), get("bus"), get("slot"), get("function"), get("multifunction")))
+        self.addresses = addresses
+        self.kinds: dict[str, list[DeviceKind | None]] = {}
+
+    def classified(self, family: str) -> list[DeviceKind | None]:
+        """classify of every element for family (None for PCI controllers), from whoever did it first."""
+        found = self.kinds.get(family)
+        if found is None:
+            found = self.kinds[family] = [
+                None if e.tag == "controller" and e.get("type") == "pci" else classify(e, family, k)
+                for e, k in zip(self.elements, self.kids, strict=True)]
+        return found
+
+
+def read_devices(root: etree._Element) -> Reading:
+    """The Reading of a <domain>'s first <devices> (empty without one)."""
+    devices = _child(root, "devices")
+    return Reading([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
+
+
 def guest_firmware(root: etree._Element, family: str | None) -> str:
     """seabios | ovmf | aavmf | none (or a firmware models/firmware.toml adds, by its loader file names):
     what the guest boots, by <os firmware>, its <loader>, or the machine's default (x86 SeaBIOS, aarch64
@@ -691,16 +737,17 @@ class _Checker:
 
     # -- driver --------------------------------------------------------------------------------
 
-    def run(self) -> list[Violation]:
+    def run(self, reading: Reading | None = None) -> list[Violation]:
         family, arch, machine = machine_family(self.root)
         if family is None:
             self.flag("os", "machine", f"machine '{machine}' on arch '{arch}' is not q35, pc, or virt")
             return self.violations
         self.family = family
         self.firmware = self.firmware or guest_firmware(self.root, family)
-        devices = _child(self.root, "devices")
-        children = [] if devices is None else [c for c in devices if isinstance(c.tag, str)]
-        self._collect(children)
+        if reading is None:
+            reading = read_devices(self.root)
+        children = reading.elements
+        self._collect(children, reading)
         self._check_controllers()
         self._check_addresses()
         self._check_occupancy(children)
@@ -712,31 +759,33 @@ class _Checker:
 
     # -- collection ----------------------------------------------------------------------------
 
-    def _collect(self, children: list[etree._Element]) -> None:
+    def _collect(self, children: list[etree._Element], reading: Reading | None = None) -> None:
+        """The PCI users and controllers among children, <devices>' element children (reading: their
+        Reading, where the caller has it)."""
         family = self.family
         assert family is not None
+        if reading is None:
+            reading = Reading(children)
         positions: dict[str, int] = {}
         used_pci: set[int] | None = None  # indexes the PCI controllers give, read where one has none
         users = self.users
-        for elem in children:
+        kinds = reading.classified(family)
+        for elem, kids, address, kind in zip(children, reading.kids, reading.addresses, kinds, strict=True):
             tag = elem.tag
             position = positions[tag] = positions.get(tag, 0) + 1
             if tag == "console":
                 continue  # a serial console mirrors the first <serial>: same device, same address
-            kids = _kids(elem)
             if tag == "controller":
                 ctype = elem.get("type")
                 if ctype == "pci":
                     if used_pci is None and elem.get("index") is None:
                         used_pci = _used_indexes(children, "pci")
-                    self._collect_pci_controller(elem, kids, used_pci)
+                    self._collect_pci_controller(elem, kids, address, used_pci)
                     continue
                 if ctype == "ide":
                     self.ide.append(elem)
-            kind = classify(elem, family, kids)
-            addr_elem = kids.get("address")
             if kind is None:
-                if addr_elem is None or addr_elem.get("type") != "pci":
+                if address is None or address[0] != "pci":
                     continue
                 if _dropped_by_libvirt(elem, kids):
                     self.flag(_describe(elem, position, kids), "stale-address", "has a PCI address libvirt "
@@ -744,13 +793,14 @@ class _Checker:
                     continue
                 # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
                 kind = _CONVENTIONAL
-            if addr_elem is not None and addr_elem.get("type") == "unassigned":
+            if address is not None and address[0] == "unassigned":
                 continue  # hostdev given to the guest without a guest PCI address
             user = PciUser(elem, None, ENDPOINT, kind, kids=kids, position=position)
-            self._read_address(user, addr_elem)
+            self._read_address(user, address)
             users.append(user)
 
-    def _collect_pci_controller(self, elem: etree._Element, kids: Kids, used: set[int] | None) -> None:
+    def _collect_pci_controller(self, elem: etree._Element, kids: Kids, address: tuple | None,
+                                used: set[int] | None) -> None:
         model = elem.get("model")
         index_text = elem.get("index")
         name = None  # worded when first needed (_describe; most controllers are never named)
@@ -787,7 +837,7 @@ class _Checker:
         user = None
         if model not in ROOT_MODELS:
             user = PciUser(elem, name, model, _PCIE_NO_IO, index=index, kids=kids)
-            self._read_address(user, kids.get("address"))
+            self._read_address(user, address)
             self.users.append(user)
         if index in self.controllers:
             self.flag(user.name if user is not None else name or _describe(elem, 0, kids), "index-duplicate",
@@ -795,17 +845,15 @@ class _Checker:
             return
         self.controllers[index] = PciController(elem, name, index, model, user, kids.get("target"), kids)
 
-    def _read_address(self, user: PciUser, addr_elem: etree._Element | None) -> None:
-        """user's address from addr_elem, its element's <address> child (or None)."""
-        if addr_elem is None:
+    def _read_address(self, user: PciUser, address: tuple | None) -> None:
+        """user's address from address, its element's <address> as a Reading keeps it (or None)."""
+        if address is None:
             user.incomplete = "needs a PCI address but has none"
             return
-        get = addr_elem.get
-        address_type = user.address_type = get("type")
-        if address_type != "pci":
+        user.address_type = address[0]
+        if address[0] != "pci":
             return
-        given = (get("domain"), get("bus"), get("slot"), get("function"))
-        domain_text, bus_text, slot_text, function_text = given
+        _type, domain_text, bus_text, slot_text, function_text, multifunction = address
         try:
             domain = _parse_number(domain_text or "0")
             bus = _parse_number(bus_text or "0")
@@ -819,10 +867,11 @@ class _Checker:
             # libvirt treats domain=bus=slot=0 as "no address" and assigns one
             user.incomplete = "has a PCI address libvirt treats as empty (bus 0 slot 0 is the host bridge)"
             return
-        if None in given:
+        if domain_text is None or bus_text is None or slot_text is None or function_text is None:
+            given = (domain_text, bus_text, slot_text, function_text)
             missing = [k for k, text in zip(ADDRESS_FIELDS, given, strict=True) if text is None]
             user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
-        user.address = PciAddress(domain, bus, slot, function, get("multifunction"))
+        user.address = PciAddress(domain, bus, slot, function, multifunction)
 
     # -- controllers ---------------------------------------------------------------------------
 
@@ -1446,11 +1495,12 @@ class Checked:
 
 def check_document(
     tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True,
-    firmware: str | None = None,
+    firmware: str | None = None, reading: Reading | None = None,
 ) -> Checked:
-    """check_domain's violations, with io_space_needed's answer from the same reading."""
+    """check_domain's violations, with io_space_needed's answer from the same reading. reading: the
+    document's read_devices, where the caller keeps one (it is read here otherwise)."""
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
     checker = _Checker(root, require_complete, firmware)
-    violations = checker.run()
+    violations = checker.run(reading)
     found = checker.io_found
     return Checked(violations, None if found is None else found[:2], not checker.skipped)

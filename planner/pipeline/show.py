@@ -38,12 +38,14 @@ from planner.checker.check import (
     ROOT_MODEL,
     SLOT_RANGE,
     X86_FAMILIES,
+    Reading,
     classify,
     firmware_budget,
     firmware_label,
     firmware_pads,
     guest_firmware,
     machine_family,
+    read_devices,
 )
 from planner.xml.xmlio import write_atomic
 
@@ -99,6 +101,9 @@ class Node:
     firmware: str = ""  # root only: the guest's firmware (seabios, ovmf, aavmf, none)
     padded: bool | None = None  # spare port: the firmware gives it I/O (None: no spare or no firmware)
     unaddressed: list[Node] = field(default_factory=list)  # root only: devices with no usable PCI address
+    # the position of its element among <devices>' element children (None: the root): the same node
+    # of any equal document (metrics.DocumentViews.for_equal shares trees between equal documents)
+    position: int | None = None
 
     @property
     def address(self) -> str:
@@ -207,16 +212,6 @@ def _describe_device(el: etree._Element, family: str) -> str:
     return text + (f" (alias {alias})" if alias else "")
 
 
-def _kids(el: etree._Element) -> dict:
-    """{tag: first child with that tag} of el, read in one pass: el.find(tag) for several tags at once."""
-    kids: dict = {}
-    for c in el:
-        tag = c.tag
-        if tag not in kids:
-            kids[tag] = c
-    return kids
-
-
 def _path(el: etree._Element, first: str, second: str) -> etree._Element | None:
     """el.find("first/second") for plain tag names (the first match over every <first>), without
     ElementPath's cost."""
@@ -263,18 +258,20 @@ def _describe_controller(el: etree._Element, model: str, index: int,
     return label, numa_node, bus_nr
 
 
-def _read_address(addr: etree._Element | None) -> tuple[tuple[int, int, int] | None, str]:
-    """(bus, slot, function) of a device's <address> (addr, or None), or None and why the device
-    counts as unaddressed."""
-    if addr is None:
+def _read_address(address: tuple[str | None, ...] | None) -> tuple[tuple[int, int, int] | None, str]:
+    """(bus, slot, function) of a device's <address> (its attributes as a check.Reading keeps them, or
+    None), or None and why the device counts as unaddressed."""
+    if address is None:
         return None, ""
-    get = addr.get
-    if get("type") != "pci":
-        return None, f"{get('type')} address"
-    bus, slot, function = _number(get("bus", "0")), _number(get("slot", "0")), _number(get("function", "0"))
+    if address[0] != "pci":
+        return None, f"{address[0]} address"
+    _type, _domain, bus_text, slot_text, function_text, _multifunction = address
+    bus = _number(bus_text if bus_text is not None else "0")
+    slot = _number(slot_text if slot_text is not None else "0")
+    function = _number(function_text if function_text is not None else "0")
     if bus is None or slot is None or function is None:
         return None, "bad PCI address"
-    if get("slot") is None or (bus == 0 and slot == 0):
+    if slot_text is None or (bus == 0 and slot == 0):
         return None, "incomplete PCI address"  # libvirt would assign one
     return (bus, slot, function), ""
 
@@ -291,28 +288,35 @@ def _pluggable_class(el: etree._Element, kids: dict) -> bool:
     return True
 
 
-def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True) -> Node:
+def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True,
+               reading: Reading | None = None) -> Node:
     """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
     firmware: judge spare ports by this firmware instead of the one the XML boots. Without labels the
     nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words).
-    Each element is read once: a bus's hot-plug and an endpoint's class as it is met, the children
-    put in slot order as they are hung."""
+    reading: the document's check.read_devices, where the caller keeps one (the check of the same
+    document shares it). Each element is read once: a bus's hot-plug and an endpoint's class as it is
+    met, the children put in slot order as they are hung."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
-    devices = _child(domain, "devices")
-    elements = [el for el in (devices if devices is not None else []) if isinstance(el.tag, str)]
+    if reading is None:
+        reading = read_devices(domain)
+    elements = reading.elements
     root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
                     and _number(el.get("index")) == 0), None)
     if family is None:  # unknown machine: guess from the root it declares
         family = PC if root_el is not None and root_el.get("model") == "pci-root" else Q35
+        kinds = [None if el.tag == "controller" and el.get("type") == "pci" else classify(el, family, kids)
+                 for el, kids in zip(elements, reading.kids, strict=True)]
+    else:
+        kinds = reading.classified(family)  # the check's, where it classified them already
     acpi = _path(domain, "features", "acpi") is not None
 
     buses: dict[int, Node] = {}
     built: list[tuple[Node, bool]] = []  # every node, in document order, and whether it has an address
     controllers: list[Node] = []
     pluggable: set[int] = set()  # endpoints (by id) of a class libvirt hot-plugs at all
-    for el in elements:
-        kids = _kids(el)
+    for position, (el, kids, attrs, kind) in enumerate(zip(elements, reading.kids, reading.addresses, kinds,
+                                                           strict=True)):
         if el.tag == "controller" and el.get("type") == "pci":
             index = _number(el.get("index"))
             model = el.get("model") or ""
@@ -323,7 +327,8 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
                                                                 kids)
             else:
                 label, (numa_node, bus_nr) = "", _controller_target(kids.get("target"))
-            node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr)
+            node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr,
+                        position=position)
             if model in PORT_MODELS:
                 target = kids.get("target")
                 node.hotplug = target is None or target.get("hotplug") != "off"
@@ -331,17 +336,16 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
                 node.hotplug = model in HOTPLUG_BRIDGES
             if index is not None and index not in buses:
                 buses[index] = node
-            address, why = _read_address(kids.get("address"))
+            address, why = _read_address(attrs)
             node.note = why if address is None else ""
             controllers.append(node)
         else:
-            address, why = _read_address(kids.get("address"))
-            kind = classify(el, family, kids)
+            address, why = _read_address(attrs)
             if address is None and kind is None:
                 continue  # not a PCI device (serial, USB input, ...)
             io_bar = bool(kind and kind.io_bar_on_port)
             node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
-                        note=why)
+                        note=why, position=position)
             if _pluggable_class(el, kids):
                 pluggable.add(id(node))
         if address is not None:
