@@ -27,7 +27,7 @@ import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
-from itertools import islice
+from itertools import chain, islice
 from typing import NamedTuple
 
 from lxml import etree
@@ -334,6 +334,7 @@ class PciController:
 
 
 ADDRESS_FIELDS = ("domain", "bus", "slot", "function")
+_new_address = tuple.__new__  # PciAddress(*fields) without the named tuple's own __new__ frame
 
 
 def _used_indexes(children: list[etree._Element], ctype: str) -> set[int]:
@@ -721,6 +722,8 @@ class _Checker:
         self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
         self._numa_cells: int | None = None
         self.ide: list[etree._Element] = []  # the IDE controllers of <devices>, in document order
+        # every <controller> of <devices> with its type, in document order
+        self.typed_controllers: list[tuple[etree._Element, str | None]] = []
         self.io_found: tuple[int, int, int, int] | None = None  # io_space(), as the I/O rule found it
         self.skipped = False  # an address the rules could not use was set aside before io_space()
 
@@ -777,6 +780,7 @@ class _Checker:
                 continue  # a serial console mirrors the first <serial>: same device, same address
             if tag == "controller":
                 ctype = elem.get("type")
+                self.typed_controllers.append((elem, ctype))
                 if ctype == "pci":
                     if used_pci is None and elem.get("index") is None:
                         used_pci = _used_indexes(children, "pci")
@@ -795,7 +799,7 @@ class _Checker:
                 kind = _CONVENTIONAL
             if address is not None and address[0] == "unassigned":
                 continue  # hostdev given to the guest without a guest PCI address
-            user = PciUser(elem, None, ENDPOINT, kind, kids=kids, position=position)
+            user = PciUser(elem, None, ENDPOINT, kind, None, kids, position)
             self._read_address(user, address)
             users.append(user)
 
@@ -836,7 +840,7 @@ class _Checker:
             return
         user = None
         if model not in ROOT_MODELS:
-            user = PciUser(elem, name, model, _PCIE_NO_IO, index=index, kids=kids)
+            user = PciUser(elem, name, model, _PCIE_NO_IO, index, kids)
             self._read_address(user, address)
             self.users.append(user)
         if index in self.controllers:
@@ -871,7 +875,7 @@ class _Checker:
             given = (domain_text, bus_text, slot_text, function_text)
             missing = [k for k, text in zip(ADDRESS_FIELDS, given, strict=True) if text is None]
             user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
-        user.address = PciAddress(domain, bus, slot, function, multifunction)
+        user.address = _new_address(PciAddress, (domain, bus, slot, function, multifunction))
 
     # -- controllers ---------------------------------------------------------------------------
 
@@ -1050,15 +1054,16 @@ class _Checker:
         element stands for (that element must then sit exactly there)."""
         assert self.family is not None
         implicit: dict[tuple[int, int, int], str] = {}
-        controllers = [c for c in children if c.tag == "controller"]
 
         def first(ctype: str) -> etree._Element | None:
-            for c in controllers:
+            for c, its_type in self.typed_controllers:
+                if its_type != ctype:
+                    continue
                 try:
                     index = _parse_number(c.get("index", "0"))
                 except ValueError:
                     continue
-                if c.get("type") == ctype and index == 0:
+                if index == 0:
                     return c
             return None
 
@@ -1101,12 +1106,19 @@ class _Checker:
 
     def _check_occupancy(self, children: list[etree._Element]) -> None:
         implicit = self._implicit_functions(children)
-        occupants: dict[tuple[int, int, int], list[PciUser]] = defaultdict(list)
+        occupants: dict[tuple[int, int, int], list[PciUser]] = {}
         for user in self.users:
-            if user.address is not None:
-                a = user.address
-                occupants[(a.bus, a.slot, a.function)].append(user)
+            a = user.address
+            if a is not None:
+                where = (a.bus, a.slot, a.function)
+                found = occupants.get(where)
+                if found is None:
+                    occupants[where] = [user]
+                else:
+                    found.append(user)
         for where, users in occupants.items():
+            if len(users) == 1 and where not in implicit:
+                continue  # the usual case: nothing to say
             if where in implicit:
                 # QEMU always has the PIIX3 IDE at 01.1; libvirt only notices when an IDE controller exists
                 qemu_only = self.family == PC and where == (0, 1, 1) and "IDE" in implicit[where]
@@ -1124,10 +1136,17 @@ class _Checker:
                     self.flag(
                         user.name, "double-use", f"PCI address {user.address} is also used by {users[0].name}"
                     )
-        slots: dict[tuple[int, int], set[int]] = defaultdict(set)
-        for bus, slot, function in list(occupants) + list(implicit):
-            slots[(bus, slot)].add(function)
-        for (bus, slot), functions in sorted(slots.items()):
+        slots: dict[tuple[int, int], set[int]] = {}
+        for bus, slot, function in chain(occupants, implicit):
+            functions = slots.get((bus, slot))
+            if functions is None:
+                slots[(bus, slot)] = {function}
+            else:
+                functions.add(function)
+        # a slot with function 0 alone is fine: the rest, in slot order
+        shared = [(where, functions) for where, functions in slots.items()
+                  if len(functions) > 1 or 0 not in functions]
+        for (bus, slot), functions in sorted(shared):
             if 0 not in functions:
                 lowest = min(f for f in functions if occupants.get((bus, slot, f)))
                 user = occupants[(bus, slot, lowest)][0]
@@ -1319,34 +1338,44 @@ class _Checker:
             return None
         space, max_windows = budget
         pads = firmware_pads(self.firmware)
-        on_bus: dict[int, list[PciUser]] = defaultdict(list)
+        controllers = self.controllers
+        on_bus: dict[int, list[PciUser]] = {}
         for user in self.users:
-            if user.address is not None and user.connect == ENDPOINT:
-                on_bus[user.address.bus].append(user)
-        children: dict[int, list[PciController]] = defaultdict(list)
-        for c in self.controllers.values():
-            if c.user is not None and c.user.address is not None and c.index != 0:
-                children[c.user.address.bus].append(c)
-        seen: set[int] = set()
-        bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus: the walks below repeat
+            a = user.address
+            if a is not None and user.connect == ENDPOINT:
+                found = on_bus.get(a.bus)
+                if found is None:
+                    on_bus[a.bus] = [user]
+                else:
+                    found.append(user)
+        children: dict[int, list[PciController]] = {}
+        for c in controllers.values():
+            u = c.user
+            if u is not None and u.address is not None and c.index != 0:
+                found_c = children.get(u.address.bus)
+                if found_c is None:
+                    children[u.address.bus] = [c]
+                else:
+                    found_c.append(c)
+        seen: set[int] = set()  # never cleared: each bus is walked once, its I/O counted once
         family = self.family or ""
-        windows: dict[int, int] = {}  # each controller's window, by index, as last found
+        windows: dict[int, int] = {}  # each controller's window, by index
 
         def need(index: int) -> int:
             if index in seen:
                 return 0  # a loop, flagged elsewhere
             seen.add(index)
-            total = bars.get(index)
-            if total is None:
-                total = 0
-                users = on_bus.get(index)
-                if users:
-                    model = self.controllers[index].model if index in self.controllers else ""
-                    port = model in PORT_MODELS
-                    total = sum(_io_bar_bytes(u, on_pcie_port=port, family=family) for u in users)
-                bars[index] = total
-            for c in children.get(index, ()):
-                total += window(c)
+            total = 0
+            users = on_bus.get(index)
+            if users:
+                c = controllers.get(index)
+                port = c is not None and c.model in PORT_MODELS
+                for u in users:
+                    total += _io_bar_bytes(u, on_pcie_port=port, family=family)
+            below = children.get(index)
+            if below:
+                for c in below:
+                    total += window(c)
             return total
 
         def window(c: PciController) -> int:
@@ -1377,11 +1406,12 @@ class _Checker:
         # seen holds every controller it walked, for the loop below.
         total = need(0) + CHIPSET_IO_BYTES.get(family, 0)
         top_windows(0)
-        # Controllers without an address are not in the tree above; their windows count all the same.
-        for c in sorted(self.controllers.values(), key=lambda c: c.index):
-            if c.index in seen or c.index == 0:
+        # Controllers without an address are not in the tree above; their windows count all the same
+        # (in index order: one walked from another is counted with it).
+        for index in sorted(i for i in controllers if i not in seen and i != 0):
+            if index in seen:
                 continue
-            extra = window(c)
+            extra = window(controllers[index])
             total += extra
             top.append(extra)
         return total, space, sum(1 for w in top if w), max_windows
