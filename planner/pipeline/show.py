@@ -18,6 +18,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -301,9 +302,10 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     if reading is None:
         reading = read_devices(domain)
     elements = reading.elements
-    root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
-                    and _number(el.get("index")) == 0), None)
+    root_el = None  # the root: the first PCI controller with index 0 (met in the loop below)
     if family is None:  # unknown machine: guess from the root it declares
+        root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
+                        and _number(el.get("index")) == 0), None)
         family = PC if root_el is not None and root_el.get("model") == "pci-root" else Q35
         kinds = [None if el.tag == "controller" and el.get("type") == "pci" else classify(el, family, kids)
                  for el, kids in zip(elements, reading.kids, strict=True)]
@@ -317,10 +319,12 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     pluggable: set[int] = set()  # endpoints (by id) of a class libvirt hot-plugs at all
     for position, (el, kids, attrs, kind) in enumerate(zip(elements, reading.kids, reading.addresses, kinds,
                                                            strict=True)):
-        if el.tag == "controller" and el.get("type") == "pci":
+        tag = el.tag
+        if tag == "controller" and el.get("type") == "pci":
             index = _number(el.get("index"))
             model = el.get("model") or ""
-            if index == 0 and el is root_el:
+            if index == 0 and (root_el is None or el is root_el):
+                root_el = el
                 continue
             if labels:
                 label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1,
@@ -344,7 +348,7 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
             if address is None and kind is None:
                 continue  # not a PCI device (serial, USB input, ...)
             io_bar = bool(kind and kind.io_bar_on_port)
-            node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
+            node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=tag, io_bar=io_bar,
                         note=why, position=position)
             if _pluggable_class(el, kids):
                 pluggable.add(id(node))
@@ -361,7 +365,7 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
 
     # Hang each node on its bus (unaddressed ones in document order); hung in slot order (a stable
     # sort: equal places keep document order), every bus's children are in slot order already.
-    placed: list[tuple[Node, Node]] = []
+    placed: list[tuple[tuple[int, int], Node, Node]] = []  # (slot order, node, the bus it hangs on)
     for node, addressed in built:
         if not addressed:
             root.unaddressed.append(node)
@@ -371,14 +375,13 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
             node.note = f"bus {node.bus:#04x} missing"
             root.unaddressed.append(node)
             continue
-        placed.append((node, parent))
-    if len(placed) > 1:
-        placed.sort(key=_placed_order)
-    for node, parent in placed:
+        placed.append(((node.slot or 0, node.function or 0), node, parent))
+    placed.sort(key=itemgetter(0))
+    for _order, node, parent in placed:
         parent.children.append(node)
     if _may_loop(placed):
         _break_cycles(root, controllers)
-    nodes = list(root.walk())  # the tree in slot order, depth first
+    nodes = _walked(root)  # the tree in slot order, depth first
     _mark_hotplug(root, nodes + [n for top in root.unaddressed for n in top.walk()], family, pluggable)
     pads = firmware_pads(root.firmware)
     if family in X86_FAMILIES or pads:
@@ -387,16 +390,23 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     return root
 
 
-def _placed_order(item: tuple[Node, Node]) -> tuple[int, int]:
-    n = item[0]
-    return n.slot or 0, n.function or 0
+def _walked(root: Node) -> list[Node]:
+    """list(root.walk()), without a generator's cost."""
+    nodes = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        if node.children:
+            stack.extend(reversed(node.children))
+    return nodes
 
 
-def _may_loop(placed: list[tuple[Node, Node]]) -> bool:
+def _may_loop(placed: list[tuple[tuple[int, int], Node, Node]]) -> bool:
     """Whether a controller plugs into a bus whose index is not below its own. Without one, every
     chain of parents descends in index down to the root: there is no loop for _break_cycles to cut."""
     return any(n.kind == BUS and n.index is not None and n.bus >= n.index  # type: ignore[operator]
-               for n, _parent in placed)
+               for _order, n, _parent in placed)
 
 
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
