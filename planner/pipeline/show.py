@@ -277,13 +277,13 @@ def _read_address(address: tuple[str | None, ...] | None) -> tuple[tuple[int, in
     return (bus, slot, function), ""
 
 
-def _pluggable_class(el: etree._Element, kids: dict) -> bool:
-    """Whether libvirt can live-attach and detach this kind of device at all."""
-    if el.tag in NEVER_HOTPLUG_TAGS:
+def _pluggable_class(el: etree._Element, kids: dict, tag: str) -> bool:
+    """Whether libvirt can live-attach and detach this kind of device (el, its tag) at all."""
+    if tag in NEVER_HOTPLUG_TAGS:
         return False
-    if el.tag == "controller":
+    if tag == "controller":
         return el.get("type") == "scsi"
-    if el.tag == "filesystem":
+    if tag == "filesystem":
         driver = kids.get("driver")
         return driver is not None and driver.get("type") == "virtiofs"  # 9p cannot be hot-plugged
     return True
@@ -350,7 +350,7 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
             io_bar = bool(kind and kind.io_bar_on_port)
             node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=tag, io_bar=io_bar,
                         note=why, position=position)
-            if _pluggable_class(el, kids):
+            if _pluggable_class(el, kids, tag):
                 pluggable.add(id(node))
         if address is not None:
             node.bus, node.slot, node.function = address
@@ -379,14 +379,16 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     placed.sort(key=itemgetter(0))
     for _order, node, parent in placed:
         parent.children.append(node)
-    if _may_loop(placed):
+    if _may_loop(controllers):
         _break_cycles(root, controllers)
     nodes = _walked(root)  # the tree in slot order, depth first
-    _mark_hotplug(root, nodes + [n for top in root.unaddressed for n in top.walk()], family, pluggable)
     pads = firmware_pads(root.firmware)
-    if family in X86_FAMILIES or pads:
-        _mark_io_windows(root, nodes, pads)
-    _mark_padding(root, nodes, acpi, pads)
+    spares = _mark(root, nodes, family, pluggable, family in X86_FAMILIES or pads, pads)
+    for top in root.unaddressed:
+        for bus in top.walk():
+            if bus.kind == BUS and bus.hotplug:
+                _mark_hotplug(root, bus, family, pluggable)
+    _mark_padding(root, nodes, spares, acpi, pads)
     return root
 
 
@@ -402,11 +404,10 @@ def _walked(root: Node) -> list[Node]:
     return nodes
 
 
-def _may_loop(placed: list[tuple[tuple[int, int], Node, Node]]) -> bool:
+def _may_loop(controllers: list[Node]) -> bool:
     """Whether a controller plugs into a bus whose index is not below its own. Without one, every
     chain of parents descends in index down to the root: there is no loop for _break_cycles to cut."""
-    return any(n.kind == BUS and n.index is not None and n.bus >= n.index  # type: ignore[operator]
-               for _order, n, _parent in placed)
+    return any(n.bus is not None and n.index is not None and n.bus >= n.index for n in controllers)
 
 
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
@@ -429,52 +430,62 @@ def _break_cycles(root: Node, controllers: list[Node]) -> None:
                 root.unaddressed.append(node)
 
 
-def _mark_hotplug(root: Node, everything: list[Node], family: str, pluggable: set[int]) -> None:
-    """An endpoint hot-plugs alone in a slot of a hot-pluggable bus, if its class does; a multi-slot
-    hot-pluggable bus counts its free slots. (The buses' own hot-plug is set as they are read.)"""
-    for bus in everything:
-        if bus.kind != BUS or not bus.hotplug:
+def _mark(root: Node, nodes: list[Node], family: str, pluggable: set[int], io: bool,
+          pads: bool) -> list[Node]:
+    """Mark the tree's buses in one pass (_mark_hotplug where they hot-plug; with io, their I/O
+    windows) and return its spare ports, in slot order."""
+    spares = []
+    for bus in nodes:
+        if bus.kind != BUS:
             continue
-        children = bus.children
-        if len(children) == 1:
-            only = children[0]
-            if only.kind == ENDPOINT:
-                only.hotplug = id(only) in pluggable
-            per_slot: dict[int | None, int] = {only.slot: 1}
-        else:
-            per_slot = {}
-            for child in children:
-                per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
-            for child in children:
-                if child.kind == ENDPOINT:
-                    child.hotplug = per_slot[child.slot] == 1 and id(child) in pluggable
-        if bus.model not in PORT_MODELS:
-            first, last = SLOT_RANGE.get(bus.model, (1, 31))
-            reserved = RESERVED_ROOT_SLOTS.get(family, frozenset()) if bus is root else frozenset()
-            bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
+        if bus.hotplug:
+            _mark_hotplug(root, bus, family, pluggable)
+            if not bus.children and bus.model in PORT_MODELS:
+                spares.append(bus)  # bus.spare
+        if io and bus is not root:
+            _mark_io_window(bus, pads)
+    return spares
 
 
-def _mark_io_windows(root: Node, nodes: list[Node], pads: bool) -> None:
+def _mark_hotplug(root: Node, bus: Node, family: str, pluggable: set[int]) -> None:
+    """On a hot-pluggable bus: an endpoint hot-plugs alone in a slot, if its class does; a multi-slot
+    bus counts its free slots. (The buses' own hot-plug is set as they are read.)"""
+    children = bus.children
+    if len(children) == 1:
+        only = children[0]
+        if only.kind == ENDPOINT:
+            only.hotplug = id(only) in pluggable
+        per_slot: dict[int | None, int] = {only.slot: 1}
+    else:
+        per_slot = {}
+        for child in children:
+            per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
+        for child in children:
+            if child.kind == ENDPOINT:
+                child.hotplug = per_slot[child.slot] == 1 and id(child) in pluggable
+    if bus.model not in PORT_MODELS:
+        first, last = SLOT_RANGE.get(bus.model, (1, 31))
+        reserved = RESERVED_ROOT_SLOTS.get(family, frozenset()) if bus is root else frozenset()
+        bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
+
+
+def _mark_io_window(node: Node, pads: bool) -> None:
     # Same count as planner.checker.check: conventional bridges always, PCIe ports only with an I/O-BAR device
     # directly on them (nested port windows add no space); under UEFI (pads), anywhere below them.
-    for node in nodes:
-        if node.kind != BUS or node is root:
-            continue
-        if node.model in CONVENTIONAL_BRIDGES:
-            node.io_window = True
-        elif node.model in PORT_MODELS:
-            node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
-            if pads and not node.io_window:
-                # edk2 gives a port a window for the I/O-BAR devices anywhere below it
-                node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
+    if node.model in CONVENTIONAL_BRIDGES:
+        node.io_window = True
+    elif node.model in PORT_MODELS:
+        node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
+        if pads and not node.io_window:
+            # edk2 gives a port a window for the I/O-BAR devices anywhere below it
+            node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
 
 
-def _mark_padding(root: Node, nodes: list[Node], acpi: bool, pads: bool) -> None:
-    """Which spare ports the firmware gives I/O. UEFI (edk2) pads every empty hot-plug port with a
-    4 KiB window while windows last and drops the whole padding of the rest; SeaBIOS gives an empty
-    PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
-    edk2 pads is its choice: the first ones in slot order are marked."""
-    spares = [n for n in nodes if n.spare]
+def _mark_padding(root: Node, nodes: list[Node], spares: list[Node], acpi: bool, pads: bool) -> None:
+    """Which spare ports (spares, in slot order) the firmware gives I/O. UEFI (edk2) pads every empty
+    hot-plug port with a 4 KiB window while windows last and drops the whole padding of the rest;
+    SeaBIOS gives an empty PCIe port memory but no I/O, and a device hot-plugged there works without
+    I/O BARs. Which ports edk2 pads is its choice: the first ones in slot order are marked."""
     if not pads:
         for n in spares:
             n.padded = True if root.firmware == "seabios" else None
