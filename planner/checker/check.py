@@ -405,23 +405,30 @@ def _path(root: etree._Element, first: str, second: str) -> etree._Element | Non
     return None
 
 
+# The attributes of a <controller> a reading keeps.
+CONTROLLER_ATTRS = ("type", "index", "model")
 # The attributes of an <address> a reading keeps: type first (the rest only where it is 'pci').
 ADDRESS_ATTRS = ("type", "domain", "bus", "slot", "function", "multifunction")
 
 
 class Reading:
     """The element children of a document's first <devices>, read once: each one's children by tag
-    (_kids) and its <address>'s attributes (ADDRESS_ATTRS; only the type where it is not 'pci'; None
+    (_kids), its tag, a <controller>'s type, index and model (CONTROLLER_ATTRS; None for other tags)
+    and its <address>'s attributes (ADDRESS_ATTRS; only the type where it is not 'pci'; None
     without an address), and, by machine family, their PCI kinds (classify) once someone classified
     them (None for PCI controllers, which no one classifies). check_document and show.build_tree take
     one so that, reading one document, the second reads nothing again: valid while the document is not
     changed."""
 
-    __slots__ = ("elements", "kids", "addresses", "kinds")
+    __slots__ = ("elements", "kids", "tags", "controllers", "addresses", "kinds")
 
     def __init__(self, elements: list[etree._Element]) -> None:
         self.elements = elements
         self.kids = kids = [_kids(e) for e in elements]
+        self.tags = tags = [e.tag for e in elements]
+        self.controllers: list[tuple[str | None, str | None, str | None] | None] = [
+            (e.get("type"), e.get("index"), e.get("model")) if tag == "controller" else None
+            for e, tag in zip(elements, tags, strict=True)]
         addresses: list[tuple[str | None, ...] | None] = []
         for k in kids:
             a = k.get("address")
@@ -440,8 +447,8 @@ class Reading:
         found = self.kinds.get(family)
         if found is None:
             found = self.kinds[family] = [
-                None if e.tag == "controller" and e.get("type") == "pci" else classify(e, family, k)
-                for e, k in zip(self.elements, self.kids, strict=True)]
+                None if c is not None and c[0] == "pci" else classify(e, family, k)
+                for e, k, c in zip(self.elements, self.kids, self.controllers, strict=True)]
         return found
 
 
@@ -773,18 +780,18 @@ class _Checker:
         used_pci: set[int] | None = None  # indexes the PCI controllers give, read where one has none
         users = self.users
         kinds = reading.classified(family)
-        for elem, kids, address, kind in zip(children, reading.kids, reading.addresses, kinds, strict=True):
-            tag = elem.tag
+        for elem, tag, attrs, kids, address, kind in zip(children, reading.tags, reading.controllers,
+                                                         reading.kids, reading.addresses, kinds, strict=True):
             position = positions[tag] = positions.get(tag, 0) + 1
             if tag == "console":
                 continue  # a serial console mirrors the first <serial>: same device, same address
-            if tag == "controller":
-                ctype = elem.get("type")
+            if attrs is not None:  # a <controller>
+                ctype, index_text, model = attrs
                 self.typed_controllers.append((elem, ctype))
                 if ctype == "pci":
-                    if used_pci is None and elem.get("index") is None:
+                    if used_pci is None and index_text is None:
                         used_pci = _used_indexes(children, "pci")
-                    self._collect_pci_controller(elem, kids, address, used_pci)
+                    self._collect_pci_controller(elem, kids, address, used_pci, index_text, model)
                     continue
                 if ctype == "ide":
                     self.ide.append(elem)
@@ -804,9 +811,7 @@ class _Checker:
             users.append(user)
 
     def _collect_pci_controller(self, elem: etree._Element, kids: Kids, address: tuple | None,
-                                used: set[int] | None) -> None:
-        model = elem.get("model")
-        index_text = elem.get("index")
+                                used: set[int] | None, index_text: str | None, model: str | None) -> None:
         name = None  # worded when first needed (_describe; most controllers are never named)
         if index_text is None:
             assert used is not None
@@ -984,23 +989,32 @@ class _Checker:
     # -- addresses -----------------------------------------------------------------------------
 
     def _check_addresses(self) -> None:
+        require_complete = self.require_complete
+        root_model = self._root_model()  # _bus_model, read once
+        controllers = self.controllers
         for user in self.users:
-            if user.incomplete and self.require_complete:
+            if user.incomplete and require_complete:
                 self.flag(user.name, "unaddressed", user.incomplete)
             addr = user.address
             if addr is None:
                 continue
+            bus = addr.bus
+            if bus == 0:
+                parent_model: str | None = root_model
+            else:
+                controller = controllers.get(bus)
+                parent_model = controller.model if controller is not None else None
             try:
-                self._check_address(user, addr)
+                self._check_address(user, addr, parent_model)
             except _Skip:
                 user.address = None  # unusable for the layout checks below
                 self.skipped = True
 
-    def _check_address(self, user: PciUser, addr: PciAddress) -> None:
+    def _check_address(self, user: PciUser, addr: PciAddress, parent_model: str | None) -> None:
+        """user's address addr on a bus of parent_model (_bus_model: None where there is no such bus)."""
         if addr.domain != 0:
             self.flag(user.name, "domain", f"PCI address {addr}: only PCI domain 0 exists")
             raise _Skip
-        parent_model = self._bus_model(addr.bus)
         if parent_model is None:
             self.flag(user.name, "bus-missing", f"PCI address {addr}: no PCI controller has index {addr.bus}")
             raise _Skip
@@ -1447,11 +1461,11 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
     if tag in NO_IO_BAR:
         return 0
     kids = user.kids if user.kids is not None else _kids(el)
-    models = {el.get("model"), _kid_attr(kids, "model", "type"), _kid_attr(kids, "driver", "model")}
-    if "virtio-non-transitional" in models:
+    model_type = _kid_attr(kids, "model", "type")  # each read once: the rules below look again
+    if "virtio-non-transitional" in (el.get("model"), model_type, _kid_attr(kids, "driver", "model")):
         return 0  # modern-only virtio: no legacy I/O BAR anywhere
     if tag == "interface":
-        model = (_kid_attr(kids, "model", "type") or "rtl8139").lower()
+        model = (model_type or "rtl8139").lower()
         if el.get("type") == "hostdev":
             model = "hostdev"
         return IO_BAR_BYTES.get((tag, model), 256)
@@ -1467,7 +1481,7 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
             return 0
         return IO_BAR_BYTES.get((tag, ctype), 0)
     if tag == "video":
-        model = _kid_attr(kids, "model", "type") or ""
+        model = model_type or ""
         return IO_BAR_BYTES.get((tag, model), 0)  # vga/cirrus use fixed legacy ports, virtio none
     if tag == "filesystem":
         return 0 if _kid_attr(kids, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]

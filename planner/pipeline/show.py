@@ -317,12 +317,13 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
     built: list[tuple[Node, bool]] = []  # every node, in document order, and whether it has an address
     controllers: list[Node] = []
     pluggable: set[int] = set()  # endpoints (by id) of a class libvirt hot-plugs at all
-    for position, (el, kids, attrs, kind) in enumerate(zip(elements, reading.kids, reading.addresses, kinds,
-                                                           strict=True)):
-        tag = el.tag
-        if tag == "controller" and el.get("type") == "pci":
-            index = _number(el.get("index"))
-            model = el.get("model") or ""
+    columns = zip(elements, reading.tags, reading.controllers, reading.kids, reading.addresses, kinds,
+                  strict=True)
+    for position, (el, tag, ctl, kids, attrs, kind) in enumerate(columns):
+        if ctl is not None and ctl[0] == "pci":
+            _type, index_text, model_text = ctl
+            index = _number(index_text)
+            model = model_text or ""
             if index == 0 and (root_el is None or el is root_el):
                 root_el = el
                 continue
