@@ -1353,15 +1353,14 @@ class _Checker:
         space, max_windows = budget
         pads = firmware_pads(self.firmware)
         controllers = self.controllers
-        on_bus: dict[int, list[PciUser]] = {}
+        family = self.family or ""
+        bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus that has any
         for user in self.users:
             a = user.address
             if a is not None and user.connect == ENDPOINT:
-                found = on_bus.get(a.bus)
-                if found is None:
-                    on_bus[a.bus] = [user]
-                else:
-                    found.append(user)
+                c = controllers.get(a.bus)
+                port = c is not None and c.model in PORT_MODELS
+                bars[a.bus] = bars.get(a.bus, 0) + _io_bar_bytes(user, on_pcie_port=port, family=family)
         children: dict[int, list[PciController]] = {}
         for c in controllers.values():
             u = c.user
@@ -1372,20 +1371,13 @@ class _Checker:
                 else:
                     found_c.append(c)
         seen: set[int] = set()  # never cleared: each bus is walked once, its I/O counted once
-        family = self.family or ""
         windows: dict[int, int] = {}  # each controller's window, by index
 
         def need(index: int) -> int:
             if index in seen:
                 return 0  # a loop, flagged elsewhere
             seen.add(index)
-            total = 0
-            users = on_bus.get(index)
-            if users:
-                c = controllers.get(index)
-                port = c is not None and c.model in PORT_MODELS
-                for u in users:
-                    total += _io_bar_bytes(u, on_pcie_port=port, family=family)
+            total = bars.get(index, 0)
             below = children.get(index)
             if below:
                 for c in below:
@@ -1399,7 +1391,7 @@ class _Checker:
             elif c.model == "pcie-expander-bus":
                 found = below  # a host bridge of its own: no window around it
             elif (pads and c.model in PORT_MODELS and not below
-                  and self._empty_hotplug_port(c, on_bus, children)):
+                  and self._empty_hotplug_port(c, bars, children)):
                 found = IO_WINDOW  # edk2's padding
             else:
                 found = -(-below // IO_WINDOW) * IO_WINDOW
@@ -1431,8 +1423,9 @@ class _Checker:
         return total, space, sum(1 for w in top if w), max_windows
 
     def _empty_hotplug_port(self, c: PciController, on_bus: dict, children: dict) -> bool:
-        """A root/downstream port with nothing below and hot-plug on: UEFI pads it with I/O."""
-        if on_bus.get(c.index) or children.get(c.index):
+        """A root/downstream port with nothing below (on_bus: the buses with an endpoint; children: the
+        controllers on each bus) and hot-plug on: UEFI pads it with I/O."""
+        if c.index in on_bus or children.get(c.index):
             return False
         return c.target is None or c.target.get("hotplug") != "off"
 
