@@ -183,3 +183,47 @@ def test_the_views_tree_is_shows_tree_without_labels() -> None:
         assert all(n.label == "" for n in counted.walk() if n is not counted)
         labelled += sum(1 for n in shown.walk() if n.label)
     assert labelled > 1000
+
+
+def test_a_shared_reading_changes_nothing() -> None:
+    """The check and the tree of one document share a check.Reading (DocumentViews): whichever reads
+    first classifies the devices for the other. Either way round, the same violations, I/O space and
+    tree as each reading the document alone."""
+    from planner.checker.check import check_document, read_devices
+
+    def nodes(root: Node) -> list[dict]:
+        every = list(root.walk()) + [n for top in root.unaddressed for n in top.walk()]
+        return [{k: v for k, v in vars(n).items() if k not in ("children", "unaddressed")}
+                | {"children": len(n.children)} for n in every]
+
+    def checked(c) -> tuple:
+        return [(v.element, v.rule, v.message) for v in c.violations], c.io_space, c.io_known
+
+    def with_odd_device(tree: etree._ElementTree) -> etree._ElementTree:
+        """A copy with a USB tablet given a PCI address on a port: the check takes it for conventional
+        PCI (no class of its own), the tree for an endpoint without one."""
+        odd = copy.deepcopy(tree)
+        port = odd.getroot().find("devices/controller[@model='pcie-root-port']")
+        if port is None:
+            return odd
+        tablet = etree.SubElement(odd.getroot().find("devices"), "input", type="tablet", bus="usb")
+        etree.SubElement(tablet, "address", type="pci", domain="0x0000", bus=f"{int(port.get('index')):#04x}",
+                         slot="0x00", function="0x0")
+        return odd
+
+    documents = _documents() + [(name, what + ", odd device", with_odd_device(tree))
+                                for name, what, tree in _documents() if what == "planned"]
+    shared = 0
+    for name, what, tree in documents:
+        for firmware in (None, "ovmf"):
+            alone = checked(check_document(tree, firmware=firmware)), nodes(build_tree(tree, firmware, False))
+            check_first = read_devices(tree.getroot())
+            a = checked(check_document(tree, firmware=firmware, reading=check_first))
+            b = nodes(build_tree(tree, firmware, False, reading=check_first))
+            assert (a, b) == alone, f"{name} ({what}, {firmware}): the check read first"
+            tree_first = read_devices(tree.getroot())
+            b = nodes(build_tree(tree, firmware, False, reading=tree_first))
+            a = checked(check_document(tree, firmware=firmware, reading=tree_first))
+            assert (a, b) == alone, f"{name} ({what}, {firmware}): the tree read first"
+            shared += bool(check_first.kinds) and bool(tree_first.kinds)
+    assert shared > 500

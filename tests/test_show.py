@@ -354,3 +354,68 @@ def test_picture_errors(q35_root: Node, tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(PictureError, match="neither Graphviz"):
         show.write_picture(q35_root, str(tmp_path / "tree.png"))
     assert not (tmp_path / "tree.png").exists()
+
+
+def test_the_loop_search_is_skipped_only_where_no_loop_can_be(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_tree looks for controller loops only where a controller plugs into a bus whose index is
+    not below its own (show._may_loop): the same tree as with the search always made, over the corpus
+    and generated guests, given and planned, and over copies where a controller plugs into its own
+    index, a higher one or a lower one (loops, forward references, ordinary chains)."""
+    import copy
+    import random
+
+    from fleetgen import typical_guest
+    from lxml import etree
+    from recorded import corpus
+
+    from planner.facts.errors import Infeasible
+    from planner.xml.xmlio import InputError
+
+    def dump(node: Node) -> dict:
+        return {k: [dump(c) for c in v] if k in ("children", "unaddressed") else v
+                for k, v in vars(node).items()}
+
+    rng = random.Random(5)
+    guests = [(name, data) for i, (name, data) in enumerate(corpus()) if i % 3 == 0]
+    guests += [(f"typical/{n}", typical_guest(n, rng).encode()) for n in range(60)]
+    documents = []
+    for name, data in guests:
+        try:
+            given = parse_domain_bytes(data, name)
+        except InputError:
+            continue
+        documents.append(given)
+        planned = copy.deepcopy(given)
+        try:
+            plan_tree(planned)
+        except (InputError, Infeasible):
+            continue
+        documents.append(planned)
+        controllers = [c for c in planned.getroot().iterfind("devices/controller[@type='pci']")
+                       if c.get("index") not in ("0", None) and c.find("address") is not None]
+        for c in rng.sample(controllers, min(3, len(controllers))):
+            moved = copy.deepcopy(planned)
+            twin = moved.getroot().find(f"devices/controller[@type='pci'][@index='{c.get('index')}']")
+            others = [int(x.get("index")) for x in controllers]
+            twin.find("address").set("bus", str(rng.choice([int(c.get("index"))] + others)))
+            documents.append(moved)
+    answers: list[bool] = []
+    may_loop = show._may_loop
+
+    def recorded(placed: list) -> bool:
+        answers.append(may_loop(placed))
+        return answers[-1]
+
+    skipped = loops = 0
+    for tree in documents:
+        answers.clear()
+        with monkeypatch.context() as m:
+            m.setattr(show, "_may_loop", recorded)
+            fast = build_tree(tree)
+        with monkeypatch.context() as m:
+            m.setattr(show, "_may_loop", lambda placed: True)
+            full = build_tree(tree)
+        assert dump(fast) == dump(full), etree.tostring(tree)[:300]
+        skipped += answers == [False]
+        loops += any(n.note == "plugs into its own subtree" for n in full.unaddressed)
+    assert skipped > 300 and loops > 20 and len(documents) - skipped > 2 * loops, (skipped, loops)

@@ -4,6 +4,7 @@ check warnings of the summary (and --json) are those of the written layout, as `
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,56 @@ def test_summary_of_generated_guests_is_what_their_written_bytes_show() -> None:
         # every device wanting hot-plug here is a NIC or disk, all of them endpoints
         assert s.levels["hotplug_wanted"] - s.levels["hotplug_lost"] == hot
     assert tied >= 5
+
+
+def test_hot_pluggable_devices_by_their_own_node_are_those_by_address(monkeypatch) -> None:
+    """plan counts a device wanting hot-plug as hot-pluggable when its own node in show's tree is (its
+    element's); the count it replaced matched the device's written address against the addresses of
+    the tree's hot-pluggable endpoints. Both, over the corpus and generated guests, planned fresh, with
+    --replan and converted to q35 (ties with libvirt among them), and with devices given hot-plug."""
+    import random
+
+    from fleetgen import typical_guest
+    from recorded import corpus
+
+    from planner.facts.errors import Infeasible
+    from planner.facts.options import PlanOptions
+    from planner.pipeline import plan
+    from planner.pipeline.plan import plan_tree
+    from planner.pipeline.show import ENDPOINT
+    from planner.xml.xmlio import InputError
+
+    def by_address(written, prep) -> tuple[int, int]:
+        wanting = [d for g in prep.groups if g.key.prefers_hotplug for d in g.devices]
+        hot = {(n.bus, n.slot, n.function) for n in written.pci_tree.walk()
+               if n.kind == ENDPOINT and n.hotplug}
+        count = 0
+        for d in wanting:
+            a = d.element.find("address")
+            if a is not None and a.get("type") == "pci" and (
+                    int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
+                count += 1
+        return len(wanting), count
+
+    met = Counter()
+    by_node = plan._hotplug_written
+
+    def both(written, prep) -> tuple[int, int]:
+        got, want = by_node(written, prep), by_address(written, prep)
+        assert got == want
+        met["wanting"] += got[0] > 0
+        met["hot"] += got[1] > 0
+        met["lost"] += got[1] < got[0]
+        return got
+
+    monkeypatch.setattr(plan, "_hotplug_written", both)
+    rng = random.Random(3)
+    guests = [data for i, (_name, data) in enumerate(corpus()) if i % 3 == 0]
+    guests += [typical_guest(n, rng).encode() for n in range(60)]
+    for data in guests:
+        for options in (PlanOptions(), PlanOptions(replan=True), PlanOptions(to_machine="q35")):
+            try:
+                plan_tree(parse_domain_bytes(data), options)
+            except (InputError, Infeasible):
+                continue
+    assert met["wanting"] > 300 and met["hot"] > 300 and met["lost"] > 10, met

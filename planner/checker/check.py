@@ -27,6 +27,8 @@ import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain, islice
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -262,8 +264,7 @@ TRANSITIONAL = "virtio-transitional"
 # Parsed domain
 
 
-@dataclass(frozen=True)
-class PciAddress:
+class PciAddress(NamedTuple):  # a tuple: made for every addressed element, a frozen dataclass costs 3x
     domain: int
     bus: int
     slot: int
@@ -284,31 +285,71 @@ class DeviceKind:
     conventional: bool = False  # libvirt's PCI_DEVICE: a conventional PCI endpoint
 
 
-@dataclass
 class PciUser:
     """One element that occupies (or needs) a PCI function: a device or a non-root PCI controller."""
 
-    element: etree._Element
-    name: str
-    connect: str  # ENDPOINT or the controller model it is
-    kind: DeviceKind
-    address: PciAddress | None = None
-    address_type: str | None = None  # type attribute of the <address> child, None when absent
-    incomplete: str = ""  # why the PCI address is incomplete, for require_complete
-    index: int | None = None  # the controller index when this is a PCI controller
+    __slots__ = ("element", "_name", "connect", "kind", "address", "address_type", "incomplete", "index",
+                 "kids", "position")
+
+    def __init__(self, element: etree._Element, name: str | None, connect: str, kind: DeviceKind,
+                 index: int | None = None, kids: Kids | None = None, position: int = 0) -> None:
+        self.element = element
+        self._name = name  # None: worded from position when first asked for (most are never named)
+        self.connect = connect  # ENDPOINT or the controller model it is
+        self.kind = kind
+        self.address: PciAddress | None = None
+        self.address_type: str | None = None  # type attribute of the <address> child, None when absent
+        self.incomplete = ""  # why the PCI address is incomplete, for require_complete
+        self.index = index  # the controller index when this is a PCI controller
+        self.kids = kids  # the element's _kids, where read
+        self.position = position  # the element's 1-based position among its tag in <devices>
+
+    @property
+    def name(self) -> str:
+        """How the reports name it (_describe)."""
+        if self._name is None:
+            self._name = _describe(self.element, self.position, self.kids)
+        return self._name
 
 
-@dataclass
 class PciController:
-    element: etree._Element
-    name: str
-    index: int
-    model: str
-    user: PciUser | None  # None for the root
-    target: etree._Element | None = None  # its <target>, read once: several rules look at it
+    __slots__ = ("element", "_name", "index", "model", "user", "target", "kids")
+
+    def __init__(self, element: etree._Element, name: str | None, index: int, model: str,
+                 user: PciUser | None, target: etree._Element | None = None,
+                 kids: Kids | None = None) -> None:
+        self.element = element
+        self._name = name  # None: worded when first asked for
+        self.index = index
+        self.model = model
+        self.user = user  # None for the root
+        self.target = target  # its <target>, read once: several rules look at it
+        self.kids = kids
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = self.user.name if self.user is not None else _describe(self.element, 0, self.kids)
+        return self._name
 
 
 ADDRESS_FIELDS = ("domain", "bus", "slot", "function")
+_new_address = tuple.__new__  # PciAddress(*fields) without the named tuple's own __new__ frame
+
+
+def _used_indexes(children: list[etree._Element], ctype: str) -> set[int]:
+    """The indexes the controllers of a type give (libvirt gives one without an index the lowest free)."""
+    used = set()
+    for elem in children:
+        if elem.tag == "controller" and elem.get("type", "") == ctype:
+            text = elem.get("index")
+            if text is None:
+                continue
+            try:
+                used.add(_parse_number(text))
+            except ValueError:
+                continue
+    return used
 
 
 class _Skip(Exception):
@@ -335,9 +376,86 @@ def _child(elem: etree._Element, tag: str) -> etree._Element | None:
     return next(elem.iterchildren(tag), None)
 
 
-def _child_attr(elem: etree._Element, child: str, attr: str) -> str | None:
-    found = _child(elem, child)
+Kids = dict  # an element's first child of each tag (_kids): the rules look up several of them
+
+
+def _kids(elem: etree._Element) -> Kids:
+    """{tag: first child with that tag} of elem, read in one pass: elem.find(tag) for each tag at once,
+    without a search per look-up."""
+    kids: Kids = {}
+    for c in elem:
+        tag = c.tag
+        if tag not in kids:
+            kids[tag] = c
+    return kids
+
+
+def _kid_attr(kids: Kids, child: str, attr: str) -> str | None:
+    found = kids.get(child)
     return found.get(attr) if found is not None else None
+
+
+def _path(root: etree._Element, first: str, second: str) -> etree._Element | None:
+    """root.find("first/second") for plain tag names: the first match in document order, over every
+    <first> child (not only the first one), without ElementPath's cost."""
+    for parent in root.iterchildren(first):
+        found = next(parent.iterchildren(second), None)
+        if found is not None:
+            return found
+    return None
+
+
+# The attributes of a <controller> a reading keeps.
+CONTROLLER_ATTRS = ("type", "index", "model")
+# The attributes of an <address> a reading keeps: type first (the rest only where it is 'pci').
+ADDRESS_ATTRS = ("type", "domain", "bus", "slot", "function", "multifunction")
+
+
+class Reading:
+    """The element children of a document's first <devices>, read once: each one's children by tag
+    (_kids), its tag, a <controller>'s type, index and model (CONTROLLER_ATTRS; None for other tags)
+    and its <address>'s attributes (ADDRESS_ATTRS; only the type where it is not 'pci'; None
+    without an address), and, by machine family, their PCI kinds (classify) once someone classified
+    them (None for PCI controllers, which no one classifies). check_document and show.build_tree take
+    one so that, reading one document, the second reads nothing again: valid while the document is not
+    changed."""
+
+    __slots__ = ("elements", "kids", "tags", "controllers", "addresses", "kinds")
+
+    def __init__(self, elements: list[etree._Element]) -> None:
+        self.elements = elements
+        self.kids = kids = [_kids(e) for e in elements]
+        self.tags = tags = [e.tag for e in elements]
+        self.controllers: list[tuple[str | None, str | None, str | None] | None] = [
+            (e.get("type"), e.get("index"), e.get("model")) if tag == "controller" else None
+            for e, tag in zip(elements, tags, strict=True)]
+        addresses: list[tuple[str | None, ...] | None] = []
+        for k in kids:
+            a = k.get("address")
+            if a is None:
+                addresses.append(None)
+                continue
+            get = a.get
+            kind = get("type")
+            addresses.append((kind,) if kind != "pci" else (
+                kind, get("domain"), get("bus"), get("slot"), get("function"), get("multifunction")))
+        self.addresses = addresses
+        self.kinds: dict[str, list[DeviceKind | None]] = {}
+
+    def classified(self, family: str) -> list[DeviceKind | None]:
+        """classify of every element for family (None for PCI controllers), from whoever did it first."""
+        found = self.kinds.get(family)
+        if found is None:
+            found = self.kinds[family] = [
+                None if c is not None and c[0] == "pci" else classify(e, family, k)
+                for e, k, c in zip(self.elements, self.kids, self.controllers, strict=True)]
+        return found
+
+
+def read_devices(root: etree._Element) -> Reading:
+    """The Reading of a <domain>'s first <devices> (empty without one)."""
+    devices = _child(root, "devices")
+    return Reading([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
 
 
 def guest_firmware(root: etree._Element, family: str | None) -> str:
@@ -347,11 +465,11 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
     if family == RISCV64_VIRT or family is None:
         return "none"
     uefi = "aavmf" if family == AARCH64_VIRT else "ovmf"
-    os_el = root.find("os")
+    os_el = _child(root, "os")
     wanted = os_el.get("firmware") if os_el is not None else None
     if wanted in ("efi", "bios"):
         return uefi if wanted == "efi" else "seabios"
-    loader = root.find("os/loader")
+    loader = _path(root, "os", "loader")
     if loader is not None:
         path = (loader.text or "").strip().lower()
         if any(n in path for n in ("ovmf", "aavmf", "qemu_efi", "edk2")):
@@ -362,14 +480,14 @@ def guest_firmware(root: etree._Element, family: str | None) -> str:
             return added
         if loader.get("type") == "pflash":
             return uefi
-    if family == AARCH64_VIRT and root.find("os/kernel") is not None:
+    if family == AARCH64_VIRT and _path(root, "os", "kernel") is not None:
         return "none"  # direct kernel boot: no firmware runs before the kernel
     return uefi if family == AARCH64_VIRT else "seabios"
 
 
 def machine_family(root: etree._Element) -> tuple[str | None, str, str]:
     """(family or None, arch, machine) from <os><type arch machine>."""
-    os_type = root.find("os/type")
+    os_type = _path(root, "os", "type")
     arch = (os_type.get("arch") if os_type is not None else None) or "x86_64"
     machine = (os_type.get("machine") if os_type is not None else None) or ""
     if arch in ("x86_64", "i686"):
@@ -431,28 +549,34 @@ def _virtio_kind(model: str | None) -> DeviceKind:
     return _CONVENTIONAL_VIRTIO if _lower(model) == TRANSITIONAL else _MODERN_VIRTIO
 
 
-def _disk_bus(elem: etree._Element) -> str | None:
-    bus = _child_attr(elem, "target", "bus")
+def _disk_bus(kids: Kids) -> str | None:
+    target = kids.get("target")
+    if target is None:
+        return None
+    bus = target.get("bus")
     if bus is None:
-        dev = _child_attr(elem, "target", "dev") or ""
+        dev = target.get("dev") or ""
         bus = "virtio" if dev.startswith("vd") else None
     return bus
 
 
-def classify(elem: etree._Element, family: str) -> DeviceKind | None:
-    """The PCI kind of a <devices> child, or None when it does not use PCI."""
+def classify(elem: etree._Element, family: str, kids: Kids | None = None) -> DeviceKind | None:
+    """The PCI kind of a <devices> child, or None when it does not use PCI. kids: its _kids, where the
+    caller has them."""
     tag = elem.tag
+    if kids is None:
+        kids = _kids(elem)
     if tag == "interface":
         if elem.get("type") == "hostdev":
             return _PCIE_WITH_IO  # an assigned host function, like <hostdev>: assume an I/O BAR
-        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_NET_MODEL[family]
+        model = _lower(_kid_attr(kids, "model", "type")) or DEFAULT_NET_MODEL[family]
         if model in ("usb-net", "spapr-vlan"):
             return None
         if model in VIRTIO_MODELS or model == TRANSITIONAL:
             return _virtio_kind(model)
         return _PCIE_WITH_IO if model == "e1000e" else _CONVENTIONAL  # e1000e has an I/O BAR too
     if tag == "disk":
-        return _virtio_kind(elem.get("model")) if _disk_bus(elem) == "virtio" else None
+        return _virtio_kind(elem.get("model")) if _disk_bus(kids) == "virtio" else None
     if tag == "controller":
         return _classify_controller(elem, family)
     if tag == "hostdev":
@@ -467,7 +591,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
             return _PCIE_WITH_IO
         return None
     if tag == "video":
-        model = _lower(_child_attr(elem, "model", "type")) or DEFAULT_VIDEO_MODEL[family]
+        model = _lower(_kid_attr(kids, "model", "type")) or DEFAULT_VIDEO_MODEL[family]
         if model in VIDEO_NO_PCI:
             return None
         if model == "virtio":
@@ -484,7 +608,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     if tag == "input":
         return _virtio_kind(elem.get("model")) if elem.get("bus") == "virtio" else None
     if tag == "filesystem":
-        driver = _child_attr(elem, "driver", "type")
+        driver = _kid_attr(kids, "driver", "type")
         if driver in (None, "path", "handle"):
             return _virtio_kind(elem.get("model"))  # virtio-9p
         return _MODERN_VIRTIO if driver == "virtiofs" else None
@@ -498,7 +622,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     if tag == "shmem":
         return _CONVENTIONAL  # ivshmem
     if tag == "serial":
-        return _CONVENTIONAL if _child_attr(elem, "target", "type") == "pci-serial" else None
+        return _CONVENTIONAL if _kid_attr(kids, "target", "type") == "pci-serial" else None
     if tag == "crypto":
         if not _libvirt_places("crypto"):
             return None  # libvirt 9.0 has no <crypto>: it drops the element
@@ -511,7 +635,7 @@ def classify(elem: etree._Element, family: str) -> DeviceKind | None:
     return None
 
 
-def _dropped_by_libvirt(elem: etree._Element) -> bool:
+def _dropped_by_libvirt(elem: etree._Element, kids: Kids) -> bool:
     """libvirt 9.0 removes a PCI address from these on define (seen on the real stack)."""
     tag = elem.tag
     if tag in STALE_TAGS:
@@ -521,7 +645,7 @@ def _dropped_by_libvirt(elem: etree._Element) -> bool:
     if tag == "memballoon":
         return elem.get("model") == "none"
     if tag == "video":
-        return _lower(_child_attr(elem, "model", "type")) == "none"
+        return _lower(_kid_attr(kids, "model", "type")) == "none"
     if tag == "memory":
         return elem.get("model") not in ("virtio-mem", "virtio-pmem")
     return False
@@ -561,21 +685,23 @@ def device_name(elem: etree._Element) -> str:
     return _describe(elem, next((i for i, c in enumerate(siblings, 1) if c is elem), 0))
 
 
-def _describe(elem: etree._Element, position: int) -> str:
+def _describe(elem: etree._Element, position: int, kids: Kids | None = None) -> str:
     tag = elem.tag
+    if kids is None:
+        kids = _kids(elem)
     if tag == "interface":
-        mac = _child_attr(elem, "mac", "address")
+        mac = _kid_attr(kids, "mac", "address")
         detail = f"mac {mac}" if mac else f"type {elem.get('type')}"
         return f"interface[{position}] ({detail})"
     if tag == "disk":
-        dev = _child_attr(elem, "target", "dev")
+        dev = _kid_attr(kids, "target", "dev")
         return f"disk {dev}" if dev else f"disk[{position}]"
     if tag == "controller":
         index = elem.get("index", "?")
         model = elem.get("model")
         return f"controller {elem.get('type')} index={index}" + (f" ({model})" if model else "")
     if tag == "hostdev":
-        source = elem.find("source/address")
+        source = _path(elem, "source", "address")
         if source is not None and source.get("bus") is not None:
             host = (
                 ":".join(str(source.get(k, "0")) for k in ("domain", "bus", "slot"))
@@ -584,7 +710,7 @@ def _describe(elem: etree._Element, position: int) -> str:
             )
             return f"hostdev[{position}] ({elem.get('type')} {host})"
         return f"hostdev[{position}] ({elem.get('type')})"
-    model = elem.get("model") or _child_attr(elem, "model", "type") or elem.get("type") or elem.get("bus")
+    model = elem.get("model") or _kid_attr(kids, "model", "type") or elem.get("type") or elem.get("bus")
     return f"{tag}[{position}]" + (f" ({model})" if model else "")
 
 
@@ -601,9 +727,19 @@ class _Checker:
         self.family: str | None = None
         self.users: list[PciUser] = []
         self.controllers: dict[int, PciController] = {}  # by index, first of duplicates wins
-        self.numa_cells = len(root.findall("cpu/numa/cell"))
+        self._numa_cells: int | None = None
+        self.ide: list[etree._Element] = []  # the IDE controllers of <devices>, in document order
+        # every <controller> of <devices> with its type, in document order
+        self.typed_controllers: list[tuple[etree._Element, str | None]] = []
         self.io_found: tuple[int, int, int, int] | None = None  # io_space(), as the I/O rule found it
         self.skipped = False  # an address the rules could not use was set aside before io_space()
+
+    @property
+    def numa_cells(self) -> int:
+        """The <cpu><numa> cells (read only where a controller names a NUMA node)."""
+        if self._numa_cells is None:
+            self._numa_cells = len(self.root.findall("cpu/numa/cell"))
+        return self._numa_cells
 
     def flag(self, element: str, rule: str, message: str) -> None:
         assert rule in RULES, rule
@@ -611,16 +747,17 @@ class _Checker:
 
     # -- driver --------------------------------------------------------------------------------
 
-    def run(self) -> list[Violation]:
+    def run(self, reading: Reading | None = None) -> list[Violation]:
         family, arch, machine = machine_family(self.root)
         if family is None:
             self.flag("os", "machine", f"machine '{machine}' on arch '{arch}' is not q35, pc, or virt")
             return self.violations
         self.family = family
         self.firmware = self.firmware or guest_firmware(self.root, family)
-        devices = self.root.find("devices")
-        children = [] if devices is None else [c for c in devices if isinstance(c.tag, str)]
-        self._collect(children)
+        if reading is None:
+            reading = read_devices(self.root)
+        children = reading.elements
+        self._collect(children, reading)
         self._check_controllers()
         self._check_addresses()
         self._check_occupancy(children)
@@ -632,55 +769,58 @@ class _Checker:
 
     # -- collection ----------------------------------------------------------------------------
 
-    def _collect(self, children: list[etree._Element]) -> None:
-        assert self.family is not None
-        positions: dict[str, int] = defaultdict(int)
-        used_index: dict[str, set[int]] = defaultdict(set)
-        for elem in children:
-            if elem.tag == "controller":
-                text = elem.get("index")
-                if text is None:
-                    continue
-                try:
-                    number = _parse_number(text)
-                except ValueError:
-                    continue
-                used_index[elem.get("type", "")].add(number)
-        for elem in children:
-            tag = elem.tag
-            positions[tag] += 1
+    def _collect(self, children: list[etree._Element], reading: Reading | None = None) -> None:
+        """The PCI users and controllers among children, <devices>' element children (reading: their
+        Reading, where the caller has it)."""
+        family = self.family
+        assert family is not None
+        if reading is None:
+            reading = Reading(children)
+        positions: dict[str, int] = {}
+        used_pci: set[int] | None = None  # indexes the PCI controllers give, read where one has none
+        users = self.users
+        kinds = reading.classified(family)
+        for elem, tag, attrs, kids, address, kind in zip(children, reading.tags, reading.controllers,
+                                                         reading.kids, reading.addresses, kinds, strict=True):
+            position = positions[tag] = positions.get(tag, 0) + 1
             if tag == "console":
                 continue  # a serial console mirrors the first <serial>: same device, same address
-            if tag == "controller" and elem.get("type") == "pci":
-                self._collect_pci_controller(elem, _describe(elem, positions[tag]), used_index["pci"])
-                continue
-            kind = classify(elem, self.family)
-            addr_elem = _child(elem, "address")
-            if kind is None:
-                if addr_elem is None or addr_elem.get("type") != "pci":
+            if attrs is not None:  # a <controller>
+                ctype, index_text, model = attrs
+                self.typed_controllers.append((elem, ctype))
+                if ctype == "pci":
+                    if used_pci is None and index_text is None:
+                        used_pci = _used_indexes(children, "pci")
+                    self._collect_pci_controller(elem, kids, address, used_pci, index_text, model)
                     continue
-                if _dropped_by_libvirt(elem):
-                    self.flag(_describe(elem, positions[tag]), "stale-address", "has a PCI address libvirt "
+                if ctype == "ide":
+                    self.ide.append(elem)
+            if kind is None:
+                if address is None or address[0] != "pci":
+                    continue
+                if _dropped_by_libvirt(elem, kids):
+                    self.flag(_describe(elem, position, kids), "stale-address", "has a PCI address libvirt "
                               "drops: this device never takes one; it occupies nothing")
                     continue
                 # libvirt keeps a PCI address it did not expect and treats the device as conventional PCI
                 kind = _CONVENTIONAL
-            if addr_elem is not None and addr_elem.get("type") == "unassigned":
+            if address is not None and address[0] == "unassigned":
                 continue  # hostdev given to the guest without a guest PCI address
-            user = PciUser(elem, _describe(elem, positions[tag]), ENDPOINT, kind)
-            self._read_address(user, addr_elem)
-            self.users.append(user)
+            user = PciUser(elem, None, ENDPOINT, kind, None, kids, position)
+            self._read_address(user, address)
+            users.append(user)
 
-    def _collect_pci_controller(self, elem: etree._Element, name: str, used: set[int]) -> None:
-        model = elem.get("model")
-        index_text = elem.get("index")
+    def _collect_pci_controller(self, elem: etree._Element, kids: Kids, address: tuple | None,
+                                used: set[int] | None, index_text: str | None, model: str | None) -> None:
+        name = None  # worded when first needed (_describe; most controllers are never named)
         if index_text is None:
+            assert used is not None
             # libvirt gives the lowest unused index, in document order
             index = 0
             while index in used:
                 index += 1
             used.add(index)
-            name = name.replace("index=?", f"index={index}")
+            name = _describe(elem, 0, kids).replace("index=?", f"index={index}")
             if self.require_complete:
                 self.flag(
                     name, "index-missing", f"PCI controller has no index (libvirt would give it {index})"
@@ -689,9 +829,10 @@ class _Checker:
             try:
                 index = _parse_number(index_text)
             except ValueError:
-                self.flag(name, "index-range", f"index '{index_text}' is not a number")
+                self.flag(_describe(elem, 0, kids), "index-range", f"index '{index_text}' is not a number")
                 return
         if model is None or model not in PCI_CONTROLLER_MODELS:
+            name = name or _describe(elem, 0, kids)
             what = "has no model" if model is None else f"has unknown model '{model}'"
             if index == 0 and self.family is not None:
                 self.flag(
@@ -704,26 +845,29 @@ class _Checker:
             return
         user = None
         if model not in ROOT_MODELS:
-            user = PciUser(elem, name, model, _PCIE_NO_IO, index=index)
-            self._read_address(user, _child(elem, "address"))
+            user = PciUser(elem, name, model, _PCIE_NO_IO, index, kids)
+            self._read_address(user, address)
             self.users.append(user)
         if index in self.controllers:
-            self.flag(name, "index-duplicate", f"PCI controller index {index} is used twice")
+            self.flag(user.name if user is not None else name or _describe(elem, 0, kids), "index-duplicate",
+                      f"PCI controller index {index} is used twice")
             return
-        self.controllers[index] = PciController(elem, name, index, model, user, _child(elem, "target"))
+        self.controllers[index] = PciController(elem, name, index, model, user, kids.get("target"), kids)
 
-    def _read_address(self, user: PciUser, addr_elem: etree._Element | None) -> None:
-        """user's address from addr_elem, its element's <address> child (or None)."""
-        if addr_elem is None:
+    def _read_address(self, user: PciUser, address: tuple | None) -> None:
+        """user's address from address, its element's <address> as a Reading keeps it (or None)."""
+        if address is None:
             user.incomplete = "needs a PCI address but has none"
             return
-        get = addr_elem.get
-        user.address_type = get("type")
-        if user.address_type != "pci":
+        user.address_type = address[0]
+        if address[0] != "pci":
             return
-        given = (get("domain"), get("bus"), get("slot"), get("function"))
+        _type, domain_text, bus_text, slot_text, function_text, multifunction = address
         try:
-            domain, bus, slot, function = [_parse_number(text or "0") for text in given]
+            domain = _parse_number(domain_text or "0")
+            bus = _parse_number(bus_text or "0")
+            slot = _parse_number(slot_text or "0")
+            function = _parse_number(function_text or "0")
         except ValueError:
             self.flag(user.name, "bad-address", "PCI address has a value that is not a number")
             user.incomplete = "has an unreadable PCI address"
@@ -732,10 +876,11 @@ class _Checker:
             # libvirt treats domain=bus=slot=0 as "no address" and assigns one
             user.incomplete = "has a PCI address libvirt treats as empty (bus 0 slot 0 is the host bridge)"
             return
-        if None in given:
+        if domain_text is None or bus_text is None or slot_text is None or function_text is None:
+            given = (domain_text, bus_text, slot_text, function_text)
             missing = [k for k, text in zip(ADDRESS_FIELDS, given, strict=True) if text is None]
             user.incomplete = f"has an incomplete PCI address (no {', '.join(missing)})"
-        user.address = PciAddress(domain, bus, slot, function, get("multifunction"))
+        user.address = _new_address(PciAddress, (domain, bus, slot, function, multifunction))
 
     # -- controllers ---------------------------------------------------------------------------
 
@@ -779,7 +924,10 @@ class _Checker:
                     controller.name, "model-machine", f"{controller.model} is not supported on this machine"
                 )
             self._check_target(controller)
-        for elem in self.root.iterfind("devices/controller[@type='ide']"):
+        # root.iterfind("devices/controller[@type='ide']"): _collect met those of the first <devices>
+        others = [c for d in islice(self.root.iterchildren("devices"), 1, None)
+                  for c in d.iterchildren("controller") if c.get("type") == "ide"]
+        for elem in self.ide + others:
             if self.family != PC:
                 self.flag(
                     _describe(elem, 0), "model-machine", "IDE controllers exist only on pc (i440fx) machines"
@@ -798,10 +946,11 @@ class _Checker:
         target = controller.target
         if target is None:
             return
+        given = target.keys()  # the attributes it has, read at once (a port has two of the five)
         for option, models in TARGET_OPTIONS.items():
-            value = target.get(option)
-            if value is None:
+            if option not in given:
                 continue
+            value = target.get(option)
             if controller.model not in models:
                 self.flag(
                     controller.name, "target-option", f"<target {option}> is not valid for {controller.model}"
@@ -816,7 +965,7 @@ class _Checker:
                 if not low <= number <= high:
                     rule = "busnr-range" if option == "busNr" else "target-range"
                     self.flag(controller.name, rule, f"{option}='{value}' is out of range {low}-{high}")
-        node = _child(target, "node")
+        node = _child(target, "node") if len(target) else None
         if node is not None:
             if controller.model not in PXB_MODELS:
                 self.flag(
@@ -840,23 +989,32 @@ class _Checker:
     # -- addresses -----------------------------------------------------------------------------
 
     def _check_addresses(self) -> None:
+        require_complete = self.require_complete
+        root_model = self._root_model()  # _bus_model, read once
+        controllers = self.controllers
         for user in self.users:
-            if user.incomplete and self.require_complete:
+            if user.incomplete and require_complete:
                 self.flag(user.name, "unaddressed", user.incomplete)
             addr = user.address
             if addr is None:
                 continue
+            bus = addr.bus
+            if bus == 0:
+                parent_model: str | None = root_model
+            else:
+                controller = controllers.get(bus)
+                parent_model = controller.model if controller is not None else None
             try:
-                self._check_address(user, addr)
+                self._check_address(user, addr, parent_model)
             except _Skip:
                 user.address = None  # unusable for the layout checks below
                 self.skipped = True
 
-    def _check_address(self, user: PciUser, addr: PciAddress) -> None:
+    def _check_address(self, user: PciUser, addr: PciAddress, parent_model: str | None) -> None:
+        """user's address addr on a bus of parent_model (_bus_model: None where there is no such bus)."""
         if addr.domain != 0:
             self.flag(user.name, "domain", f"PCI address {addr}: only PCI domain 0 exists")
             raise _Skip
-        parent_model = self._bus_model(addr.bus)
         if parent_model is None:
             self.flag(user.name, "bus-missing", f"PCI address {addr}: no PCI controller has index {addr.bus}")
             raise _Skip
@@ -910,15 +1068,16 @@ class _Checker:
         element stands for (that element must then sit exactly there)."""
         assert self.family is not None
         implicit: dict[tuple[int, int, int], str] = {}
-        controllers = [c for c in children if c.tag == "controller"]
 
         def first(ctype: str) -> etree._Element | None:
-            for c in controllers:
+            for c, its_type in self.typed_controllers:
+                if its_type != ctype:
+                    continue
                 try:
                     index = _parse_number(c.get("index", "0"))
                 except ValueError:
                     continue
-                if c.get("type") == ctype and index == 0:
+                if index == 0:
                     return c
             return None
 
@@ -961,12 +1120,19 @@ class _Checker:
 
     def _check_occupancy(self, children: list[etree._Element]) -> None:
         implicit = self._implicit_functions(children)
-        occupants: dict[tuple[int, int, int], list[PciUser]] = defaultdict(list)
+        occupants: dict[tuple[int, int, int], list[PciUser]] = {}
         for user in self.users:
-            if user.address is not None:
-                a = user.address
-                occupants[(a.bus, a.slot, a.function)].append(user)
+            a = user.address
+            if a is not None:
+                where = (a.bus, a.slot, a.function)
+                found = occupants.get(where)
+                if found is None:
+                    occupants[where] = [user]
+                else:
+                    found.append(user)
         for where, users in occupants.items():
+            if len(users) == 1 and where not in implicit:
+                continue  # the usual case: nothing to say
             if where in implicit:
                 # QEMU always has the PIIX3 IDE at 01.1; libvirt only notices when an IDE controller exists
                 qemu_only = self.family == PC and where == (0, 1, 1) and "IDE" in implicit[where]
@@ -984,10 +1150,17 @@ class _Checker:
                     self.flag(
                         user.name, "double-use", f"PCI address {user.address} is also used by {users[0].name}"
                     )
-        slots: dict[tuple[int, int], set[int]] = defaultdict(set)
-        for bus, slot, function in list(occupants) + list(implicit):
-            slots[(bus, slot)].add(function)
-        for (bus, slot), functions in sorted(slots.items()):
+        slots: dict[tuple[int, int], set[int]] = {}
+        for bus, slot, function in chain(occupants, implicit):
+            functions = slots.get((bus, slot))
+            if functions is None:
+                slots[(bus, slot)] = {function}
+            else:
+                functions.add(function)
+        # a slot with function 0 alone is fine: the rest, in slot order
+        shared = [(where, functions) for where, functions in slots.items()
+                  if len(functions) > 1 or 0 not in functions]
+        for (bus, slot), functions in sorted(shared):
             if 0 not in functions:
                 lowest = min(f for f in functions if occupants.get((bus, slot, f)))
                 user = occupants[(bus, slot, lowest)][0]
@@ -1064,6 +1237,8 @@ class _Checker:
     def _bus_nr(self) -> dict[int, int]:
         """busNr of each expander bus by index, with libvirt's default (lowest so far - 2, from 254)."""
         result: dict[int, int] = {}
+        if not any(c.model in PXB_MODELS for c in self.controllers.values()):
+            return result  # only expander buses take a busNr
         lowest = 256
         for controller in self.controllers.values():
             text = controller.target.get("busNr") if controller.target is not None else None
@@ -1092,7 +1267,6 @@ class _Checker:
         return result
 
     def _check_bus_numbers(self) -> None:
-        children = self._children()
         total = 1 + sum(
             2 if c.model == "pci-expander-bus" else 1 for i, c in self.controllers.items() if i != 0
         )
@@ -1116,6 +1290,7 @@ class _Checker:
                 owners[number] = controller
         if not owners:
             return
+        children = self._children()
         starts = sorted(owners)
         root_need = 1 + sum(
             self._bus_numbers_below(c, children, set())
@@ -1171,73 +1346,86 @@ class _Checker:
         edk2 pads) a window rounded up to 4 KiB around what sits below it. Returns (bytes needed,
         bytes the firmware has, top-level windows, most windows it sets up or 0), or None where no
         budget is known."""
-        acpi = self.root.find("features/acpi") is not None
+        acpi = _path(self.root, "features", "acpi") is not None
         budget = firmware_budget(self.firmware, self.family, acpi)
         if budget is None:
             return None
         space, max_windows = budget
         pads = firmware_pads(self.firmware)
-        on_bus: dict[int, list[PciUser]] = defaultdict(list)
+        controllers = self.controllers
+        family = self.family or ""
+        bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus that has any
         for user in self.users:
-            if user.address is not None and user.connect == ENDPOINT:
-                on_bus[user.address.bus].append(user)
-        children: dict[int, list[PciController]] = defaultdict(list)
-        for c in self.controllers.values():
-            if c.user is not None and c.user.address is not None and c.index != 0:
-                children[c.user.address.bus].append(c)
-        seen: set[int] = set()
-        bars: dict[int, int] = {}  # the I/O BARs of the endpoints on each bus: the walks below repeat
+            a = user.address
+            if a is not None and user.connect == ENDPOINT:
+                c = controllers.get(a.bus)
+                port = c is not None and c.model in PORT_MODELS
+                bars[a.bus] = bars.get(a.bus, 0) + _io_bar_bytes(user, on_pcie_port=port, family=family)
+        children: dict[int, list[PciController]] = {}
+        for c in controllers.values():
+            u = c.user
+            if u is not None and u.address is not None and c.index != 0:
+                found_c = children.get(u.address.bus)
+                if found_c is None:
+                    children[u.address.bus] = [c]
+                else:
+                    found_c.append(c)
+        seen: set[int] = set()  # never cleared: each bus is walked once, its I/O counted once
+        windows: dict[int, int] = {}  # each controller's window, by index
 
         def need(index: int) -> int:
             if index in seen:
                 return 0  # a loop, flagged elsewhere
             seen.add(index)
-            total = bars.get(index)
-            if total is None:
-                model = self.controllers[index].model if index in self.controllers else ""
-                port = model in PORT_MODELS
-                total = bars[index] = sum(_io_bar_bytes(u, on_pcie_port=port, family=self.family or "")
-                                          for u in on_bus.get(index, []))
-            for c in children.get(index, []):
-                total += window(c)
+            total = bars.get(index, 0)
+            below = children.get(index)
+            if below:
+                for c in below:
+                    total += window(c)
             return total
 
         def window(c: PciController) -> int:
             below = need(c.index)
             if c.model in CONVENTIONAL_BRIDGES:
-                return max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
-            if c.model == "pcie-expander-bus":
-                return below  # a host bridge of its own: no window around it
-            empty = not below and self._empty_hotplug_port(c, on_bus, children)
-            if pads and c.model in PORT_MODELS and empty:
-                return IO_WINDOW  # edk2's padding
-            return -(-below // IO_WINDOW) * IO_WINDOW
+                found = max(1, -(-below // IO_WINDOW)) * IO_WINDOW  # SHPC bridges always get one
+            elif c.model == "pcie-expander-bus":
+                found = below  # a host bridge of its own: no window around it
+            elif (pads and c.model in PORT_MODELS and not below
+                  and self._empty_hotplug_port(c, bars, children)):
+                found = IO_WINDOW  # edk2's padding
+            else:
+                found = -(-below // IO_WINDOW) * IO_WINDOW
+            windows[c.index] = found
+            return found
 
         top: list[int] = []  # windows directly on a host bridge (the root bus or an expander bus)
 
         def top_windows(index: int) -> None:
-            for c in children.get(index, []):
+            for c in children.get(index, ()):
                 if c.model == "pcie-expander-bus":
-                    seen.add(c.index)  # walked here: the loop below must not count it again
                     top_windows(c.index)
                 else:
-                    top.append(window(c))
+                    top.append(windows[c.index])
 
-        total = need(0) + CHIPSET_IO_BYTES.get(self.family or "", 0)
-        seen.clear()
+        # The walk from the root reaches each controller below it once (one parent each, and no loop
+        # reaches the root; index 0 is no one's child): the top-level windows are those it found, and
+        # seen holds every controller it walked, for the loop below.
+        total = need(0) + CHIPSET_IO_BYTES.get(family, 0)
         top_windows(0)
-        # Controllers without an address are not in the tree above; their windows count all the same.
-        for c in sorted(self.controllers.values(), key=lambda c: c.index):
-            if c.index in seen or c.index == 0:
+        # Controllers without an address are not in the tree above; their windows count all the same
+        # (in index order: one walked from another is counted with it).
+        for index in sorted(i for i in controllers if i not in seen and i != 0):
+            if index in seen:
                 continue
-            extra = window(c)
+            extra = window(controllers[index])
             total += extra
             top.append(extra)
         return total, space, sum(1 for w in top if w), max_windows
 
     def _empty_hotplug_port(self, c: PciController, on_bus: dict, children: dict) -> bool:
-        """A root/downstream port with nothing below and hot-plug on: UEFI pads it with I/O."""
-        if on_bus.get(c.index) or children.get(c.index):
+        """A root/downstream port with nothing below (on_bus: the buses with an endpoint; children: the
+        controllers on each bus) and hot-plug on: UEFI pads it with I/O."""
+        if c.index in on_bus or children.get(c.index):
             return False
         return c.target is None or c.target.get("hotplug") != "off"
 
@@ -1265,11 +1453,12 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
     tag = el.tag
     if tag in NO_IO_BAR:
         return 0
-    models = {el.get("model"), _child_attr(el, "model", "type"), _child_attr(el, "driver", "model")}
-    if "virtio-non-transitional" in models:
+    kids = user.kids if user.kids is not None else _kids(el)
+    model_type = _kid_attr(kids, "model", "type")  # each read once: the rules below look again
+    if "virtio-non-transitional" in (el.get("model"), model_type, _kid_attr(kids, "driver", "model")):
         return 0  # modern-only virtio: no legacy I/O BAR anywhere
     if tag == "interface":
-        model = (_child_attr(el, "model", "type") or "rtl8139").lower()
+        model = (model_type or "rtl8139").lower()
         if el.get("type") == "hostdev":
             model = "hostdev"
         return IO_BAR_BYTES.get((tag, model), 256)
@@ -1285,10 +1474,10 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
             return 0
         return IO_BAR_BYTES.get((tag, ctype), 0)
     if tag == "video":
-        model = _child_attr(el, "model", "type") or ""
+        model = model_type or ""
         return IO_BAR_BYTES.get((tag, model), 0)  # vga/cirrus use fixed legacy ports, virtio none
     if tag == "filesystem":
-        return 0 if _child_attr(el, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]
+        return 0 if _kid_attr(kids, "driver", "type") == "virtiofs" else IO_BAR_BYTES[(tag, "9p")]
     if tag == "hostdev":
         return IO_BAR_BYTES.get((tag, el.get("type", "")), 256)
     if tag == "input":
@@ -1296,7 +1485,7 @@ def _io_bar_bytes(user: PciUser, *, on_pcie_port: bool, family: str = "") -> int
     if tag in ("disk", "memballoon", "rng", "vsock"):
         return IO_BAR_BYTES.get((tag, "virtio"), 0)
     if tag == "serial":  # the model is the target's type; QEMU hw/char/serial-pci.c: an 8-byte I/O BAR 0
-        return IO_BAR_BYTES.get((tag, _child_attr(el, "target", "type") or ""), 0)
+        return IO_BAR_BYTES.get((tag, _kid_attr(kids, "target", "type") or ""), 0)
     return IO_BAR_BYTES.get((tag, el.get("model", "")), 0)
 
 
@@ -1311,7 +1500,7 @@ def io_space_needed(tree_or_root: etree._ElementTree | etree._Element,
         return None
     checker.family = family
     checker.firmware = firmware or guest_firmware(root, family)
-    devices = root.find("devices")
+    devices = _child(root, "devices")
     checker._collect([] if devices is None else [c for c in devices if isinstance(c.tag, str)])
     found = checker.io_space()
     return None if found is None else found[:2]
@@ -1343,11 +1532,12 @@ class Checked:
 
 def check_document(
     tree_or_root: etree._ElementTree | etree._Element, *, require_complete: bool = True,
-    firmware: str | None = None,
+    firmware: str | None = None, reading: Reading | None = None,
 ) -> Checked:
-    """check_domain's violations, with io_space_needed's answer from the same reading."""
+    """check_domain's violations, with io_space_needed's answer from the same reading. reading: the
+    document's read_devices, where the caller keeps one (it is read here otherwise)."""
     root = tree_or_root.getroot() if isinstance(tree_or_root, etree._ElementTree) else tree_or_root
     checker = _Checker(root, require_complete, firmware)
-    violations = checker.run()
+    violations = checker.run(reading)
     found = checker.io_found
     return Checked(violations, None if found is None else found[:2], not checker.skipped)

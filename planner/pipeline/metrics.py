@@ -15,9 +15,11 @@ from planner.checker.check import (
     CONVENTIONAL_BRIDGES,
     WARNING_RULES,
     Checked,
+    Reading,
     Violation,
     check_document,
     io_space_needed,
+    read_devices,
 )
 from planner.facts.facts import PORTS, ROOTS
 from planner.pipeline.domain import Bus, PciAddress, Problem, read_problem
@@ -37,13 +39,20 @@ class DocumentViews:
         """The views of tree, a document equal to this one (the same elements, attributes and text in
         the same order), with whatever was computed here: the views read only those."""
         views = DocumentViews(tree, self.firmware)
-        views.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("tree", "firmware")})
+        # (not the reading: it holds this document's elements)
+        views.__dict__.update({k: v for k, v in self.__dict__.items()
+                               if k not in ("tree", "firmware", "reading")})
         return views
+
+    @cached_property
+    def reading(self) -> Reading:
+        """The document's devices as the check and the tree both read them (check.read_devices)."""
+        return read_devices(self.tree.getroot())
 
     @cached_property
     def pci_tree(self) -> Node:
         """The PCI tree `pciplan show` draws, without its labels: the views count, never show."""
-        return build_tree(self.tree, self.firmware, labels=False)
+        return build_tree(self.tree, self.firmware, labels=False, reading=self.reading)
 
     @cached_property
     def problem(self) -> Problem:
@@ -53,7 +62,7 @@ class DocumentViews:
 
     @cached_property
     def checked(self) -> Checked:
-        return check_document(self.tree, firmware=self.firmware)
+        return check_document(self.tree, firmware=self.firmware, reading=self.reading)
 
     @cached_property
     def violations(self) -> list[Violation]:

@@ -214,18 +214,18 @@ def _io_budget_units(prep, result) -> int:
 def _hotplug_written(written: DocumentViews, prep) -> tuple[int, int]:
     """The devices the plan placed that prefer a hot-pluggable place, and how many of them the
     written layout gives one, counted as `pciplan show` counts (whoever chose the addresses: the
-    solver, the tie with libvirt, or --replan keeping them)."""
+    solver, the tie with libvirt, or --replan keeping them): those whose own node in show's tree is a
+    hot-pluggable endpoint (one alone in its slot: the one at its address), found by its element's
+    position among <devices>' children (Node.position), without reading any address again."""
     from planner.pipeline.show import ENDPOINT
 
     wanting = [d for g in prep.groups if g.key.prefers_hotplug for d in g.devices]
-    hot = {(n.bus, n.slot, n.function) for n in written.pci_tree.walk() if n.kind == ENDPOINT and n.hotplug}
-    count = 0
-    for d in wanting:
-        a = next(d.element.iterchildren("address"), None)  # find("address"), without ElementPath's cost
-        if a is not None and a.get("type") == "pci" and (
-                int(a.get("bus"), 0), int(a.get("slot"), 0), int(a.get("function", "0"), 0)) in hot:
-            count += 1
-    return len(wanting), count
+    hot = {n.position for n in written.pci_tree.walk() if n.kind == ENDPOINT and n.hotplug}
+    if not wanting or not hot:
+        return len(wanting), 0
+    devices = next(written.tree.getroot().iterchildren("devices"))  # the tree's: it has hot nodes
+    position = {id(el): i for i, el in enumerate(el for el in devices if isinstance(el.tag, str))}
+    return len(wanting), sum(1 for d in wanting if position.get(id(d.element)) in hot)
 
 
 def _self_check(written: DocumentViews, problem, original: etree._ElementTree,

@@ -18,6 +18,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,12 +39,14 @@ from planner.checker.check import (
     ROOT_MODEL,
     SLOT_RANGE,
     X86_FAMILIES,
+    Reading,
     classify,
     firmware_budget,
     firmware_label,
     firmware_pads,
     guest_firmware,
     machine_family,
+    read_devices,
 )
 from planner.xml.xmlio import write_atomic
 
@@ -99,6 +102,9 @@ class Node:
     firmware: str = ""  # root only: the guest's firmware (seabios, ovmf, aavmf, none)
     padded: bool | None = None  # spare port: the firmware gives it I/O (None: no spare or no firmware)
     unaddressed: list[Node] = field(default_factory=list)  # root only: devices with no usable PCI address
+    # the position of its element among <devices>' element children (None: the root): the same node
+    # of any equal document (metrics.DocumentViews.for_equal shares trees between equal documents)
+    position: int | None = None
 
     @property
     def address(self) -> str:
@@ -175,7 +181,7 @@ def _attr(el: etree._Element, tag: str, name: str) -> str | None:
 
 
 def _host_address(el: etree._Element) -> str | None:
-    source = el.find("source/address")
+    source = _path(el, "source", "address")
     if source is None or source.get("bus") is None:
         return None
     parts = [_number(source.get(k, "0")) or 0 for k in ("domain", "bus", "slot", "function")]
@@ -207,21 +213,31 @@ def _describe_device(el: etree._Element, family: str) -> str:
     return text + (f" (alias {alias})" if alias else "")
 
 
-def _controller_target(el: etree._Element) -> tuple[int | None, int | None]:
-    """A PCI controller's NUMA node and busNr (pxb only)."""
-    target = _child(el, "target")
+def _path(el: etree._Element, first: str, second: str) -> etree._Element | None:
+    """el.find("first/second") for plain tag names (the first match over every <first>), without
+    ElementPath's cost."""
+    for parent in el.iterchildren(first):
+        found = next(parent.iterchildren(second), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _controller_target(target: etree._Element | None) -> tuple[int | None, int | None]:
+    """A PCI controller's NUMA node and busNr (pxb only), from its <target>."""
     if target is None:
         return None, None
-    node = _child(target, "node")
+    node = _child(target, "node") if len(target) else None  # most targets have no children at all
     node_text = None if node is None else node.text or ""  # as findtext: "" for an empty <node/>
     return (_number(node_text) if node_text is not None else None), _number(target.get("busNr"))
 
 
-def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[str, int | None, int | None]:
+def _describe_controller(el: etree._Element, model: str, index: int,
+                         kids: dict) -> tuple[str, int | None, int | None]:
     """Label of a PCI controller, with its NUMA node and busNr (pxb only)."""
     details: list[str] = []
-    target = _child(el, "target")
-    numa_node, bus_nr = _controller_target(el)
+    target = kids.get("target")
+    numa_node, bus_nr = _controller_target(target)
     if target is not None:
         chassis, port = target.get("chassis"), _number(target.get("port"))
         if chassis is not None:
@@ -236,87 +252,110 @@ def _describe_controller(el: etree._Element, model: str, index: int) -> tuple[st
             details.append(f"NUMA node {numa_node}")
         if target.get("hotplug") == "off":
             details.append("hotplug off")
-    qemu_model = _attr(el, "model", "name")
+    model_el = kids.get("model")
+    qemu_model = model_el.get("name") if model_el is not None else None
     name = model + (f" {qemu_model}" if qemu_model and qemu_model not in DEFAULT_QEMU_MODELS else "")
     label = f"{name} #{index}" + (f" ({', '.join(details)})" if details else "")
     return label, numa_node, bus_nr
 
 
-def _read_address(el: etree._Element) -> tuple[tuple[int, int, int] | None, str]:
-    """(bus, slot, function), or None and why the device counts as unaddressed."""
-    addr = _child(el, "address")
-    if addr is None:
+def _read_address(address: tuple[str | None, ...] | None) -> tuple[tuple[int, int, int] | None, str]:
+    """(bus, slot, function) of a device's <address> (its attributes as a check.Reading keeps them, or
+    None), or None and why the device counts as unaddressed."""
+    if address is None:
         return None, ""
-    get = addr.get
-    if get("type") != "pci":
-        return None, f"{get('type')} address"
-    bus, slot, function = _number(get("bus", "0")), _number(get("slot", "0")), _number(get("function", "0"))
+    if address[0] != "pci":
+        return None, f"{address[0]} address"
+    _type, _domain, bus_text, slot_text, function_text, _multifunction = address
+    bus = _number(bus_text if bus_text is not None else "0")
+    slot = _number(slot_text if slot_text is not None else "0")
+    function = _number(function_text if function_text is not None else "0")
     if bus is None or slot is None or function is None:
         return None, "bad PCI address"
-    if get("slot") is None or (bus == 0 and slot == 0):
+    if slot_text is None or (bus == 0 and slot == 0):
         return None, "incomplete PCI address"  # libvirt would assign one
     return (bus, slot, function), ""
 
 
-def _pluggable_class(el: etree._Element) -> bool:
-    """Whether libvirt can live-attach and detach this kind of device at all."""
-    if el.tag in NEVER_HOTPLUG_TAGS:
+def _pluggable_class(el: etree._Element, kids: dict, tag: str) -> bool:
+    """Whether libvirt can live-attach and detach this kind of device (el, its tag) at all."""
+    if tag in NEVER_HOTPLUG_TAGS:
         return False
-    if el.tag == "controller":
+    if tag == "controller":
         return el.get("type") == "scsi"
-    if el.tag == "filesystem":
-        return _attr(el, "driver", "type") == "virtiofs"  # 9p cannot be hot-plugged
+    if tag == "filesystem":
+        driver = kids.get("driver")
+        return driver is not None and driver.get("type") == "virtiofs"  # 9p cannot be hot-plugged
     return True
 
 
-@dataclass
-class _Built:
-    node: Node
-    element: etree._Element
-    address: tuple[int, int, int] | None
-
-
-def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True) -> Node:
+def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bool = True,
+               reading: Reading | None = None) -> Node:
     """The PCI tree of a domain: the root node is bus 0; unaddressed devices hang on root.unaddressed.
     firmware: judge spare ports by this firmware instead of the one the XML boots. Without labels the
-    nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words)."""
+    nodes' labels stay empty (a tree only counted, never shown: a quarter of the work is the words).
+    reading: the document's check.read_devices, where the caller keeps one (the check of the same
+    document shares it). Each element is read once: a bus's hot-plug and an endpoint's class as it is
+    met, the children put in slot order as they are hung."""
     domain = tree.getroot()
     family, _arch, _machine = machine_family(domain)
-    devices = domain.find("devices")
-    elements = [el for el in (devices if devices is not None else []) if isinstance(el.tag, str)]
-    root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
-                    and _number(el.get("index")) == 0), None)
+    if reading is None:
+        reading = read_devices(domain)
+    elements = reading.elements
+    root_el = None  # the root: the first PCI controller with index 0 (met in the loop below)
     if family is None:  # unknown machine: guess from the root it declares
+        root_el = next((el for el in elements if el.tag == "controller" and el.get("type") == "pci"
+                        and _number(el.get("index")) == 0), None)
         family = PC if root_el is not None and root_el.get("model") == "pci-root" else Q35
-    acpi = domain.find("features/acpi") is not None
+        kinds = [None if el.tag == "controller" and el.get("type") == "pci" else classify(el, family, kids)
+                 for el, kids in zip(elements, reading.kids, strict=True)]
+    else:
+        kinds = reading.classified(family)  # the check's, where it classified them already
+    acpi = _path(domain, "features", "acpi") is not None
 
     buses: dict[int, Node] = {}
-    built: list[_Built] = []
-    for el in elements:
-        if el.tag == "controller" and el.get("type") == "pci":
-            index = _number(el.get("index"))
-            model = el.get("model") or ""
-            if index == 0 and el is root_el:
+    built: list[tuple[Node, bool]] = []  # every node, in document order, and whether it has an address
+    controllers: list[Node] = []
+    pluggable: set[int] = set()  # endpoints (by id) of a class libvirt hot-plugs at all
+    columns = zip(elements, reading.tags, reading.controllers, reading.kids, reading.addresses, kinds,
+                  strict=True)
+    for position, (el, tag, ctl, kids, attrs, kind) in enumerate(columns):
+        if ctl is not None and ctl[0] == "pci":
+            _type, index_text, model_text = ctl
+            index = _number(index_text)
+            model = model_text or ""
+            if index == 0 and (root_el is None or el is root_el):
+                root_el = el
                 continue
             if labels:
-                label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1)
+                label, numa_node, bus_nr = _describe_controller(el, model, index if index is not None else -1,
+                                                                kids)
             else:
-                label, (numa_node, bus_nr) = "", _controller_target(el)
-            node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr)
+                label, (numa_node, bus_nr) = "", _controller_target(kids.get("target"))
+            node = Node(BUS, label, model=model, index=index, numa_node=numa_node, bus_nr=bus_nr,
+                        position=position)
+            if model in PORT_MODELS:
+                target = kids.get("target")
+                node.hotplug = target is None or target.get("hotplug") != "off"
+            else:
+                node.hotplug = model in HOTPLUG_BRIDGES
             if index is not None and index not in buses:
                 buses[index] = node
-            address, why = _read_address(el)
+            address, why = _read_address(attrs)
             node.note = why if address is None else ""
-            built.append(_Built(node, el, address))
-            continue
-        address, why = _read_address(el)
-        kind = classify(el, family)
-        if address is None and kind is None:
-            continue  # not a PCI device (serial, USB input, ...)
-        io_bar = bool(kind and kind.io_bar_on_port)
-        node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=el.tag, io_bar=io_bar,
-                    note=why)
-        built.append(_Built(node, el, address))
+            controllers.append(node)
+        else:
+            address, why = _read_address(attrs)
+            if address is None and kind is None:
+                continue  # not a PCI device (serial, USB input, ...)
+            io_bar = bool(kind and kind.io_bar_on_port)
+            node = Node(ENDPOINT, _describe_device(el, family) if labels else "", model=tag, io_bar=io_bar,
+                        note=why, position=position)
+            if _pluggable_class(el, kids, tag):
+                pluggable.add(id(node))
+        if address is not None:
+            node.bus, node.slot, node.function = address
+        built.append((node, address is not None))
 
     root_model = root_el.get("model") if root_el is not None else ROOT_MODEL.get(family, "pcie-root")
     root = Node(BUS, f"{root_model} ({family})", model=root_model or "", index=0, machine=family,
@@ -325,41 +364,51 @@ def build_tree(tree: etree._ElementTree, firmware: str | None = None, labels: bo
         root.hotplug = acpi and _attr(root_el, "target", "hotplug") != "off"
     buses[0] = root
 
-    for item in built:
-        _attach(item, buses, root)
-    _break_cycles(root, [b.node for b in built if b.node.kind == BUS])
-    nodes = []  # the tree in slot order, depth first (walk yields a node before it reads its children)
-    for node in root.walk():
-        nodes.append(node)
-        if len(node.children) > 1:
-            node.children.sort(key=_slot_order)
-    for node in root.unaddressed:
-        for below in node.walk():
-            if len(below.children) > 1:
-                below.children.sort(key=_slot_order)
-    _mark_hotplug(root, nodes, family, {id(b.node): b.element for b in built})
-    if family in X86_FAMILIES or firmware_pads(root.firmware):
-        _mark_io_windows(root, nodes)
-    _mark_padding(root, nodes, acpi)
+    # Hang each node on its bus (unaddressed ones in document order); hung in slot order (a stable
+    # sort: equal places keep document order), every bus's children are in slot order already.
+    placed: list[tuple[tuple[int, int], Node, Node]] = []  # (slot order, node, the bus it hangs on)
+    for node, addressed in built:
+        if not addressed:
+            root.unaddressed.append(node)
+            continue
+        parent = buses.get(node.bus)  # type: ignore[arg-type]
+        if parent is None:
+            node.note = f"bus {node.bus:#04x} missing"
+            root.unaddressed.append(node)
+            continue
+        placed.append(((node.slot or 0, node.function or 0), node, parent))
+    placed.sort(key=itemgetter(0))
+    for _order, node, parent in placed:
+        parent.children.append(node)
+    if _may_loop(controllers):
+        _break_cycles(root, controllers)
+    nodes = _walked(root)  # the tree in slot order, depth first
+    pads = firmware_pads(root.firmware)
+    spares = _mark(root, nodes, family, pluggable, family in X86_FAMILIES or pads, pads)
+    for top in root.unaddressed:
+        for bus in top.walk():
+            if bus.kind == BUS and bus.hotplug:
+                _mark_hotplug(root, bus, family, pluggable)
+    _mark_padding(root, nodes, spares, acpi, pads)
     return root
 
 
-def _slot_order(n: Node) -> tuple[int, int]:
-    return n.slot or 0, n.function or 0
+def _walked(root: Node) -> list[Node]:
+    """list(root.walk()), without a generator's cost."""
+    nodes = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        if node.children:
+            stack.extend(reversed(node.children))
+    return nodes
 
 
-def _attach(item: _Built, buses: dict[int, Node], root: Node) -> None:
-    node = item.node
-    if item.address is None:
-        root.unaddressed.append(node)
-        return
-    node.bus, node.slot, node.function = item.address
-    parent = buses.get(node.bus)
-    if parent is None:
-        node.note = f"bus {node.bus:#04x} missing"
-        root.unaddressed.append(node)
-        return
-    parent.children.append(node)
+def _may_loop(controllers: list[Node]) -> bool:
+    """Whether a controller plugs into a bus whose index is not below its own. Without one, every
+    chain of parents descends in index down to the root: there is no loop for _break_cycles to cut."""
+    return any(n.bus is not None and n.index is not None and n.bus >= n.index for n in controllers)
 
 
 def _break_cycles(root: Node, controllers: list[Node]) -> None:
@@ -382,57 +431,63 @@ def _break_cycles(root: Node, controllers: list[Node]) -> None:
                 root.unaddressed.append(node)
 
 
-def _bus_offers_hotplug(node: Node, element: etree._Element | None) -> bool:
-    if node.model in PORT_MODELS:
-        return element is None or _attr(element, "target", "hotplug") != "off"
-    return node.model in HOTPLUG_BRIDGES
-
-
-def _mark_hotplug(root: Node, nodes: list[Node], family: str, elements: dict[int, etree._Element]) -> None:
-    everything = nodes + [n for top in root.unaddressed for n in top.walk()]
-    for node in everything:
-        if node.kind == BUS and node is not root:
-            node.hotplug = _bus_offers_hotplug(node, elements.get(id(node)))
-    for bus in everything:
+def _mark(root: Node, nodes: list[Node], family: str, pluggable: set[int], io: bool,
+          pads: bool) -> list[Node]:
+    """Mark the tree's buses in one pass (_mark_hotplug where they hot-plug; with io, their I/O
+    windows) and return its spare ports, in slot order."""
+    spares = []
+    for bus in nodes:
         if bus.kind != BUS:
             continue
-        per_slot: dict[int | None, int] = {}
-        for child in bus.children:
+        if bus.hotplug:
+            _mark_hotplug(root, bus, family, pluggable)
+            if not bus.children and bus.model in PORT_MODELS:
+                spares.append(bus)  # bus.spare
+        if io and bus is not root:
+            _mark_io_window(bus, pads)
+    return spares
+
+
+def _mark_hotplug(root: Node, bus: Node, family: str, pluggable: set[int]) -> None:
+    """On a hot-pluggable bus: an endpoint hot-plugs alone in a slot, if its class does; a multi-slot
+    bus counts its free slots. (The buses' own hot-plug is set as they are read.)"""
+    children = bus.children
+    if len(children) == 1:
+        only = children[0]
+        if only.kind == ENDPOINT:
+            only.hotplug = id(only) in pluggable
+        per_slot: dict[int | None, int] = {only.slot: 1}
+    else:
+        per_slot = {}
+        for child in children:
             per_slot[child.slot] = per_slot.get(child.slot, 0) + 1
-        for child in bus.children:
-            element = elements.get(id(child))
-            if child.kind == ENDPOINT and element is not None:
-                child.hotplug = bus.hotplug and per_slot[child.slot] == 1 and _pluggable_class(element)
-        if bus.hotplug and bus.model not in PORT_MODELS:
-            first, last = SLOT_RANGE.get(bus.model, (1, 31))
-            reserved = RESERVED_ROOT_SLOTS.get(family, frozenset()) if bus is root else frozenset()
-            bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
+        for child in children:
+            if child.kind == ENDPOINT:
+                child.hotplug = per_slot[child.slot] == 1 and id(child) in pluggable
+    if bus.model not in PORT_MODELS:
+        first, last = SLOT_RANGE.get(bus.model, (1, 31))
+        reserved = RESERVED_ROOT_SLOTS.get(family, frozenset()) if bus is root else frozenset()
+        bus.free_slots = sum(1 for s in range(first, last + 1) if s not in per_slot and s not in reserved)
 
 
-def _mark_io_windows(root: Node, nodes: list[Node]) -> None:
+def _mark_io_window(node: Node, pads: bool) -> None:
     # Same count as planner.checker.check: conventional bridges always, PCIe ports only with an I/O-BAR device
-    # directly on them (nested port windows add no space); under UEFI, anywhere below them.
-    for node in nodes:
-        if node.kind != BUS or node is root:
-            continue
-        if node.model in CONVENTIONAL_BRIDGES:
-            node.io_window = True
-        elif node.model in PORT_MODELS:
-            node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
-            if firmware_pads(root.firmware) and not node.io_window:
-                # edk2 gives a port a window for the I/O-BAR devices anywhere below it
-                node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
+    # directly on them (nested port windows add no space); under UEFI (pads), anywhere below them.
+    if node.model in CONVENTIONAL_BRIDGES:
+        node.io_window = True
+    elif node.model in PORT_MODELS:
+        node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.children)
+        if pads and not node.io_window:
+            # edk2 gives a port a window for the I/O-BAR devices anywhere below it
+            node.io_window = any(c.kind == ENDPOINT and c.io_bar for c in node.walk() if c is not node)
 
 
-
-
-def _mark_padding(root: Node, nodes: list[Node], acpi: bool) -> None:
-    """Which spare ports the firmware gives I/O. UEFI (edk2) pads every empty hot-plug port with a
-    4 KiB window while windows last and drops the whole padding of the rest; SeaBIOS gives an empty
-    PCIe port memory but no I/O, and a device hot-plugged there works without I/O BARs. Which ports
-    edk2 pads is its choice: the first ones in slot order are marked."""
-    spares = [n for n in nodes if n.spare]
-    if not firmware_pads(root.firmware):
+def _mark_padding(root: Node, nodes: list[Node], spares: list[Node], acpi: bool, pads: bool) -> None:
+    """Which spare ports (spares, in slot order) the firmware gives I/O. UEFI (edk2) pads every empty
+    hot-plug port with a 4 KiB window while windows last and drops the whole padding of the rest;
+    SeaBIOS gives an empty PCIe port memory but no I/O, and a device hot-plugged there works without
+    I/O BARs. Which ports edk2 pads is its choice: the first ones in slot order are marked."""
+    if not pads:
         for n in spares:
             n.padded = True if root.firmware == "seabios" else None
         return
