@@ -568,3 +568,50 @@ def test_workers_sync_in_a_thread_and_rename_with_sigterm_held(tmp_path: Path, m
         assert order.index(p.name + ".orig") < order.index(p.name)
         assert (src / (p.name + ".orig")).exists()
     assert not list(src.glob(".*.tmp"))
+
+
+def _collect_by_resolving_each(paths: list[str]) -> list[Path]:
+    """fleet.collect as it was: every file resolved on its own (the reference of the test below)."""
+    import glob
+
+    out: list[Path] = []
+    for p in paths:
+        matches = [Path(m) for m in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
+        for m in matches:
+            out += sorted(m.glob("*.xml")) if m.is_dir() else [m]
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def test_collect_names_each_file_once_as_resolving_each_would(tmp_path: Path) -> None:
+    """collect resolves a folder once, not each file in it: the same files in the same order as resolving
+    every one, with symlinks (to a file of the same folder, of another, through a symlinked folder, broken),
+    hidden files, a folder named like a guest, files given twice, globs, and a folder that cannot be read
+    (where the tests do not run as root)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+    for name in ("g1.xml", "g2.xml", ".hidden.xml", "notes.txt", "G3.XML", "z.xml"):
+        (a / name).write_text("<domain/>")
+    (b / "other.xml").write_text("<domain/>")
+    (a / "dir.xml").mkdir()
+    (a / "link-g1.xml").symlink_to(a / "g1.xml")
+    (a / "link-other.xml").symlink_to(b / "other.xml")
+    (a / "broken.xml").symlink_to(tmp_path / "missing.xml")
+    (tmp_path / "alias").symlink_to(a)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "x.xml").write_text("<domain/>")
+    locked.chmod(0)
+    import planner.commands.fleet as fl
+
+    try:
+        cases = [[str(a)], [str(a), str(b)], [str(b), str(a)], [str(tmp_path / "alias"), str(a)],
+                 [str(a / "g2.xml"), str(a)], [str(a / "*.xml")], [str(tmp_path / "*")],
+                 [str(b / "other.xml"), str(tmp_path / "alias" / "link-other.xml")], [str(locked), str(b)]]
+        for paths in cases:
+            assert fl.collect(paths) == _collect_by_resolving_each(paths), paths
+        got = fl.collect([str(a), str(b)])
+        assert a / "link-g1.xml" not in got and b / "other.xml" not in got and a / ".hidden.xml" in got
+    finally:
+        locked.chmod(0o755)

@@ -59,16 +59,25 @@ class FileResult:
 
 def collect(paths: Iterable[str]) -> list[Path]:
     """Files, directories (their *.xml) and glob patterns, each file once, in a stable order."""
-    out: list[Path] = []
+    out: list[tuple[Path, str]] = []  # each file and the real path that names it once
     for p in paths:
         matches = [Path(m) for m in sorted(glob.glob(p))] if any(c in p for c in "*?[") else [Path(p)]
         for m in matches:
             if m.is_dir():
-                out += sorted(m.glob("*.xml"))
+                # the folder resolved once: a name in it that is no symlink resolves to the folder's real path
+                # and that name (the same as realpath of each, without its walk over every component)
+                real = os.path.realpath(m)
+                try:
+                    with os.scandir(m) as entries:
+                        found = sorted((e for e in entries if e.name.endswith(".xml")), key=lambda e: e.name)
+                except PermissionError:
+                    found = []  # as Path.glob has it: an unreadable folder has no files
+                out += [(m / e.name, os.path.realpath(e.path) if e.is_symlink()
+                         else os.path.join(real, e.name)) for e in found]
             else:
-                out.append(m)
-    seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+                out.append((m, os.path.realpath(m)))
+    seen: set[str] = set()
+    return [p for p, real in out if not (real in seen or seen.add(real))]
 
 
 def _pci_addresses(tree) -> int:
