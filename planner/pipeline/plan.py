@@ -234,15 +234,15 @@ def _self_check(written: DocumentViews, problem, original: etree._ElementTree,
     comes from the input's pinned addresses: name them, and say what --replan would do about it."""
     from planner.checker.check import WARNING_RULES
 
-    pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
-        c.get("model") not in ROOTS for c in original.getroot().iterfind(
-            "devices/controller[@type='pci']"))
     found = written.violations  # warnings too, whoever chose the addresses: plan says what check says
     warns = [f"{v.element}: {v.message} [{v.rule}]" for v in found if v.rule in WARNING_RULES]
     bad = [v for v in found if v.rule not in WARNING_RULES]
     if not bad:
         return [], warns
     errors = [f"{v.element}: {v.message} [{v.rule}]" for v in bad]
+    pinned_input = original.getroot().find("devices/*/address[@type='pci']") is not None or any(
+        c.get("model") not in ROOTS for c in original.getroot().iterfind(
+            "devices/controller[@type='pci']"))
     if not pinned_input:  # the solver's own choices break no rule (tests/test_cases.py proves it)
         return errors, warns
     pinned = [d.label for d in problem.devices if d.address is not None and d.address.bus != 0]
