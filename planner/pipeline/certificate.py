@@ -68,7 +68,7 @@ from planner.pipeline.solver.objective import (
     port_fills,
     slots_used_terms,
 )
-from planner.pipeline.solver.pool import PoolContent, split
+from planner.pipeline.solver.pool import PoolContent, PoolSplit, split
 from planner.pipeline.solver.solve import (
     Built,
     Counts,
@@ -180,6 +180,9 @@ def by_model(prep: Prepared, options: PlanOptions, start: float | None = None) -
     return prove(prep, options, built, layout, start)
 
 
+_IntVar = cp_model.IntVar  # bound once: _Numbering makes some 45 a guest
+
+
 class _Numbering:
     """What create_variables needs of a model, without the model: its variables are numbered as the
     model numbers them (create_variables makes the model's first ones) and keep their upper bounds; the
@@ -189,11 +192,14 @@ class _Numbering:
         self.upper: list[int] = []
 
     def NewIntVar(self, lb: int, ub: int, name: str) -> cp_model.IntVar:  # noqa: N802 (the model's name)
-        self.upper.append(ub)
-        return cp_model.IntVar(self, len(self.upper) - 1, name)  # type: ignore[arg-type]
+        upper = self.upper
+        upper.append(ub)
+        return _IntVar(self, len(upper) - 1, name)  # type: ignore[arg-type]
 
     def NewBoolVar(self, name: str) -> cp_model.IntVar:  # noqa: N802
-        return self.NewIntVar(0, 1, name)
+        upper = self.upper
+        upper.append(1)
+        return _IntVar(self, len(upper) - 1, name)  # type: ignore[arg-type]
 
     def Add(self, ct) -> None:  # noqa: N802
         return None
@@ -367,9 +373,12 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     if sum(weights[name] * magnitude[name] for name in order) >= SAFE_MAGNITUDE:
         return None  # objective_stages might split the objective
     objective = sum(weights[name] * level[name] for name in order)
-    solver = cp_model.CpSolver()
-    solver._values = values
-    pool_split = split(pool_content(prep, v, solver), io_matters=io_used is not None)
+    if bridges:
+        solver = cp_model.CpSolver()
+        solver._values = values
+        pool_split = split(pool_content(prep, v, solver), io_matters=io_used is not None)
+    else:  # no new bridge (nor nested one: see above): split's answer for an empty pool
+        pool_split = PoolSplit()
     io = None
     if io_used is not None:
         io = io_used + IO_WINDOW_UNITS * (pool_split.total_windows - windows)

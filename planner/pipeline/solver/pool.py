@@ -70,10 +70,12 @@ def split(content: PoolContent, io_matters: bool = True) -> PoolSplit:
     loaded = any(u for _, c, u in content.alone + content.packed if c)
     if not loaded or not io_matters:  # no I/O below: any split is as good; fill in order
         return _fill_in_order(content, room)
-    if n == 1 and _fill_in_order(content, room).windows[0] <= 2 * SLOTS_PER_BRIDGE:
-        # one bridge holds everything: its window is its load rounded up, as the model below would find
-        # (no solve, so a plan planner.pipeline.certificate proves needs no OR-Tools)
-        return _fill_in_order(content, room)
+    if n == 1:
+        filled = _fill_in_order(content, room)
+        if filled.windows[0] <= 2 * SLOTS_PER_BRIDGE:
+            # one bridge holds everything: its window is its load rounded up, as the model below would
+            # find (no solve, so a plan planner.pipeline.certificate proves needs no OR-Tools)
+            return filled
     m = cp_model.CpModel()
     a = {(b, g): m.NewIntVar(0, min(c, room[b]), f"a{b}_{g}") for b in range(n) for g, c, _ in content.alone}
     p = {(b, g): m.NewIntVar(0, min(c, FUNCTIONS * room[b]), f"p{b}_{g}")

@@ -210,8 +210,9 @@ def hotpluggable_placements(prep: Prepared, v: Variables, groups: set[int]) -> l
     out = [x for (e, gi), x in v.alone.items() if gi in groups and prep.states[e].bus.hotplug]
     for pool in [*v.root_ports.values(), *v.downstream.values()]:
         out += [x for gi, x in pool.alone.items() if gi in groups]
-    # --replan: a device kept alone in a hot-pluggable slot stays hot-pluggable
-    group_of = {id(d): gi for gi, g in enumerate(prep.groups) for d in g.devices}
+    # --replan: a device kept alone in a hot-pluggable slot stays hot-pluggable (the device -> group
+    # map only where there is something droppable: it walks every device)
+    group_of = {id(d): gi for gi, g in enumerate(prep.groups) for d in g.devices} if prep.droppables else {}
     for i, drop in enumerate(prep.droppables):
         d = drop.device
         if d is None or i not in v.keep or group_of.get(id(d)) not in groups or d.address is None:
