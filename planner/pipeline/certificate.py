@@ -180,29 +180,41 @@ def by_model(prep: Prepared, options: PlanOptions, start: float | None = None) -
     return prove(prep, options, built, layout, start)
 
 
-_IntVar = cp_model.IntVar  # bound once: _Numbering makes some 45 a guest
-
-
 class _Numbering:
     """What create_variables needs of a model, without the model: its variables are numbered as the
     model numbers them (create_variables makes the model's first ones) and keep their upper bounds; the
-    one constraint it adds is dropped (direct works that count out itself)."""
+    one constraint it adds is dropped (direct works that count out itself). The variables it hands out
+    are shared stand-ins, one per index (direct reads nothing of them but their index)."""
 
     def __init__(self) -> None:
         self.upper: list[int] = []
 
     def NewIntVar(self, lb: int, ub: int, name: str) -> cp_model.IntVar:  # noqa: N802 (the model's name)
         upper = self.upper
+        i = len(upper)
         upper.append(ub)
-        return _IntVar(self, len(upper) - 1, name)  # type: ignore[arg-type]
+        standins = _STANDINS
+        if i >= len(standins):
+            standins = _more_standins(i)
+        return standins[i]
 
     def NewBoolVar(self, name: str) -> cp_model.IntVar:  # noqa: N802
-        upper = self.upper
-        upper.append(1)
-        return _IntVar(self, len(upper) - 1, name)  # type: ignore[arg-type]
+        return self.NewIntVar(0, 1, name)
 
     def Add(self, ct) -> None:  # noqa: N802
         return None
+
+
+_STANDINS: list[cp_model.IntVar] = []  # _Numbering's variables: the one at position i has index i
+
+
+def _more_standins(i: int) -> list[cp_model.IntVar]:
+    """_STANDINS grown to hold index i: a new list, filled before it replaces the old one (so a fleet's
+    threads never see one half made)."""
+    global _STANDINS
+    standins = [cp_model.IntVar(None, j, f"v{j}") for j in range(2 * (i + 1))]  # type: ignore[arg-type]
+    _STANDINS = standins
+    return standins
 
 
 Terms = tuple[int, list[cp_model.IntVar], list[cp_model.IntVar]]
@@ -839,8 +851,9 @@ def _bounds(prep: Prepared, built: Frame, shape: _Shape) -> dict[str, int]:
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
     twice = 2 if root.hotplug else 1
     hot = sum(prep.groups[gi].size for gi in shape.root_hot)
-    if _pc_bridge(prep, built, shape):
-        controllers = _pc_bridge(prep, built, shape)
+    crowded = _pc_bridge(prep, built, shape)
+    if crowded:
+        controllers = crowded
         slots = 1 + _pc_on_root(prep, built, shape)
     elif root.model.conventional:
         controllers = 0
