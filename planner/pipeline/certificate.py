@@ -131,9 +131,17 @@ class _Frame:
     vars: Variables
     spare_pcie: int
     spare_pci: int
+    root_free: int  # the root bus's free slots (counted once: _construct and _bounds ask several times)
 
 
 Frame = Built | _Frame
+
+
+def _root_free(prep: Prepared, built: Frame) -> int:
+    """How many free slots the root bus has."""
+    if isinstance(built, _Frame):
+        return built.root_free
+    return len(prep.states[0].free_slots(prep.problem.machine.reserved_slots))
 
 
 def _miss(reason: str) -> None:
@@ -256,7 +264,8 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
         return None
     numbering = _Numbering()
     v = create_variables(numbering, prep)  # type: ignore[arg-type]
-    frame = _Frame(v, prep.spare_pcie if problem.machine.pcie else 0, prep.spare_pci)
+    free = len(st.free_slots(problem.machine.reserved_slots))
+    frame = _Frame(v, prep.spare_pcie if problem.machine.pcie else 0, prep.spare_pci, free)
     shape = _shape(prep, frame)
     if shape is None:
         return "group"
@@ -289,8 +298,7 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
         placed[gi] += values[x._index]
     if placed != [g.size for g in groups]:
         return "infeasible"
-    # existing_bus_capacity (the root bus)
-    free = len(st.free_slots(problem.machine.reserved_slots))
+    # existing_bus_capacity (the root bus: its free slots counted above)
     packslots = val(v.packslots[0])
     if total(v.packed.values()) > FUNCTIONS * packslots:
         return "infeasible"
@@ -628,7 +636,7 @@ def _pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> int:
     st = prep.states[0]
     if not st.bus.model.conventional or not st.bus.hotplug:
         return 0
-    free = len(st.free_slots(prep.problem.machine.reserved_slots))
+    free = _root_free(prep, built)
     hot = sum(prep.groups[gi].size for gi in shape.root_hot)
     over = hot + _ceil(_root_packed(prep, built, shape), FUNCTIONS) + built.spare_pci - free
     return _ceil(over, SLOTS_PER_BRIDGE - 1) if over > 0 else 0
@@ -649,7 +657,7 @@ def _construct_pc_bridge(prep: Prepared, built: Frame, shape: _Shape) -> dict[in
     in root slots, earliest groups first (the solver's tie-break, libvirt's order: earlier groups on
     existing buses); None when that does not fit or a group cannot go in a bridge."""
     v = built.vars
-    free = len(prep.states[0].free_slots(prep.problem.machine.reserved_slots))
+    free = _root_free(prep, built)
     bridges = _pc_bridge(prep, built, shape)
     packslots = _ceil(_root_packed(prep, built, shape), FUNCTIONS)
     on_root = _pc_on_root(prep, built, shape)
@@ -690,7 +698,7 @@ def _construct(prep: Prepared, built: Frame, shape: _Shape) -> dict[int, int] | 
     v = built.vars
     st = prep.states[0]
     root = st.bus
-    free = len(st.free_slots(prep.problem.machine.reserved_slots))
+    free = _root_free(prep, built)
     out: dict[int, int] = {}
 
     def put(x, n: int) -> None:
