@@ -163,7 +163,7 @@ def certify(prep: Prepared, options: PlanOptions) -> SolveResult | None:
             STATS.certified += 1
             return planned
     # the typical guest (the root bus alone): settled without the model where the short path is sure
-    result = direct(prep, options, start)
+    result = _direct(prep, start)  # _outside has let it through
     if isinstance(result, str):  # by_model would not certify it either, for this reason
         _miss(result)
         return None
@@ -256,8 +256,13 @@ def direct(prep: Prepared, options: PlanOptions, start: float | None = None) -> 
     value beyond its variable's domain, or weights that might not fit one objective stage.
     tests/test_certificate.py compares it with by_model field by field, and the reasons too."""
     start = time.perf_counter() if start is None else start
+    return None if _outside(prep, options) else _direct(prep, start)
+
+
+def _direct(prep: Prepared, start: float) -> SolveResult | str | None:
+    """direct for a guest that _outside lets through."""
     problem = prep.problem
-    if not prep.groups or len(prep.states) != 1 or len(problem.buses) != 1 or _outside(prep, options):
+    if not prep.groups or len(prep.states) != 1 or len(problem.buses) != 1:
         return None
     st = prep.states[0]
     if st.optional_slots():
