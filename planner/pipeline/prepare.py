@@ -42,6 +42,8 @@ class BusState:
 
     def optional_slots(self) -> dict[int, list[int]]:
         """Slots whose occupants may all go (--replan), with those occupants."""
+        if not self.optional:  # (all but --replan: asked of every bus, by every stage)
+            return {}
         return {s: d for s, d in sorted(self.optional.items()) if s not in self.pinned_slots}
 
     def occupy(self, slot: int, function: int, who: str, droppable: int | None = None) -> None:
@@ -59,8 +61,8 @@ class BusState:
 
     def free_slots(self, reserved: frozenset[int]) -> list[int]:
         m = self.bus.model
-        return [s for s in range(m.first_slot, m.last_slot + 1)
-                if s not in self.used and not (self.bus.index == 0 and s in reserved)]
+        taken = self.used.keys() | reserved if self.bus.index == 0 else self.used  # (one test a slot)
+        return [s for s in range(m.first_slot, m.last_slot + 1) if s not in taken]
 
     def free_root_port_functions(self) -> list[tuple[int, int]]:
         return [(s, f) for s in sorted(self.root_port_slots) for f in range(8) if f not in self.used[s]]
@@ -218,7 +220,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
             drop = len(drops)
             io = any(m.io_on_port for m in [d, *d.companions])
             drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io, io_units=d.io_units))
-        for member in [d, *d.companions]:
+        for member in [d, *d.companions] if d.companions else (d,):
             a = member.address
             if a is None:
                 continue
@@ -308,8 +310,7 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
 def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
     """A device pinned to a port by bus only still costs that port an I/O window: the user chose it."""
     for d in problem.devices:
-        uses_io = d.io_on_port
-        if d.address is None and d.bus_pin is not None and d.bus_pin in states and uses_io:
+        if d.address is None and d.bus_pin is not None and d.bus_pin in states and d.io_on_port:
             states[d.bus_pin].io_device = True
 
 
