@@ -729,9 +729,9 @@ def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
     counters: dict[str, int] = {}
     serials: list[Device] = []
     for order, el in enumerate(devices_el):
-        if not isinstance(el.tag, str):
-            continue
         kind = el.tag
+        if not isinstance(kind, str):
+            continue
         position = counters.get(kind, 0)
         counters[kind] = position + 1
         if kind == "console":
@@ -762,7 +762,7 @@ def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
             if stale is None:
                 continue
             facts = RESERVED
-        addr, bus_pin, other = _pci_address(address, label)
+        addr, bus_pin, other = _pci_address(address, label) if address is not None else (None, None, False)
         if other:
             if address is not None and address.get("type") == "virtio-mmio":
                 mmio.append(label)
