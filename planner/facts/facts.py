@@ -9,7 +9,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 
@@ -286,6 +286,7 @@ def firmware(name: str, family: str, acpi: bool) -> Firmware:
     )
 
 
+@lru_cache(maxsize=256)  # every guest asks, with the same few names (machines() is read once too)
 def machine_for(arch: str, machine: str) -> Machine | None:
     """The machine family for an <os><type arch machine>, or None when pciplan does not plan it."""
     for m in machines().values():

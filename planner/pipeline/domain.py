@@ -801,14 +801,19 @@ def _group_usb_sets(devices: list[Device]) -> list[Device]:
 
 def _apply_fixed_and_conventions(machine: Machine, devices: list[Device]) -> None:
     primary = None
-    videos = [d for d in devices if d.kind == "video"]
+    videos = []
+    first_sound = None
+    for d in devices:  # (one pass for both)
+        if d.kind == "video":
+            videos.append(d)
+        elif first_sound is None and d.kind == "sound" and d.model == "ich9":
+            first_sound = d
     for v in videos:
         m = find(v.element, "model")
         if m is not None and m.get("primary") == "yes":
             primary = v
     if primary is None and videos:
         primary = videos[0]
-    first_sound = next((d for d in devices if d.kind == "sound" and d.model == "ich9"), None)
     for d in devices:
         key = None
         if d.kind == "controller":
