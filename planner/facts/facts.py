@@ -9,7 +9,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 
@@ -286,6 +286,7 @@ def firmware(name: str, family: str, acpi: bool) -> Firmware:
     )
 
 
+@lru_cache(maxsize=256)  # every guest asks, with the same few names (machines() is read once too)
 def machine_for(arch: str, machine: str) -> Machine | None:
     """The machine family for an <os><type arch machine>, or None when pciplan does not plan it."""
     for m in machines().values():
@@ -327,10 +328,27 @@ def catalogue_keys() -> list[str]:
     return [*baseline, *(k for k in _libvirt_table()["device"] if k not in baseline)]
 
 
+# (the libvirt planned for, (kind, model) -> its DeviceClass): device_class's answers for that libvirt,
+# as every guest asks the same few pairs (a DeviceClass is immutable: one answer can be shared)
+_classes: tuple[LibvirtVersion | None, dict[tuple[str, str], DeviceClass]] = (None, {})
+
+
 def device_class(kind: str, model: str) -> DeviceClass:
     """Look up 'kind:model', then the 'kind:*' fallback (kind may itself contain ':'), in the catalogue
     of the libvirt pciplan plans for (target_libvirt())."""
-    table = _device_table(target_libvirt())
+    global _classes
+    libvirt = target_libvirt()
+    version, known = _classes
+    if version is not libvirt or len(known) > 4096:  # (bounded: models are the input's words)
+        known = {}
+        _classes = (libvirt, known)
+    found = known.get((kind, model))
+    if found is None:
+        found = known[kind, model] = _look_up_class(_device_table(libvirt), kind, model)
+    return found
+
+
+def _look_up_class(table: dict[str, DeviceClass], kind: str, model: str) -> DeviceClass:
     for key in (f"{kind}:{model}", f"{kind}:*"):
         if key in table:
             return table[key]

@@ -62,10 +62,11 @@ def io_lower_bound(prep: Prepared) -> tuple[int, Counter, dict[str, int]]:
     for g in prep.groups:
         if io_free(prep, g):
             continue
+        units = g.key.io_units  # each device's io_units: the group's devices are alike in it
         for d in g.devices:
             what = f"{d.kind} {d.model}".strip()
             counts[what] += 1
-            sizes[what] = max(sizes.get(what, 0), d.io_units)
+            sizes[what] = max(sizes.get(what, 0), units)
     paid = sum(sizes[w] * n for w, n in counts.items())
     return prep.fixed_io_units + max(0, paid - _slack_units(prep)), counts, sizes
 
@@ -111,7 +112,9 @@ def function_bound(prep: Prepared) -> None:
     (one bus number) at most 32 slots of 8. Where every new bus is a conventional bridge with an I/O
     window (pc), the firmware's I/O space also caps how many bridges there can be."""
     machine = prep.problem.machine
-    functions = sum(1 + len(d.companions) for g in prep.groups for d in g.devices)
+    # (only a whole-slot group's devices have companions)
+    functions = sum(len(g.devices) for g in prep.groups) + sum(
+        len(d.companions) for g in prep.groups if g.key.whole_slot for d in g.devices)
     if not functions:
         return
     reserved = machine.reserved_slots

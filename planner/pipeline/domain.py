@@ -105,7 +105,8 @@ class Device:
     @property
     def io_units(self) -> int:
         """Its I/O BAR (as a conventional or integrated device) and its companions', in 32-byte units."""
-        return self.facts.io_units + sum(m.facts.io_units for m in self.companions)
+        units = self.facts.io_units
+        return units + sum(m.facts.io_units for m in self.companions) if self.companions else units
 
 
 @dataclass(frozen=True)  # read once; prepare plans on its own copy (planner.pipeline.prepare._working_copy)
@@ -137,7 +138,13 @@ def _number(value: str) -> int:
 
 @functools.lru_cache(maxsize=4096)  # so are the addresses (a PciAddress is immutable: it can be shared)
 def _address(bus: str, slot: str, function: str) -> PciAddress:
-    return PciAddress(_number(bus), _number(slot), _number(function))
+    return address_of(_number(bus), _number(slot), _number(function))
+
+
+@functools.lru_cache(maxsize=4096)  # a layout names the same few addresses guest after guest
+def address_of(bus: int, slot: int, function: int) -> PciAddress:
+    """PciAddress(bus, slot, function), shared (the frozen dataclass's __init__ is the dearer part)."""
+    return PciAddress(bus, slot, function)
 
 
 def _int(value: str | None, what: str) -> int:
@@ -147,8 +154,26 @@ def _int(value: str | None, what: str) -> int:
         raise InputError(f"{what}: '{value}' is not a number") from None
 
 
+def find(el: etree._Element, *tags: str) -> etree._Element | None:
+    """el.find("a/b") as find(el, "a", "b"), for plain tags: the first b under the first a that has
+    one. lxml's ElementPath takes these same iterchildren(tag) steps, after parsing the path in Python
+    on every call (a guest's read asks dozens of times)."""
+    for c in el.iterchildren(tags[0]):
+        found = c if len(tags) == 1 else find(c, *tags[1:])
+        if found is not None:
+            return found
+    return None
+
+
+def count(el: etree._Element, *tags: str) -> int:
+    """len(el.findall("a/b")) as count(el, "a", "b"), for plain tags (the same steps as find)."""
+    if len(tags) == 1:
+        return sum(1 for _ in el.iterchildren(tags[0]))
+    return sum(count(c, *tags[1:]) for c in el.iterchildren(tags[0]))
+
+
 def _devices_element(tree: etree._ElementTree) -> etree._Element:
-    devices = tree.getroot().find("devices")
+    devices = find(tree.getroot(), "devices")
     if devices is None:
         devices = etree.SubElement(tree.getroot(), "devices")
     return devices
@@ -165,7 +190,7 @@ def first_children(el: etree._Element) -> dict:
 
 def read_pci_address(el: etree._Element, label: str) -> tuple[PciAddress | None, int | None, bool]:
     """(full address, bus-only pin, has-non-pci-address) of a device element."""
-    return _pci_address(el.find("address"), label)
+    return _pci_address(find(el, "address"), label)
 
 
 def _pci_address(addr: etree._Element | None, label: str) -> tuple[PciAddress | None, int | None, bool]:
@@ -202,20 +227,20 @@ def describe(el: etree._Element, kind: str, position: int, kids: dict | None = N
     if kind == "interface":
         mac = kids.get("mac")
         model = kids.get("model")
-        if model is not None and model.get("type"):
-            bits.append(model.get("type"))
-        if mac is not None and mac.get("address"):
-            bits.append(f"mac {mac.get('address')}")
+        if model is not None and (mtype := model.get("type")):
+            bits.append(mtype)
+        if mac is not None and (address := mac.get("address")):
+            bits.append(f"mac {address}")
     elif kind == "disk":
         tgt = kids.get("target")
-        if tgt is not None and tgt.get("dev"):
-            return f"disk {tgt.get('dev')}"
+        if tgt is not None and (dev := tgt.get("dev")):
+            return f"disk {dev}"
     elif kind == "controller":
         return f"controller {el.get('type')} index={el.get('index', '?')}" + (
             f" ({el.get('model')})" if el.get("model") else ""
         )
     elif kind == "hostdev":
-        src = el.find("source/address")
+        src = find(el, "source", "address")
         if src is not None:
             bits.append(
                 "host "
@@ -226,16 +251,16 @@ def describe(el: etree._Element, kind: str, position: int, kids: dict | None = N
                 + str(src.get("function", "0")).removeprefix("0x")
             )
     alias = kids.get("alias")
-    if alias is not None and alias.get("name"):
-        bits.append(f"alias {alias.get('name')}")
-    return f"{kind}[{position}]" + (f" ({', '.join(bits)})" if bits else "")
+    if alias is not None and (name := alias.get("name")):
+        bits.append(f"alias {name}")
+    return f"{kind}[{position}] ({', '.join(bits)})" if bits else f"{kind}[{position}]"
 
 
 # ---------------------------------------------------------------- machine
 
 
 def _machine(tree: etree._ElementTree) -> tuple[Machine, str]:
-    ostype = tree.getroot().find("os/type")
+    ostype = find(tree.getroot(), "os", "type")
     if ostype is None:
         raise InputError("os/type: missing; cannot tell the machine type")
     arch = ostype.get("arch") or "x86_64"
@@ -257,7 +282,7 @@ def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> st
     if machine.default_firmware == "none":
         return "none"
     uefi = "aavmf" if arch == "aarch64" else "ovmf"
-    os_el = root.find("os")
+    os_el = find(root, "os")
     wanted = os_el.get("firmware") if os_el is not None else None
     if wanted == "efi":
         return uefi
@@ -267,7 +292,7 @@ def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> st
         return "seabios"
     if wanted is not None:
         raise InputError(f"os: firmware '{wanted}' is not 'efi' or 'bios'")
-    loader = root.find("os/loader")
+    loader = find(root, "os", "loader")
     if loader is not None:
         named = firmware_for_loader((loader.text or "").strip())
         if named is None and loader.get("type") == "pflash":
@@ -277,7 +302,7 @@ def guest_firmware_name(root: etree._Element, machine: Machine, arch: str) -> st
         if named is not None:
             raise InputError(f"os/loader: '{(loader.text or '').strip()}' is {named} firmware, "
                              f"not for {arch}")
-    if arch == "aarch64" and root.find("os/kernel") is not None:
+    if arch == "aarch64" and find(root, "os", "kernel") is not None:
         return "none"  # direct kernel boot: QEMU starts the kernel itself, which numbers the buses
     return machine.default_firmware
 
@@ -295,7 +320,8 @@ def firmware_by_name(name: str, machine: Machine, arch: str, acpi: bool) -> Firm
 def _insert_device(devices: etree._Element, new: etree._Element, after_tags: tuple[str, ...]) -> None:
     """Insert new after the last child whose tag is in after_tags (else after the last element, else at
     the end). Its line and indentation are the serializer's business (planner/xml/xmltext.py), not the
-    tree's whitespace."""
+    tree's whitespace. new is made by devices.makeelement: in the document already, where etree.Element
+    would make a document of its own for it (twice the cost)."""
     last = None
     for c in reversed(devices):  # from the end: the anchor is mostly near it
         if isinstance(c.tag, str):
@@ -374,7 +400,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
         return indices[ctype]
 
     def add_controller(ctype: str, index: int, model: str | None = None) -> None:
-        el = etree.Element("controller", type=ctype, index=str(index))
+        el = devices.makeelement("controller", type=ctype, index=str(index))
         if model:
             el.set("model", model)
         _insert_device(devices, el, _CONTROLLER_AFTER)
@@ -395,11 +421,11 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     # one a disk uses, and derives the index from the target name when the disk has no drive address.
     highest: dict[str, int] = {}
     for disk in kinds.get("disk", ()):
-        tgt = disk.find("target")
+        tgt = find(disk, "target")
         bus = tgt.get("bus") if tgt is not None else None
         if bus not in DRIVES_PER_CONTROLLER or (bus == "ide" and machine.family != "pc"):
             continue
-        addr = disk.find("address")
+        addr = find(disk, "address")
         if addr is not None and addr.get("type") == "drive":
             idx = _int(addr.get("controller"), f"disk {tgt.get('dev')}")
         else:
@@ -408,7 +434,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     # virDomainDefMaybeAddHostdevSCSIcontroller: the same, up to the highest SCSI hostdev's controller
     for hd in kinds.get("hostdev", ()):
         if hd.get("type") == "scsi":
-            addr = hd.find("address")
+            addr = find(hd, "address")
             idx = _int(addr.get("controller"), "hostdev address") if addr is not None else 0
             highest["scsi"] = max(highest.get("scsi", -1), idx)
     for bus, top in sorted(highest.items()):
@@ -419,10 +445,10 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
     # its virtio-serial address names (0 without one); indices in between are not filled.
     vserial: set[int] = set()
     for el in [*kinds.get("channel", ()), *kinds.get("console", ())]:
-        t = el.find("target")
+        t = find(el, "target")
         if t is None or t.get("type") != "virtio":
             continue
-        addr = el.find("address")
+        addr = find(el, "address")
         on_vserial = addr is not None and addr.get("type") == "virtio-serial"
         vserial.add(_int(addr.get("controller"), f"{el.tag} address") if on_vserial else 0)
     for idx in sorted(vserial):
@@ -430,7 +456,7 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
             add_controller("virtio-serial", idx)
     # virDomainDefMaybeAddSmartcardController: the ccid controller a smartcard names (a USB device)
     for card in kinds.get("smartcard", ()):
-        addr = card.find("address")
+        addr = find(card, "address")
         idx = _int(addr.get("controller"), "smartcard address") if (
             addr is not None and addr.get("type") == "ccid") else 0
         if not has_controller("ccid", idx):
@@ -443,12 +469,12 @@ def add_implicit_devices(tree: etree._ElementTree, machine: Machine,
         add_controller("usb", 0, machine.default_usb)
     if "graphics" in kinds and "video" not in kinds:
         # libvirt gives a graphical console a video card (virDomainDefAddImplicitVideo)
-        video = etree.Element("video")
+        video = devices.makeelement("video")
         etree.SubElement(video, "model", type=machine.default_video)
         _insert_device(devices, video, _BALLOON_AFTER[: _BALLOON_AFTER.index("video")])
         notes.append("added implicit video for the graphical console")
     if machine.implicit_balloon and "memballoon" not in kinds:
-        el = etree.Element("memballoon", model="virtio")
+        el = devices.makeelement("memballoon", model="virtio")
         _insert_device(devices, el, _BALLOON_AFTER)
         notes.append("added implicit memballoon model=virtio")
     return notes
@@ -543,9 +569,9 @@ def _read_buses(tree: etree._ElementTree, devices: etree._Element, pci: list[etr
         bus_nr = None
         if tgt is not None and tgt.get("busNr") is not None:
             bus_nr = _int(tgt.get("busNr"), label)
-        node = c.find("target/node") if tgt is not None else None
+        node = find(c, "target", "node") if tgt is not None else None
         if node is not None:
-            cells = len(tree.getroot().findall("cpu/numa/cell"))
+            cells = count(tree.getroot(), "cpu", "numa", "cell")
             if model_name not in EXPANDERS:
                 raise InputError(f"{label}: <target><node> is valid only on an expander bus")
             if _int(node.text, label) >= cells:
@@ -554,7 +580,7 @@ def _read_buses(tree: etree._ElementTree, devices: etree._Element, pci: list[etr
         buses[idx] = Bus(idx, model, c, addr, hotplug, label, bus_nr, bus_pin=bus_pin,
                          numa_node=_int(node.text, label) if node is not None else None)
     if 0 not in buses:
-        root = etree.Element("controller", type="pci", index="0", model=machine.root)
+        root = devices.makeelement("controller", type="pci", index="0", model=machine.root)
         _insert_device(devices, root, _CONTROLLER_AFTER)
         model = controller_models()[machine.root]
         hotplug = model.hotplug and not (machine.acpi_root_hotplug and not acpi)
@@ -571,7 +597,7 @@ def _fill_index_gaps(devices: etree._Element, machine: Machine, buses: dict[int,
     for idx in range(1, top + 1):
         if idx in buses:
             continue
-        el = etree.Element("controller", type="pci", index=str(idx), model=default)
+        el = devices.makeelement("controller", type="pci", index=str(idx), model=default)
         _insert_device(devices, el, _CONTROLLER_AFTER)
         model = controller_models()[default]
         buses[idx] = Bus(idx, model, el, None, model.hotplug, f"controller pci index={idx} ({default})",
@@ -590,7 +616,8 @@ def _model_of(el: etree._Element, kind: str, machine: Machine, kids: dict) -> tu
             return "hostdev", "pci"
         m = kids.get("model")
         model = (m.get("type") if m is not None else None) or machine.default_net
-        return "interface", model.lower() if model.lower().startswith("virtio") else model
+        lower = model.lower()
+        return "interface", lower if lower.startswith("virtio") else model
     if kind == "disk":
         tgt = kids.get("target")
         if tgt is None or tgt.get("bus") != "virtio":
@@ -702,16 +729,16 @@ def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
     counters: dict[str, int] = {}
     serials: list[Device] = []
     for order, el in enumerate(devices_el):
-        if not isinstance(el.tag, str):
-            continue
         kind = el.tag
+        if not isinstance(kind, str):
+            continue
         position = counters.get(kind, 0)
         counters[kind] = position + 1
         if kind == "console":
             # libvirt writes the first serial's address on a console that mirrors it
-            tgt = el.find("target")
+            tgt = find(el, "target")
             mirrors = tgt is None or tgt.get("type") in (None, "serial")
-            if serials and mirrors and position == 0 and el.find("address") is not None:
+            if serials and mirrors and position == 0 and find(el, "address") is not None:
                 serials[0].mirrors.append(el)
             continue
         if kind in NEVER_DEVICES or (kind == "controller" and el.get("type") == "pci"):
@@ -735,7 +762,7 @@ def _read_devices(devices_el: etree._Element, machine: Machine, mmio: list[str],
             if stale is None:
                 continue
             facts = RESERVED
-        addr, bus_pin, other = _pci_address(address, label)
+        addr, bus_pin, other = _pci_address(address, label) if address is not None else (None, None, False)
         if other:
             if address is not None and address.get("type") == "virtio-mmio":
                 mmio.append(label)
@@ -774,14 +801,19 @@ def _group_usb_sets(devices: list[Device]) -> list[Device]:
 
 def _apply_fixed_and_conventions(machine: Machine, devices: list[Device]) -> None:
     primary = None
-    videos = [d for d in devices if d.kind == "video"]
+    videos = []
+    first_sound = None
+    for d in devices:  # (one pass for both)
+        if d.kind == "video":
+            videos.append(d)
+        elif first_sound is None and d.kind == "sound" and d.model == "ich9":
+            first_sound = d
     for v in videos:
-        m = v.element.find("model")
+        m = find(v.element, "model")
         if m is not None and m.get("primary") == "yes":
             primary = v
     if primary is None and videos:
         primary = videos[0]
-    first_sound = next((d for d in devices if d.kind == "sound" and d.model == "ich9"), None)
     for d in devices:
         key = None
         if d.kind == "controller":
@@ -813,9 +845,9 @@ def read_problem(tree: etree._ElementTree, firmware_override: str | None = None)
     root = tree.getroot()
     if root.get("type") not in (None, "qemu", "kvm"):
         raise InputError(f"domain: type '{root.get('type')}' is not a QEMU domain (qemu or kvm)")
-    acpi = root.find("features/acpi") is not None
-    numa_cells = len(root.findall("cpu/numa/cell"))
-    if len(root.findall("devices/watchdog")) > 1:
+    acpi = find(root, "features", "acpi") is not None
+    numa_cells = count(root, "cpu", "numa", "cell")
+    if count(root, "devices", "watchdog") > 1:
         raise InputError("devices/watchdog: only a single watchdog device is supported (libvirt 9.0)")
     devices_el = _devices_element(tree)
     # The user's controllers by type: implicit devices add none of type pci, and add_implicit_devices

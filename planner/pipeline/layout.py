@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from planner.facts.errors import InternalError
 from planner.facts.facts import FUNCTIONS, PORTS
-from planner.pipeline.domain import Device, PciAddress
+from planner.pipeline.domain import Device, PciAddress, address_of
 from planner.pipeline.prepare import Prepared
 from planner.pipeline.solver.solve import PortCounts, SolveResult
 from planner.pipeline.solver.variables import group_allowed_on, needs_port_window
@@ -242,6 +242,8 @@ class _Unfolder:
         queue = deque([self.nodes[0]])
         while queue:
             node = queue.popleft()
+            if not node.children:
+                continue
             for child in sorted(node.children, key=lambda c: (c.slot, c.function)):
                 if child.new:
                     child.index = nxt
@@ -261,36 +263,37 @@ def unfold(prep: Prepared, result: SolveResult) -> Layout:
             for i, d in enumerate(prep.droppables) if d.device is not None}
     for gi, targets in u.wanted.items():
         group = prep.groups[gi]
-        moving = [d for d in group.devices if not keep.get(id(d), 0)]
+        moving = [d for d in group.devices if not keep.get(id(d), 0)] if keep else group.devices
         assert len(targets) == len(moving), (group.name, len(targets))
-        placed = {(t.bus.index, t.slot, t.function): t for t in targets}
+        placed = {(t.bus.index, t.slot, t.function) for t in targets}
         # A device that had to move but finds its old address among the targets takes it back.
         rest = []
         for dev in moving:
             old = dev.address
-            t = placed.pop((old.bus, old.slot, old.function), None) if old is not None else None
-            if t is None:
-                rest.append(dev)
-            else:
+            if old is not None and (old.bus, old.slot, old.function) in placed:
+                placed.remove((old.bus, old.slot, old.function))
                 _place(layout, dev, old)
-        free = sorted(placed.values(), key=lambda t: (t.bus.index, t.slot, t.function))
-        for dev, t in zip(rest, free, strict=True):
-            assert t.bus.index is not None
-            a = PciAddress(t.bus.index, t.slot, t.function)
+            else:
+                rest.append(dev)
+        # the free targets in address order (no two targets share an address: these are theirs)
+        for dev, (bus, slot, function) in zip(rest, sorted(placed), strict=True):
+            assert bus is not None
+            a = address_of(bus, slot, function)
             if dev.address is not None and dev.address != a:
                 layout.moved.append((dev, dev.address, a))
             _place(layout, dev, a)
     lost = [(dev, old, layout.devices.get(id(dev.element))) for dev, old in prep.lost]
     layout.moved = lost + layout.moved
-    for d in prep.problem.devices:
-        for m in [d, *d.companions]:
-            if id(m) in prep.device_places:
-                layout.devices[id(m.element)] = prep.device_places[id(m)]
+    if prep.device_places:
+        for d in prep.problem.devices:
+            for m in [d, *d.companions] if d.companions else (d,):
+                if id(m) in prep.device_places:
+                    layout.devices[id(m.element)] = prep.device_places[id(m)]
     return layout
 
 
 def _place(layout: Layout, dev: Device, a: PciAddress) -> None:
     layout.devices[id(dev.element)] = a
     for m in dev.companions:
-        layout.devices[id(m.element)] = PciAddress(a.bus, a.slot, m.function)
+        layout.devices[id(m.element)] = address_of(a.bus, a.slot, m.function)
 

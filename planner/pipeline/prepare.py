@@ -4,7 +4,7 @@ into interchangeable groups (identical requirements), which is what keeps the mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from lxml import etree
@@ -42,6 +42,8 @@ class BusState:
 
     def optional_slots(self) -> dict[int, list[int]]:
         """Slots whose occupants may all go (--replan), with those occupants."""
+        if not self.optional:  # (all but --replan: asked of every bus, by every stage)
+            return {}
         return {s: d for s, d in sorted(self.optional.items()) if s not in self.pinned_slots}
 
     def occupy(self, slot: int, function: int, who: str, droppable: int | None = None) -> None:
@@ -59,8 +61,8 @@ class BusState:
 
     def free_slots(self, reserved: frozenset[int]) -> list[int]:
         m = self.bus.model
-        return [s for s in range(m.first_slot, m.last_slot + 1)
-                if s not in self.used and not (self.bus.index == 0 and s in reserved)]
+        taken = self.used.keys() | reserved if self.bus.index == 0 else self.used  # (one test a slot)
+        return [s for s in range(m.first_slot, m.last_slot + 1) if s not in taken]
 
     def free_root_port_functions(self) -> list[tuple[int, int]]:
         return [(s, f) for s in sorted(self.root_port_slots) for f in range(8) if f not in self.used[s]]
@@ -218,7 +220,7 @@ def _occupy_given(problem: Problem, states: dict[int, BusState], drops: list[Dro
             drop = len(drops)
             io = any(m.io_on_port for m in [d, *d.companions])
             drops.append(Droppable(d.address.bus, d.address.slot, device=d, io=io, io_units=d.io_units))
-        for member in [d, *d.companions]:
+        for member in [d, *d.companions] if d.companions else (d,):
             a = member.address
             if a is None:
                 continue
@@ -308,8 +310,7 @@ def _place_conventions(problem: Problem, states: dict[int, BusState]) -> dict[in
 def _mark_pinned_io(problem: Problem, states: dict[int, BusState]) -> None:
     """A device pinned to a port by bus only still costs that port an I/O window: the user chose it."""
     for d in problem.devices:
-        uses_io = d.io_on_port
-        if d.address is None and d.bus_pin is not None and d.bus_pin in states and uses_io:
+        if d.address is None and d.bus_pin is not None and d.bus_pin in states and d.io_on_port:
             states[d.bus_pin].io_device = True
 
 
@@ -328,21 +329,14 @@ def _hotplug_mode(d: Device, options: PlanOptions, hotplug_possible: bool) -> st
     return "prefer" if hotplug_possible and d.hotplug and not d.companions else "none"
 
 
-def _group_key(d: Device, options: PlanOptions, hotplug_possible: bool) -> GroupKey:
-    plain = d.bus_pin is None and not d.facts.integrated and not d.companions
-    return GroupKey(
-        endpoint=d.endpoint,
-        hotplug=_hotplug_mode(d, options, hotplug_possible),
-        bus=(d.bus_rule or "default") if plain else "default",
-        numa=d.numa_rule if plain else None,
-        connection=d.connection_rule if plain else None,
-        io=d.io_on_pcie,
-        pcie_only=d.facts.pcie_only,
-        integrated=d.facts.integrated,
-        whole_slot=bool(d.companions),
-        bus_pin=d.bus_pin,
-        io_units=d.io_units,
-    )
+def _group_key(d: Device, hotplug: str) -> tuple:
+    """The fields of d's GroupKey, in GroupKey's order (hotplug: its _hotplug_mode). A plain tuple: it
+    hashes in C, and prepare builds a GroupKey only once per group, not once per device."""
+    facts = d.facts
+    plain = d.bus_pin is None and not facts.integrated and not d.companions
+    return (d.endpoint, hotplug, facts.io, facts.pcie_only, facts.integrated, bool(d.companions), d.bus_pin,
+            d.io_units, (d.bus_rule or "default") if plain else "default", d.numa_rule if plain else None,
+            d.connection_rule if plain else None)
 
 
 def _mark_window_children(problem: Problem, states: dict[int, BusState],
@@ -457,6 +451,14 @@ def _copy(obj: T) -> T:
     return new
 
 
+def _with(problem: Problem, **changes) -> Problem:
+    """dataclasses.replace(problem, **changes) without replace's walk over the fields and the frozen
+    __init__ (a Problem has no __post_init__ nor init=False field: a copy of its fields is the same)."""
+    new = _copy(problem)
+    new.__dict__.update(changes)
+    return new
+
+
 def _working_copy(problem: Problem) -> Problem:
     """prepare's own copy of the problem, which it marks and changes; the caller's stays as read. The
     XML elements are shared: only render writes the document."""
@@ -464,10 +466,10 @@ def _working_copy(problem: Problem) -> Problem:
     devices = []
     for d in problem.devices:
         d = _copy(d)
-        d.companions = [_copy(m) for m in d.companions]
+        d.companions = [_copy(m) for m in d.companions] if d.companions else []
         devices.append(d)
-    return replace(problem, buses=buses, devices=devices, notes=list(problem.notes),
-                   mmio_devices=list(problem.mmio_devices))
+    return _with(problem, buses=buses, devices=devices, notes=list(problem.notes),
+                 mmio_devices=list(problem.mmio_devices))
 
 
 def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
@@ -478,8 +480,9 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     problem = _working_copy(problem)
     lost, gone = mark_replan(problem) if options.replan else ([], [])
     mmio = _move_to_mmio(problem)
-    problem = replace(problem, devices=[d for d in problem.devices if d not in mmio],
-                      mmio_devices=problem.mmio_devices + [d.label for d in mmio])
+    if mmio:  # else the working copy's own lists already are what these would be
+        problem = _with(problem, devices=[d for d in problem.devices if d not in mmio],
+                        mmio_devices=problem.mmio_devices + [d.label for d in mmio])
     _add_expander_buses(problem)
     states = {i: BusState(b) for i, b in problem.buses.items()}
     drops: list[Droppable] = []
@@ -487,25 +490,28 @@ def prepare(problem: Problem, options: PlanOptions | None = None) -> Prepared:
     # the chipset's own functions (not in the XML) take root-bus I/O too
     states[0].io_units += -(-problem.machine.chipset_io_bytes // IO_UNIT)
     hotplug_possible = not (problem.machine.acpi_root_hotplug and not problem.acpi)
-    for d in problem.devices:  # an impossible hot-plug wish fails before any place is taken
-        _hotplug_mode(d, options, hotplug_possible)
+    # an impossible hot-plug wish fails before any place is taken
+    modes = [_hotplug_mode(d, options, hotplug_possible) for d in problem.devices]
     # libvirt reserves the conventional places (primary video ...) before it places controllers
     device_places = _place_conventions(problem, states)
     controller_places = _place_user_controllers(problem, states)
     _mark_pinned_io(problem, states)
     _mark_window_children(problem, states, controller_places)
-    groups: dict[GroupKey, Group] = {}
+    groups: dict[tuple, Group] = {}  # GroupKey's fields -> the group
     # pc without ACPI has no hot-plug on its root bus: the guest was made without it, so nothing asks
     # for it (as with libvirt, which then adds no bridge for hot-plug either)
-    for d in problem.devices:
+    for d, mode in zip(problem.devices, modes, strict=True):
         if (d.address is not None and not d.droppable) or id(d) in device_places:
             continue
         for member in d.companions:
             if member.address is not None:
                 raise InputError(f"{member.label}: a USB companion has an address but its set's first "
                                  f"member {d.label} has none; give all or none")
-        key = _group_key(d, options, hotplug_possible)
-        groups.setdefault(key, Group(key, [])).devices.append(d)
+        fields = _group_key(d, mode)
+        group = groups.get(fields)
+        if group is None:
+            group = groups[fields] = Group(GroupKey(*fields), [])
+        group.devices.append(d)
     ordered = sorted(groups.values(), key=lambda g: g.devices[0].order)
     reserve_pcie, reserve_pci = reserved_places(problem, options.reserve)
     what = ", ".join(f"{k}={n}" for k, n in options.reserve)

@@ -28,6 +28,7 @@ from planner.pipeline.domain import Device, Problem, read_problem
 from planner.xml.xmlio import InputError
 
 NAMESPACE = "urn:pciplan:constraints:1"
+CONSTRAINTS = f"{{{NAMESPACE}}}constraints"
 MATCHERS = ("kind", "model", "alias", "mac", "dev", "host")
 SETTINGS = {"hotplug": ("yes", "no"), "bus": tuple(b for b in BUS_CHOICES if b != "default")}
 SETTING_NAMES = ("hotplug", "bus", "numa", "host-numa", "connection")
@@ -187,7 +188,9 @@ def from_policy(path: str | Path) -> RuleSet:
 
 def from_metadata(tree: etree._ElementTree) -> RuleSet:
     out = RuleSet()
-    for block in tree.getroot().iterfind(f"metadata/{{{NAMESPACE}}}constraints"):
+    # root.iterfind("metadata/{ns}constraints"), by the same child steps without ElementPath's parsing
+    blocks = (b for m in tree.getroot().iterchildren("metadata") for b in m.iterchildren(CONSTRAINTS))
+    for block in blocks:
         for n, el in enumerate((c for c in block if isinstance(c.tag, str)), start=1):
             where = f"metadata constraints, element {n}"
             local = etree.QName(el).localname
@@ -273,7 +276,8 @@ def from_flags(hotplug: frozenset[str], no_hotplug: frozenset[str], bus: str,
 def apply(problem: Problem, sources: list[RuleSet]) -> list[str]:
     """Set each device's hotplug and bus rule from the sources (lowest precedence first); returns
     warnings for rules that matched nothing."""
-    for d in problem.devices:
+    sources = [s for s in sources if s.rules]  # most guests have none: then no walk over the devices
+    for d in problem.devices if sources else ():
         for source in sources:
             for rule in source.rules:
                 if rule.matches(d):
