@@ -378,9 +378,7 @@ class Writer:
             ks = spans.get(k)
             if ks is None:
                 if quote is None:
-                    quote = self._quotes.get(node)
-                    if quote is None:
-                        quote = self._quotes[node] = self._quote_above(node)
+                    quote = self._quote_of(node)
                 parts.append(self.new(k, inner, quote))
             else:
                 parts.append(write(k, inner))
@@ -432,9 +430,7 @@ class Writer:
             ks = spans.get(k)  # a child that was elsewhere, if any
             if ks is None:
                 if quote is None:
-                    quote = self._quotes.get(node)
-                    if quote is None:
-                        quote = self._quotes[node] = self._quote_above(node)
+                    quote = self._quote_of(node)
                 parts.append(self.new(k, inner, quote))
             else:
                 parts.append(write(k, inner))
@@ -484,6 +480,10 @@ class Writer:
         parent = node.getparent()
         while parent is not None and parent not in self.spans:  # new: its quote is that of what holds it
             parent = parent.getparent()
+        return self._quote_of(parent)
+
+    def _quote_of(self, parent: etree._Element | None) -> str:
+        """The quote character parent's new children take (_quote_above, once per parent)."""
         quote = self._quotes.get(parent)
         if quote is None:
             quote = self._quotes[parent] = self._quote_above(parent)

@@ -61,35 +61,25 @@ class Counts:
 
 
 def counts_of(v: Variables, solver: cp_model.CpSolver) -> Counts:
-    return _counts(v, lambda x: int(solver.Value(x)))
+    def val(x) -> int:
+        return int(solver.Value(x)) if x is not None else 0
+
+    return _counts(v, val, lambda xs: {k: val(x) for k, x in xs.items()})
 
 
 def counts_in(v: Variables, values: list[int]) -> Counts:
-    """counts_of for a solution given as every variable's value by index (no solver). Written out
-    rather than through _counts: it is on the certificate's path for every typical guest."""
+    """counts_of for a solution given as every variable's value by index (no solver): on the
+    certificate's path for every typical guest, so each value is read by index, not through val."""
 
     def val(x: cp_model.IntVar | None) -> int:
         return values[x._index] if x is not None else 0
 
-    def each(xs: dict) -> dict:
-        return {k: values[x._index] for k, x in xs.items()}
-
-    def ports(pools: dict) -> dict[int, PortCounts]:
-        return {p: PortCounts(each(pool.alone), each(pool.packed), val(pool.pack_io), val(pool.pack_noio),
-                              val(pool.spare)) for p, pool in pools.items()}
-
-    return Counts(each(v.alone), each(v.packed), each(v.packslots), each(v.new_pci_bridges),
-                  each(v.new_pcie_pci_bridge), ports(v.root_ports), each(v.rp_bridge), each(v.rp_switch),
-                  ports(v.downstream), val(v.pool_pci_bridges), each(v.keep), each(v.bus_keep),
-                  each(v.occupied))
+    return _counts(v, val, lambda xs: {k: values[x._index] for k, x in xs.items()})
 
 
-def _counts(v: Variables, value: Callable[[cp_model.IntVar], int]) -> Counts:
-    def val(x) -> int:
-        return value(x) if x is not None else 0
-
-    def each(xs: dict) -> dict:
-        return {k: val(x) for k, x in xs.items()}
+def _counts(v: Variables, val: Callable[[cp_model.IntVar | None], int],
+            each: Callable[[dict], dict]) -> Counts:
+    """The counts, given a variable's value (0 for none) and a dict of variables' values."""
 
     def ports(pools: dict) -> dict[int, PortCounts]:
         return {p: PortCounts(each(pool.alone), each(pool.packed), val(pool.pack_io), val(pool.pack_noio),
