@@ -80,7 +80,8 @@ def _edit(root: etree._Element, rng: random.Random, met: Counter) -> None:
 def test_the_writer_writes_what_its_former_self_wrote() -> None:
     met: Counter = Counter()
     tied = 0
-    for name, data in _documents():
+    docs = _documents()  # without ../shared (a lone clone): the examples, generated and odd ones alone
+    for name, data in docs:
         for seed in range(8):
             new_tree, new_source = _tree(data, xmltext)
             old_tree, old_source = _tree(data, reference)
@@ -94,7 +95,9 @@ def test_the_writer_writes_what_its_former_self_wrote() -> None:
                 _edit(old_tree.getroot(), rng_old, Counter())
             got = xmltext.write_tree(new_tree, new_source)
             assert got == reference.write_tree(old_tree, old_source), (name, seed)
-    assert tied > 150 * 8 and all(met[k] > 100 for k in range(7)), (tied, met)
+    # every document tied to its text (each of the 8 times), and every kind of edit met often
+    assert len(docs) > 60 and tied == 8 * len(docs), (len(docs), tied)
+    assert all(met[k] > 100 for k in range(7)), met
 
 
 def test_children_added_everywhere_are_written_as_before() -> None:
