@@ -223,15 +223,15 @@ def test_disk_full_in_process(tmp_path: Path, monkeypatch) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     write_fleet(src, 8)
     calls = []
-    real_write = fl.write_atomic
+    real_write = fl.stage_file  # the bytes' half of each write (fl._stage)
 
-    def write_until_full(path, data) -> None:
+    def write_until_full(path, data) -> str | None:
         calls.append(path)
         if len(calls) > 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real_write(path, data)
+        return real_write(path, data)
 
-    monkeypatch.setattr(fl, "write_atomic", write_until_full)
+    monkeypatch.setattr(fl, "stage_file", write_until_full)
     r = CliRunner().invoke(app, ["fleet", str(src), "--out", str(out), "--jobs", "1",
                                  "--report", str(tmp_path / "r.json")])
     assert r.exit_code == 1, r.output

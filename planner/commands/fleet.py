@@ -28,7 +28,6 @@ from planner.xml.xmlio import (
     serialize,
     serialize_text,
     stage_file,
-    write_atomic,
 )
 
 BACKUP_SUFFIX = ".orig"
@@ -163,26 +162,13 @@ def _plan(path: str, target: str | None, options: PlanOptions,
 def _write(result: FileResult, data: bytes | None, raw: bytes, target: str | None,
            backup: bool) -> FileResult:
     """Write the planned bytes (and the first backup of a file planned in place); a file that cannot be
-    written (read-only, disk full) is a failed file, with nothing half-written."""
+    written (read-only, disk full) is a failed file, with nothing half-written. The two halves of a
+    worker's write (_stage, then _put_in_place at its commit), one after the other, with Ctrl-C and
+    SIGTERM held until the files are in place (they are delivered right after)."""
     if data is None or target is None:
         return result
-    for where, what in _files_to_write(result.path, data, raw, target, backup):
-        try:
-            write_atomic(where, what)
-        except OSError as exc:
-            result.status, result.output = "failed", None
-            result.reason = f"cannot write {where}: {exc.strerror or exc}"
-            return result
-    return result
-
-
-def _files_to_write(path: str, data: bytes, raw: bytes, target: str,
-                    backup: bool) -> Iterator[tuple[str, bytes]]:
-    """(file, bytes) in the order they are written: the first backup of a file planned in place (the
-    first original is kept as the backup, never overwritten), then the target."""
-    if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
-        yield path + BACKUP_SUFFIX, raw
-    yield target, data
+    with _held(signal.SIGINT, signal.SIGTERM):
+        return _put_in_place(result, _stage(result.path, data, raw, target, backup))
 
 
 def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: PlanOptions, jobs: int,
@@ -238,14 +224,19 @@ def run(files: list[Path], *, out_dir: Path | None, in_place: bool, options: Pla
 
 
 @contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold SIGINT back (it stays pending) while CP-SAT runs here: its own handler would cut the solve
-    short, and afterwards it leaves SIGINT at the default action (kill), not at the handler it found."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def _held(*signals: signal.Signals) -> Iterator[None]:
+    """Hold these signals back in this thread (they stay pending, delivered when the block ends)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _sigint_held() -> contextlib.AbstractContextManager[None]:
+    """Hold SIGINT back while CP-SAT runs here: its own handler would cut the solve short, and afterwards
+    it leaves SIGINT at the default action (kill), not at the handler it found."""
+    return _held(signal.SIGINT)
 
 
 def _in_main_thread() -> bool:
@@ -330,7 +321,7 @@ class _Stager:
 
     def stage(self, path: str, data: bytes | None, raw: bytes, target: str | None,
               backup: bool) -> Future | None:
-        """_write's first half, in the thread (None: nothing to write)."""
+        """_stage in the thread (None: nothing to write)."""
         if data is None or target is None:
             return None
         return self._pool.submit(_stage, path, data, raw, target, backup)
@@ -340,10 +331,14 @@ class _Stager:
 
 
 def _stage(path: str, data: bytes, raw: bytes, target: str, backup: bool) -> Staged:
-    """The files _write would write (the first backup, then the target), each in a synced temporary
-    file; the first that cannot be written ends it, with its reason."""
+    """The files to write for one planned file (the first backup of a file planned in place, then the
+    target), each in a synced temporary file; the first that cannot be written ends it, with its
+    reason."""
     staged: list[tuple[str, str | None]] = []
-    for where, what in _files_to_write(path, data, raw, target, backup):
+    files = [(target, data)]
+    if backup and target == path and not os.path.exists(path + BACKUP_SUFFIX):
+        files.insert(0, (path + BACKUP_SUFFIX, raw))  # the first original is kept, never overwritten
+    for where, what in files:
         try:
             staged.append((where, stage_file(where, what)))
         except OSError as exc:
@@ -357,17 +352,14 @@ def _commit(conn: Connection, pending: list[tuple[int, FileResult | None, Future
     was written; planning itself may be stopped at any point (the files planned but not committed are
     then untouched, their temporary files removed by the parent)."""
     staged = [(index, result, job.result() if job is not None else None) for index, result, job in pending]
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
+    with _held(signal.SIGTERM):
         conn.send([(index, None if result is None else _put_in_place(result, files))
                    for index, result, files in staged])
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _put_in_place(result: FileResult, staged: Staged | None) -> FileResult:
-    """_write's second half: the staged files renamed into place in order, as _write would have written
-    them (a backup in place before its target fails stays, as there)."""
+    """The staged files renamed into place in order; the result failed, with the reason, if one could
+    not be staged or renamed (a backup already in place when its target fails stays)."""
     if staged is None:
         return result
     files, error = staged
